@@ -1,0 +1,519 @@
+//! The user's side: the [`Handler`] trait, [`handler_fn`] for closures, a
+//! `tower::Service` adapter, and the events handlers receive.
+//!
+//! Events are built only by the pipeline, after the item passed every check
+//! that applies to it (clientState before the ack; validation tokens and
+//! decryption after it), so holding one is proof it was verified.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::notification::{
+    ChangeNotification, ChangeType, LifecycleEventType, LifecycleNotification, ResourceData,
+    ResourceKind,
+};
+
+/// A boxed error a handler may return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the app does with verified notifications.
+///
+/// A handler error makes the pipeline retry the event with backoff, a
+/// bounded number of times, then dead-letter it; a panic counts as an error
+/// and never stops the server or the worker. Delivery is at least once, so
+/// handlers should be idempotent.
+///
+/// ```
+/// use msgraph_webhooks::{BoxError, ChangeEvent, Handler};
+///
+/// struct Mailroom;
+///
+/// impl Handler for Mailroom {
+///     async fn on_change(&self, event: ChangeEvent) -> Result<(), BoxError> {
+///         println!("{} {} {}", event.change_type(), event.resource_kind(), event.resource());
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// Called for each change notification.
+    fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Called for each lifecycle notification. By default it logs the event.
+    fn on_lifecycle(
+        &self,
+        event: LifecycleEvent,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async move {
+            tracing::info!(
+                subscription_id = event.subscription_id(),
+                lifecycle_event = %event.lifecycle_event(),
+                "lifecycle notification"
+            );
+            Ok(())
+        }
+    }
+}
+
+impl<H: Handler> Handler for Arc<H> {
+    fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).on_change(event)
+    }
+
+    fn on_lifecycle(
+        &self,
+        event: LifecycleEvent,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).on_lifecycle(event)
+    }
+}
+
+/// A handler made of closures; see [`handler_fn`].
+#[derive(Clone, Debug)]
+pub struct HandlerFn<C, L = LogLifecycle> {
+    change: C,
+    lifecycle: L,
+}
+
+/// Builds a [`Handler`] from an async closure for change notifications.
+/// Lifecycle notifications are logged unless [`HandlerFn::on_lifecycle`] adds
+/// a closure for them too.
+///
+/// ```
+/// use msgraph_webhooks::handler_fn;
+///
+/// let handler = handler_fn(|event| async move {
+///     println!("{} on {}", event.change_type(), event.resource());
+///     Ok(())
+/// })
+/// .on_lifecycle(|event| async move {
+///     println!("{} for {}", event.lifecycle_event(), event.subscription_id());
+///     Ok(())
+/// });
+/// # let _ = handler;
+/// ```
+pub fn handler_fn<C, Fut>(change: C) -> HandlerFn<C>
+where
+    C: Fn(ChangeEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    HandlerFn {
+        change,
+        lifecycle: LogLifecycle,
+    }
+}
+
+impl<C> HandlerFn<C, LogLifecycle> {
+    /// Handles lifecycle notifications with `lifecycle` instead of logging them.
+    pub fn on_lifecycle<L, Fut>(self, lifecycle: L) -> HandlerFn<C, LifecycleFn<L>>
+    where
+        L: Fn(LifecycleEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send,
+    {
+        HandlerFn {
+            change: self.change,
+            lifecycle: LifecycleFn(lifecycle),
+        }
+    }
+}
+
+/// The lifecycle half of a [`HandlerFn`].
+pub trait OnLifecycle: Send + Sync + 'static {
+    /// Handles one lifecycle event.
+    fn call(&self, event: LifecycleEvent) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// Logs lifecycle events (the default of [`handler_fn`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogLifecycle;
+
+impl OnLifecycle for LogLifecycle {
+    fn call(&self, event: LifecycleEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        struct Log;
+        impl Handler for Log {
+            async fn on_change(&self, _: ChangeEvent) -> Result<(), BoxError> {
+                Ok(())
+            }
+        }
+        Log.on_lifecycle(event)
+    }
+}
+
+/// A lifecycle closure, from [`HandlerFn::on_lifecycle`].
+#[derive(Clone, Debug)]
+pub struct LifecycleFn<L>(L);
+
+impl<L, Fut> OnLifecycle for LifecycleFn<L>
+where
+    L: Fn(LifecycleEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    fn call(&self, event: LifecycleEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (self.0)(event)
+    }
+}
+
+impl<C, Fut, L> Handler for HandlerFn<C, L>
+where
+    C: Fn(ChangeEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+    L: OnLifecycle,
+{
+    fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (self.change)(event)
+    }
+
+    fn on_lifecycle(
+        &self,
+        event: LifecycleEvent,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.lifecycle.call(event)
+    }
+}
+
+/// Adapts a `tower::Service<Event>` into a [`Handler`], so timeouts,
+/// concurrency limits and tracing layers can wrap the app's code.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use msgraph_webhooks::handler::{Event, ServiceHandler};
+///
+/// let service = tower::service_fn(|event: Event| async move {
+///     println!("{}", event.to_json());
+///     Ok::<_, Infallible>(())
+/// });
+/// let handler = ServiceHandler::new(service);
+/// # let _ = handler;
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServiceHandler<S>(S);
+
+impl<S> ServiceHandler<S> {
+    /// Wraps a service.
+    pub fn new(service: S) -> Self {
+        Self(service)
+    }
+}
+
+impl<S> ServiceHandler<S>
+where
+    S: tower_service::Service<Event, Response = ()> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    async fn call(&self, event: Event) -> Result<(), BoxError> {
+        let mut service = self.0.clone();
+        std::future::poll_fn(|cx| service.poll_ready(cx))
+            .await
+            .map_err(Into::into)?;
+        service.call(event).await.map_err(Into::into)
+    }
+}
+
+impl<S> Handler for ServiceHandler<S>
+where
+    S: tower_service::Service<Event, Response = ()> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.call(Event::Change(event))
+    }
+
+    fn on_lifecycle(
+        &self,
+        event: LifecycleEvent,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.call(Event::Lifecycle(event))
+    }
+}
+
+/// A verified change notification.
+///
+/// Cheap to clone. `Debug` leaves out the decrypted data and the clientState.
+#[derive(Clone)]
+pub struct ChangeEvent {
+    inner: Arc<ChangeInner>,
+}
+
+struct ChangeInner {
+    notification: ChangeNotification,
+    kind: ResourceKind,
+    raw: Box<RawValue>,
+    data: Option<Value>,
+    received_at: OffsetDateTime,
+    attempt: u32,
+}
+
+impl ChangeEvent {
+    pub(crate) fn new(
+        notification: ChangeNotification,
+        raw: Box<RawValue>,
+        data: Option<Value>,
+        received_at: OffsetDateTime,
+        attempt: u32,
+    ) -> Self {
+        let data_type = data
+            .as_ref()
+            .and_then(|d| d.get("@odata.type"))
+            .and_then(Value::as_str);
+        let mut kind = notification.resource_kind();
+        if let (ResourceKind::Unknown(_), Some(t)) = (&kind, data_type) {
+            kind = ResourceKind::from_odata_type(t);
+        }
+        Self {
+            inner: Arc::new(ChangeInner {
+                notification,
+                kind,
+                raw,
+                data,
+                received_at,
+                attempt,
+            }),
+        }
+    }
+
+    /// The typed notification item.
+    pub fn notification(&self) -> &ChangeNotification {
+        &self.inner.notification
+    }
+
+    /// The notification's own id, when Graph sent one.
+    pub fn id(&self) -> Option<&str> {
+        self.inner.notification.id.as_deref()
+    }
+
+    /// The subscription it belongs to.
+    pub fn subscription_id(&self) -> &str {
+        &self.inner.notification.subscription_id
+    }
+
+    /// What happened.
+    pub fn change_type(&self) -> &ChangeType {
+        &self.inner.notification.change_type
+    }
+
+    /// Path of the changed resource.
+    pub fn resource(&self) -> &str {
+        &self.inner.notification.resource
+    }
+
+    /// The kind of the changed resource.
+    pub fn resource_kind(&self) -> &ResourceKind {
+        &self.inner.kind
+    }
+
+    /// The tenant.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.inner.notification.tenant_id.as_deref()
+    }
+
+    /// `resourceData`, if Graph sent it.
+    pub fn resource_data(&self) -> Option<&ResourceData> {
+        self.inner.notification.resource_data.as_ref()
+    }
+
+    /// The decrypted resource of a rich notification; `None` for basic ones.
+    pub fn data(&self) -> Option<&Value> {
+        self.inner.data.as_ref()
+    }
+
+    /// The item exactly as Graph sent it (encrypted content still encrypted).
+    pub fn raw_json(&self) -> &str {
+        self.inner.raw.get()
+    }
+
+    /// When the delivery carrying it arrived.
+    pub fn received_at(&self) -> OffsetDateTime {
+        self.inner.received_at
+    }
+
+    /// How many earlier attempts to handle it failed.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+}
+
+impl fmt::Debug for ChangeEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeEvent")
+            .field("subscription_id", &self.subscription_id())
+            .field("change_type", self.change_type())
+            .field("resource", &self.resource())
+            .field("resource_kind", self.resource_kind())
+            .field("tenant_id", &self.tenant_id())
+            .field("data", &self.data().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A verified lifecycle notification.
+#[derive(Clone)]
+pub struct LifecycleEvent {
+    inner: Arc<LifecycleInner>,
+}
+
+struct LifecycleInner {
+    notification: LifecycleNotification,
+    raw: Box<RawValue>,
+    received_at: OffsetDateTime,
+    attempt: u32,
+}
+
+impl LifecycleEvent {
+    pub(crate) fn new(
+        notification: LifecycleNotification,
+        raw: Box<RawValue>,
+        received_at: OffsetDateTime,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            inner: Arc::new(LifecycleInner {
+                notification,
+                raw,
+                received_at,
+                attempt,
+            }),
+        }
+    }
+
+    /// The typed notification item.
+    pub fn notification(&self) -> &LifecycleNotification {
+        &self.inner.notification
+    }
+
+    /// The subscription concerned.
+    pub fn subscription_id(&self) -> &str {
+        &self.inner.notification.subscription_id
+    }
+
+    /// Which lifecycle event this is.
+    pub fn lifecycle_event(&self) -> &LifecycleEventType {
+        &self.inner.notification.lifecycle_event
+    }
+
+    /// The tenant.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.inner.notification.tenant_id.as_deref()
+    }
+
+    /// When the subscription expires, as the notification says.
+    pub fn subscription_expiration(&self) -> Option<OffsetDateTime> {
+        self.inner.notification.subscription_expiration
+    }
+
+    /// The item exactly as Graph sent it.
+    pub fn raw_json(&self) -> &str {
+        self.inner.raw.get()
+    }
+
+    /// When the delivery carrying it arrived.
+    pub fn received_at(&self) -> OffsetDateTime {
+        self.inner.received_at
+    }
+
+    /// How many earlier attempts to handle it failed.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+}
+
+impl fmt::Debug for LifecycleEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LifecycleEvent")
+            .field("subscription_id", &self.subscription_id())
+            .field("lifecycle_event", self.lifecycle_event())
+            .field("tenant_id", &self.tenant_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Either kind of event, for handlers that take both alike.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A change notification.
+    Change(ChangeEvent),
+    /// A lifecycle notification.
+    Lifecycle(LifecycleEvent),
+}
+
+impl Event {
+    /// The event as the one JSON line `msgraph-webhooks listen` prints:
+    ///
+    /// `{"kind":"change","subscriptionId":…,"changeType":…,"resource":…,"resourceKind":…,"tenantId":…,"resourceData":{…},"data":{…}|null}`
+    /// or `{"kind":"lifecycle","subscriptionId":…,"lifecycleEvent":…,"tenantId":…}`.
+    ///
+    /// The line carries decrypted data: print it only where that is wanted.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Event::Change(e) => json!({
+                "kind": "change",
+                "subscriptionId": e.subscription_id(),
+                "changeType": e.change_type(),
+                "resource": e.resource(),
+                "resourceKind": e.resource_kind(),
+                "tenantId": e.tenant_id(),
+                "resourceData": e.resource_data(),
+                "data": e.data(),
+            }),
+            Event::Lifecycle(e) => json!({
+                "kind": "lifecycle",
+                "subscriptionId": e.subscription_id(),
+                "lifecycleEvent": e.lifecycle_event(),
+                "tenantId": e.tenant_id(),
+            }),
+        }
+    }
+}
+
+/// Writes every event as one JSON line ([`Event::to_json`]) and flushes it:
+/// the handler behind `msgraph-webhooks listen`.
+#[derive(Debug)]
+pub struct JsonLines<W> {
+    out: tokio::sync::Mutex<W>,
+}
+
+impl JsonLines<tokio::io::Stdout> {
+    /// Lines to standard output.
+    pub fn stdout() -> Self {
+        Self::new(tokio::io::stdout())
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> JsonLines<W> {
+    /// Lines to `out`.
+    pub fn new(out: W) -> Self {
+        Self {
+            out: tokio::sync::Mutex::new(out),
+        }
+    }
+
+    async fn write(&self, event: Event) -> Result<(), BoxError> {
+        let mut line = serde_json::to_vec(&event.to_json())?;
+        line.push(b'\n');
+        let mut out = self.out.lock().await;
+        out.write_all(&line).await?;
+        out.flush().await?;
+        Ok(())
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Handler for JsonLines<W> {
+    fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.write(Event::Change(event))
+    }
+
+    fn on_lifecycle(
+        &self,
+        event: LifecycleEvent,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.write(Event::Lifecycle(event))
+    }
+}

@@ -1,0 +1,302 @@
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Claimed, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms};
+
+/// A bounded in-memory inbox.
+///
+/// Fast and simple, and everything in it is lost when the process ends: use
+/// it for tests, or where losing acknowledged notifications is acceptable.
+/// When full, `append` fails with [`InboxError::Full`] and Graph is told to retry.
+#[derive(Debug)]
+pub struct MemoryInbox {
+    capacity: usize,
+    state: Mutex<State>,
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    ready: VecDeque<Claimed>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    claimed: HashSet<EntryId>,
+    dead: VecDeque<(Claimed, String)>,
+}
+
+/// Dead letters kept in memory, newest last.
+const DEAD_LETTERS_KEPT: usize = 1000;
+
+#[derive(Debug)]
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    entry: Claimed,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+impl State {
+    fn depth(&self) -> usize {
+        self.ready.len() + self.delayed.len() + self.claimed.len()
+    }
+
+    fn promote_due(&mut self, now: Instant) {
+        while self.delayed.peek().is_some_and(|d| d.0.due <= now) {
+            if let Some(Reverse(d)) = self.delayed.pop() {
+                self.ready.push_back(d.entry);
+            }
+        }
+    }
+}
+
+impl MemoryInbox {
+    /// An inbox that holds at most `capacity` items.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            state: Mutex::default(),
+            ready: Notify::new(),
+        }
+    }
+
+    /// The items dead-lettered so far (the last 1000), with their reasons.
+    pub fn dead_letters(&self) -> Vec<(Claimed, String)> {
+        self.lock().dead.iter().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent before anything
+        // that could panic, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(&self, state: &mut State, id: &EntryId) -> Result<(), InboxError> {
+        if state.claimed.remove(id) {
+            Ok(())
+        } else {
+            Err(InboxError::Unavailable(format!("item {id} is not claimed")))
+        }
+    }
+}
+
+impl Inbox for MemoryInbox {
+    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>> {
+        let result = {
+            let mut state = self.lock();
+            if state.depth() + items.len() > self.capacity {
+                Err(InboxError::Full)
+            } else {
+                for item in items {
+                    state.next_id += 1;
+                    let id = EntryId(state.next_id.to_string());
+                    state.ready.push_back(Claimed {
+                        id,
+                        item,
+                        attempts: 0,
+                    });
+                }
+                Ok(())
+            }
+        };
+        if result.is_ok() {
+            self.ready.notify_waiters();
+        }
+        Box::pin(std::future::ready(result))
+    }
+
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, InboxError>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + wait;
+            loop {
+                let notified = self.ready.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let next_due = {
+                    let mut state = self.lock();
+                    state.promote_due(Instant::now());
+                    if !state.ready.is_empty() {
+                        let n = max.min(state.ready.len()).max(1);
+                        let batch: Vec<Claimed> = state.ready.drain(..n).collect();
+                        for entry in &batch {
+                            state.claimed.insert(entry.id.clone());
+                        }
+                        return Ok(batch);
+                    }
+                    state.delayed.peek().map(|d| d.0.due)
+                };
+                let wake = next_due.map_or(deadline, |due| due.min(deadline));
+                if Instant::now() >= deadline {
+                    return Ok(Vec::new());
+                }
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep_until(wake) => {}
+                }
+            }
+        })
+    }
+
+    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>> {
+        let mut state = self.lock();
+        let result = self.release(&mut state, &id);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn retry(
+        &self,
+        mut claimed: Claimed,
+        delay: Duration,
+    ) -> BoxFuture<'_, Result<(), InboxError>> {
+        let result = {
+            let mut state = self.lock();
+            self.release(&mut state, &claimed.id).map(|()| {
+                claimed.attempts += 1;
+                state.next_id += 1;
+                let seq = state.next_id;
+                state.delayed.push(Reverse(Delayed {
+                    due: Instant::now() + delay,
+                    seq,
+                    entry: claimed,
+                }));
+            })
+        };
+        // A sleeping claimer may need to wake earlier for this item.
+        self.ready.notify_waiters();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn dead_letter(
+        &self,
+        claimed: Claimed,
+        reason: String,
+    ) -> BoxFuture<'_, Result<(), InboxError>> {
+        let mut state = self.lock();
+        let result = self.release(&mut state, &claimed.id).map(|()| {
+            if state.dead.len() == DEAD_LETTERS_KEPT {
+                state.dead.pop_front();
+            }
+            state.dead.push_back((claimed, reason));
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, InboxError>> {
+        let state = self.lock();
+        let now = unix_ms(SystemTime::now());
+        let oldest = state
+            .ready
+            .iter()
+            .chain(state.delayed.iter().map(|d| &d.0.entry))
+            .map(|c| c.item.received_at_ms)
+            .min();
+        let stats = InboxStats {
+            depth: state.depth() as u64,
+            oldest_age: oldest.map(|t| Duration::from_millis(u64::try_from(now - t).unwrap_or(0))),
+        };
+        Box::pin(std::future::ready(Ok(stats)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::ValidationTokens;
+
+    fn item(n: u32) -> StoredItem {
+        let raw = serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap();
+        StoredItem::new(raw, ValidationTokens::Absent)
+    }
+
+    #[tokio::test]
+    async fn append_claim_complete_and_capacity() {
+        let inbox = MemoryInbox::new(3);
+        inbox.append(vec![item(1), item(2)]).await.unwrap();
+        assert!(matches!(
+            inbox.append(vec![item(3), item(4)]).await,
+            Err(InboxError::Full)
+        ));
+        let batch = inbox.claim(10, Duration::ZERO).await.unwrap();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(
+            inbox.stats().await.unwrap().depth,
+            2,
+            "claimed items still count"
+        );
+        inbox.complete(batch[0].id.clone()).await.unwrap();
+        assert!(
+            inbox.complete(batch[0].id.clone()).await.is_err(),
+            "completing twice is an error"
+        );
+        inbox
+            .dead_letter(batch[1].clone(), "boom".into())
+            .await
+            .unwrap();
+        assert_eq!(inbox.stats().await.unwrap().depth, 0);
+        assert_eq!(inbox.dead_letters().len(), 1);
+        assert!(
+            inbox
+                .claim(10, Duration::from_millis(10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retried_items_come_back_after_their_delay() {
+        let inbox = MemoryInbox::new(10);
+        inbox.append(vec![item(1)]).await.unwrap();
+        let first = inbox.claim(1, Duration::ZERO).await.unwrap().remove(0);
+        inbox.retry(first, Duration::from_secs(5)).await.unwrap();
+        assert!(
+            inbox
+                .claim(1, Duration::from_secs(4))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let again = inbox.claim(1, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_claimer_wakes_on_append() {
+        let inbox = std::sync::Arc::new(MemoryInbox::new(10));
+        let waiter = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.claim(5, Duration::from_secs(30)).await.unwrap().len() }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        inbox.append(vec![item(1)]).await.unwrap();
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .unwrap()
+                .unwrap(),
+            1
+        );
+    }
+}

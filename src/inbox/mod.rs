@@ -1,0 +1,147 @@
+//! The ack boundary: items are appended here, and only once the inbox has
+//! them does Graph get its `202`. Workers claim items, process them and
+//! complete, retry or dead-letter each.
+//!
+//! [`MemoryInbox`] is bounded and in-process: what it holds is lost with the
+//! process. It suits tests and embedding where the app accepts that.
+
+mod memory;
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::notification::ValidationTokens;
+
+pub use memory::MemoryInbox;
+
+/// One authenticated item as stored behind the ack: its raw JSON, exactly as
+/// received, and the `validationTokens` of the delivery it came in.
+#[derive(Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StoredItem {
+    /// The item, as received (encrypted content stays encrypted).
+    #[serde(rename = "item")]
+    pub raw: Box<RawValue>,
+    /// The tokens of the delivery, checked behind the ack.
+    #[serde(rename = "tokens", default)]
+    pub validation_tokens: ValidationTokens,
+    /// When the delivery arrived, in milliseconds since the Unix epoch.
+    #[serde(rename = "receivedAt")]
+    pub received_at_ms: i64,
+}
+
+impl StoredItem {
+    /// An item received now.
+    pub fn new(raw: Box<RawValue>, validation_tokens: ValidationTokens) -> Self {
+        Self {
+            raw,
+            validation_tokens,
+            received_at_ms: unix_ms(SystemTime::now()),
+        }
+    }
+}
+
+impl fmt::Debug for StoredItem {
+    // The raw item holds the clientState: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredItem")
+            .field("raw_len", &self.raw.get().len())
+            .field("received_at_ms", &self.received_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The inbox's name for a stored item.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EntryId(pub String);
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An item a worker has claimed and must complete, retry or dead-letter.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Claimed {
+    /// The inbox's id of the item.
+    pub id: EntryId,
+    /// The item.
+    pub item: StoredItem,
+    /// How many times processing it failed before.
+    pub attempts: u32,
+}
+
+/// How full the inbox is, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxStats {
+    /// Items stored and not yet completed (ready, delayed or claimed).
+    pub depth: u64,
+    /// Age of the oldest item, if any.
+    pub oldest_age: Option<Duration>,
+}
+
+/// Why the inbox refused or failed an operation.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum InboxError {
+    /// The inbox is at capacity. The listener answers `503` with `Retry-After`.
+    Full,
+    /// The store cannot take writes now (disk full, I/O error, server
+    /// unreachable). The listener answers `503`.
+    Unavailable(String),
+    /// The inbox is shutting down.
+    Closed,
+}
+
+impl fmt::Display for InboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InboxError::Full => f.write_str("inbox is full"),
+            InboxError::Unavailable(why) => write!(f, "inbox store unavailable: {why}"),
+            InboxError::Closed => f.write_str("inbox is closed"),
+        }
+    }
+}
+
+impl std::error::Error for InboxError {}
+
+/// Where accepted items wait for the workers.
+///
+/// `append` must not return `Ok` before the items are as durable as the
+/// implementation promises: the listener answers `202` right after it.
+pub trait Inbox: Send + Sync + 'static {
+    /// Stores items; all of them or none.
+    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>>;
+
+    /// Claims up to `max` ready items, waiting up to `wait` for at least one.
+    /// Returns an empty batch when none arrived in time.
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, InboxError>>;
+
+    /// Removes a processed item.
+    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>>;
+
+    /// Makes a claimed item ready again after `delay`, counting one more failed attempt.
+    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>>;
+
+    /// Moves an item that failed too often out of the way, with the last error.
+    fn dead_letter(
+        &self,
+        claimed: Claimed,
+        reason: String,
+    ) -> BoxFuture<'_, Result<(), InboxError>>;
+
+    /// Depth and age, for `/metrics`.
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, InboxError>>;
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,229 @@
+//! The endpoint Graph calls: the validation handshake, and notification
+//! deliveries authenticated item by item and stored in the inbox before the
+//! `202`. [`WebhookService`] is a `tower::Service`, so it mounts as a route
+//! of an axum app; [`serve`](crate::listener::serve) runs it standalone on hyper.
+
+mod handshake;
+mod response;
+mod server;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+
+use crate::handler::BoxError;
+use crate::inbox::{Inbox, StoredItem};
+use crate::metrics::Metrics;
+use crate::notification::{Envelope, ItemClass, ItemHead};
+use crate::registry::{RejectReason, SubscriptionRegistry};
+use handshake::Handshake;
+use response::{Answer, Rejection};
+
+pub use server::{ServerConfig, serve};
+
+/// Limits on what one delivery may send.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest body accepted, in bytes (default 1 MiB). Larger ones get `413`
+    /// without being read in full.
+    pub max_body: usize,
+    /// Time allowed for the whole body to arrive (default 10 s); `408` after it.
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The notification endpoint as a `tower::Service`.
+///
+/// Answers the validation handshake on any path, and POSTs of notification
+/// collections. Cloning is cheap; every clone shares the same registry,
+/// inbox and metrics. Built by [`Receiver::service`](crate::Receiver::service).
+#[derive(Clone)]
+pub struct WebhookService {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) registry: Arc<SubscriptionRegistry>,
+    pub(crate) inbox: Arc<dyn Inbox>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
+}
+
+impl std::fmt::Debug for WebhookService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookService")
+            .field("limits", &self.shared.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The metrics this endpoint records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Handles one request.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let answer = self.answer(request).await;
+        let metrics = &self.shared.metrics;
+        metrics.delivery(answer.outcome());
+        if !matches!(answer, Answer::Handshake(_)) {
+            metrics.ack_latency(started.elapsed());
+        }
+        answer.into_response()
+    }
+
+    /// The request path, top to bottom.
+    async fn answer<B>(&self, request: Request<B>) -> Answer
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let is_get_or_post = matches!(*request.method(), Method::GET | Method::POST);
+        match handshake::validation_token(request.uri().query()) {
+            Handshake::Token(token) if is_get_or_post => return Answer::Handshake(token),
+            Handshake::Invalid if is_get_or_post => return Rejection::BadToken.into(),
+            _ => {}
+        }
+        if request.method() != Method::POST {
+            return Rejection::Method.into();
+        }
+        let body = match self.read_body(request).await {
+            Ok(body) => body,
+            Err(rejection) => return rejection.into(),
+        };
+        let envelope = match Envelope::parse(&body) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::debug!(error = %e, "rejecting delivery");
+                return Rejection::Envelope(e).into();
+            }
+        };
+        let accepted = self.authenticate(&envelope);
+        if accepted.is_empty() {
+            return Answer::Accepted;
+        }
+        match self.shared.inbox.append(accepted).await {
+            Ok(()) => Answer::Accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "inbox refused a delivery; answering 503");
+                Rejection::Inbox(e).into()
+            }
+        }
+    }
+
+    async fn read_body<B>(&self, request: Request<B>) -> Result<Bytes, Rejection>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let limits = &self.shared.limits;
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limits.max_body as u64) {
+            return Err(Rejection::TooLarge);
+        }
+        let body = Limited::new(request.into_body(), limits.max_body);
+        match tokio::time::timeout(limits.body_timeout, body.collect()).await {
+            Err(_) => Err(Rejection::BodyTimeout),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Rejection::TooLarge),
+            Ok(Err(_)) => Err(Rejection::BodyError),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        }
+    }
+
+    /// Keeps the items whose subscription and clientState check out; counts
+    /// and logs the others. Never fails the delivery.
+    fn authenticate(&self, envelope: &Envelope<'_>) -> Vec<StoredItem> {
+        let metrics = &self.shared.metrics;
+        let mut accepted = Vec::with_capacity(envelope.items.len());
+        let (mut changes, mut lifecycles) = (0, 0);
+        for raw in &envelope.items {
+            match self.check_item(raw) {
+                Ok(class) => {
+                    match class {
+                        ItemClass::Change => changes += 1,
+                        ItemClass::Lifecycle => lifecycles += 1,
+                    }
+                    accepted.push(StoredItem::new(
+                        (*raw).to_owned(),
+                        envelope.validation_tokens.clone(),
+                    ));
+                }
+                Err(reason) => {
+                    tracing::debug!(reason = reason.as_str(), "dropping item before the ack");
+                    metrics.rejected(reason.as_str());
+                }
+            }
+        }
+        if changes > 0 {
+            metrics.accepted("change", changes);
+        }
+        if lifecycles > 0 {
+            metrics.accepted("lifecycle", lifecycles);
+        }
+        accepted
+    }
+
+    fn check_item(&self, raw: &serde_json::value::RawValue) -> Result<ItemClass, RejectReason> {
+        let head = ItemHead::parse(raw).ok_or(RejectReason::MalformedItem)?;
+        let class = head.class().ok_or(RejectReason::MalformedItem)?;
+        let subscription_id = head
+            .subscription_id
+            .as_deref()
+            .ok_or(RejectReason::MalformedItem)?;
+        self.shared
+            .registry
+            .check(subscription_id, head.client_state.as_deref())?;
+        Ok(class)
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for WebhookService
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}

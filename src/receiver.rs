@@ -1,0 +1,263 @@
+//! [`Receiver`]: the endpoint, the inbox and the workers, put together.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::ClientState;
+use crate::handler::Handler;
+use crate::inbox::{Inbox, MemoryInbox};
+use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
+use crate::metrics::Metrics;
+use crate::registry::SubscriptionRegistry;
+use crate::worker::{Pipeline, RetryPolicy, Workers};
+
+/// A Graph notification receiver: the endpoint, its inbox and the workers
+/// that call the handler.
+///
+/// ```no_run
+/// use msgraph_webhooks::{ClientState, Receiver, handler_fn};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let receiver = Receiver::builder(handler_fn(|event| async move {
+///     println!("{} {}", event.change_type(), event.resource());
+///     Ok(())
+/// }))
+/// .client_state(ClientState::new("a secret of my own"))
+/// .build()?;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// receiver
+///     .serve(listener, &Default::default(), async {
+///         let _ = tokio::signal::ctrl_c().await;
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Receiver<H> {
+    shared: Arc<Shared>,
+    pipeline: Arc<Pipeline<H>>,
+    workers: usize,
+    worker_drain: Duration,
+}
+
+impl<H> fmt::Debug for Receiver<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("workers", &self.workers)
+            .field("limits", &self.shared.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Receiver`]; see [`Receiver::builder`].
+#[must_use]
+pub struct ReceiverBuilder<H> {
+    handler: H,
+    registry: Option<Arc<SubscriptionRegistry>>,
+    inbox: Option<Arc<dyn Inbox>>,
+    metrics: Option<Arc<Metrics>>,
+    limits: Limits,
+    retry: RetryPolicy,
+    workers: usize,
+    worker_drain: Duration,
+}
+
+impl<H> fmt::Debug for ReceiverBuilder<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceiverBuilder")
+            .field("workers", &self.workers)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a [`Receiver`] could not be built.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Neither a `clientState` nor a registry was given, so nothing would tell
+    /// Graph's notifications from anybody's POST. Set
+    /// [`ReceiverBuilder::client_state`] or [`ReceiverBuilder::registry`]
+    /// (possibly [`SubscriptionRegistry::allow_any`], for experiments).
+    NoAuthentication,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::NoAuthentication => f.write_str(
+                "no clientState or subscription registry configured: notifications could not be authenticated",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Default capacity of the in-memory inbox.
+const DEFAULT_MEMORY_CAPACITY: usize = 100_000;
+
+/// Default number of workers: enough to keep every core busy with RSA while
+/// others wait on I/O in handlers.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).max(4))
+}
+
+impl Receiver<()> {
+    /// Starts building a receiver that hands events to `handler`.
+    pub fn builder<H: Handler>(handler: H) -> ReceiverBuilder<H> {
+        ReceiverBuilder {
+            handler,
+            registry: None,
+            inbox: None,
+            metrics: None,
+            limits: Limits::default(),
+            retry: RetryPolicy::default(),
+            workers: default_workers(),
+            worker_drain: Duration::from_secs(10),
+        }
+    }
+}
+
+impl<H: Handler> ReceiverBuilder<H> {
+    /// Accepts items of any subscription that carry this `clientState`.
+    pub fn client_state(mut self, client_state: ClientState) -> Self {
+        self.registry = Some(Arc::new(SubscriptionRegistry::with_client_state(
+            client_state,
+        )));
+        self
+    }
+
+    /// Authenticates items against this registry.
+    pub fn registry(mut self, registry: Arc<SubscriptionRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Stores accepted items here (default: a [`MemoryInbox`] of 100 000 items).
+    pub fn inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    /// Records metrics here (default: a new set).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Body size and time limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The largest body accepted, in bytes.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.limits.max_body = bytes;
+        self
+    }
+
+    /// How handler failures are retried.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How many workers call the handler concurrently (default: twice the
+    /// cores, at least 4). Zero makes a receiver that only ingests.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// How long shutdown lets workers drain the inbox (default 10 s).
+    pub fn worker_drain(mut self, deadline: Duration) -> Self {
+        self.worker_drain = deadline;
+        self
+    }
+
+    /// Builds the receiver.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::NoAuthentication`] when no client state or registry was set.
+    pub fn build(self) -> Result<Receiver<H>, BuildError> {
+        let registry = self.registry.ok_or(BuildError::NoAuthentication)?;
+        let metrics = self.metrics.unwrap_or_default();
+        let inbox = self
+            .inbox
+            .unwrap_or_else(|| Arc::new(MemoryInbox::new(DEFAULT_MEMORY_CAPACITY)));
+        Ok(Receiver {
+            shared: Arc::new(Shared {
+                registry,
+                inbox,
+                metrics: metrics.clone(),
+                limits: self.limits,
+            }),
+            pipeline: Arc::new(Pipeline {
+                handler: self.handler,
+                metrics,
+                retry: self.retry,
+            }),
+            workers: self.workers,
+            worker_drain: self.worker_drain,
+        })
+    }
+}
+
+impl<H: Handler> Receiver<H> {
+    /// The endpoint, to mount as a route in an app of your own (axum, tower).
+    /// Run [`spawn_workers`](Self::spawn_workers) too, or nothing reaches the handler.
+    pub fn service(&self) -> WebhookService {
+        WebhookService::new(self.shared.clone())
+    }
+
+    /// Starts the workers. Stop them with [`Workers::shutdown`].
+    pub fn spawn_workers(&self) -> Workers {
+        Workers::spawn(
+            self.shared.inbox.clone(),
+            self.pipeline.clone(),
+            self.workers,
+        )
+    }
+
+    /// The registry that authenticates items.
+    pub fn registry(&self) -> &Arc<SubscriptionRegistry> {
+        &self.shared.registry
+    }
+
+    /// The inbox.
+    pub fn inbox(&self) -> &Arc<dyn Inbox> {
+        &self.shared.inbox
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Serves on `listener` with the workers running, until `shutdown`
+    /// completes; then stops accepting, finishes in-flight requests and lets
+    /// the workers drain, each within its bounded time.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors of the listener itself.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        config: &ServerConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let workers = self.spawn_workers();
+        let served = crate::listener::serve(listener, self.service(), config, shutdown).await;
+        workers.shutdown(self.worker_drain).await;
+        served
+    }
+}

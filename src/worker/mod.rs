@@ -1,0 +1,251 @@
+//! Behind the ack: workers claim items from the inbox, turn each into a
+//! verified event, call the handler, and complete, retry or dead-letter it.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::handler::{BoxError, ChangeEvent, Handler, LifecycleEvent};
+use crate::inbox::{Claimed, Inbox};
+use crate::metrics::Metrics;
+use crate::notification::Notification;
+
+/// How failed handler calls are retried before an item is dead-lettered.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. After the last failure the item
+    /// is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles with each failure.
+    pub initial_delay: Duration,
+    /// Upper bound of the delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy with `max_attempts` attempts, starting at `initial_delay`.
+    pub fn new(max_attempts: u32, initial_delay: Duration) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            initial_delay,
+            ..Self::default()
+        }
+    }
+
+    /// The delay after `failures` failed attempts: exponential, capped, with
+    /// up to 25 % random jitter so retries of a burst spread out.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let exp = self
+            .initial_delay
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+            .min(self.max_delay);
+        let mut byte = [0u8; 1];
+        let jitter = match openssl::rand::rand_bytes(&mut byte) {
+            Ok(()) => f64::from(byte[0]) / 1024.0,
+            Err(_) => 0.0,
+        };
+        exp.mul_f64(1.0 + jitter)
+    }
+}
+
+/// What became of one claimed item.
+#[derive(Debug)]
+enum Outcome {
+    /// Handled; remove it.
+    Done,
+    /// It can never be handled (malformed, failed verification); drop it.
+    Rejected(&'static str),
+    /// The handler failed; retry or dead-letter.
+    Failed(String),
+}
+
+/// Turns stored items into events and hands them to the handler.
+pub(crate) struct Pipeline<H> {
+    pub(crate) handler: H,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl<H: Handler> Pipeline<H> {
+    async fn process(&self, claimed: &Claimed) -> Outcome {
+        let item = &claimed.item;
+        let notification = match Notification::from_json(item.raw.get()) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(id = %claimed.id, error = %e, "dropping malformed item");
+                return Outcome::Rejected("malformed_item");
+            }
+        };
+        let received_at =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(item.received_at_ms) * 1_000_000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let call = match notification {
+            Notification::Change(change) => {
+                let event = ChangeEvent::new(
+                    change,
+                    item.raw.clone(),
+                    None,
+                    received_at,
+                    claimed.attempts,
+                );
+                self.call(|h| h.on_change(event)).await
+            }
+            Notification::Lifecycle(lifecycle) => {
+                let event =
+                    LifecycleEvent::new(lifecycle, item.raw.clone(), received_at, claimed.attempts);
+                self.call(|h| h.on_lifecycle(event)).await
+            }
+        };
+        match call {
+            Ok(()) => Outcome::Done,
+            Err(reason) => Outcome::Failed(reason),
+        }
+    }
+
+    /// Calls the handler, turning a panic into an error.
+    async fn call<'a, F, Fut>(&'a self, f: F) -> Result<(), String>
+    where
+        F: FnOnce(&'a H) -> Fut,
+        Fut: Future<Output = Result<(), BoxError>> + 'a,
+    {
+        let handler = &self.handler;
+        let result = AssertUnwindSafe(async move { f(handler).await })
+            .catch_unwind()
+            .await;
+        match result {
+            Ok(Ok(())) => {
+                self.metrics.handled("ok");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.metrics.handled("error");
+                Err(format!("handler error: {e}"))
+            }
+            Err(panic) => {
+                self.metrics.handled("panic");
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                Err(format!("handler panicked: {message}"))
+            }
+        }
+    }
+
+    /// Processes one claimed item and settles it with the inbox.
+    async fn settle(&self, inbox: &dyn Inbox, claimed: Claimed) {
+        let id = claimed.id.clone();
+        let settled = match self.process(&claimed).await {
+            Outcome::Done => inbox.complete(id.clone()).await,
+            Outcome::Rejected(reason) => {
+                self.metrics.rejected(reason);
+                inbox.complete(id.clone()).await
+            }
+            Outcome::Failed(reason) => {
+                let failures = claimed.attempts + 1;
+                if failures >= self.retry.max_attempts {
+                    tracing::error!(%id, failures, %reason, "dead-lettering item");
+                    self.metrics.dead_lettered();
+                    inbox.dead_letter(claimed, reason).await
+                } else {
+                    let delay = self.retry.delay(failures);
+                    tracing::warn!(%id, failures, ?delay, %reason, "handler failed; will retry");
+                    inbox.retry(claimed, delay).await
+                }
+            }
+        };
+        if let Err(e) = settled {
+            // The item stays claimed; a durable inbox hands it out again later.
+            tracing::error!(%id, error = %e, "could not settle item with the inbox");
+        }
+    }
+}
+
+/// How many items a worker claims at once.
+const CLAIM_BATCH: usize = 16;
+/// How long a claim waits for items before the worker checks for shutdown.
+const CLAIM_WAIT: Duration = Duration::from_millis(500);
+
+/// A running pool of workers; see [`crate::Receiver::spawn_workers`].
+#[derive(Debug)]
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Workers {
+    pub(crate) fn spawn<H: Handler>(
+        inbox: Arc<dyn Inbox>,
+        pipeline: Arc<Pipeline<H>>,
+        count: usize,
+    ) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for _ in 0..count {
+            tasks.spawn(work(inbox.clone(), pipeline.clone(), stopped.clone()));
+        }
+        Self { stop, tasks }
+    }
+
+    /// Stops the workers: each finishes what it holds and keeps taking ready
+    /// items until the inbox has none, for at most `deadline`; then the
+    /// remaining ones are cancelled (their items stay claimed, and a durable
+    /// inbox hands them out again after a restart).
+    pub async fn shutdown(mut self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(?deadline, "workers did not drain in time; cancelling them");
+            self.tasks.shutdown().await;
+        }
+    }
+}
+
+async fn work<H: Handler>(
+    inbox: Arc<dyn Inbox>,
+    pipeline: Arc<Pipeline<H>>,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let draining = *stopped.borrow();
+        let wait = if draining { Duration::ZERO } else { CLAIM_WAIT };
+        match inbox.claim(CLAIM_BATCH, wait).await {
+            Ok(batch) if batch.is_empty() && draining => return,
+            Ok(batch) => {
+                backoff = Duration::from_millis(50);
+                for claimed in batch {
+                    pipeline.settle(inbox.as_ref(), claimed).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "claiming from the inbox failed");
+                if draining {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
