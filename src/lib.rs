@@ -62,18 +62,22 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `cli` | yes | the `msgraph-webhooks` binary (clap, tracing-subscriber) |
+//! | `cli` | yes | the `msgraph-webhooks` binary (clap, tracing-subscriber); implies `emulator` |
+//! | `emulator` | via `cli` | [`emulator`]: a local Graph that creates subscriptions and delivers notifications |
 //!
 //! Library users who don't want the CLI's dependencies turn off default features.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod handler;
 pub mod inbox;
 pub mod listener;
 pub mod metrics;
 pub mod notification;
 pub mod registry;
+pub mod tokens;
 pub mod worker;
 
 mod receiver;
