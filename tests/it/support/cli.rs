@@ -54,13 +54,12 @@ impl Process {
                 .expect("the process logs 'listening' within 30 s")
                 .unwrap()
                 .expect("the process is still running");
-            if line.contains("listening") {
-                if let Some(addr) = line
+            if line.contains("listening")
+                && let Some(addr) = line
                     .split_whitespace()
                     .find_map(|word| word.strip_prefix("local="))
-                {
-                    return addr.parse().unwrap();
-                }
+            {
+                return addr.parse().unwrap();
             }
         }
     }
