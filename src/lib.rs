@@ -50,6 +50,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`catalog`] | what `POST /subscriptions` accepts: paths, kinds, permissions, lifetimes, rules |
 //! | [`listener`] | the endpoint: handshake, limits, request path, standalone hyper server |
 //! | [`notification`] | the envelope and typed change/lifecycle items, [`ResourceKind`] |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
@@ -69,6 +70,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod catalog;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod handler;
