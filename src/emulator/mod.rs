@@ -1,6 +1,573 @@
-//! A local Microsoft Graph for tests and local work: Graph's side of the
-//! protocol.
+//! A local Microsoft Graph for tests and local work: Graph's side of change
+//! notifications, following every documented rule.
+//!
+//! An [`Emulator`] serves, on one address:
+//!
+//! - the **subscriptions API** at `/v1.0/subscriptions` and `/beta/subscriptions`
+//!   (create, list, get, update, delete, reauthorize) enforcing the
+//!   [catalog](crate::catalog): resource paths, change types, the bearer
+//!   token's permissions per permission type, certificates for resource
+//!   data, the 45-minute floor and per-kind maximum lifetime, the Teams
+//!   lifecycle-URL rule, payment models, duplicates (`409`) — with Graph's
+//!   status codes and error envelope;
+//! - the **validation handshake** inside the create call, as Graph does it,
+//!   for `notificationUrl` and `lifecycleNotificationUrl`, and again when an
+//!   update changes the URL;
+//! - **identity endpoints**: `POST /{tenant}/oauth2/v2.0/token` (client
+//!   credentials for apps; the password grant for delegated tokens, with
+//!   `consumers` as the tenant for personal accounts), OpenID configuration
+//!   and JWKS, so a receiver checks the emulator's validation tokens by
+//!   pointing its JWKS URL at `/common/discovery/v2.0/keys` and nothing else;
+//! - the **delivery engine**: batching per URL, 3 s first timeout, retries
+//!   with exponential backoff for 4 hours at 10 s each, the slow and drop
+//!   throttling states, `missed` after drops, `reauthorizationRequired`
+//!   ahead of expiry, expired subscriptions stopping; rich notifications
+//!   really encrypted to the subscription's certificate and really signed;
+//! - a **control API** under `/emulator/`: `POST /emulator/changes` and
+//!   `POST /emulator/lifecycle` to make things happen, `GET
+//!   /emulator/deliveries`, `/emulator/endpoints`, `/emulator/subscriptions`
+//!   to see what happened, `POST /emulator/clock` to move time forward.
+//!
+//! Time runs on a [`Clock`] with a scale, so Graph's hours pass in seconds
+//! in tests; the timeouts have a scale of their own.
+//!
+//! ```no_run
+//! use msgraph_webhooks::ChangeType;
+//! use msgraph_webhooks::emulator::{Change, Emulator};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let emulator = Emulator::builder().time_scale(60.0).start().await?;
+//! let token = emulator.app_token("my-app");
+//! // Create subscriptions at emulator.graph_url() with `token`, as with Graph;
+//! // then make something happen:
+//! let fired = emulator.fire(&Change::new("users/ada/messages", ChangeType::Created))?;
+//! println!("notified {} subscriptions", fired.subscription_ids.len());
+//! emulator.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The control API has no authentication: keep the emulator on loopback.
 
+mod api;
+mod clock;
+
+mod delivery;
 mod encrypt;
+mod handshake;
+mod identity;
+mod lifecycle;
+mod notify;
+mod store;
 
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub use clock::Clock;
+pub use delivery::{
+    DeliveryKind, DeliveryPolicy, DeliveryRecord, EndpointState, EndpointStatus, Outcome,
+    StateChange, Throttling,
+};
 pub use encrypt::{encrypt_resource, thumbprint};
+pub use identity::{
+    CHANGE_TRACKING_APP_ID, CONSUMER_TENANT_ID, GRAPH_APP_ID, GRAPH_AUDIENCE, TokenVersion,
+    service_principal_id, user_object_id,
+};
+pub use lifecycle::{ControlError, Fired};
+pub use notify::Change;
+
+use crate::notification::LifecycleEventType;
+use delivery::{DeliveryLog, Engine};
+use identity::Identity;
+use store::Store;
+
+/// The tenant the emulator plays unless told otherwise.
+pub const DEFAULT_TENANT_ID: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+
+/// How the emulator behaves. Graph's numbers are the defaults.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// The tenant of tokens for `common`, `organizations` or a domain name.
+    pub tenant_id: String,
+    /// The application permissions (`roles`) clients get from the token
+    /// endpoint; `None` grants every application permission of the catalog.
+    pub app_permissions: Option<Vec<String>>,
+    /// Emulated seconds per real second for everything scheduled: retries,
+    /// throttling windows and delays, expirations, reauthorization notices.
+    pub time_scale: f64,
+    /// How much faster than Graph's the timeouts (3 s, 10 s, 10 s) run: with
+    /// 10, a first attempt has 300 ms.
+    pub timeout_scale: f64,
+    /// The claim set of validation tokens.
+    pub token_version: TokenVersion,
+    /// Tenants whose rich notifications carry `validationTokens: null`, as
+    /// Graph sends when the tenant's set-up is incomplete (reference §6.1).
+    pub misconfigured_tenants: Vec<String>,
+    /// Timeouts, retries, batching.
+    pub delivery: DeliveryPolicy,
+    /// The slow and drop states.
+    pub throttling: Throttling,
+    /// Time an endpoint has to answer a validation request (Graph: 10 s).
+    pub handshake_timeout: Duration,
+    /// How long before a subscription expires `reauthorizationRequired` is
+    /// sent to its lifecycle URL (15 minutes), unless it was renewed or
+    /// reauthorized for that expiration.
+    pub reauthorization_notice: Duration,
+    /// Whether the tenant holds Copilot licences (needed for
+    /// `copilot/interactionHistory/…`).
+    pub copilot_tenant_licensed: bool,
+    /// Users (ids or principal names) without a Copilot licence.
+    pub copilot_unlicensed_users: Vec<String>,
+    /// Drive item ids that are files, not folders (subscriptions on them are refused).
+    pub drive_files: Vec<String>,
+    /// Accept `http://` notification URLs on any host, not only loopback
+    /// (e.g. a receiver in another container).
+    pub allow_http: bool,
+    /// Subscriptions per page of `GET /subscriptions`.
+    pub page_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tenant_id: DEFAULT_TENANT_ID.to_owned(),
+            app_permissions: None,
+            time_scale: 1.0,
+            timeout_scale: 1.0,
+            token_version: TokenVersion::V1,
+            misconfigured_tenants: Vec::new(),
+            delivery: DeliveryPolicy::default(),
+            throttling: Throttling::default(),
+            handshake_timeout: Duration::from_secs(10),
+            reauthorization_notice: Duration::from_secs(15 * 60),
+            copilot_tenant_licensed: true,
+            copilot_unlicensed_users: Vec::new(),
+            drive_files: Vec::new(),
+            allow_http: false,
+            page_size: 100,
+        }
+    }
+}
+
+impl Config {
+    /// The real time a Graph timeout takes under [`timeout_scale`](Self::timeout_scale).
+    pub fn real_timeout(&self, graph: Duration) -> Duration {
+        if self.timeout_scale.is_finite() && self.timeout_scale > 0.0 {
+            graph.div_f64(self.timeout_scale)
+        } else {
+            graph
+        }
+    }
+}
+
+/// Everything the emulator's handlers and tasks share.
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) clock: Clock,
+    pub(crate) identity: Identity,
+    pub(crate) store: Store,
+    pub(crate) engine: Engine,
+    pub(crate) log: DeliveryLog,
+    pub(crate) client: reqwest::Client,
+    pub(crate) base_url: String,
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Wakes the housekeeping task when subscriptions change.
+    pub(crate) changed: tokio::sync::Notify,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("base_url", &self.base_url)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Runs a background task until the emulator stops.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .spawn(task);
+    }
+
+    /// The application permissions the token endpoint grants.
+    pub(crate) fn granted_roles(&self) -> Vec<String> {
+        self.config
+            .app_permissions
+            .clone()
+            .unwrap_or_else(identity::all_application_permissions)
+    }
+}
+
+/// Builds an [`Emulator`]; see [`Emulator::builder`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct EmulatorBuilder {
+    config: Config,
+}
+
+impl EmulatorBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The default tenant.
+    pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
+        self.config.tenant_id = tenant_id.into();
+        self
+    }
+
+    /// Narrows the application permissions clients get.
+    pub fn app_permissions<S: Into<String>>(mut self, roles: impl IntoIterator<Item = S>) -> Self {
+        self.config.app_permissions = Some(roles.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Emulated seconds per real second (e.g. 3600: an hour per second).
+    pub fn time_scale(mut self, scale: f64) -> Self {
+        self.config.time_scale = scale;
+        self
+    }
+
+    /// How much faster the timeouts run than Graph's.
+    pub fn timeout_scale(mut self, scale: f64) -> Self {
+        self.config.timeout_scale = scale;
+        self
+    }
+
+    /// The claim set of validation tokens.
+    pub fn token_version(mut self, version: TokenVersion) -> Self {
+        self.config.token_version = version;
+        self
+    }
+
+    /// Sends `validationTokens: null` for this tenant's rich notifications.
+    pub fn misconfigured_tenant(mut self, tenant_id: impl Into<String>) -> Self {
+        self.config.misconfigured_tenants.push(tenant_id.into());
+        self
+    }
+
+    /// Timeouts, retries, batching.
+    pub fn delivery(mut self, policy: DeliveryPolicy) -> Self {
+        self.config.delivery = policy;
+        self
+    }
+
+    /// The slow and drop states.
+    pub fn throttling(mut self, throttling: Throttling) -> Self {
+        self.config.throttling = throttling;
+        self
+    }
+
+    /// Accepts `http://` notification URLs on any host.
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.config.allow_http = allow;
+        self
+    }
+
+    /// Treats this drive item id as a file.
+    pub fn drive_file(mut self, item_id: impl Into<String>) -> Self {
+        self.config.drive_files.push(item_id.into());
+        self
+    }
+
+    /// A user (id or principal name) without a Copilot licence.
+    pub fn copilot_unlicensed_user(mut self, user: impl Into<String>) -> Self {
+        self.config.copilot_unlicensed_users.push(user.into());
+        self
+    }
+
+    /// Whether the tenant has Copilot licences (default: yes).
+    pub fn copilot_tenant_licensed(mut self, licensed: bool) -> Self {
+        self.config.copilot_tenant_licensed = licensed;
+        self
+    }
+
+    /// Starts the emulator on 127.0.0.1 with a free port.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors binding the port; OpenSSL errors generating the signing key.
+    pub async fn start(self) -> io::Result<Emulator> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        self.start_on(listener)
+    }
+
+    /// Starts the emulator on a listener of the caller's.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors reading the listener's address; OpenSSL errors generating
+    /// the signing key; the HTTP client failing to initialise.
+    pub fn start_on(self, listener: TcpListener) -> io::Result<Emulator> {
+        let addr = listener.local_addr()?;
+        let identity = Identity::generate(self.config.token_version).map_err(io::Error::other)?;
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!(
+                "msgraph-webhooks-emulator/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(io::Error::other)?;
+        let (shutdown, _) = watch::channel(false);
+        let core = Arc::new(Core {
+            clock: Clock::new(self.config.time_scale),
+            config: self.config,
+            identity,
+            store: Store::default(),
+            engine: Engine::default(),
+            log: DeliveryLog::default(),
+            client,
+            base_url: format!("http://{addr}"),
+            shutdown,
+            changed: tokio::sync::Notify::new(),
+            tasks: Mutex::new(JoinSet::new()),
+        });
+        core.spawn(lifecycle::housekeeping(core.clone()));
+        let router = api::router(core.clone());
+        let mut stopped = core.shutdown.subscribe();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(local = %addr, "listening");
+        Ok(Emulator {
+            core,
+            addr,
+            server: Some(server),
+        })
+    }
+
+    /// Runs the emulator on `listener` until `shutdown` completes: the
+    /// `msgraph-webhooks emulate` command.
+    ///
+    /// # Errors
+    ///
+    /// As [`start_on`](Self::start_on).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let emulator = self.start_on(listener)?;
+        shutdown.await;
+        emulator.shutdown().await;
+        Ok(())
+    }
+}
+
+/// A running emulator. Dropping it stops it; [`shutdown`](Self::shutdown)
+/// also waits until it has stopped.
+pub struct Emulator {
+    core: Arc<Core>,
+    addr: SocketAddr,
+    server: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// Starts configuring an emulator.
+    pub fn builder() -> EmulatorBuilder {
+        EmulatorBuilder::default()
+    }
+
+    /// Starts an emulator with Graph's defaults on 127.0.0.1.
+    ///
+    /// # Errors
+    ///
+    /// As [`EmulatorBuilder::start`].
+    pub async fn start() -> io::Result<Self> {
+        Self::builder().start().await
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the root of every endpoint.
+    pub fn url(&self) -> &str {
+        &self.core.base_url
+    }
+
+    /// The Graph base URL, `…/v1.0`.
+    pub fn graph_url(&self) -> String {
+        format!("{}/v1.0", self.core.base_url)
+    }
+
+    /// The token endpoint of `tenant` (`common`, a tenant id, `consumers`).
+    pub fn token_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.core.base_url)
+    }
+
+    /// The JWKS with the key that signs every token.
+    pub fn jwks_url(&self) -> String {
+        format!("{}/common/discovery/v2.0/keys", self.core.base_url)
+    }
+
+    /// The OpenID configuration of `tenant`.
+    pub fn openid_configuration_url(&self, tenant: &str) -> String {
+        format!(
+            "{}/{tenant}/v2.0/.well-known/openid-configuration",
+            self.core.base_url
+        )
+    }
+
+    /// The default tenant.
+    pub fn tenant_id(&self) -> &str {
+        &self.core.config.tenant_id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// Its clock: read emulated time, or [`Clock::advance`] it.
+    pub fn clock(&self) -> &Clock {
+        &self.core.clock
+    }
+
+    /// An app-only access token for `app_id` in the default tenant, with the
+    /// configured application permissions (what the token endpoint gives).
+    pub fn app_token(&self, app_id: &str) -> String {
+        self.core.identity.app_token(
+            &self.core.config.tenant_id,
+            app_id,
+            &self.core.granted_roles(),
+        )
+    }
+
+    /// An app-only access token with exactly these application permissions.
+    pub fn app_token_with(&self, tenant_id: &str, app_id: &str, roles: &[&str]) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        self.core.identity.app_token(tenant_id, app_id, &roles)
+    }
+
+    /// A delegated access token for `username` with exactly these scopes.
+    /// Use [`CONSUMER_TENANT_ID`] as the tenant for a personal account.
+    pub fn user_token(
+        &self,
+        tenant_id: &str,
+        app_id: &str,
+        username: &str,
+        scopes: &[&str],
+    ) -> String {
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        self.core
+            .identity
+            .user_token(tenant_id, app_id, username, &scopes)
+    }
+
+    /// Notifies every subscription the change concerns.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`] for a malformed resource or an unknown change type.
+    pub fn fire(&self, change: &Change) -> Result<Fired, ControlError> {
+        self.core.fire(change)
+    }
+
+    /// Sends a lifecycle notification for a subscription
+    /// (`subscriptionRemoved` also removes it).
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`] for an unknown subscription, or an event Graph does
+    /// not send for its kind.
+    pub fn lifecycle(
+        &self,
+        subscription_id: &str,
+        event: &LifecycleEventType,
+    ) -> Result<Fired, ControlError> {
+        self.core.lifecycle(subscription_id, event)
+    }
+
+    /// Every delivery attempt so far (the last 10 000).
+    pub fn deliveries(&self) -> Vec<DeliveryRecord> {
+        self.core.log.all()
+    }
+
+    /// Waits until `done` holds for the deliveries log, or `wait` passes;
+    /// returns the log either way.
+    pub async fn wait_for_deliveries(
+        &self,
+        wait: Duration,
+        mut done: impl FnMut(&[DeliveryRecord]) -> bool,
+    ) -> Vec<DeliveryRecord> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let appended = self.core.log.appended().notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let records = self.core.log.all();
+            if done(&records) {
+                return records;
+            }
+            if tokio::time::timeout_at(deadline, appended).await.is_err() {
+                return self.core.log.all();
+            }
+        }
+    }
+
+    /// The throttling state of every URL delivered to.
+    pub fn endpoints(&self) -> Vec<EndpointStatus> {
+        self.core.engine.statuses()
+    }
+
+    /// The ids of the live subscriptions.
+    pub fn subscription_ids(&self) -> Vec<String> {
+        self.core.store.all().into_iter().map(|s| s.id).collect()
+    }
+
+    /// Stops serving and every background task, and waits for them.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        let mut tasks = std::mem::take(
+            &mut *self
+                .core
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        tasks.shutdown().await;
+    }
+
+    fn stop(&self) {
+        let _ = self.core.shutdown.send(true);
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,125 @@
+//! `/emulator/…`: make things happen, see what happened, move time.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::GraphError;
+use crate::emulator::notify::Change;
+use crate::emulator::store::graph_time;
+use crate::emulator::{ControlError, Core};
+use crate::notification::LifecycleEventType;
+
+impl From<ControlError> for GraphError {
+    fn from(error: ControlError) -> Self {
+        let status = match error {
+            ControlError::UnknownSubscription(_) => StatusCode::NOT_FOUND,
+            ControlError::Encryption(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        GraphError::new(status, "InvalidRequest", error.to_string())
+    }
+}
+
+fn json_body<'a, T: Deserialize<'a>>(bytes: &'a [u8], shape: &str) -> Result<T, GraphError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| GraphError::invalid(format!("The body must be {shape}: {e}")))
+}
+
+pub(super) async fn info(State(core): State<Arc<Core>>) -> Json<Value> {
+    let base = &core.base_url;
+    Json(json!({
+        "graph": format!("{base}/v1.0"),
+        "tokenEndpoint": format!("{base}/common/oauth2/v2.0/token"),
+        "jwks": format!("{base}/common/discovery/v2.0/keys"),
+        "openidConfiguration": format!("{base}/common/v2.0/.well-known/openid-configuration"),
+        "tenantId": core.config.tenant_id,
+        "now": graph_time(core.clock.now()),
+        "timeScale": core.clock.scale(),
+    }))
+}
+
+pub(super) async fn changes(
+    State(core): State<Arc<Core>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), GraphError> {
+    let change: Change = json_body(
+        &body,
+        r#"{"resource": <a subscribed resource>, "changeType": "created"|"updated"|"deleted", "data": {…}}"#,
+    )?;
+    let fired = core.fire(&change)?;
+    Ok((StatusCode::ACCEPTED, Json(json!(fired))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LifecycleBody {
+    subscription_id: String,
+    lifecycle_event: LifecycleEventType,
+}
+
+pub(super) async fn lifecycle(
+    State(core): State<Arc<Core>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), GraphError> {
+    let body: LifecycleBody = json_body(
+        &body,
+        r#"{"subscriptionId": "…", "lifecycleEvent": "reauthorizationRequired"|"subscriptionRemoved"|"missed"}"#,
+    )?;
+    if let LifecycleEventType::Unknown(event) = &body.lifecycle_event {
+        return Err(GraphError::invalid(format!(
+            "'{event}' is not a lifecycle event: use reauthorizationRequired, subscriptionRemoved or missed"
+        )));
+    }
+    let fired = core.lifecycle(&body.subscription_id, &body.lifecycle_event)?;
+    Ok((StatusCode::ACCEPTED, Json(json!(fired))))
+}
+
+pub(super) async fn deliveries(State(core): State<Arc<Core>>) -> Json<Value> {
+    Json(json!({ "value": core.log.all() }))
+}
+
+pub(super) async fn endpoints(State(core): State<Arc<Core>>) -> Json<Value> {
+    Json(json!({ "value": core.engine.statuses() }))
+}
+
+pub(super) async fn subscriptions(State(core): State<Arc<Core>>) -> Json<Value> {
+    let value: Vec<Value> = core
+        .store
+        .all()
+        .iter()
+        .map(|s| s.to_json(&core.base_url, false))
+        .collect();
+    Json(json!({ "value": value }))
+}
+
+pub(super) async fn clock(State(core): State<Arc<Core>>) -> Json<Value> {
+    Json(json!({ "now": graph_time(core.clock.now()), "timeScale": core.clock.scale() }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Advance {
+    advance_seconds: f64,
+}
+
+/// `{"advanceSeconds": 3600}` moves emulated time forward an hour.
+pub(super) async fn advance(
+    State(core): State<Arc<Core>>,
+    body: Bytes,
+) -> Result<Json<Value>, GraphError> {
+    let Advance { advance_seconds } = json_body(&body, r#"{"advanceSeconds": <seconds>}"#)?;
+    if !(advance_seconds.is_finite() && (0.0..=1e9).contains(&advance_seconds)) {
+        return Err(GraphError::invalid(
+            "advanceSeconds must be a number of seconds from 0 to 1e9.",
+        ));
+    }
+    core.clock
+        .advance(time::Duration::seconds_f64(advance_seconds));
+    Ok(Json(json!({ "now": graph_time(core.clock.now()) })))
+}

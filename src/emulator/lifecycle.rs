@@ -1,0 +1,242 @@
+//! Making things happen: changes to notify, lifecycle events, and the
+//! housekeeping that expires subscriptions and warns before it does.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use reqwest::Url;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::Core;
+use super::delivery::Outgoing;
+use super::notify::{Change, change_items, lifecycle_item, target};
+use super::store::Subscription;
+use crate::catalog::{PathError, ResourcePath};
+use crate::notification::{ChangeType, LifecycleEventType};
+
+/// What a change or lifecycle event set in motion.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Fired {
+    /// The subscriptions notified.
+    pub subscription_ids: Vec<String>,
+    /// The items queued for delivery.
+    pub items: usize,
+}
+
+/// Why the control API refused a request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The `resource` is not a path.
+    InvalidResource(PathError),
+    /// The change type is not `created`, `updated` or `deleted`.
+    InvalidChangeType(String),
+    /// No subscription has this id.
+    UnknownSubscription(String),
+    /// Graph does not send this lifecycle event for the subscription's kind
+    /// (reference §8: `missed` is for Outlook resources, `subscriptionRemoved`
+    /// for Outlook and chat messages).
+    UnsupportedLifecycleEvent {
+        /// The event.
+        event: String,
+        /// The subscription's kind.
+        kind: String,
+    },
+    /// Encrypting resource data failed.
+    Encryption(String),
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::InvalidResource(e) => write!(f, "invalid resource: {e}"),
+            ControlError::InvalidChangeType(t) => write!(
+                f,
+                "'{t}' is not a change type: use created, updated or deleted"
+            ),
+            ControlError::UnknownSubscription(id) => write!(f, "no subscription has the id '{id}'"),
+            ControlError::UnsupportedLifecycleEvent { event, kind } => {
+                write!(f, "Graph does not send '{event}' for {kind} subscriptions")
+            }
+            ControlError::Encryption(e) => write!(f, "encrypting resource data failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// The (audience, tenant) of a rich subscription's validation token: the
+/// `notificationUrlAppId` when set, else the subscribing app (reference §7).
+fn token_for(subscription: &Subscription) -> Option<(String, String)> {
+    subscription.rich().then(|| {
+        (
+            subscription
+                .notification_url_app_id
+                .clone()
+                .unwrap_or_else(|| subscription.application_id.clone()),
+            subscription.tenant_id.clone(),
+        )
+    })
+}
+
+impl Core {
+    /// Queues the notifications of `change` for every subscription it concerns.
+    pub(crate) fn fire(self: &Arc<Self>, change: &Change) -> Result<Fired, ControlError> {
+        let path = ResourcePath::parse(&change.resource).map_err(ControlError::InvalidResource)?;
+        if let ChangeType::Unknown(t) = &change.change_type {
+            return Err(ControlError::InvalidChangeType(t.clone()));
+        }
+        let now = self.clock.now();
+        let mut fired = Fired::default();
+        let mut by_url: HashMap<Url, Vec<Outgoing>> = HashMap::new();
+        for subscription in self.store.all() {
+            if subscription.expiration <= now
+                || !subscription.change_types.contains(&change.change_type)
+                || (change.permissions_changed
+                    && !(subscription.security_webhooks && subscription.entry.security_webhooks))
+            {
+                continue;
+            }
+            let Some(target) = target(&subscription, &path) else {
+                continue;
+            };
+            let items = change_items(&subscription, change, target)
+                .map_err(|e| ControlError::Encryption(e.to_string()))?;
+            fired.items += items.len();
+            fired.subscription_ids.push(subscription.id.clone());
+            let tokens = token_for(&subscription);
+            by_url
+                .entry(subscription.notification_url.clone())
+                .or_default()
+                .extend(items.into_iter().map(|item| Outgoing {
+                    item,
+                    subscription_id: subscription.id.clone(),
+                    lifecycle: false,
+                    token_for: tokens.clone(),
+                }));
+        }
+        for (url, items) in by_url {
+            self.engine.enqueue(self, &url, items);
+        }
+        Ok(fired)
+    }
+
+    /// Sends a lifecycle notification to the subscription's lifecycle URL (if
+    /// it has one); `subscriptionRemoved` removes the subscription too.
+    pub(crate) fn lifecycle(
+        self: &Arc<Self>,
+        subscription_id: &str,
+        event: &LifecycleEventType,
+    ) -> Result<Fired, ControlError> {
+        let subscription = self
+            .store
+            .get(subscription_id)
+            .ok_or_else(|| ControlError::UnknownSubscription(subscription_id.to_owned()))?;
+        let rules = subscription.entry.rules();
+        if !rules.lifecycle_events.contains(event) {
+            return Err(ControlError::UnsupportedLifecycleEvent {
+                event: event.to_string(),
+                kind: subscription.kind().to_string(),
+            });
+        }
+        if *event == LifecycleEventType::SubscriptionRemoved {
+            self.store.remove(subscription_id);
+            self.changed.notify_one();
+        }
+        Ok(self.send_lifecycle(&subscription, event))
+    }
+
+    fn send_lifecycle(
+        self: &Arc<Self>,
+        subscription: &Subscription,
+        event: &LifecycleEventType,
+    ) -> Fired {
+        let Some(url) = &subscription.lifecycle_url else {
+            return Fired::default();
+        };
+        let item = lifecycle_item(subscription, event);
+        self.engine.enqueue(
+            self,
+            url,
+            vec![Outgoing {
+                item,
+                subscription_id: subscription.id.clone(),
+                lifecycle: true,
+                token_for: None,
+            }],
+        );
+        Fired {
+            subscription_ids: vec![subscription.id.clone()],
+            items: 1,
+        }
+    }
+
+    /// Expires subscriptions due at `now`, sends the reauthorization notices
+    /// due, and says when the next thing is due.
+    fn tend(self: &Arc<Self>, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        for expired in self.store.remove_expired(now) {
+            tracing::info!(subscription_id = %expired.id, "subscription expired");
+        }
+        let notice = time::Duration::try_from(self.config.reauthorization_notice)
+            .unwrap_or(time::Duration::ZERO);
+        let mut next: Option<OffsetDateTime> = None;
+        for subscription in self.store.all() {
+            let mut due = vec![subscription.expiration];
+            if subscription.lifecycle_url.is_some()
+                && subscription.reauthorization_done_for != Some(subscription.expiration)
+            {
+                let at = subscription.expiration - notice;
+                if now >= at {
+                    let expiration = subscription.expiration;
+                    let claimed = self.store.update(&subscription.id, |s| {
+                        let first = s.reauthorization_done_for != Some(expiration);
+                        s.reauthorization_done_for = Some(expiration);
+                        first
+                    });
+                    if claimed == Some(true) {
+                        self.send_lifecycle(
+                            &subscription,
+                            &LifecycleEventType::ReauthorizationRequired,
+                        );
+                    }
+                } else {
+                    due.push(at);
+                }
+            }
+            for t in due {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        next
+    }
+}
+
+/// The housekeeping task: runs [`Core::tend`] whenever something is due or
+/// the subscriptions change, until the emulator stops.
+pub(crate) async fn housekeeping(core: Arc<Core>) {
+    let mut shutdown = core.shutdown.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let changed = core.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let next = core.tend(core.clock.now());
+        let sleep = async {
+            match next {
+                Some(t) => core.clock.sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = &mut changed => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

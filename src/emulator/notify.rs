@@ -1,0 +1,389 @@
+//! What a change in the emulated tenant becomes: the subscriptions it
+//! concerns, and the notification items Graph would send them (basic, or
+//! with the resource encrypted to the subscription's certificate).
+
+use openssl::error::ErrorStack;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::encrypt::encrypt_resource;
+use super::identity::random_id;
+use super::store::{Subscription, graph_time};
+use crate::catalog::ResourcePath;
+use crate::notification::{ChangeType, LifecycleEventType, ResourceKind};
+
+/// A change to notify subscribers of: the body of `POST /emulator/changes`.
+///
+/// ```
+/// use msgraph_webhooks::ChangeType;
+/// use msgraph_webhooks::emulator::Change;
+///
+/// let change = Change::new("me/mailFolders('Inbox')/messages", ChangeType::Created)
+///     .data(serde_json::json!({"id": "AAMkAGI1", "subject": "Hello"}));
+/// # let _ = change;
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Change {
+    /// A subscribed resource (`me/messages`, `chats/{id}/messages`), or an
+    /// item beneath one (`users/{id}/messages/{id}`), which then is the
+    /// notification's `resource`.
+    pub resource: String,
+    /// What happened.
+    pub change_type: ChangeType,
+    /// The resource's JSON, as a GET would return it: its `id` goes into
+    /// `resourceData`, and rich subscriptions get all of it, encrypted.
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// A change of permissions on a drive item: only subscriptions created
+    /// with `Prefer: includesecuritywebhooks` hear of it.
+    #[serde(default)]
+    pub permissions_changed: bool,
+}
+
+impl Change {
+    /// A change without resource data.
+    pub fn new(resource: impl Into<String>, change_type: ChangeType) -> Self {
+        Self {
+            resource: resource.into(),
+            change_type,
+            data: None,
+            permissions_changed: false,
+        }
+    }
+
+    /// Sets the resource's JSON.
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// Marks the change as a permission change of a drive item.
+    pub fn permissions_changed(mut self) -> Self {
+        self.permissions_changed = true;
+        self
+    }
+}
+
+/// How a change relates to a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The change names the subscribed resource itself.
+    Subscribed,
+    /// The change names an item beneath it.
+    Beneath,
+}
+
+/// Graph's organisation-wide functions, as the item paths they cover.
+fn expand_get_all(segments: &[String]) -> Vec<String> {
+    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let expanded: &[&str] = match s.as_slice() {
+        ["teams", "getallmessages"] => &["teams", "*", "channels", "*", "messages"],
+        ["chats", "getallmessages"] => &["chats", "*", "messages"],
+        ["chats", "getallmembers"] => &["chats", "*", "members"],
+        ["teams", "getallchannels"] => &["teams", "*", "channels"],
+        ["communications", "onlinemeetings", "getallrecordings"] => {
+            &["communications", "onlinemeetings", "*", "recordings"]
+        }
+        ["communications", "onlinemeetings", "getalltranscripts"] => {
+            &["communications", "onlinemeetings", "*", "transcripts"]
+        }
+        ["teams", team, "channels", "getallmembers"] => {
+            return ["teams", team, "channels", "*", "members"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        }
+        _ => return segments.to_vec(),
+    };
+    expanded.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The ids of a presence `$filter=id in ('a','b')`, lower-cased.
+fn filter_ids(filter: &str) -> Vec<String> {
+    let inner = filter
+        .split_once('(')
+        .and_then(|(_, rest)| rest.rsplit_once(')'))
+        .map_or("", |(ids, _)| ids);
+    inner
+        .split(',')
+        .map(|id| id.trim().trim_matches(['\'', '"']).to_lowercase())
+        .filter(|id| !id.is_empty())
+        .collect()
+}
+
+/// Whether `change` concerns `subscription`, and how.
+pub(crate) fn target(subscription: &Subscription, change: &ResourcePath) -> Option<Target> {
+    let split = |s: String| s.split('/').map(str::to_owned).collect::<Vec<_>>();
+    let changed = split(change.canonical(None));
+    let subscribed = split(subscription.path.canonical(subscription.me()));
+    if subscription.entry.filter_required {
+        let ids = filter_ids(subscription.path.query("$filter").unwrap_or_default());
+        return match changed.as_slice() {
+            [c, p, id] if c == "communications" && p == "presences" && ids.contains(id) => {
+                Some(Target::Beneath)
+            }
+            _ => (changed == subscribed).then_some(Target::Subscribed),
+        };
+    }
+    let pattern = expand_get_all(&subscribed);
+    if changed.len() < pattern.len() {
+        return None;
+    }
+    // `me` in a change stands for any user.
+    let any_user = change.user() == Some("me");
+    for (i, (want, got)) in pattern.iter().zip(&changed).enumerate() {
+        let wildcard = want == "*" || (any_user && i == 1 && pattern[0] == "users");
+        if !wildcard && want != got {
+            return None;
+        }
+    }
+    if changed.len() == subscribed.len() && pattern == subscribed {
+        Some(Target::Subscribed)
+    } else {
+        Some(Target::Beneath)
+    }
+}
+
+/// `resource` with a leading `me/` replaced by the subscription's user.
+fn expand_me(subscription: &Subscription, resource: &str) -> String {
+    let resource = resource.trim().trim_start_matches('/');
+    let resource = resource.split('?').next().unwrap_or_default();
+    match (subscription.me(), resource.get(..3)) {
+        (Some(user), Some(prefix)) if prefix.eq_ignore_ascii_case("me/") => {
+            format!("users/{user}/{}", &resource[3..])
+        }
+        _ => resource.to_owned(),
+    }
+}
+
+/// The notification's `resource` for an item with id `id`.
+fn item_resource(subscription: &Subscription, change: &Change, target: Target, id: &str) -> String {
+    if target == Target::Beneath {
+        return expand_me(subscription, &change.resource);
+    }
+    let data = change.data.as_ref();
+    let field = |name: &str| data.and_then(|d| d.get(name)).and_then(Value::as_str);
+    if *subscription.kind() == ResourceKind::ChatMessage {
+        if let Some(chat) = field("chatId") {
+            return format!("chats('{chat}')/messages('{id}')");
+        }
+        let channel = data.and_then(|d| d.get("channelIdentity"));
+        let part = |name: &str| channel.and_then(|c| c.get(name)).and_then(Value::as_str);
+        if let (Some(team), Some(channel)) = (part("teamId"), part("channelId")) {
+            return format!("teams('{team}')/channels('{channel}')/messages('{id}')");
+        }
+    }
+    let base = expand_me(subscription, &subscription.resource);
+    if subscription.entry.single_resource {
+        return base;
+    }
+    if subscription.entry.rules().outlook {
+        let collection = match subscription.kind() {
+            ResourceKind::Event => "Events",
+            ResourceKind::Contact => "Contacts",
+            _ => "Messages",
+        };
+        let user = subscription
+            .me()
+            .or_else(|| subscription.path.user())
+            .unwrap_or("me");
+        return format!("Users/{user}/{collection}/{id}");
+    }
+    if subscription.path.uses_paren_keys() {
+        format!("{base}('{id}')")
+    } else {
+        format!("{base}/{id}")
+    }
+}
+
+/// `#Microsoft.Graph.Message`, `#Microsoft.Graph.ChatMessage`, …
+fn odata_type(kind: &ResourceKind) -> String {
+    let name = kind.as_str();
+    let mut chars = name.chars();
+    let first = chars.next().map(|c| c.to_ascii_uppercase());
+    format!(
+        "#Microsoft.Graph.{}{}",
+        first.map(String::from).unwrap_or_default(),
+        chars.as_str()
+    )
+}
+
+/// The resource data a rich subscription gets: the change's JSON, with
+/// `id` and `@odata.type`, cut to `$select` for Outlook, with
+/// `systemEventMessage` hidden unless the subscription asked for unknown
+/// enum members.
+fn rich_data(subscription: &Subscription, change: &Change, id: &str) -> Map<String, Value> {
+    let mut data = match &change.data {
+        Some(Value::Object(map)) => map.clone(),
+        _ => Map::new(),
+    };
+    data.entry("id").or_insert_with(|| json!(id));
+    data.entry("@odata.type")
+        .or_insert_with(|| json!(format!("#microsoft.graph.{}", subscription.kind().as_str())));
+    if subscription.entry.rules().outlook
+        && let Some(select) = subscription.path.query("$select")
+    {
+        let selected: Vec<&str> = select.split(',').map(str::trim).collect();
+        data.retain(|key, _| {
+            key == "id"
+                || key.starts_with("@odata.")
+                || selected.iter().any(|s| {
+                    key.eq_ignore_ascii_case(s)
+                        || key
+                            .split_once('@')
+                            .is_some_and(|(k, _)| k.eq_ignore_ascii_case(s))
+                })
+        });
+    }
+    if *subscription.kind() == ResourceKind::ChatMessage
+        && !subscription.unknown_enum_members
+        && data.get("messageType").and_then(Value::as_str) == Some("systemEventMessage")
+    {
+        data.insert("messageType".to_owned(), json!("unknownFutureValue"));
+    }
+    data
+}
+
+/// The notification items `change` makes for `subscription`: one, or two
+/// for `notifyOnUserSpecificProperties=true` (with and without the
+/// user-specific `viewpoint`).
+///
+/// # Errors
+///
+/// OpenSSL errors encrypting rich data.
+pub(crate) fn change_items(
+    subscription: &Subscription,
+    change: &Change,
+    target: Target,
+) -> Result<Vec<Value>, ErrorStack> {
+    let data_id = change
+        .data
+        .as_ref()
+        .and_then(|d| d.get("id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let id = data_id.unwrap_or_else(random_id);
+    let resource = item_resource(subscription, change, target, &id);
+    let outlook = subscription.entry.rules().outlook;
+    let resource_data = if *subscription.kind() == ResourceKind::DriveItem {
+        Value::Null
+    } else {
+        let mut data = Map::new();
+        data.insert(
+            "@odata.type".to_owned(),
+            json!(odata_type(subscription.kind())),
+        );
+        data.insert("@odata.id".to_owned(), json!(resource));
+        let etag = change
+            .data
+            .as_ref()
+            .and_then(|d| d.get("@odata.etag"))
+            .cloned();
+        if let Some(etag) =
+            etag.or_else(|| outlook.then(|| json!(format!("W/\"{}\"", random_id()))))
+        {
+            data.insert("@odata.etag".to_owned(), etag);
+        }
+        data.insert("id".to_owned(), json!(id));
+        Value::Object(data)
+    };
+
+    let user_specific = subscription.entry.user_specific_properties
+        && subscription
+            .path
+            .query("notifyOnUserSpecificProperties")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut payloads = vec![rich_data(subscription, change, &id)];
+    if user_specific {
+        let mut without = payloads[0].clone();
+        without.remove("viewpoint");
+        payloads.push(without);
+    }
+
+    let mut items = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        let mut item = Map::new();
+        if outlook {
+            item.insert("id".to_owned(), json!(random_id()));
+        }
+        item.insert("subscriptionId".to_owned(), json!(subscription.id));
+        item.insert(
+            "subscriptionExpirationDateTime".to_owned(),
+            json!(graph_time(subscription.expiration)),
+        );
+        item.insert("changeType".to_owned(), json!(change.change_type));
+        item.insert("resource".to_owned(), json!(resource));
+        if let Some(state) = &subscription.client_state {
+            item.insert("clientState".to_owned(), json!(state.expose()));
+        }
+        item.insert("tenantId".to_owned(), json!(subscription.tenant_id));
+        item.insert("resourceData".to_owned(), resource_data.clone());
+        if subscription.rich()
+            && let Some(certificate) = &subscription.certificate
+        {
+            let json = serde_json::to_vec(&payload).unwrap_or_default();
+            let encrypted = encrypt_resource(&certificate.x509, &certificate.id, &json)?;
+            item.insert("encryptedContent".to_owned(), json!(encrypted));
+        }
+        items.push(Value::Object(item));
+    }
+    Ok(items)
+}
+
+/// A lifecycle notification item (reference §3.6).
+pub(crate) fn lifecycle_item(subscription: &Subscription, event: &LifecycleEventType) -> Value {
+    let mut item = Map::new();
+    item.insert("lifecycleEvent".to_owned(), json!(event));
+    item.insert("subscriptionId".to_owned(), json!(subscription.id));
+    item.insert(
+        "subscriptionExpirationDateTime".to_owned(),
+        json!(graph_time(subscription.expiration)),
+    );
+    if let Some(state) = &subscription.client_state {
+        item.insert("clientState".to_owned(), json!(state.expose()));
+    }
+    item.insert("tenantId".to_owned(), json!(subscription.tenant_id));
+    Value::Object(item)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_filter_ids() {
+        assert_eq!(filter_ids("id in ('A', \"b\",'')"), ["a", "b"]);
+        assert!(filter_ids("garbage").is_empty());
+    }
+
+    #[test]
+    fn odata_types_are_capitalised() {
+        assert_eq!(
+            odata_type(&ResourceKind::ChatMessage),
+            "#Microsoft.Graph.ChatMessage"
+        );
+        assert_eq!(
+            odata_type(&ResourceKind::Message),
+            "#Microsoft.Graph.Message"
+        );
+    }
+
+    #[test]
+    fn get_all_functions_expand_to_item_paths() {
+        let segs = |s: &str| s.split('/').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            expand_get_all(&segs("teams/getallmessages")),
+            segs("teams/*/channels/*/messages")
+        );
+        assert_eq!(
+            expand_get_all(&segs("teams/t1/channels/getallmembers")),
+            segs("teams/t1/channels/*/members")
+        );
+        assert_eq!(
+            expand_get_all(&segs("users/u/messages")),
+            segs("users/u/messages")
+        );
+    }
+}

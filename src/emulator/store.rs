@@ -1,0 +1,248 @@
+//! The subscriptions the emulator holds, and how Graph shows them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use openssl::x509::X509;
+use reqwest::Url;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::ClientState;
+use crate::catalog::{Entry, PaymentModel, ResourcePath};
+use crate::notification::{ChangeType, ResourceKind};
+
+/// A subscription's encryption certificate.
+#[derive(Clone, Debug)]
+pub(crate) struct Certificate {
+    pub(crate) x509: X509,
+    pub(crate) id: String,
+}
+
+/// One subscription, as created through the API.
+#[derive(Clone, Debug)]
+pub(crate) struct Subscription {
+    pub(crate) id: String,
+    pub(crate) resource: String,
+    pub(crate) path: ResourcePath,
+    pub(crate) entry: &'static Entry,
+    pub(crate) change_types: Vec<ChangeType>,
+    pub(crate) notification_url: Url,
+    pub(crate) lifecycle_url: Option<Url>,
+    pub(crate) expiration: OffsetDateTime,
+    pub(crate) client_state: Option<ClientState>,
+    pub(crate) include_resource_data: bool,
+    pub(crate) certificate: Option<Certificate>,
+    pub(crate) tls_version: String,
+    pub(crate) notification_query_options: Option<String>,
+    pub(crate) notification_url_app_id: Option<String>,
+    pub(crate) application_id: String,
+    pub(crate) creator_id: String,
+    pub(crate) tenant_id: String,
+    /// The signed-in user of a delegated subscription.
+    pub(crate) user_id: Option<String>,
+    pub(crate) payment_model: Option<PaymentModel>,
+    /// Created with `Prefer: include-unknown-enum-members`.
+    pub(crate) unknown_enum_members: bool,
+    /// Created with `Prefer: includesecuritywebhooks`.
+    pub(crate) security_webhooks: bool,
+    /// The expiration a `reauthorizationRequired` was sent (or made
+    /// unnecessary by a reauthorize call) for; a renewal clears it.
+    pub(crate) reauthorization_done_for: Option<OffsetDateTime>,
+    /// `v1.0` or `beta`, for `@odata.context`.
+    pub(crate) api_version: &'static str,
+}
+
+impl Subscription {
+    pub(crate) fn kind(&self) -> &ResourceKind {
+        &self.entry.kind
+    }
+
+    /// Whether notifications carry encrypted resource data.
+    pub(crate) fn rich(&self) -> bool {
+        self.certificate.is_some()
+            && (self.include_resource_data
+                || self.entry.rules().resource_data
+                    == crate::catalog::ResourceDataRule::AlwaysEncrypted)
+    }
+
+    /// The user `me` stands for in the path, if any.
+    pub(crate) fn me(&self) -> Option<&str> {
+        self.user_id.as_deref()
+    }
+
+    /// What two subscriptions must share to be duplicates: the app and
+    /// tenant, the resource (case, key syntax and `me` aside, query options
+    /// sorted) and the change types.
+    pub(crate) fn duplicate_key(&self) -> String {
+        let mut query: Vec<String> = self
+            .path
+            .query_options()
+            .iter()
+            .map(|(k, v)| format!("{}={v}", k.to_lowercase()))
+            .collect();
+        query.sort();
+        let mut types: Vec<&str> = self.change_types.iter().map(ChangeType::as_str).collect();
+        types.sort_unstable();
+        format!(
+            "{}|{}|{}?{}|{}",
+            self.application_id.to_lowercase(),
+            self.tenant_id.to_lowercase(),
+            self.path.canonical(self.me()),
+            query.join("&"),
+            types.join(",")
+        )
+    }
+
+    /// The subscription as Graph returns it. `clientState` is shown only in
+    /// the answers to create and update; reads return `null` (reference §5).
+    pub(crate) fn to_json(&self, base: &str, show_client_state: bool) -> Value {
+        json!({
+            "@odata.context": format!("{base}/{}/$metadata#subscriptions/$entity", self.api_version),
+            "id": self.id,
+            "resource": self.resource,
+            "applicationId": self.application_id,
+            "changeType": self.change_type_text(),
+            "clientState": if show_client_state { self.client_state.as_ref().map(ClientState::expose) } else { None },
+            "notificationUrl": self.notification_url.as_str(),
+            "notificationQueryOptions": self.notification_query_options,
+            "lifecycleNotificationUrl": self.lifecycle_url.as_ref().map(Url::as_str),
+            "expirationDateTime": graph_time(self.expiration),
+            "creatorId": self.creator_id,
+            "includeResourceData": self.include_resource_data,
+            "latestSupportedTlsVersion": self.tls_version,
+            "encryptionCertificateId": self.certificate.as_ref().map(|c| c.id.as_str()),
+            "notificationUrlAppId": self.notification_url_app_id,
+            "notificationContentType": "application/json",
+        })
+    }
+
+    pub(crate) fn change_type_text(&self) -> String {
+        self.change_types
+            .iter()
+            .map(ChangeType::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A date-time as Graph writes it: UTC, seven fraction digits, `Z`.
+pub(crate) fn graph_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond() / 100
+    )
+}
+
+/// Parses `expirationDateTime`: RFC 3339 with any offset and fraction.
+pub(crate) fn parse_time(value: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(value.trim(), &Rfc3339).ok()
+}
+
+/// The subscriptions, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    subscriptions: Mutex<HashMap<String, Subscription>>,
+}
+
+impl Store {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscription>> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The id of a live subscription that `candidate` would duplicate.
+    pub(crate) fn duplicate_of(&self, candidate: &Subscription) -> Option<String> {
+        let key = candidate.duplicate_key();
+        self.lock()
+            .values()
+            .find(|s| s.id != candidate.id && s.duplicate_key() == key)
+            .map(|s| s.id.clone())
+    }
+
+    /// Adds a subscription unless one like it exists; then returns its id.
+    pub(crate) fn insert_unique(&self, subscription: Subscription) -> Result<(), String> {
+        let key = subscription.duplicate_key();
+        let mut subscriptions = self.lock();
+        if let Some(existing) = subscriptions.values().find(|s| s.duplicate_key() == key) {
+            return Err(existing.id.clone());
+        }
+        subscriptions.insert(subscription.id.clone(), subscription);
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<Subscription> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Replaces a subscription that still exists; `false` if it is gone.
+    pub(crate) fn replace(&self, subscription: Subscription) -> bool {
+        let mut subscriptions = self.lock();
+        match subscriptions.get_mut(&subscription.id) {
+            Some(slot) => {
+                *slot = subscription;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Applies `f` to a subscription; `None` if it is gone.
+    pub(crate) fn update<T>(&self, id: &str, f: impl FnOnce(&mut Subscription) -> T) -> Option<T> {
+        self.lock().get_mut(id).map(f)
+    }
+
+    pub(crate) fn remove(&self, id: &str) -> Option<Subscription> {
+        self.lock().remove(id)
+    }
+
+    /// Every subscription, oldest expiration first.
+    pub(crate) fn all(&self) -> Vec<Subscription> {
+        let mut all: Vec<Subscription> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| a.expiration.cmp(&b.expiration).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    /// Removes the subscriptions expired at `now`; returns them.
+    pub(crate) fn remove_expired(&self, now: OffsetDateTime) -> Vec<Subscription> {
+        let mut subscriptions = self.lock();
+        let expired: Vec<String> = subscriptions
+            .values()
+            .filter(|s| s.expiration <= now)
+            .map(|s| s.id.clone())
+            .collect();
+        expired
+            .iter()
+            .filter_map(|id| subscriptions.remove(id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn graph_time_has_seven_fraction_digits_in_utc() {
+        let t = datetime!(2016-11-20 18:23:45.935_691_3 UTC);
+        assert_eq!(graph_time(t), "2016-11-20T18:23:45.9356913Z");
+        let offset = datetime!(2016-11-20 20:23:45 +02:00);
+        assert_eq!(graph_time(offset), "2016-11-20T18:23:45.0000000Z");
+        assert_eq!(parse_time("2016-11-20T18:23:45.9356913Z"), Some(t));
+        assert_eq!(parse_time("2016-11-20T20:23:45+02:00"), Some(offset));
+        for bad in ["", "tomorrow", "2016-11-20", "2016-13-20T18:23:45Z"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+}
