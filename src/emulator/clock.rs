@@ -124,8 +124,10 @@ impl Clock {
             .min(MAX_REAL_WAIT)
     }
 
-    /// Waits until the emulated time is `deadline`.
+    /// Waits until the emulated time is `deadline`. Always yields once, so a
+    /// loop around a deadline already past cannot starve the runtime.
     pub async fn sleep_until(&self, deadline: OffsetDateTime) {
+        tokio::task::yield_now().await;
         loop {
             let jumped = self.inner.jumped.notified();
             tokio::pin!(jumped);

@@ -495,7 +495,14 @@ impl Endpoint {
             batches.push((batch, inner.state));
         }
 
-        let mut next_wake = inner.queue.iter().map(|p| p.ready_at).min();
+        // Items ready now but held back by the in-flight limit wait for a
+        // send to finish, which wakes the task; only future ones set a time.
+        let mut next_wake = inner
+            .queue
+            .iter()
+            .map(|p| p.ready_at)
+            .filter(|t| *t > now)
+            .min();
         let mut consider = |t: OffsetDateTime| {
             next_wake = Some(next_wake.map_or(t, |n| n.min(t)));
         };

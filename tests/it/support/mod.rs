@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod graph;
 pub mod http;
+pub mod receivers;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,28 @@ impl Recorder {
                     "expected {n} events within 10 s, got {}",
                     self.events().len()
                 );
+            }
+        }
+    }
+
+    /// Waits until `done` holds for the events (panics after `within`).
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let events = self.events();
+            if done(&events) {
+                return events;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("{what}: not within {within:?}; events: {:?}", self.events());
             }
         }
     }
