@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod emulator_api;
 mod emulator_delivery;
 mod emulator_handshake;
 mod emulator_rules;
