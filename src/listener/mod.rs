@@ -6,6 +6,7 @@
 mod handshake;
 mod response;
 mod server;
+mod sniff;
 
 use std::convert::Infallible;
 use std::sync::Arc;

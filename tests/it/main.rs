@@ -2,4 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod fixtures;
+mod limits;
+mod listener;
+mod parser_props;
+mod shutdown;
 mod support;
