@@ -1,7 +1,7 @@
 //! The endpoint Graph calls: the validation handshake, and notification
 //! deliveries authenticated item by item and stored in the inbox before the
 //! `202`. [`WebhookService`] is a `tower::Service`, so it mounts as a route
-//! of an axum app; [`serve`](crate::listener::serve) runs it standalone on hyper.
+//! of an axum app; [`serve`] runs it standalone on hyper.
 
 mod handshake;
 mod response;
