@@ -69,6 +69,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod dedupe;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod handler;
@@ -77,6 +78,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notification;
 pub mod registry;
+pub mod store;
 pub mod tokens;
 pub mod worker;
 

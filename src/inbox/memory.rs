@@ -164,15 +164,10 @@ impl Inbox for MemoryInbox {
         Box::pin(std::future::ready(result))
     }
 
-    fn retry(
-        &self,
-        mut claimed: Claimed,
-        delay: Duration,
-    ) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
         let result = {
             let mut state = self.lock();
             self.release(&mut state, &claimed.id).map(|()| {
-                claimed.attempts += 1;
                 state.next_id += 1;
                 let seq = state.next_id;
                 state.delayed.push(Reverse(Delayed {
@@ -268,7 +263,8 @@ mod tests {
     async fn retried_items_come_back_after_their_delay() {
         let inbox = MemoryInbox::new(10);
         inbox.append(vec![item(1)]).await.unwrap();
-        let first = inbox.claim(1, Duration::ZERO).await.unwrap().remove(0);
+        let mut first = inbox.claim(1, Duration::ZERO).await.unwrap().remove(0);
+        first.attempts += 1;
         inbox.retry(first, Duration::from_secs(5)).await.unwrap();
         assert!(
             inbox

@@ -159,7 +159,9 @@ impl<H: Handler> Pipeline<H> {
                 inbox.complete(id.clone()).await
             }
             Outcome::Failed(reason) => {
-                let failures = claimed.attempts + 1;
+                let mut claimed = claimed;
+                claimed.attempts += 1;
+                let failures = claimed.attempts;
                 if failures >= self.retry.max_attempts {
                     tracing::error!(%id, failures, %reason, "dead-lettering item");
                     self.metrics.dead_lettered();

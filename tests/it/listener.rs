@@ -356,7 +356,7 @@ async fn failing_handler_is_retried_then_dead_lettered() {
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     let (claimed, reason) = &inbox.dead_letters()[0];
     assert!(reason.contains("downstream is down"), "{reason}");
-    assert_eq!(claimed.attempts, 2, "two failures before the last attempt");
+    assert_eq!(claimed.attempts, 3, "every failed attempt is counted");
     assert_eq!(inbox.stats().await.unwrap().depth, 0);
 }
 
