@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::ClientState;
+use crate::dedupe::{Dedupe, MemoryDedupe};
 use crate::handler::Handler;
 use crate::inbox::{Inbox, MemoryInbox};
 use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
@@ -60,6 +61,8 @@ pub struct ReceiverBuilder<H> {
     handler: H,
     registry: Option<Arc<SubscriptionRegistry>>,
     inbox: Option<Arc<dyn Inbox>>,
+    dedupe: Option<Arc<dyn Dedupe>>,
+    dedupe_ttl: Duration,
     metrics: Option<Arc<Metrics>>,
     limits: Limits,
     retry: RetryPolicy,
@@ -115,6 +118,8 @@ impl Receiver<()> {
             handler,
             registry: None,
             inbox: None,
+            dedupe: None,
+            dedupe_ttl: crate::dedupe::DEFAULT_TTL,
             metrics: None,
             limits: Limits::default(),
             retry: RetryPolicy::default(),
@@ -142,6 +147,21 @@ impl<H: Handler> ReceiverBuilder<H> {
     /// Stores accepted items here (default: a [`MemoryInbox`] of 100 000 items).
     pub fn inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
         self.inbox = Some(inbox);
+        self
+    }
+
+    /// Remembers handled notifications here, so duplicates are dropped
+    /// (default: a [`MemoryDedupe`] of this process). Give the durable store
+    /// here too, so dedupe survives restarts and spans processes.
+    pub fn dedupe(mut self, dedupe: Arc<dyn Dedupe>) -> Self {
+        self.dedupe = Some(dedupe);
+        self
+    }
+
+    /// How long handled notifications are remembered (default 24 h; at
+    /// least Graph's 4-hour retry window).
+    pub fn dedupe_ttl(mut self, ttl: Duration) -> Self {
+        self.dedupe_ttl = ttl;
         self
     }
 
@@ -204,6 +224,9 @@ impl<H: Handler> ReceiverBuilder<H> {
                 handler: self.handler,
                 metrics,
                 retry: self.retry,
+                dedupe: Some(self.dedupe.unwrap_or_else(|| Arc::new(MemoryDedupe::new()))),
+                owner: crate::ClientState::random().expose().to_owned(),
+                dedupe_ttl: self.dedupe_ttl,
             }),
             workers: self.workers,
             worker_drain: self.worker_drain,

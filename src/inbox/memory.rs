@@ -7,7 +7,9 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Claimed, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms};
+use super::{
+    Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms,
+};
 
 /// A bounded in-memory inbox.
 ///
@@ -27,7 +29,7 @@ struct State {
     ready: VecDeque<Claimed>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     claimed: HashSet<EntryId>,
-    dead: VecDeque<(Claimed, String)>,
+    dead: VecDeque<(Claimed, String, i64)>,
 }
 
 /// Dead letters kept in memory, newest last.
@@ -83,7 +85,11 @@ impl MemoryInbox {
 
     /// The items dead-lettered so far (the last 1000), with their reasons.
     pub fn dead_letters(&self) -> Vec<(Claimed, String)> {
-        self.lock().dead.iter().cloned().collect()
+        self.lock()
+            .dead
+            .iter()
+            .map(|(c, reason, _)| (c.clone(), reason.clone()))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -192,7 +198,9 @@ impl Inbox for MemoryInbox {
             if state.dead.len() == DEAD_LETTERS_KEPT {
                 state.dead.pop_front();
             }
-            state.dead.push_back((claimed, reason));
+            state
+                .dead
+                .push_back((claimed, reason, unix_ms(SystemTime::now())));
         });
         Box::pin(std::future::ready(result))
     }
@@ -211,6 +219,45 @@ impl Inbox for MemoryInbox {
             oldest_age: oldest.map(|t| Duration::from_millis(u64::try_from(now - t).unwrap_or(0))),
         };
         Box::pin(std::future::ready(Ok(stats)))
+    }
+}
+
+impl DeadLetters for MemoryInbox {
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, InboxError>> {
+        let letters = self
+            .lock()
+            .dead
+            .iter()
+            .take(limit)
+            .map(|(claimed, reason, dead_at_ms)| DeadLetter {
+                id: claimed.id.clone(),
+                item: claimed.item.clone(),
+                attempts: claimed.attempts,
+                reason: reason.clone(),
+                dead_at_ms: *dead_at_ms,
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(letters)))
+    }
+
+    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, InboxError>> {
+        let moved = {
+            let mut state = self.lock();
+            let dead = std::mem::take(&mut state.dead);
+            let mut moved = 0;
+            for (mut claimed, reason, at) in dead {
+                if ids.is_empty() || ids.contains(&claimed.id) {
+                    claimed.attempts = 0;
+                    state.ready.push_back(claimed);
+                    moved += 1;
+                } else {
+                    state.dead.push_back((claimed, reason, at));
+                }
+            }
+            moved
+        };
+        self.ready.notify_waiters();
+        Box::pin(std::future::ready(Ok(moved)))
     }
 }
 

@@ -20,6 +20,7 @@
 //! when the lock of a claimer can be taken, that process is dead and its
 //! claims are released — at once, not after a timeout.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,9 @@ const MAX_GROUP: usize = 2048;
 const POLL: Duration = Duration::from_millis(50);
 /// How often dead consumers' claims and expired dedupe keys are swept.
 const SWEEP: Duration = Duration::from_secs(2);
+/// A claim of this process that no worker holds any more (its settle
+/// failed, say on a full disk) is released after this long.
+const STALE_CLAIM: Duration = Duration::from_secs(30);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS items (
@@ -50,7 +54,8 @@ CREATE TABLE IF NOT EXISTS items (
     received_at_ms INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     not_before_ms INTEGER NOT NULL DEFAULT 0,
-    claimed_by TEXT
+    claimed_by TEXT,
+    claimed_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS items_ready ON items (not_before_ms, id) WHERE claimed_by IS NULL;
 CREATE INDEX IF NOT EXISTS items_claimed ON items (claimed_by) WHERE claimed_by IS NOT NULL;
@@ -88,6 +93,9 @@ pub struct SqliteStore {
     writer: std::sync::mpsc::Sender<Op>,
     reader: Arc<Mutex<Connection>>,
     appended: Arc<Notify>,
+    /// Items a worker of this process holds right now.
+    held: Mutex<HashSet<i64>>,
+    swept_at: Mutex<Option<std::time::Instant>>,
     _lock: File,
 }
 
@@ -137,6 +145,11 @@ enum Op {
         reply: Reply<()>,
     },
     ReleaseClaims(String, Reply<usize>),
+    ReleaseStale {
+        older_than_ms: i64,
+        held: Vec<i64>,
+        reply: Reply<usize>,
+    },
 }
 
 impl SqliteStore {
@@ -181,6 +194,8 @@ impl SqliteStore {
             writer,
             reader: Arc::new(Mutex::new(reader)),
             appended,
+            held: Mutex::default(),
+            swept_at: Mutex::default(),
             _lock: lock,
         };
         Ok(store)
@@ -249,6 +264,41 @@ impl SqliteStore {
             }
         }
         released
+    }
+
+    /// Releases this process's claims that no worker holds any more.
+    async fn release_stale_claims(&self) {
+        let held: Vec<i64> = self.lock_held().iter().copied().collect();
+        let older_than_ms = now_ms() - ms(STALE_CLAIM);
+        match self
+            .call(|reply| Op::ReleaseStale {
+                older_than_ms,
+                held,
+                reply,
+            })
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(items = n, "re-offered items whose settling failed"),
+            Err(e) => tracing::debug!(error = %e, "releasing stale claims failed"),
+        }
+    }
+
+    /// Runs the sweeps at most every [`SWEEP`]; true if any item became ready.
+    async fn sweep(&self) -> bool {
+        {
+            let mut swept_at = self.swept_at.lock().unwrap_or_else(|e| e.into_inner());
+            if swept_at.is_some_and(|t| t.elapsed() < SWEEP) {
+                return false;
+            }
+            *swept_at = Some(std::time::Instant::now());
+        }
+        self.release_stale_claims().await;
+        self.sweep_dead_consumers().await > 0
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read<T: Send + 'static>(
@@ -375,7 +425,10 @@ fn answer(op: Op, done: Done) {
         (Op::Claim(_, reply), Done::Claimed(claimed)) => {
             let _ = reply.send(Ok(claimed));
         }
-        (Op::Replay(_, reply) | Op::ReleaseClaims(_, reply), Done::Count(n)) => {
+        (
+            Op::Replay(_, reply) | Op::ReleaseClaims(_, reply) | Op::ReleaseStale { reply, .. },
+            Done::Count(n),
+        ) => {
             let _ = reply.send(Ok(n));
         }
         (Op::Begin { reply, .. }, Done::Claim(claim)) => {
@@ -410,7 +463,7 @@ fn fail(op: Op, why: &str) {
         Op::Claim(_, reply) => {
             let _ = reply.send(Err(why));
         }
-        Op::Replay(_, reply) | Op::ReleaseClaims(_, reply) => {
+        Op::Replay(_, reply) | Op::ReleaseClaims(_, reply) | Op::ReleaseStale { reply, .. } => {
             let _ = reply.send(Err(why));
         }
         Op::Begin { reply, .. } => {
@@ -433,7 +486,7 @@ fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Result<Done> {
         }
         Op::Claim(max, _) => {
             let mut claim = conn.prepare_cached(
-                "UPDATE items SET claimed_by = ?1
+                "UPDATE items SET claimed_by = ?1, claimed_at_ms = ?2
                  WHERE id IN (SELECT id FROM items WHERE claimed_by IS NULL AND not_before_ms <= ?2
                               ORDER BY not_before_ms, id LIMIT ?3)
                  RETURNING id, payload, attempts",
@@ -515,6 +568,25 @@ fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Result<Done> {
                 conn.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
             }
             Done::Count(moved)
+        }
+        Op::ReleaseStale {
+            older_than_ms,
+            held,
+            ..
+        } => {
+            let mine: Vec<i64> = conn
+                .prepare_cached(
+                    "SELECT id FROM items WHERE claimed_by = ?1 AND claimed_at_ms < ?2",
+                )?
+                .query_map(params![consumer, older_than_ms], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut released = 0;
+            for id in mine.into_iter().filter(|id| !held.contains(id)) {
+                released += conn
+                    .prepare_cached("UPDATE items SET claimed_by = NULL WHERE id = ?1")?
+                    .execute([id])?;
+            }
+            Done::Count(released)
         }
         Op::ReleaseClaims(dead, _) => {
             let n = conn
@@ -609,9 +681,15 @@ impl Inbox for SqliteStore {
                     .await
                     .map_err(InboxError::Unavailable)?;
                 if !claimed.is_empty() {
+                    let mut held = self.lock_held();
+                    for c in &claimed {
+                        if let Ok(id) = c.id.0.parse() {
+                            held.insert(id);
+                        }
+                    }
                     return Ok(claimed);
                 }
-                if !swept && self.sweep_dead_consumers().await > 0 {
+                if !swept && self.sweep().await {
                     swept = true;
                     continue;
                 }
@@ -629,9 +707,12 @@ impl Inbox for SqliteStore {
     fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>> {
         Box::pin(async move {
             let id = parse_id(&id)?;
-            self.call(|reply| Op::Complete(id, reply))
+            let done = self
+                .call(|reply| Op::Complete(id, reply))
                 .await
-                .map_err(InboxError::Unavailable)
+                .map_err(InboxError::Unavailable);
+            self.lock_held().remove(&id);
+            done
         })
     }
 
@@ -639,14 +720,17 @@ impl Inbox for SqliteStore {
         Box::pin(async move {
             let id = parse_id(&claimed.id)?;
             let not_before_ms = now_ms().saturating_add(ms(delay));
-            self.call(|reply| Op::Retry {
-                id,
-                attempts: claimed.attempts,
-                not_before_ms,
-                reply,
-            })
-            .await
-            .map_err(InboxError::Unavailable)
+            let done = self
+                .call(|reply| Op::Retry {
+                    id,
+                    attempts: claimed.attempts,
+                    not_before_ms,
+                    reply,
+                })
+                .await
+                .map_err(InboxError::Unavailable);
+            self.lock_held().remove(&id);
+            done
         })
     }
 
@@ -657,14 +741,17 @@ impl Inbox for SqliteStore {
     ) -> BoxFuture<'_, Result<(), InboxError>> {
         Box::pin(async move {
             let id = parse_id(&claimed.id)?;
-            self.call(|reply| Op::DeadLetter {
-                id,
-                attempts: claimed.attempts,
-                reason,
-                reply,
-            })
-            .await
-            .map_err(InboxError::Unavailable)
+            let done = self
+                .call(|reply| Op::DeadLetter {
+                    id,
+                    attempts: claimed.attempts,
+                    reason,
+                    reply,
+                })
+                .await
+                .map_err(InboxError::Unavailable);
+            self.lock_held().remove(&id);
+            done
         })
     }
 

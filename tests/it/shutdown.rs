@@ -11,16 +11,21 @@ use crate::support::{envelope, message_item};
 
 const STATE: &str = "cli-secret";
 
-fn listen() -> Process {
+/// `listen` with the default (durable) store in a directory of its own.
+fn listen(data: &tempfile::TempDir) -> Process {
     Process::spawn(
         &["listen", "--addr", "127.0.0.1:0", "--drain-secs", "10"],
-        &[("MSGRAPH_WEBHOOKS_CLIENT_STATE", STATE)],
+        &[
+            ("MSGRAPH_WEBHOOKS_CLIENT_STATE", STATE),
+            ("MSGRAPH_WEBHOOKS_DATA_DIR", data.path().to_str().unwrap()),
+        ],
     )
 }
 
 #[tokio::test]
 async fn listen_prints_one_json_line_per_event() {
-    let mut process = listen();
+    let data = tempfile::tempdir().unwrap();
+    let mut process = listen(&data);
     let addr = process.listening_addr().await;
     let reply = post_json(
         &format!("http://{addr}/"),
@@ -66,7 +71,8 @@ async fn listen_prints_one_json_line_per_event() {
 
 #[tokio::test]
 async fn sigterm_stops_accepting_finishes_in_flight_requests_and_drains() {
-    let mut process = listen();
+    let data = tempfile::tempdir().unwrap();
+    let mut process = listen(&data);
     let addr = process.listening_addr().await;
 
     // Items accepted before the signal.
