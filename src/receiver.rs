@@ -63,6 +63,8 @@ pub struct ReceiverBuilder<H> {
     inbox: Option<Arc<dyn Inbox>>,
     dedupe: Option<Arc<dyn Dedupe>>,
     dedupe_ttl: Duration,
+    dedupe_lease: Duration,
+    dedupe_owner: Option<String>,
     metrics: Option<Arc<Metrics>>,
     limits: Limits,
     retry: RetryPolicy,
@@ -120,6 +122,8 @@ impl Receiver<()> {
             inbox: None,
             dedupe: None,
             dedupe_ttl: crate::dedupe::DEFAULT_TTL,
+            dedupe_lease: crate::dedupe::DEFAULT_LEASE,
+            dedupe_owner: None,
             metrics: None,
             limits: Limits::default(),
             retry: RetryPolicy::default(),
@@ -162,6 +166,23 @@ impl<H: Handler> ReceiverBuilder<H> {
     /// least Graph's 4-hour retry window).
     pub fn dedupe_ttl(mut self, ttl: Duration) -> Self {
         self.dedupe_ttl = ttl;
+        self
+    }
+
+    /// How long a notification being handled blocks its copies (default
+    /// 5 min). With Redis, set it to the store's claim timeout, after which
+    /// a silent worker's items are taken over anyway.
+    pub fn dedupe_lease(mut self, lease: Duration) -> Self {
+        self.dedupe_lease = lease;
+        self
+    }
+
+    /// The name this receiver's workers claim dedupe keys under (default: a
+    /// random one). Use the durable store's consumer id
+    /// ([`SqliteStore::consumer`](crate::store::SqliteStore::consumer)), so
+    /// the store releases a dead process's claims with its items.
+    pub fn dedupe_owner(mut self, owner: impl Into<String>) -> Self {
+        self.dedupe_owner = Some(owner.into());
         self
     }
 
@@ -225,8 +246,11 @@ impl<H: Handler> ReceiverBuilder<H> {
                 metrics,
                 retry: self.retry,
                 dedupe: Some(self.dedupe.unwrap_or_else(|| Arc::new(MemoryDedupe::new()))),
-                owner: crate::ClientState::random().expose().to_owned(),
+                owner: self
+                    .dedupe_owner
+                    .unwrap_or_else(|| crate::ClientState::random().expose().to_owned()),
                 dedupe_ttl: self.dedupe_ttl,
+                dedupe_lease: self.dedupe_lease,
             }),
             workers: self.workers,
             worker_drain: self.worker_drain,

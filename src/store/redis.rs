@@ -153,7 +153,8 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// This process's consumer name in the group (also its dedupe owner name).
+    /// This process's consumer name in the group. Give it to
+    /// [`ReceiverBuilder::dedupe_owner`](crate::ReceiverBuilder::dedupe_owner).
     pub fn consumer(&self) -> &str {
         &self.consumer
     }

@@ -206,9 +206,31 @@ impl SqliteStore {
         &self.path
     }
 
-    /// This process's consumer id (also its dedupe owner name).
+    /// This process's consumer id. Give it to
+    /// [`ReceiverBuilder::dedupe_owner`](crate::ReceiverBuilder::dedupe_owner),
+    /// so the dedupe claims of a process that died are released with its items.
     pub fn consumer(&self) -> &str {
         &self.consumer
+    }
+
+    /// Runs SQLite's `PRAGMA integrity_check`.
+    ///
+    /// # Errors
+    ///
+    /// [`InboxError::Unavailable`] with SQLite's findings when the database is damaged.
+    pub async fn integrity_check(&self) -> Result<(), InboxError> {
+        let findings = self
+            .read(|conn| {
+                let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+                stmt.query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        if findings == ["ok"] {
+            Ok(())
+        } else {
+            Err(unavailable(findings.join("; ")))
+        }
     }
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, String> {

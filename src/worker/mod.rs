@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::dedupe::{Claim, DEFAULT_LEASE, Dedupe, DedupeKey};
+use crate::dedupe::{Claim, Dedupe, DedupeKey};
 use crate::handler::{BoxError, ChangeEvent, Handler, LifecycleEvent};
 use crate::inbox::{Claimed, Inbox};
 use crate::metrics::Metrics;
@@ -92,6 +92,7 @@ pub(crate) struct Pipeline<H> {
     /// This pipeline's name as a dedupe owner.
     pub(crate) owner: String,
     pub(crate) dedupe_ttl: Duration,
+    pub(crate) dedupe_lease: Duration,
 }
 
 impl<H: Handler> Pipeline<H> {
@@ -133,7 +134,7 @@ impl<H: Handler> Pipeline<H> {
             .as_ref()
             .and_then(|dedupe| Some((dedupe, DedupeKey::for_change(&change)?)));
         if let Some((dedupe, key)) = key {
-            match dedupe.begin(key, &self.owner, DEFAULT_LEASE).await {
+            match dedupe.begin(key, &self.owner, self.dedupe_lease).await {
                 Ok(Claim::Proceed) => {}
                 Ok(Claim::Duplicate) => return Outcome::Rejected("duplicate"),
                 Ok(_) => return Outcome::Defer(DEFER, "a copy is being handled".into()),

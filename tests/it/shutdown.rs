@@ -49,15 +49,26 @@ async fn listen_prints_one_json_line_per_event() {
     let health =
         crate::support::http::request("GET", &format!("http://{addr}/healthz"), None, "").await;
     assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
-    let metrics =
-        crate::support::http::request("GET", &format!("http://{addr}/metrics"), None, "").await;
-    let text = metrics.text();
+    // The item is printed before the store records it done: poll until the
+    // depth gauge catches up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let metrics =
+            crate::support::http::request("GET", &format!("http://{addr}/metrics"), None, "").await;
+        let text = metrics.text();
+        if text.contains("msgraph_webhooks_inbox_depth 0") || tokio::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     for expected in [
         "msgraph_webhooks_deliveries_total{outcome=\"accepted\"} 1",
         "msgraph_webhooks_items_accepted_total{kind=\"change\"} 1",
         "msgraph_webhooks_items_rejected_total{reason=\"client_state_mismatch\"} 1",
         "msgraph_webhooks_ack_seconds_count 1",
         "msgraph_webhooks_inbox_depth 0",
+        "msgraph_webhooks_handler_calls_total{outcome=\"ok\"} 1",
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }
@@ -122,10 +133,12 @@ async fn sigterm_stops_accepting_finishes_in_flight_requests_and_drains() {
 
     // Every acknowledged item is printed before the process exits.
     let mut ids = Vec::new();
-    while let Ok(Some(line)) =
-        tokio::time::timeout(Duration::from_secs(20), process.stdout.next_line())
-            .await
-            .unwrap()
+    while let Ok(Some(line)) = tokio::time::timeout(
+        Duration::from_secs(20),
+        process.stdout.as_mut().unwrap().next_line(),
+    )
+    .await
+    .unwrap()
     {
         let event: serde_json::Value = serde_json::from_str(&line).unwrap();
         ids.push(event["resourceData"]["id"].as_str().unwrap().to_owned());
@@ -150,7 +163,7 @@ async fn listen_refuses_to_run_unauthenticated() {
         .unwrap();
     assert!(!status.success());
     let mut stderr = String::new();
-    while let Ok(Some(line)) = process.stderr.next_line().await {
+    while let Ok(Some(line)) = process.stderr.as_mut().unwrap().next_line().await {
         stderr.push_str(&line);
     }
     assert!(stderr.contains("--client-state"), "{stderr}");

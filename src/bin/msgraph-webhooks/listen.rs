@@ -81,10 +81,9 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     };
     let store = args.store.open().await?;
     let drain = Duration::from_secs(args.work.drain_secs);
-    let mut builder = Receiver::builder(JsonLines::stdout())
+    let mut builder = store
+        .configure(Receiver::builder(JsonLines::stdout()))
         .registry(Arc::new(registry))
-        .inbox(store.inbox)
-        .dedupe(store.dedupe)
         .max_body(args.max_body)
         .retry(RetryPolicy::new(
             args.work.max_attempts,

@@ -54,6 +54,27 @@ pub(crate) struct Store {
     pub(crate) inbox: Arc<dyn Inbox>,
     pub(crate) dedupe: Arc<dyn Dedupe>,
     pub(crate) dead_letters: Option<Arc<dyn DeadLetters>>,
+    /// The process's name in the store, for its dedupe claims.
+    pub(crate) owner: Option<String>,
+    /// How long a dedupe claim lasts.
+    pub(crate) dedupe_lease: Duration,
+}
+
+impl Store {
+    /// Applies the store to a receiver builder.
+    pub(crate) fn configure<H: msgraph_webhooks::Handler>(
+        self,
+        builder: msgraph_webhooks::ReceiverBuilder<H>,
+    ) -> msgraph_webhooks::ReceiverBuilder<H> {
+        let builder = builder
+            .inbox(self.inbox)
+            .dedupe(self.dedupe)
+            .dedupe_lease(self.dedupe_lease);
+        match self.owner {
+            Some(owner) => builder.dedupe_owner(owner),
+            None => builder,
+        }
+    }
 }
 
 impl StoreArgs {
@@ -65,6 +86,8 @@ impl StoreArgs {
                 inbox: inbox.clone(),
                 dedupe: Arc::new(MemoryDedupe::new()),
                 dead_letters: Some(inbox),
+                owner: None,
+                dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
             });
         }
         if let Some(url) = &self.redis {
@@ -74,9 +97,13 @@ impl StoreArgs {
             let store = Arc::new(RedisStore::connect(url, config).await?);
             tracing::info!(prefix = %self.redis_prefix, "store: redis");
             return Ok(Store {
+                owner: Some(store.consumer().to_owned()),
                 inbox: store.clone(),
                 dedupe: store.clone(),
                 dead_letters: Some(store),
+                // A silent worker's items are taken over after the claim
+                // timeout; its dedupe claims must not outlive that.
+                dedupe_lease: Duration::from_secs(self.claim_idle_secs),
             });
         }
         let dir = match &self.data_dir {
@@ -91,9 +118,11 @@ impl StoreArgs {
         );
         tracing::info!(path = %store.path().display(), "store: embedded");
         Ok(Store {
+            owner: Some(store.consumer().to_owned()),
             inbox: store.clone(),
             dedupe: store.clone(),
             dead_letters: Some(store),
+            dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
         })
     }
 }

@@ -27,10 +27,9 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     }
     let store = args.store.open().await?;
     // The endpoint is not served here: items were authenticated on ingest.
-    let mut builder = Receiver::builder(JsonLines::stdout())
+    let mut builder = store
+        .configure(Receiver::builder(JsonLines::stdout()))
         .registry(Arc::new(SubscriptionRegistry::new()))
-        .inbox(store.inbox)
-        .dedupe(store.dedupe)
         .retry(RetryPolicy::new(
             args.work.max_attempts,
             Duration::from_secs(1),

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod http;
+pub mod load;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
