@@ -7,5 +7,6 @@ mod fixtures;
 mod limits;
 mod listener;
 mod parser_props;
+mod roles;
 mod shutdown;
 mod support;

@@ -15,17 +15,23 @@ pub(crate) struct StoreArgs {
     /// Directory of the embedded durable store (the default store), shared
     /// by every process on this machine that names it [default: the
     /// platform's data directory, e.g. ~/.local/share/msgraph-webhooks]
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_DATA_DIR", conflicts_with_all = ["redis", "memory"])]
+    #[arg(long, global = true, env = "MSGRAPH_WEBHOOKS_DATA_DIR", conflicts_with_all = ["redis", "memory"])]
     data_dir: Option<PathBuf>,
 
     /// Redis URL (e.g. redis://127.0.0.1:6379): inbox, dedupe and dead
     /// letters shared by every instance that names it.
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_REDIS", conflicts_with = "memory")]
+    #[arg(
+        long,
+        global = true,
+        env = "MSGRAPH_WEBHOOKS_REDIS",
+        conflicts_with = "memory"
+    )]
     redis: Option<String>,
 
     /// Prefix of every Redis key, so deployments can share one Redis.
     #[arg(
         long,
+        global = true,
         default_value = "msgraph-webhooks",
         env = "MSGRAPH_WEBHOOKS_REDIS_PREFIX"
     )]
@@ -33,16 +39,22 @@ pub(crate) struct StoreArgs {
 
     /// Seconds an item may stay claimed by a silent Redis consumer before
     /// another takes it over; longer than your slowest handler.
-    #[arg(long, default_value_t = 60, env = "MSGRAPH_WEBHOOKS_CLAIM_IDLE_SECS")]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 60,
+        env = "MSGRAPH_WEBHOOKS_CLAIM_IDLE_SECS"
+    )]
     claim_idle_secs: u64,
 
     /// Keep the inbox in memory only: fastest, and lost with the process.
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_MEMORY")]
+    #[arg(long, global = true, env = "MSGRAPH_WEBHOOKS_MEMORY")]
     memory: bool,
 
     /// Items the in-memory inbox holds before answering 503 (with --memory).
     #[arg(
         long,
+        global = true,
         default_value_t = 100_000,
         env = "MSGRAPH_WEBHOOKS_INBOX_CAPACITY"
     )]
