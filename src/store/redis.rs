@@ -29,10 +29,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncCommands as _, Script};
 
+use super::{Lease, StoreError};
 use crate::dedupe::{Claim, Dedupe, DedupeError, DedupeKey};
 use crate::inbox::{
     Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms,
 };
+use crate::registry::{RecordStore, SubscriptionRecord};
 
 const GROUP: &str = "workers";
 
@@ -72,7 +74,8 @@ pub struct RedisStore {
     group_ready: tokio::sync::OnceCell<()>,
     housekeeping: Mutex<Housekeeping>,
     move_due: Script,
-    abandon: Script,
+    delete_if: Script,
+    acquire: Script,
 }
 
 #[derive(Default)]
@@ -101,8 +104,19 @@ end
 return #due
 ";
 
-/// Deletes a dedupe claim only if it is still the caller's.
-const ABANDON: &str = r"
+/// Takes or extends a lease if it is free or the caller's.
+const ACQUIRE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes a key only if it still holds the caller's value (a dedupe claim,
+/// a lease).
+const DELETE_IF: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -147,7 +161,8 @@ impl RedisStore {
             group_ready: tokio::sync::OnceCell::new(),
             housekeeping: Mutex::default(),
             move_due: Script::new(MOVE_DUE),
-            abandon: Script::new(ABANDON),
+            delete_if: Script::new(DELETE_IF),
+            acquire: Script::new(ACQUIRE),
         };
         store.warn_if_not_persistent().await;
         Ok(store)
@@ -591,13 +606,113 @@ impl Dedupe for RedisStore {
         let mine = format!("p:{owner}");
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.abandon
+            self.delete_if
                 .key(self.dedupe_key(&key))
                 .arg(mine)
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(|_| ())
                 .map_err(|e| DedupeError(e.to_string()))
+        })
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("redis: {e}"))
+}
+
+impl RecordStore for RedisStore {
+    fn get_many(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Option<SubscriptionRecord>>, StoreError>> {
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut conn = self.conn.clone();
+            let found: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.key("subscriptions"))
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            Ok(found
+                .into_iter()
+                .map(|json| json.and_then(|j| serde_json::from_str(&j).ok()))
+                .collect())
+        })
+    }
+
+    fn put(&self, record: SubscriptionRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&record).map_err(store_error)?;
+            let mut conn = self.conn.clone();
+            conn.hset::<_, _, _, ()>(self.key("subscriptions"), &record.id, json)
+                .await
+                .map_err(store_error)
+        })
+    }
+
+    fn remove(&self, id: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            conn.hdel::<_, _, ()>(self.key("subscriptions"), id)
+                .await
+                .map_err(store_error)
+        })
+    }
+
+    fn all(&self) -> BoxFuture<'_, Result<Vec<SubscriptionRecord>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let all: Vec<String> = conn
+                .hvals(self.key("subscriptions"))
+                .await
+                .map_err(store_error)?;
+            Ok(all
+                .iter()
+                .filter_map(|j| serde_json::from_str(j).ok())
+                .collect())
+        })
+    }
+}
+
+impl Lease for RedisStore {
+    fn acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let key = self.key(&format!("lease:{name}"));
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let held: i64 = self
+                .acquire
+                .key(key)
+                .arg(holder)
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            Ok(held == 1)
+        })
+    }
+
+    fn release(&self, name: &str, holder: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.key(&format!("lease:{name}"));
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            self.delete_if
+                .key(key)
+                .arg(holder)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(store_error)
         })
     }
 }
@@ -702,7 +817,8 @@ mod tests {
             group_ready: tokio::sync::OnceCell::new(),
             housekeeping: Mutex::default(),
             move_due: Script::new(MOVE_DUE),
-            abandon: Script::new(ABANDON),
+            delete_if: Script::new(DELETE_IF),
+            acquire: Script::new(ACQUIRE),
         }
     }
 
@@ -733,6 +849,55 @@ mod tests {
             Claim::Duplicate
         );
         cleanup(&store).await;
+    }
+
+    #[tokio::test]
+    async fn records_and_leases() {
+        let Some(url) = redis_url() else { return };
+        let a = store(&url).await;
+        let b = RedisStore {
+            consumer: random_id(),
+            ..store_clone(&a)
+        };
+        a.put(SubscriptionRecord::new(
+            "sub-1",
+            Some(crate::ClientState::new("s")),
+        ))
+        .await
+        .unwrap();
+        let found = b
+            .get_many(vec!["sub-1".into(), "nope".into()])
+            .await
+            .unwrap();
+        assert!(
+            found[0]
+                .as_ref()
+                .unwrap()
+                .client_state
+                .as_ref()
+                .unwrap()
+                .matches("s")
+        );
+        assert!(found[1].is_none());
+        assert_eq!(b.all().await.unwrap().len(), 1);
+        a.remove("sub-1".into()).await.unwrap();
+        assert!(b.all().await.unwrap().is_empty());
+
+        let ttl = Duration::from_secs(60);
+        assert!(a.acquire("leader", "a", ttl).await.unwrap());
+        assert!(!b.acquire("leader", "b", ttl).await.unwrap());
+        assert!(
+            a.acquire("leader", "a", ttl).await.unwrap(),
+            "the holder renews"
+        );
+        b.release("leader", "b").await.unwrap();
+        assert!(
+            !b.acquire("leader", "b", ttl).await.unwrap(),
+            "only the holder releases"
+        );
+        a.release("leader", "a").await.unwrap();
+        assert!(b.acquire("leader", "b", ttl).await.unwrap());
+        cleanup(&a).await;
     }
 
     #[tokio::test]

@@ -30,10 +30,12 @@ use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use tokio::sync::{Notify, oneshot};
 
+use super::{Lease, StoreError};
 use crate::dedupe::{Claim, Dedupe, DedupeError, DedupeKey};
 use crate::inbox::{
     Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms,
 };
+use crate::registry::{RecordStore, SubscriptionRecord};
 
 const DATABASE: &str = "inbox.sqlite3";
 const CONSUMERS: &str = "consumers";
@@ -74,6 +76,15 @@ CREATE TABLE IF NOT EXISTS dedupe (
     expires_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at_ms);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
 ";
 
 /// The embedded durable store. Implements [`Inbox`], [`DeadLetters`] and
@@ -149,6 +160,19 @@ enum Op {
         older_than_ms: i64,
         held: Vec<i64>,
         reply: Reply<usize>,
+    },
+    PutRecord(String, String, Reply<()>),
+    RemoveRecord(String, Reply<()>),
+    Acquire {
+        name: String,
+        holder: String,
+        ttl_ms: i64,
+        reply: Reply<bool>,
+    },
+    Release {
+        name: String,
+        holder: String,
+        reply: Reply<()>,
     },
 }
 
@@ -411,6 +435,7 @@ enum Done {
     Claimed(Vec<Claimed>),
     Count(usize),
     Claim(Claim),
+    Flag(bool),
 }
 
 /// Runs `batch` in one transaction and answers every operation after the
@@ -456,13 +481,19 @@ fn answer(op: Op, done: Done) {
         (Op::Begin { reply, .. }, Done::Claim(claim)) => {
             let _ = reply.send(Ok(claim));
         }
+        (Op::Acquire { reply, .. }, Done::Flag(held)) => {
+            let _ = reply.send(Ok(held));
+        }
         (
             Op::Append(_, reply)
             | Op::Complete(_, reply)
             | Op::Retry { reply, .. }
             | Op::DeadLetter { reply, .. }
             | Op::Finish { reply, .. }
-            | Op::Abandon { reply, .. },
+            | Op::Abandon { reply, .. }
+            | Op::PutRecord(_, _, reply)
+            | Op::RemoveRecord(_, reply)
+            | Op::Release { reply, .. },
             Done::Unit,
         ) => {
             let _ = reply.send(Ok(()));
@@ -479,7 +510,13 @@ fn fail(op: Op, why: &str) {
         | Op::Retry { reply, .. }
         | Op::DeadLetter { reply, .. }
         | Op::Finish { reply, .. }
-        | Op::Abandon { reply, .. } => {
+        | Op::Abandon { reply, .. }
+        | Op::PutRecord(_, _, reply)
+        | Op::RemoveRecord(_, reply)
+        | Op::Release { reply, .. } => {
+            let _ = reply.send(Err(why));
+        }
+        Op::Acquire { reply, .. } => {
             let _ = reply.send(Err(why));
         }
         Op::Claim(_, reply) => {
@@ -657,6 +694,45 @@ fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Result<Done> {
         Op::Abandon { key, owner, .. } => {
             conn.prepare_cached("DELETE FROM dedupe WHERE key = ?1 AND owner = ?2 AND done = 0")?
                 .execute(params![&key[..], owner])?;
+            Done::Unit
+        }
+        Op::PutRecord(id, record, _) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO subscriptions (id, record) VALUES (?1, ?2)",
+            )?
+            .execute(params![id, record])?;
+            Done::Unit
+        }
+        Op::RemoveRecord(id, _) => {
+            conn.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?
+                .execute([id])?;
+            Done::Unit
+        }
+        Op::Acquire {
+            name,
+            holder,
+            ttl_ms,
+            ..
+        } => {
+            let current: Option<(String, i64)> = conn
+                .prepare_cached("SELECT holder, expires_at_ms FROM leases WHERE name = ?1")?
+                .query_row([name], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let free = match current {
+                Some((other, expires)) => other == *holder || expires <= now,
+                None => true,
+            };
+            if free {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO leases (name, holder, expires_at_ms) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![name, holder, now + ttl_ms])?;
+            }
+            Done::Flag(free)
+        }
+        Op::Release { name, holder, .. } => {
+            conn.prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")?
+                .execute(params![name, holder])?;
             Done::Unit
         }
     })
@@ -900,6 +976,96 @@ impl Dedupe for SqliteStore {
     }
 }
 
+impl RecordStore for SqliteStore {
+    fn get_many(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Option<SubscriptionRecord>>, StoreError>> {
+        let read = self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT record FROM subscriptions WHERE id = ?1")?;
+            ids.iter()
+                .map(|id| {
+                    stmt.query_row([id], |row| row.get::<_, String>(0))
+                        .optional()
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+        Box::pin(async move {
+            let rows = read.await.map_err(|e| StoreError(e.to_string()))?;
+            Ok(rows
+                .into_iter()
+                .map(|row| row.and_then(|json| serde_json::from_str(&json).ok()))
+                .collect())
+        })
+    }
+
+    fn put(&self, record: SubscriptionRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&record).map_err(|e| StoreError(e.to_string()))?;
+            self.call(|reply| Op::PutRecord(record.id.clone(), json, reply))
+                .await
+                .map_err(StoreError)
+        })
+    }
+
+    fn remove(&self, id: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.call(|reply| Op::RemoveRecord(id, reply))
+                .await
+                .map_err(StoreError)
+        })
+    }
+
+    fn all(&self) -> BoxFuture<'_, Result<Vec<SubscriptionRecord>, StoreError>> {
+        let read = self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT record FROM subscriptions ORDER BY id")?;
+            stmt.query_map([], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+        Box::pin(async move {
+            let rows = read.await.map_err(|e| StoreError(e.to_string()))?;
+            Ok(rows
+                .iter()
+                .filter_map(|json| serde_json::from_str(json).ok())
+                .collect())
+        })
+    }
+}
+
+impl Lease for SqliteStore {
+    fn acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        Box::pin(async move {
+            self.call(|reply| Op::Acquire {
+                name,
+                holder,
+                ttl_ms: ms(ttl),
+                reply,
+            })
+            .await
+            .map_err(StoreError)
+        })
+    }
+
+    fn release(&self, name: &str, holder: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        Box::pin(async move {
+            self.call(|reply| Op::Release {
+                name,
+                holder,
+                reply,
+            })
+            .await
+            .map_err(StoreError)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1012,6 +1178,54 @@ mod tests {
         assert_eq!(
             store.begin(other, "d", lease).await.unwrap(),
             Claim::Proceed
+        );
+    }
+
+    #[tokio::test]
+    async fn records_and_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteStore::open(dir.path()).unwrap();
+        let b = SqliteStore::open(dir.path()).unwrap();
+        let mut record = SubscriptionRecord::new("sub-1", Some(crate::ClientState::new("s")));
+        record.other.insert("key".into(), "mail".into());
+        a.put(record).await.unwrap();
+        let found = b
+            .get_many(vec!["sub-1".into(), "nope".into()])
+            .await
+            .unwrap();
+        assert!(
+            found[0]
+                .as_ref()
+                .unwrap()
+                .client_state
+                .as_ref()
+                .unwrap()
+                .matches("s")
+        );
+        assert_eq!(found[0].as_ref().unwrap().other["key"], "mail");
+        assert!(found[1].is_none());
+        assert_eq!(b.all().await.unwrap().len(), 1);
+        a.remove("sub-1".into()).await.unwrap();
+        assert!(b.all().await.unwrap().is_empty());
+
+        let ttl = Duration::from_secs(60);
+        assert!(a.acquire("leader", "a", ttl).await.unwrap());
+        assert!(!b.acquire("leader", "b", ttl).await.unwrap());
+        assert!(
+            a.acquire("leader", "a", ttl).await.unwrap(),
+            "the holder renews"
+        );
+        b.release("leader", "b").await.unwrap();
+        assert!(
+            !b.acquire("leader", "b", ttl).await.unwrap(),
+            "only the holder releases"
+        );
+        a.release("leader", "a").await.unwrap();
+        assert!(b.acquire("leader", "b", ttl).await.unwrap());
+        assert!(b.acquire("short", "b", Duration::ZERO).await.unwrap());
+        assert!(
+            a.acquire("short", "a", ttl).await.unwrap(),
+            "an expired lease is free"
         );
     }
 

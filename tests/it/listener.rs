@@ -454,3 +454,71 @@ async fn the_service_mounts_as_an_axum_route() {
     served.abort();
     workers.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn subscriptions_recorded_by_another_instance_are_authenticated() {
+    use msgraph_webhooks::registry::{MemoryRecords, RecordStore as _, SubscriptionRecord};
+
+    let records = Arc::new(MemoryRecords::new());
+    let registry =
+        Arc::new(msgraph_webhooks::SubscriptionRegistry::new().with_source(records.clone()));
+    let recorder = Recorder::default();
+    let server = TestServer::start(Receiver::builder(recorder.clone()).registry(registry)).await;
+    // Recorded after this instance started, as a subscription manager elsewhere would.
+    records
+        .put(SubscriptionRecord::new(
+            "sub-x",
+            Some(ClientState::new("own-state")),
+        ))
+        .await
+        .unwrap();
+    let body = envelope(vec![
+        message_item("sub-x", "own-state", 1),
+        message_item("sub-x", STATE, 2),
+        message_item("sub-unknown", "own-state", 3),
+    ]);
+    assert_eq!(post_json(&server.url("/"), body).await.status, 202);
+    recorder.wait_for(1).await;
+    assert_eq!(server.metrics.rejected_count("client_state_mismatch"), 1);
+    assert_eq!(server.metrics.rejected_count("unknown_subscription"), 1);
+    assert_eq!(recorder.changes()[0].id(), Some("notification-1"));
+}
+
+#[tokio::test]
+async fn an_unreachable_record_source_answers_503() {
+    use futures_util::future::BoxFuture;
+    use msgraph_webhooks::registry::{RecordStore, SubscriptionRecord};
+    use msgraph_webhooks::store::StoreError;
+
+    struct Down;
+    impl RecordStore for Down {
+        fn get_many(
+            &self,
+            _: Vec<String>,
+        ) -> BoxFuture<'_, Result<Vec<Option<SubscriptionRecord>>, StoreError>> {
+            Box::pin(async { Err(StoreError("connection refused".into())) })
+        }
+        fn put(&self, _: SubscriptionRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async { Err(StoreError("connection refused".into())) })
+        }
+        fn remove(&self, _: String) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async { Err(StoreError("connection refused".into())) })
+        }
+        fn all(&self) -> BoxFuture<'_, Result<Vec<SubscriptionRecord>, StoreError>> {
+            Box::pin(async { Err(StoreError("connection refused".into())) })
+        }
+    }
+    let registry =
+        Arc::new(msgraph_webhooks::SubscriptionRegistry::new().with_source(Arc::new(Down)));
+    let server = TestServer::start(Receiver::builder(Recorder::default()).registry(registry)).await;
+    let reply = post_json(
+        &server.url("/"),
+        envelope(vec![message_item("s", STATE, 1)]),
+    )
+    .await;
+    assert_eq!(
+        reply.status, 503,
+        "without the records nothing can be authenticated"
+    );
+    assert!(reply.body.is_empty());
+}
