@@ -12,7 +12,6 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::notification::{
     ChangeNotification, ChangeType, LifecycleEventType, LifecycleNotification, ResourceData,
@@ -473,39 +472,79 @@ impl Event {
     }
 }
 
-/// Writes every event as one JSON line ([`Event::to_json`]) and flushes it:
-/// the handler behind `msgraph-webhooks listen`.
-#[derive(Debug)]
-pub struct JsonLines<W> {
-    out: tokio::sync::Mutex<W>,
+/// Writes every event as one JSON line ([`Event::to_json`]): the handler
+/// behind `msgraph-webhooks listen`.
+///
+/// A writer thread of its own does the blocking I/O. It writes whatever
+/// lines are waiting in one go and flushes before it waits again, so no
+/// line ever sits in a buffer; each handler call returns only once its line
+/// is flushed, so an event counts as handled only when it was written.
+#[derive(Debug, Clone)]
+pub struct JsonLines {
+    lines: tokio::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>)>,
 }
 
-impl JsonLines<tokio::io::Stdout> {
+/// Lines waiting for the writer thread at most.
+const JSON_LINES_QUEUE: usize = 4096;
+
+impl JsonLines {
     /// Lines to standard output.
     pub fn stdout() -> Self {
-        Self::new(tokio::io::stdout())
+        Self::new(std::io::stdout())
     }
-}
 
-impl<W: AsyncWrite + Unpin + Send + 'static> JsonLines<W> {
-    /// Lines to `out`.
-    pub fn new(out: W) -> Self {
-        Self {
-            out: tokio::sync::Mutex::new(out),
-        }
+    /// Lines to `out`, written on a thread of their own.
+    ///
+    /// # Panics
+    ///
+    /// If the OS cannot start a thread.
+    pub fn new<W: std::io::Write + Send + 'static>(mut out: W) -> Self {
+        let (lines, mut waiting) = tokio::sync::mpsc::channel::<(
+            Vec<u8>,
+            tokio::sync::oneshot::Sender<std::io::Result<()>>,
+        )>(JSON_LINES_QUEUE);
+        std::thread::Builder::new()
+            .name("json-lines".into())
+            .spawn(move || {
+                let mut batch = Vec::new();
+                let mut acks = Vec::new();
+                while let Some((line, ack)) = waiting.blocking_recv() {
+                    batch.extend_from_slice(&line);
+                    acks.push(ack);
+                    while let Ok((line, ack)) = waiting.try_recv() {
+                        batch.extend_from_slice(&line);
+                        acks.push(ack);
+                    }
+                    let written = out.write_all(&batch).and_then(|()| out.flush());
+                    for ack in acks.drain(..) {
+                        let _ = ack.send(match &written {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        });
+                    }
+                    batch.clear();
+                }
+            })
+            .expect("the OS starts the json-lines writer thread");
+        Self { lines }
     }
 
     async fn write(&self, event: Event) -> Result<(), BoxError> {
         let mut line = serde_json::to_vec(&event.to_json())?;
         line.push(b'\n');
-        let mut out = self.out.lock().await;
-        out.write_all(&line).await?;
-        out.flush().await?;
+        let (ack, written) = tokio::sync::oneshot::channel();
+        self.lines
+            .send((line, ack))
+            .await
+            .map_err(|_| "the json-lines writer thread is gone")?;
+        written
+            .await
+            .map_err(|_| "the json-lines writer thread is gone")??;
         Ok(())
     }
 }
 
-impl<W: AsyncWrite + Unpin + Send + 'static> Handler for JsonLines<W> {
+impl Handler for JsonLines {
     fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
         self.write(Event::Change(event))
     }

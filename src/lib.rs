@@ -71,6 +71,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod catalog;
+pub mod dedupe;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod handler;
@@ -79,6 +80,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notification;
 pub mod registry;
+pub mod store;
 pub mod tokens;
 pub mod worker;
 

@@ -2,8 +2,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod durability;
 mod emulator_api;
 mod emulator_delivery;
 mod emulator_handshake;
 mod emulator_rules;
+mod fixtures;
+mod limits;
+mod listener;
+mod parser_props;
+mod roles;
+mod shutdown;
 mod support;

@@ -2,7 +2,10 @@
 //! command line. Thin by design: parse flags, set up logging, build from the
 //! library, run.
 
+mod dlq;
 mod listen;
+mod store;
+mod work;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -35,6 +38,10 @@ enum LogFormat {
 enum Command {
     /// Serve the notification endpoint; print each accepted event as a JSON line.
     Listen(listen::Args),
+    /// Only process: run the workers on a store that `listen --workers 0` fills.
+    Work(work::Args),
+    /// List or replay the dead letters of a store.
+    Dlq(dlq::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +60,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Listen(args) => listen::run(args).await,
+            Command::Work(args) => work::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
         }
     });
     match result {

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod graph;
 pub mod http;
+pub mod load;
 pub mod receivers;
 
 use std::net::SocketAddr;
