@@ -50,8 +50,8 @@
 
 mod api;
 mod clock;
-
 mod delivery;
+pub mod demo;
 mod encrypt;
 mod handshake;
 mod identity;

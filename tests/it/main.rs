@@ -4,6 +4,7 @@
 
 mod durability;
 mod emulator_api;
+mod emulator_cli;
 mod emulator_delivery;
 mod emulator_handshake;
 mod emulator_rules;

@@ -1,0 +1,102 @@
+//! `msgraph-webhooks emulate`: the local Graph.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use msgraph_webhooks::BoxError;
+use msgraph_webhooks::emulator::{Emulator, TokenVersion};
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum Version {
+    V1,
+    V2,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4000", env = "MSGRAPH_WEBHOOKS_ADDR")]
+    addr: SocketAddr,
+
+    /// The tenant of tokens issued for `common`, `organizations` or a domain.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_TENANT_ID")]
+    tenant_id: Option<String>,
+
+    /// Application permissions clients get from the token endpoint
+    /// (comma-separated); default: every application permission of the catalog.
+    #[arg(long, value_delimiter = ',', env = "MSGRAPH_WEBHOOKS_APP_PERMISSIONS")]
+    app_permissions: Option<Vec<String>>,
+
+    /// Emulated seconds per real second for retries, throttling windows,
+    /// expirations and reauthorization notices (3600: an hour per second).
+    #[arg(long, default_value_t = 1.0, env = "MSGRAPH_WEBHOOKS_TIME_SCALE")]
+    time_scale: f64,
+
+    /// How much faster than Graph's the timeouts run (10: 3 s becomes 300 ms).
+    #[arg(long, default_value_t = 1.0, env = "MSGRAPH_WEBHOOKS_TIMEOUT_SCALE")]
+    timeout_scale: f64,
+
+    /// The claim set of validation tokens.
+    #[arg(long, value_enum, default_value_t = Version::V1, env = "MSGRAPH_WEBHOOKS_TOKEN_VERSION")]
+    token_version: Version,
+
+    /// Send `validationTokens: null` for this tenant's rich notifications (repeatable).
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_MISCONFIGURED_TENANT")]
+    misconfigured_tenant: Vec<String>,
+
+    /// Accept http:// notification URLs on any host, not only loopback.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_ALLOW_HTTP")]
+    allow_http: bool,
+
+    /// A drive item id that is a file, not a folder (repeatable).
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_DRIVE_FILE")]
+    drive_file: Vec<String>,
+
+    /// A user without a Copilot licence (repeatable).
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_COPILOT_UNLICENSED_USER")]
+    copilot_unlicensed_user: Vec<String>,
+
+    /// The tenant has no Copilot licences.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_NO_COPILOT_TENANT_LICENSE")]
+    no_copilot_tenant_license: bool,
+}
+
+pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
+    let mut builder = Emulator::builder()
+        .time_scale(args.time_scale)
+        .timeout_scale(args.timeout_scale)
+        .token_version(match args.token_version {
+            Version::V1 => TokenVersion::V1,
+            Version::V2 => TokenVersion::V2,
+        })
+        .allow_http(args.allow_http)
+        .copilot_tenant_licensed(!args.no_copilot_tenant_license);
+    if let Some(tenant) = args.tenant_id {
+        builder = builder.tenant_id(tenant);
+    }
+    if let Some(permissions) = args.app_permissions {
+        builder = builder.app_permissions(permissions);
+    }
+    for tenant in args.misconfigured_tenant {
+        builder = builder.misconfigured_tenant(tenant);
+    }
+    for item in args.drive_file {
+        builder = builder.drive_file(item);
+    }
+    for user in args.copilot_unlicensed_user {
+        builder = builder.copilot_unlicensed_user(user);
+    }
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tracing::info!(
+        graph = %format!("{base}/v1.0"),
+        token = %format!("{base}/common/oauth2/v2.0/token"),
+        jwks = %format!("{base}/common/discovery/v2.0/keys"),
+        control = %format!("{base}/emulator"),
+        "the local Graph"
+    );
+    builder.serve(listener, crate::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
