@@ -338,3 +338,27 @@ fn forbidden_violations_are_the_permission_ones() {
             && !Violation::PaymentModelImmutable.is_forbidden()
     );
 }
+
+proptest::proptest! {
+    /// Whatever `resource` and `changeType` a caller sends, checking them
+    /// gives an answer, never a panic.
+    #[test]
+    fn resolve_and_check_never_panic(
+        resource in "(/?(me|users|chats|teams|communications|drives|copilot|sites|solutions)(/[a-zA-Z0-9:@('\",=.{}*-]{0,12}){0,6}(\\?[$a-zA-Z=' (),]{0,40})?)|\\PC{0,60}",
+        change in "\\PC{0,24}",
+        minutes in -100_000i64..100_000,
+        rich in proptest::bool::ANY,
+    ) {
+        if let Ok(resolved) = resolve(&resource) {
+            let caller = Caller::delegated(PermissionType::DelegatedWork, ["Mail.Read"], "u", "u@x");
+            let request = Request::new(&change, NOW + Duration::minutes(minutes), NOW)
+                .resource_data(rich, rich, rich)
+                .caller(&caller);
+            let _ = resolved.check(&request);
+            let _ = resolved.payment_model();
+            for t in PermissionType::ALL {
+                let _ = resolved.least_privileged(t);
+            }
+        }
+    }
+}

@@ -51,6 +51,27 @@ impl fmt::Debug for Clock {
 /// Longest single real wait; a wait is re-planned after it anyway.
 const MAX_REAL_WAIT: StdDuration = StdDuration::from_secs(3600);
 
+/// How far emulated time may run from its start: a century.
+const MAX_SPAN_SECS: f64 = 100.0 * 365.25 * 86_400.0;
+
+/// A configured span as emulated time, at most a century (so adding it to a
+/// date never overflows).
+pub(crate) fn emulated(span: StdDuration) -> Duration {
+    Duration::try_from(span)
+        .unwrap_or(Duration::MAX)
+        .min(Duration::seconds_f64(MAX_SPAN_SECS))
+}
+
+/// A time scale made usable: positive and finite, within 0.001 to 1 000 000
+/// (anything else is 1).
+pub(crate) fn clamp_scale(scale: f64) -> f64 {
+    if scale.is_finite() && scale > 0.0 {
+        scale.clamp(1e-3, 1e6)
+    } else {
+        1.0
+    }
+}
+
 impl Clock {
     /// A clock starting at the current time, running `scale` times faster
     /// than real time. A scale that is not a positive finite number is 1.
@@ -58,13 +79,9 @@ impl Clock {
         Self::starting_at(OffsetDateTime::now_utc(), scale)
     }
 
-    /// A clock starting at `start`.
+    /// A clock starting at `start`. The scale is kept within 0.001 to 1 000 000.
     pub fn starting_at(start: OffsetDateTime, scale: f64) -> Self {
-        let scale = if scale.is_finite() && scale > 0.0 {
-            scale
-        } else {
-            1.0
-        };
+        let scale = clamp_scale(scale);
         Self {
             inner: Arc::new(Inner {
                 start,
@@ -81,11 +98,13 @@ impl Clock {
         self.inner.scale
     }
 
-    /// The emulated time now.
+    /// The emulated time now. It runs at most a century past the start
+    /// (then it stands still), far inside what dates can hold.
     pub fn now(&self) -> OffsetDateTime {
         let real = self.inner.started.elapsed().as_secs_f64();
-        let scaled = Duration::seconds_f64((real * self.inner.scale).min(1e12));
-        self.inner.start + scaled + self.advanced()
+        let scaled = Duration::seconds_f64((real * self.inner.scale).min(MAX_SPAN_SECS));
+        let total = scaled.saturating_add(self.advanced());
+        self.inner.start + total.min(Duration::seconds_f64(MAX_SPAN_SECS))
     }
 
     fn advanced(&self) -> Duration {
@@ -181,5 +200,13 @@ mod tests {
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!((Clock::new(bad).scale() - 1.0).abs() < f64::EPSILON);
         }
+        assert!((Clock::new(1e300).scale() - 1e6).abs() < f64::EPSILON);
+        // Advancing without bound neither panics nor leaves the century.
+        let start = OffsetDateTime::now_utc();
+        let clock = Clock::starting_at(start, 1.0);
+        for _ in 0..1000 {
+            clock.advance(Duration::seconds(1_000_000_000));
+        }
+        assert!(clock.now() - start <= Duration::days(36_525));
     }
 }

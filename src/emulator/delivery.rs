@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::Core;
+use super::clock::emulated;
 use super::notify::lifecycle_item;
 use super::store::graph_time;
 use crate::notification::LifecycleEventType;
@@ -375,10 +376,6 @@ pub(crate) struct Engine {
     sequence: AtomicU64,
 }
 
-fn emulated(span: Duration) -> time::Duration {
-    time::Duration::try_from(span).unwrap_or(time::Duration::MAX)
-}
-
 impl Engine {
     /// Queues items for `url`, starting its task if it has none.
     pub(crate) fn enqueue(&self, core: &Arc<Core>, url: &Url, items: Vec<Outgoing>) {
@@ -709,7 +706,9 @@ async fn send(core: Arc<Core>, endpoint: Arc<Endpoint>, batch: Vec<Pending>, sta
     .await;
     let latency = started.elapsed();
     // The endpoint's latency as Graph would have measured it, in Graph time.
-    let graph_latency = latency.mul_f64(core.config.timeout_scale);
+    let graph_latency =
+        Duration::try_from_secs_f64(latency.as_secs_f64() * core.config.timeout_factor())
+            .unwrap_or(Duration::MAX);
     let (status, outcome) = match answer {
         Ok(Ok(status)) if (200..300).contains(&status) => (Some(status), Outcome::Delivered),
         Ok(Ok(status)) => (Some(status), Outcome::Failed),

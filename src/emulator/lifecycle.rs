@@ -181,8 +181,7 @@ impl Core {
         for expired in self.store.remove_expired(now) {
             tracing::info!(subscription_id = %expired.id, "subscription expired");
         }
-        let notice = time::Duration::try_from(self.config.reauthorization_notice)
-            .unwrap_or(time::Duration::ZERO);
+        let notice = super::clock::emulated(self.config.reauthorization_notice);
         let mut next: Option<OffsetDateTime> = None;
         for subscription in self.store.all() {
             let mut due = vec![subscription.expiration];

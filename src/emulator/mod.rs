@@ -158,13 +158,16 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The real time a Graph timeout takes under [`timeout_scale`](Self::timeout_scale).
+    /// The real time a Graph timeout takes under [`timeout_scale`](Self::timeout_scale)
+    /// (kept within 0.001 to 1 000 000).
     pub fn real_timeout(&self, graph: Duration) -> Duration {
-        if self.timeout_scale.is_finite() && self.timeout_scale > 0.0 {
-            graph.div_f64(self.timeout_scale)
-        } else {
-            graph
-        }
+        Duration::try_from_secs_f64(graph.as_secs_f64() / self.timeout_factor())
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// The timeout scale made usable.
+    pub(crate) fn timeout_factor(&self) -> f64 {
+        clock::clamp_scale(self.timeout_scale)
     }
 }
 

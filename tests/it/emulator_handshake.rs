@@ -98,6 +98,14 @@ async fn wrong_body() {
 }
 
 #[tokio::test]
+async fn a_huge_answer_is_not_read_in_full() {
+    let graph = Graph::start(Emulator::builder()).await;
+    let huge: &'static str = Box::leak("Validation: ".repeat(200_000).into_boxed_str());
+    let hook = Hook::start(Answering::Body(huge)).await;
+    fails(&graph, &hook.url("/n"), MISMATCH, Outcome::Mismatch).await;
+}
+
+#[tokio::test]
 async fn an_html_page() {
     let graph = Graph::start(Emulator::builder()).await;
     let hook = Hook::start(Answering::Body(

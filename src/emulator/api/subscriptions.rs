@@ -631,3 +631,40 @@ pub(super) async fn reauthorize(
     });
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any body, any certificate: an answer, never a panic.
+        #[test]
+        fn hostile_bodies_and_certificates_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), text in "\\PC{0,200}") {
+            let _ = Body::parse(&bytes);
+            let _ = Body::parse(text.as_bytes());
+            let _ = certificate(&text);
+            let _ = certificate(&base64::Engine::encode(&STANDARD, &bytes));
+            let _ = parse_time(&text);
+        }
+    }
+
+    #[test]
+    fn json_shaped_hostile_bodies() {
+        for body in [
+            r#"{"changeType": null}"#,
+            r#"{"includeResourceData": "true"}"#,
+            r##"{"@odata.type": "#microsoft.graph.user"}"##,
+            r#"{"resource": {"nested": true}}"#,
+            r#"{"notificationContentType": "text/xml"}"#,
+            "[]",
+            "null",
+            "\u{feff}{}",
+        ] {
+            let parsed = Body::parse(body.as_bytes());
+            assert!(
+                parsed.is_err() || body == r#"{"changeType": null}"#,
+                "{body}"
+            );
+        }
+    }
+}
