@@ -58,13 +58,14 @@
 //! | [`worker`] | behind the ack: claim, build events, call the handler, retry |
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
+//! | [`emulator`] | (feature `emulator`) a local Graph: subscriptions API, identity endpoints, handshake, delivery |
 //!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `cli` | yes | the `msgraph-webhooks` binary (clap, tracing-subscriber); implies `emulator` |
-//! | `emulator` | via `cli` | [`emulator`]: a local Graph that creates subscriptions and delivers notifications |
+//! | `emulator` | via `cli` | [`emulator`]: a local Graph that creates subscriptions by the [`catalog`]'s rules and delivers notifications (axum) |
 //!
 //! Library users who don't want the CLI's dependencies turn off default features.
 
