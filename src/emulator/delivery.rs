@@ -254,13 +254,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// An item on its way to a URL.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Outgoing {
     pub(crate) item: Value,
     pub(crate) subscription_id: String,
     pub(crate) lifecycle: bool,
     /// For rich items, the (audience, tenant) its validation token is for.
     pub(crate) token_for: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    // The item holds the subscription's clientState: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("subscription_id", &self.subscription_id)
+            .field("lifecycle", &self.lifecycle)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -804,6 +814,28 @@ mod tests {
         let minutes: Vec<u64> = (1..=9).map(|n| policy.backoff(n).as_secs() / 60).collect();
         assert_eq!(minutes, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(policy.backoff(u32::MAX), policy.max_retry_interval);
+    }
+
+    #[test]
+    fn queued_items_never_show_their_client_state() {
+        let out = Outgoing {
+            item: json!({"subscriptionId": "s1", "clientState": "s3cret-state"}),
+            subscription_id: "s1".into(),
+            lifecycle: false,
+            token_for: None,
+        };
+        let pending = Pending {
+            out,
+            sequence: 1,
+            ready_at: datetime!(2026-05-01 12:00 UTC),
+            attempts: 0,
+            first_sent: None,
+        };
+        let printed = format!("{pending:?}");
+        assert!(
+            printed.contains("s1") && !printed.contains("s3cret"),
+            "{printed}"
+        );
     }
 
     fn inner() -> EndpointInner {
