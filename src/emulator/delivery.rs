@@ -194,7 +194,8 @@ pub struct EndpointStatus {
     pub url: String,
     /// Its state now.
     pub state: EndpointState,
-    /// Every state it has been in, with when it entered it; starts `Normal`.
+    /// The states it has been in, with when it entered them: the first
+    /// (`Normal`) and the last 999.
     pub history: Vec<StateChange>,
     /// Responses counted in the current window.
     pub window_responses: u32,
@@ -227,6 +228,9 @@ pub(crate) struct DeliveryLog {
 }
 
 const LOG_CAPACITY: usize = 10_000;
+
+/// State changes kept per URL (the first, and the most recent).
+const MAX_HISTORY: usize = 1_000;
 
 impl DeliveryLog {
     pub(crate) fn push(&self, mut record: DeliveryRecord) {
@@ -312,6 +316,9 @@ impl EndpointInner {
             (state == EndpointState::Drop).then(|| now + emulated(throttling.drop_period));
         if state == EndpointState::Drop {
             self.missed_sent.clear();
+        }
+        if self.history.len() >= MAX_HISTORY {
+            self.history.remove(1);
         }
         self.history.push(StateChange { time: now, state });
     }
