@@ -265,6 +265,9 @@ pub(crate) struct Outgoing {
     pub(crate) lifecycle: bool,
     /// For rich items, the (audience, tenant) its validation token is for.
     pub(crate) token_for: Option<(String, String)>,
+    /// A rich item of a misconfigured tenant: its deliveries carry
+    /// `validationTokens: null`, so it never shares a POST with other items.
+    pub(crate) tokens_null: bool,
 }
 
 impl std::fmt::Debug for Outgoing {
@@ -494,7 +497,7 @@ impl Endpoint {
             let Some(first) = inner.queue.iter().position(|p| p.ready_at <= now) else {
                 break;
             };
-            let key = |p: &Pending| (p.out.lifecycle, p.attempts > 0);
+            let key = |p: &Pending| (p.out.lifecycle, p.attempts > 0, p.out.tokens_null);
             let wanted = key(&inner.queue[first]);
             let mut batch = Vec::new();
             let mut i = first;
@@ -609,6 +612,7 @@ fn dropped(core: &Arc<Core>, endpoint: &Endpoint, items: Vec<Pending>, now: Offs
                     subscription_id: id,
                     lifecycle: true,
                     token_for: None,
+                    tokens_null: false,
                 }],
             );
         }
@@ -641,12 +645,7 @@ fn body(core: &Core, batch: &[Pending]) -> Vec<u8> {
     };
     let body = if pairs.is_empty() {
         json!({ "value": items })
-    } else if pairs.iter().any(|(_, tenant)| {
-        core.config
-            .misconfigured_tenants
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(tenant))
-    }) {
+    } else if batch.iter().any(|p| p.out.tokens_null) {
         json!({ "value": items, "validationTokens": null })
     } else {
         let tokens: Vec<String> = pairs
@@ -830,6 +829,7 @@ mod tests {
             subscription_id: "s1".into(),
             lifecycle: false,
             token_for: None,
+            tokens_null: false,
         };
         let pending = Pending {
             out,

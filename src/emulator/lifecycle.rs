@@ -109,6 +109,12 @@ impl Core {
             fired.items += items.len();
             fired.subscription_ids.push(subscription.id.clone());
             let tokens = token_for(&subscription);
+            let tokens_null = tokens.as_ref().is_some_and(|(_, tenant)| {
+                self.config
+                    .misconfigured_tenants
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(tenant))
+            });
             by_url
                 .entry(subscription.notification_url.clone())
                 .or_default()
@@ -117,6 +123,7 @@ impl Core {
                     subscription_id: subscription.id.clone(),
                     lifecycle: false,
                     token_for: tokens.clone(),
+                    tokens_null,
                 }));
         }
         for (url, items) in by_url {
@@ -167,6 +174,7 @@ impl Core {
                 subscription_id: subscription.id.clone(),
                 lifecycle: true,
                 token_for: None,
+                tokens_null: false,
             }],
         );
         Fired {

@@ -110,6 +110,8 @@ pub struct Config {
     pub token_version: TokenVersion,
     /// Tenants whose rich notifications carry `validationTokens: null`, as
     /// Graph sends when the tenant's set-up is incomplete (reference §6.1).
+    /// Their items travel in POSTs of their own, so other tenants' items
+    /// keep their tokens.
     pub misconfigured_tenants: Vec<String>,
     /// Timeouts, retries, batching.
     pub delivery: DeliveryPolicy,

@@ -318,9 +318,9 @@ async fn notification_url_app_id_is_the_token_audience_and_misconfigured_tenants
     let bad = graph
         .emulator
         .app_token_with("bad-tenant", APP, &["Chat.Read.All"]);
-    let mut misconfigured = body.clone();
-    misconfigured["notificationUrl"] = json!(hook.url("/bad"));
-    assert_eq!(graph.create(&bad, &misconfigured).await.status, 201);
+    // The same URL: the misconfigured tenant's items must not take the
+    // other tenant's token away, so they travel in a POST of their own.
+    assert_eq!(graph.create(&bad, &body).await.status, 201);
 
     graph
         .emulator
@@ -330,7 +330,13 @@ async fn notification_url_app_id_is_the_token_audience_and_misconfigured_tenants
         )
         .unwrap();
     hook.wait_items(2).await;
+    assert_eq!(
+        hook.notifications().len(),
+        2,
+        "one POST per token situation"
+    );
     for collection in hook.notifications() {
+        assert_eq!(collection["value"].as_array().unwrap().len(), 1);
         let tenant = collection["value"][0]["tenantId"]
             .as_str()
             .unwrap()
