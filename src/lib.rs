@@ -54,6 +54,8 @@
 //! | [`notification`] | the envelope and typed change/lifecycle items, [`ResourceKind`] |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
 //! | [`inbox`] | the ack boundary: where accepted items wait for the workers |
+//! | [`store`] | durable backends of the inbox, dedupe and records: SQLite, Redis |
+//! | [`dedupe`] | which changes were handled already |
 //! | [`worker`] | behind the ack: claim, build events, call the handler, retry |
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
@@ -64,6 +66,8 @@
 //! |---|---|---|
 //! | `cli` | yes | the `msgraph-webhooks` binary (clap, tracing-subscriber); implies `emulator` |
 //! | `emulator` | via `cli` | [`emulator`]: a local Graph that creates subscriptions and delivers notifications |
+//! | `sqlite` | via `cli` | [`store::SqliteStore`]: the embedded durable store |
+//! | `redis` | via `cli` | `store::RedisStore`: the store for several instances |
 //!
 //! Library users who don't want the CLI's dependencies turn off default features.
 
