@@ -59,6 +59,7 @@
 //! | [`worker`] | behind the ack: claim, build events, call the handler, retry |
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
+//! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
 //!
 //! # Features
 //!
@@ -74,6 +75,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod dedupe;
+pub mod doctor;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod handler;

@@ -3,6 +3,7 @@
 //! library, run.
 
 mod dlq;
+mod doctor;
 mod listen;
 mod store;
 mod work;
@@ -42,6 +43,8 @@ enum Command {
     Work(work::Args),
     /// List or replay the dead letters of a store.
     Dlq(dlq::Args),
+    /// Probe a notification URL the way Graph will, and explain what fails.
+    Doctor(doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
             Command::Listen(args) => listen::run(args).await,
             Command::Work(args) => work::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
         }
     });
     match result {
