@@ -55,10 +55,13 @@
 //! | [`notification`] | the envelope and typed change/lifecycle items, [`ResourceKind`] |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
 //! | [`inbox`] | the ack boundary: where accepted items wait for the workers |
+//! | [`store`] | durable backends of the inbox, dedupe and records: SQLite, Redis |
+//! | [`dedupe`] | which changes were handled already |
 //! | [`worker`] | behind the ack: claim, build events, call the handler, retry |
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
 //! | [`emulator`] | (feature `emulator`) a local Graph: subscriptions API, identity endpoints, handshake, delivery |
+//! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
 //!
 //! # Features
 //!
@@ -66,6 +69,8 @@
 //! |---|---|---|
 //! | `cli` | yes | the `msgraph-webhooks` binary (clap, tracing-subscriber); implies `emulator` |
 //! | `emulator` | via `cli` | [`emulator`]: a local Graph that creates subscriptions by the [`catalog`]'s rules and delivers notifications (axum) |
+//! | `sqlite` | via `cli` | [`store::SqliteStore`]: the embedded durable store |
+//! | `redis` | via `cli` | `store::RedisStore`: the store for several instances |
 //!
 //! Library users who don't want the CLI's dependencies turn off default features.
 
@@ -73,6 +78,7 @@
 
 pub mod catalog;
 pub mod dedupe;
+pub mod doctor;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod handler;

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod doctor;
 mod durability;
 mod emulator_api;
 mod emulator_cli;

@@ -4,6 +4,7 @@
 
 mod demo;
 mod dlq;
+mod doctor;
 mod emulate;
 mod listen;
 mod store;
@@ -48,6 +49,8 @@ enum Command {
     Emulate(emulate::Args),
     /// Emulator and receiver in one process: subscribe, notify, show the events.
     Demo(demo::Args),
+    /// Probe a notification URL the way Graph will, and explain what fails.
+    Doctor(doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
             Command::Dlq(args) => dlq::run(args).await,
             Command::Emulate(args) => emulate::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
         }
     });
     match result {
