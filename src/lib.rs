@@ -60,6 +60,7 @@
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
 //! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
+//! | [`tunnel`] | find (and follow) the public URL of a local ngrok tunnel |
 //!
 //! # Features
 //!
@@ -86,6 +87,7 @@ pub mod notification;
 pub mod registry;
 pub mod store;
 pub mod tokens;
+pub mod tunnel;
 pub mod worker;
 
 mod receiver;

@@ -11,3 +11,4 @@ mod parser_props;
 mod roles;
 mod shutdown;
 mod support;
+mod tunnel;
