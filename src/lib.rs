@@ -69,6 +69,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod crypto;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod handler;
