@@ -1,5 +1,8 @@
 //! Behind the ack: workers claim items from the inbox, turn each into a
 //! verified event, call the handler, and complete, retry or dead-letter it.
+//! Rich notifications are verified and decrypted here ([`verify`]).
+
+pub mod verify;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -14,6 +17,8 @@ use crate::handler::{BoxError, ChangeEvent, Handler, LifecycleEvent};
 use crate::inbox::{Claimed, Inbox};
 use crate::metrics::Metrics;
 use crate::notification::Notification;
+
+pub use verify::{Verifier, VerifyError};
 
 /// How failed handler calls are retried before an item is dead-lettered.
 #[derive(Clone, Debug)]
@@ -71,7 +76,8 @@ enum Outcome {
     Done,
     /// It can never be handled (malformed, failed verification); drop it.
     Rejected(&'static str),
-    /// The handler failed; retry or dead-letter.
+    /// The handler failed, or verification could not finish (JWKS
+    /// unavailable); retry or dead-letter.
     Failed(String),
 }
 
@@ -80,6 +86,8 @@ pub(crate) struct Pipeline<H> {
     pub(crate) handler: H,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) retry: RetryPolicy,
+    /// Verifies and decrypts rich items; `None` rejects them.
+    pub(crate) verifier: Option<Arc<Verifier>>,
 }
 
 impl<H: Handler> Pipeline<H> {
@@ -97,10 +105,24 @@ impl<H: Handler> Pipeline<H> {
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let call = match notification {
             Notification::Change(change) => {
+                let data = match verify::resource_data(
+                    self.verifier.as_deref(),
+                    &change,
+                    &item.validation_tokens,
+                )
+                .await
+                {
+                    Ok(data) => data,
+                    Err(e) if e.is_transient() => return Outcome::Failed(e.to_string()),
+                    Err(e) => {
+                        tracing::debug!(id = %claimed.id, reason = e.reason(), "rejecting item");
+                        return Outcome::Rejected(e.reason());
+                    }
+                };
                 let event = ChangeEvent::new(
                     change,
                     item.raw.clone(),
-                    None,
+                    data,
                     received_at,
                     claimed.attempts,
                 );
@@ -166,7 +188,7 @@ impl<H: Handler> Pipeline<H> {
                     inbox.dead_letter(claimed, reason).await
                 } else {
                     let delay = self.retry.delay(failures);
-                    tracing::warn!(%id, failures, ?delay, %reason, "handler failed; will retry");
+                    tracing::warn!(%id, failures, ?delay, %reason, "processing failed; will retry");
                     inbox.retry(claimed, delay).await
                 }
             }
