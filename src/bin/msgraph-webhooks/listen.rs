@@ -57,6 +57,9 @@ pub(crate) struct Args {
     /// Seconds to drain connections and workers on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10, env = "MSGRAPH_WEBHOOKS_DRAIN_SECS")]
     drain_secs: u64,
+
+    #[command(flatten)]
+    rich: crate::rich::RichArgs,
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
@@ -86,6 +89,14 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         .worker_drain(drain);
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
+    }
+    if let Some(keys) = args.rich.key_ring()? {
+        tracing::info!(certificate_ids = ?keys.ids().collect::<Vec<_>>(), app_ids = ?args.rich.app_ids, "rich notifications enabled");
+        builder = builder
+            .key_ring(keys)
+            .app_ids(args.rich.app_ids.clone())
+            .tenant_ids(args.rich.tenant_ids().to_vec())
+            .jwks(args.rich.jwks()?);
     }
     let receiver = builder.build()?;
     let listener = tokio::net::TcpListener::bind(args.addr)

@@ -2,7 +2,10 @@
 //! command line. Thin by design: parse flags, set up logging, build from the
 //! library, run.
 
+mod cert;
+mod inspect;
 mod listen;
+mod rich;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -35,6 +38,12 @@ enum LogFormat {
 enum Command {
     /// Serve the notification endpoint; print each accepted event as a JSON line.
     Listen(listen::Args),
+    /// Verify and decrypt a captured notification body offline: accepted
+    /// items as JSON lines on stdout, the reason for each rejected one on
+    /// stderr; exit 0 only if every item is accepted.
+    Inspect(inspect::Args),
+    /// Certificates for rich notifications.
+    Cert(cert::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +62,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Listen(args) => listen::run(args).await,
+            Command::Inspect(args) => inspect::run(args).await,
+            Command::Cert(args) => cert::run(args),
         }
     });
     match result {
