@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod http;
+pub mod rich;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,12 @@ impl Recorder {
                 );
             }
         }
+    }
+
+    /// Waits until at least `n` events arrived; returns the change events.
+    pub async fn changes_after(&self, n: usize) -> Vec<ChangeEvent> {
+        self.wait_for(n).await;
+        self.changes()
     }
 
     fn push(&self, event: Event) {
