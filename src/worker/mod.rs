@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -90,20 +91,30 @@ pub(crate) struct Pipeline<H> {
     pub(crate) verifier: Option<Arc<Verifier>>,
 }
 
+/// A claimed item after parsing and verification, ready for the handler.
+enum Prepared {
+    Change(ChangeEvent),
+    Lifecycle(LifecycleEvent),
+    /// Nothing for the handler: the item is settled as this.
+    Settled(Outcome),
+}
+
 impl<H: Handler> Pipeline<H> {
-    async fn process(&self, claimed: &Claimed) -> Outcome {
+    /// Parses the item and, for rich items, checks tokens and decrypts.
+    /// Independent of the handler, so it can run ahead of it.
+    async fn prepare(&self, claimed: &Claimed) -> Prepared {
         let item = &claimed.item;
         let notification = match Notification::from_json(item.raw.get()) {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(id = %claimed.id, error = %e, "dropping malformed item");
-                return Outcome::Rejected("malformed_item");
+                return Prepared::Settled(Outcome::Rejected("malformed_item"));
             }
         };
         let received_at =
             OffsetDateTime::from_unix_timestamp_nanos(i128::from(item.received_at_ms) * 1_000_000)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let call = match notification {
+        match notification {
             Notification::Change(change) => {
                 let data = match verify::resource_data(
                     self.verifier.as_deref(),
@@ -113,26 +124,37 @@ impl<H: Handler> Pipeline<H> {
                 .await
                 {
                     Ok(data) => data,
-                    Err(e) if e.is_transient() => return Outcome::Failed(e.to_string()),
+                    Err(e) if e.is_transient() => {
+                        return Prepared::Settled(Outcome::Failed(e.to_string()));
+                    }
                     Err(e) => {
                         tracing::debug!(id = %claimed.id, reason = e.reason(), "rejecting item");
-                        return Outcome::Rejected(e.reason());
+                        return Prepared::Settled(Outcome::Rejected(e.reason()));
                     }
                 };
-                let event = ChangeEvent::new(
+                Prepared::Change(ChangeEvent::new(
                     change,
                     item.raw.clone(),
                     data,
                     received_at,
                     claimed.attempts,
-                );
-                self.call(|h| h.on_change(event)).await
+                ))
             }
-            Notification::Lifecycle(lifecycle) => {
-                let event =
-                    LifecycleEvent::new(lifecycle, item.raw.clone(), received_at, claimed.attempts);
-                self.call(|h| h.on_lifecycle(event)).await
-            }
+            Notification::Lifecycle(lifecycle) => Prepared::Lifecycle(LifecycleEvent::new(
+                lifecycle,
+                item.raw.clone(),
+                received_at,
+                claimed.attempts,
+            )),
+        }
+    }
+
+    /// Hands a prepared item to the handler.
+    async fn deliver(&self, prepared: Prepared) -> Outcome {
+        let call = match prepared {
+            Prepared::Settled(outcome) => return outcome,
+            Prepared::Change(event) => self.call(|h| h.on_change(event)).await,
+            Prepared::Lifecycle(event) => self.call(|h| h.on_lifecycle(event)).await,
         };
         match call {
             Ok(()) => Outcome::Done,
@@ -171,10 +193,10 @@ impl<H: Handler> Pipeline<H> {
         }
     }
 
-    /// Processes one claimed item and settles it with the inbox.
-    async fn settle(&self, inbox: &dyn Inbox, claimed: Claimed) {
+    /// Delivers one prepared item and settles it with the inbox.
+    async fn settle(&self, inbox: &dyn Inbox, claimed: Claimed, prepared: Prepared) {
         let id = claimed.id.clone();
-        let settled = match self.process(&claimed).await {
+        let settled = match self.deliver(prepared).await {
             Outcome::Done => inbox.complete(id.clone()).await,
             Outcome::Rejected(reason) => {
                 self.metrics.rejected(reason);
@@ -256,8 +278,18 @@ async fn work<H: Handler>(
             Ok(batch) if batch.is_empty() && draining => return,
             Ok(batch) => {
                 backoff = Duration::from_millis(50);
-                for claimed in batch {
-                    pipeline.settle(inbox.as_ref(), claimed).await;
+                // Verification (RSA, on the blocking pool) runs ahead for the
+                // whole batch while the handler takes the items in order, so
+                // a slow handler does not leave the cores idle.
+                let pipeline = &pipeline;
+                let mut ready =
+                    futures_util::stream::iter(batch.into_iter().map(|claimed| async move {
+                        let prepared = pipeline.prepare(&claimed).await;
+                        (claimed, prepared)
+                    }))
+                    .buffered(CLAIM_BATCH);
+                while let Some((claimed, prepared)) = ready.next().await {
+                    pipeline.settle(inbox.as_ref(), claimed, prepared).await;
                 }
             }
             Err(e) => {
