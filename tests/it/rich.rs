@@ -847,3 +847,28 @@ async fn listen_prints_decrypted_data_and_drops_tampered_items() {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn the_committed_dev_key_matches_its_readme() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let key = DecryptionKey::from_file(&root.join("dev.pem"), None).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(key.thumbprint()),
+        "README names the thumbprint"
+    );
+    assert!(readme.contains("local use only"));
+    let b64 = std::fs::read_to_string(root.join("dev-cert.b64")).unwrap();
+    assert_eq!(
+        STANDARD.decode(b64.trim()).unwrap(),
+        key.certificate().to_der().unwrap()
+    );
+    let pem = std::fs::read(root.join("dev-cert.pem")).unwrap();
+    assert_eq!(
+        openssl::x509::X509::from_pem(&pem)
+            .unwrap()
+            .to_der()
+            .unwrap(),
+        key.certificate().to_der().unwrap()
+    );
+}
