@@ -97,6 +97,8 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
             .app_ids(args.rich.app_ids.clone())
             .tenant_ids(args.rich.tenant_ids().to_vec())
             .jwks(args.rich.jwks()?);
+    } else if !args.rich.app_ids.is_empty() {
+        tracing::warn!("--app-id without --key: encrypted items will be rejected");
     }
     let receiver = builder.build()?;
     let listener = tokio::net::TcpListener::bind(args.addr)
