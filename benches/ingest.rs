@@ -1,2 +1,321 @@
-//! Ingest benchmark (filled in below).
-fn main() {}
+//! Ingest benchmark: requests per second and ack latency of `msgraph-webhooks
+//! listen` for single-item basic notifications over keep-alive connections,
+//! against a bare hyper server that answers 202 to any POST, measured in the
+//! same run on the same machine.
+//!
+//! Run with `bench/ingest.sh` (writes BENCHMARKS.md), or directly:
+//!
+//! ```text
+//! cargo bench --bench ingest
+//! BENCH_SECS=20 BENCH_CONNECTIONS=32 cargo bench --bench ingest
+//! ```
+//!
+//! Both servers run as separate processes; the load generator is this
+//! process. Traffic goes to 127.0.0.1 only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_msgraph-webhooks");
+const ROLE: &str = "INGEST_BENCH_ROLE";
+const CLIENT_STATE: &str = "bench-client-state";
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if std::env::var(ROLE).as_deref() == Ok("bare") {
+        runtime.block_on(bare_server());
+        return;
+    }
+    // `cargo test --benches` runs bench targets with `--bench` absent: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    runtime.block_on(run());
+}
+
+/// The baseline: hyper, one task per connection, 202 to any POST after
+/// reading its body.
+async fn bare_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("listening local={}", listener.local_addr().unwrap());
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(
+                |request: hyper::Request<hyper::body::Incoming>| async move {
+                    let _ = request.into_body().collect().await;
+                    let mut response = hyper::Response::new(Empty::<Bytes>::new());
+                    *response.status_mut() = hyper::StatusCode::ACCEPTED;
+                    Ok::<_, Infallible>(response)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+struct Settings {
+    duration: Duration,
+    warmup: Duration,
+    connections: usize,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let secs = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            duration: Duration::from_secs(secs("BENCH_SECS", 10)),
+            warmup: Duration::from_secs(secs("BENCH_WARMUP_SECS", 2)),
+            connections: usize::try_from(secs("BENCH_CONNECTIONS", 32)).unwrap(),
+        }
+    }
+}
+
+/// A server process under test.
+struct Server {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start(mut command: tokio::process::Command) -> Self {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap();
+        // The bare server says where it listens on stdout, `listen` in its log on stderr.
+        let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async move {
+            let (mut stdout, mut stderr) = (stdout, stderr);
+            loop {
+                let line = tokio::select! {
+                    line = stdout.next_line() => line,
+                    line = stderr.next_line() => line,
+                };
+                let line = line.unwrap().expect("server exited before listening");
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("local="))
+                {
+                    // Keep draining both pipes so the server never blocks on them.
+                    tokio::spawn(
+                        async move { while let Ok(Some(_)) = stdout.next_line().await {} },
+                    );
+                    tokio::spawn(
+                        async move { while let Ok(Some(_)) = stderr.next_line().await {} },
+                    );
+                    return addr.parse::<SocketAddr>().unwrap();
+                }
+            }
+        })
+        .await
+        .expect("server listening within 30 s");
+        Self { child, addr }
+    }
+}
+
+/// What one load run measured.
+struct Measured {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Measured {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        f64::from(self.latencies_us[index]) / 1000.0
+    }
+}
+
+fn body() -> Bytes {
+    Bytes::from(
+        serde_json::json!({"value": [{
+            "subscriptionId": "7f105c7d-2dc5-4530-97cd-4e7ae6534c07",
+            "subscriptionExpirationDateTime": "2026-03-19T22:11:09.952Z",
+            "clientState": CLIENT_STATE,
+            "changeType": "created",
+            "resource": "Users/622eaaff-0683-4862-9de4-f2ec83c2bd98/Messages/AAMkAGUwNjQ4ZjIxAAA=",
+            "tenantId": "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+            "resourceData": {
+                "@odata.type": "#Microsoft.Graph.Message",
+                "@odata.id": "Users/622eaaff-0683-4862-9de4-f2ec83c2bd98/Messages/AAMkAGUwNjQ4ZjIxAAA=",
+                "@odata.etag": "W/\"CQAAABYAAACQ2fKdhq8oSKEDSVrdi3lRAAGDUUXn\"",
+                "id": "AAMkAGUwNjQ4ZjIxAAA="
+            }
+        }]})
+        .to_string(),
+    )
+}
+
+/// Closed-loop load: each connection sends the next request as soon as the
+/// previous answer is in. Only requests completed after the warm-up count.
+async fn load(addr: SocketAddr, settings: &Settings) -> Measured {
+    let body = body();
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..settings.connections {
+        let body = body.clone();
+        let measuring = measuring.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let (mut requests, mut errors, mut latencies) =
+                (0u64, 0u64, Vec::with_capacity(1 << 16));
+            while !stop.load(Ordering::Relaxed) {
+                let request = hyper::Request::post("/")
+                    .header("host", "127.0.0.1")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let started = Instant::now();
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let _ = response.into_body().collect().await;
+                        status == hyper::StatusCode::ACCEPTED
+                    }
+                    Err(_) => false,
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        requests += 1;
+                        latencies
+                            .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    } else {
+                        errors += 1;
+                    }
+                }
+                if !ok && sender.ready().await.is_err() {
+                    break;
+                }
+            }
+            (requests, errors, latencies)
+        }));
+    }
+    tokio::time::sleep(settings.warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(settings.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut measured = Measured {
+        requests: 0,
+        errors: 0,
+        elapsed,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let (requests, errors, latencies) = task.await.unwrap();
+        measured.requests += requests;
+        measured.errors += errors;
+        measured.latencies_us.extend(latencies);
+    }
+    measured.latencies_us.sort_unstable();
+    measured
+}
+
+async fn run() {
+    let settings = Settings::from_env();
+    // Profiling aid: load a server that is already running.
+    if let Ok(addr) = std::env::var("BENCH_ADDR") {
+        let measured = load(addr.parse().unwrap(), &settings).await;
+        println!(
+            "{addr}: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} non-202",
+            measured.rps(),
+            measured.percentile_ms(0.5),
+            measured.percentile_ms(0.99),
+            measured.errors
+        );
+        return;
+    }
+    let mut rows = Vec::new();
+
+    let mut bare = tokio::process::Command::new(std::env::current_exe().unwrap());
+    bare.env(ROLE, "bare");
+    let server = Server::start(bare).await;
+    let baseline = load(server.addr, &settings).await;
+    drop(server);
+    rows.push(("bare hyper (baseline)", baseline));
+
+    let mut listen = tokio::process::Command::new(BIN);
+    listen
+        .args(["listen", "--addr", "127.0.0.1:0"])
+        .args(
+            std::env::var("BENCH_LISTEN_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
+        .env("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)
+        .env("RUST_LOG", "warn,msgraph_webhooks::listener::server=info");
+    let mut server = Server::start(listen).await;
+    let measured = load(server.addr, &settings).await;
+    let _ = server.child.kill().await;
+    rows.push(("listen (memory inbox)", measured));
+
+    let base_rps = rows[0].1.rps();
+    println!();
+    println!(
+        "{} connections, {} s measured after {} s warm-up, {} cores",
+        settings.connections,
+        settings.duration.as_secs(),
+        settings.warmup.as_secs(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!("| server | requests/s | vs baseline | p50 ack (ms) | p99 ack (ms) | non-202 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, m) in &rows {
+        println!(
+            "| {name} | {:.0} | {:.0} % | {:.2} | {:.2} | {} |",
+            m.rps(),
+            100.0 * m.rps() / base_rps,
+            m.percentile_ms(0.50),
+            m.percentile_ms(0.99),
+            m.errors
+        );
+    }
+}

@@ -133,6 +133,8 @@ fn main() {
             jwks_path.to_str().expect("utf-8 path"),
             "--app-id",
             APP_ID,
+            "--data-dir",
+            dir.path().join("store").to_str().expect("utf-8 path"),
         ])
         .env("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)
         .env("RUST_LOG", "info")

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::notification::resources::Resource;
 use crate::notification::{
@@ -481,84 +480,79 @@ impl Event {
     }
 }
 
-/// Writes every event as one JSON line ([`Event::to_json`]) and flushes it:
-/// the handler behind `msgraph-webhooks listen`.
+/// Writes every event as one JSON line ([`Event::to_json`]): the handler
+/// behind `msgraph-webhooks listen`.
 ///
-/// A call returns once its line is written and flushed. Lines that arrive
-/// while a write is under way are written together by the next writer, with
-/// one flush (group commit), so many workers are not serialised behind one
-/// slow output.
-pub struct JsonLines<W> {
-    out: tokio::sync::Mutex<W>,
-    queue: std::sync::Mutex<Vec<QueuedLine>>,
+/// A writer thread of its own does the blocking I/O. It writes whatever
+/// lines are waiting in one go and flushes before it waits again, so no
+/// line ever sits in a buffer; each handler call returns only once its line
+/// is flushed, so an event counts as handled only when it was written.
+#[derive(Debug, Clone)]
+pub struct JsonLines {
+    lines: tokio::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>)>,
 }
 
-/// A line waiting for a writer, and where to report how its write went.
-struct QueuedLine {
-    line: Vec<u8>,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
-}
+/// Lines waiting for the writer thread at most.
+const JSON_LINES_QUEUE: usize = 4096;
 
-impl<W> fmt::Debug for JsonLines<W> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JsonLines").finish_non_exhaustive()
-    }
-}
-
-impl JsonLines<tokio::io::Stdout> {
+impl JsonLines {
     /// Lines to standard output.
     pub fn stdout() -> Self {
-        Self::new(tokio::io::stdout())
+        Self::new(std::io::stdout())
     }
-}
 
-impl<W: AsyncWrite + Unpin + Send + 'static> JsonLines<W> {
-    /// Lines to `out`.
-    pub fn new(out: W) -> Self {
-        Self {
-            out: tokio::sync::Mutex::new(out),
-            queue: std::sync::Mutex::new(Vec::new()),
-        }
+    /// Lines to `out`, written on a thread of their own.
+    ///
+    /// # Panics
+    ///
+    /// If the OS cannot start a thread.
+    pub fn new<W: std::io::Write + Send + 'static>(mut out: W) -> Self {
+        let (lines, mut waiting) = tokio::sync::mpsc::channel::<(
+            Vec<u8>,
+            tokio::sync::oneshot::Sender<std::io::Result<()>>,
+        )>(JSON_LINES_QUEUE);
+        std::thread::Builder::new()
+            .name("json-lines".into())
+            .spawn(move || {
+                let mut batch = Vec::new();
+                let mut acks = Vec::new();
+                while let Some((line, ack)) = waiting.blocking_recv() {
+                    batch.extend_from_slice(&line);
+                    acks.push(ack);
+                    while let Ok((line, ack)) = waiting.try_recv() {
+                        batch.extend_from_slice(&line);
+                        acks.push(ack);
+                    }
+                    let written = out.write_all(&batch).and_then(|()| out.flush());
+                    for ack in acks.drain(..) {
+                        let _ = ack.send(match &written {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        });
+                    }
+                    batch.clear();
+                }
+            })
+            .expect("the OS starts the json-lines writer thread");
+        Self { lines }
     }
 
     async fn write(&self, event: Event) -> Result<(), BoxError> {
         let mut line = serde_json::to_vec(&event.to_json())?;
         line.push(b'\n');
-        let (done, written) = tokio::sync::oneshot::channel();
-        self.lock_queue().push(QueuedLine { line, done });
-
-        let mut out = self.out.lock().await;
-        // Whoever holds the output writes everything queued so far; if that
-        // already included this line, its writer reports the result.
-        let batch = std::mem::take(&mut *self.lock_queue());
-        if !batch.is_empty() {
-            let bytes: Vec<u8> = batch.iter().flat_map(|q| q.line.iter().copied()).collect();
-            let result = async {
-                out.write_all(&bytes).await?;
-                out.flush().await
-            }
+        let (ack, written) = tokio::sync::oneshot::channel();
+        self.lines
+            .send((line, ack))
             .await
-            .map_err(|e| e.to_string());
-            for queued in batch {
-                let _ = queued.done.send(result.clone());
-            }
-        }
-        drop(out);
-        match written.await {
-            Ok(result) => result.map_err(Into::into),
-            Err(_) => Err("the writer of this line was cancelled".into()),
-        }
-    }
-
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<QueuedLine>> {
-        // A panic while holding the lock cannot leave the Vec inconsistent.
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map_err(|_| "the json-lines writer thread is gone")?;
+        written
+            .await
+            .map_err(|_| "the json-lines writer thread is gone")??;
+        Ok(())
     }
 }
 
-impl<W: AsyncWrite + Unpin + Send + 'static> Handler for JsonLines<W> {
+impl Handler for JsonLines {
     fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
         self.write(Event::Change(event))
     }
@@ -568,108 +562,5 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Handler for JsonLines<W> {
         event: LifecycleEvent,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         self.write(Event::Lifecycle(event))
-    }
-}
-
-#[cfg(test)]
-mod json_lines_tests {
-    use std::pin::Pin;
-    use std::sync::Mutex;
-    use std::task::{Context, Poll};
-
-    use super::*;
-    use crate::notification::Notification;
-
-    /// An output that records what was flushed, yields once per write (so
-    /// writers overlap), and can be made to fail.
-    #[derive(Clone, Default)]
-    struct Recording {
-        buffered: Arc<Mutex<Vec<u8>>>,
-        flushed: Arc<Mutex<Vec<u8>>>,
-        flushes: Arc<Mutex<usize>>,
-        fail: bool,
-    }
-
-    impl AsyncWrite for Recording {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            if self.fail {
-                return Poll::Ready(Err(std::io::Error::other("disk on fire")));
-            }
-            self.buffered.lock().unwrap().extend_from_slice(buf);
-            cx.waker().wake_by_ref();
-            Poll::Ready(Ok(buf.len()))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            let bytes = std::mem::take(&mut *self.buffered.lock().unwrap());
-            self.flushed.lock().unwrap().extend_from_slice(&bytes);
-            *self.flushes.lock().unwrap() += 1;
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn event(n: usize) -> ChangeEvent {
-        let raw = serde_json::json!({
-            "subscriptionId": format!("s{n}"), "changeType": "created", "resource": "r",
-        })
-        .to_string();
-        let Notification::Change(change) = Notification::from_json(&raw).unwrap() else {
-            unreachable!()
-        };
-        let raw = serde_json::value::RawValue::from_string(raw).unwrap();
-        ChangeEvent::new(change, raw, None, OffsetDateTime::UNIX_EPOCH, 0)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_lines_are_each_written_once_and_flushed_before_returning() {
-        let out = Recording::default();
-        let lines = Arc::new(JsonLines::new(out.clone()));
-        let tasks: Vec<_> = (0..200)
-            .map(|n| {
-                let (lines, out) = (lines.clone(), out.clone());
-                tokio::spawn(async move {
-                    lines.on_change(event(n)).await.unwrap();
-                    let flushed = String::from_utf8(out.flushed.lock().unwrap().clone()).unwrap();
-                    assert!(
-                        flushed.contains(&format!("\"s{n}\"")),
-                        "line {n} flushed before its call returned"
-                    );
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let flushed = String::from_utf8(out.flushed.lock().unwrap().clone()).unwrap();
-        let mut ids: Vec<String> = flushed
-            .lines()
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap();
-                v["subscriptionId"].as_str().unwrap().to_owned()
-            })
-            .collect();
-        ids.sort();
-        let mut expected: Vec<String> = (0..200).map(|n| format!("s{n}")).collect();
-        expected.sort();
-        assert_eq!(ids, expected, "every line once, none torn");
-        assert!(*out.flushes.lock().unwrap() <= 200);
-    }
-
-    #[tokio::test]
-    async fn a_failing_output_fails_the_call() {
-        let lines = JsonLines::new(Recording {
-            fail: true,
-            ..Recording::default()
-        });
-        let error = lines.on_change(event(1)).await.unwrap_err();
-        assert!(error.to_string().contains("disk on fire"), "{error}");
     }
 }

@@ -103,6 +103,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod crypto;
+pub mod dedupe;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod handler;
@@ -111,6 +112,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notification;
 pub mod registry;
+pub mod store;
 pub mod tokens;
 pub mod worker;
 

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::ClientState;
 use crate::crypto::KeyRing;
+use crate::dedupe::{Dedupe, MemoryDedupe};
 use crate::handler::Handler;
 use crate::inbox::{Inbox, MemoryInbox};
 use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
@@ -62,6 +63,10 @@ pub struct ReceiverBuilder<H> {
     handler: H,
     registry: Option<Arc<SubscriptionRegistry>>,
     inbox: Option<Arc<dyn Inbox>>,
+    dedupe: Option<Arc<dyn Dedupe>>,
+    dedupe_ttl: Duration,
+    dedupe_lease: Duration,
+    dedupe_owner: Option<String>,
     metrics: Option<Arc<Metrics>>,
     limits: Limits,
     retry: RetryPolicy,
@@ -149,6 +154,10 @@ impl Receiver<()> {
             handler,
             registry: None,
             inbox: None,
+            dedupe: None,
+            dedupe_ttl: crate::dedupe::DEFAULT_TTL,
+            dedupe_lease: crate::dedupe::DEFAULT_LEASE,
+            dedupe_owner: None,
             metrics: None,
             limits: Limits::default(),
             retry: RetryPolicy::default(),
@@ -177,6 +186,38 @@ impl<H: Handler> ReceiverBuilder<H> {
     /// Stores accepted items here (default: a [`MemoryInbox`] of 100 000 items).
     pub fn inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
         self.inbox = Some(inbox);
+        self
+    }
+
+    /// Remembers handled notifications here, so duplicates are dropped
+    /// (default: a [`MemoryDedupe`] of this process). Give the durable store
+    /// here too, so dedupe survives restarts and spans processes.
+    pub fn dedupe(mut self, dedupe: Arc<dyn Dedupe>) -> Self {
+        self.dedupe = Some(dedupe);
+        self
+    }
+
+    /// How long handled notifications are remembered (default 24 h; at
+    /// least Graph's 4-hour retry window).
+    pub fn dedupe_ttl(mut self, ttl: Duration) -> Self {
+        self.dedupe_ttl = ttl;
+        self
+    }
+
+    /// How long a notification being handled blocks its copies (default
+    /// 5 min). With Redis, set it to the store's claim timeout, after which
+    /// a silent worker's items are taken over anyway.
+    pub fn dedupe_lease(mut self, lease: Duration) -> Self {
+        self.dedupe_lease = lease;
+        self
+    }
+
+    /// The name this receiver's workers claim dedupe keys under (default: a
+    /// random one). Use the durable store's consumer id
+    /// ([`SqliteStore::consumer`](crate::store::SqliteStore::consumer)), so
+    /// the store releases a dead process's claims with its items.
+    pub fn dedupe_owner(mut self, owner: impl Into<String>) -> Self {
+        self.dedupe_owner = Some(owner.into());
         self
     }
 
@@ -283,6 +324,12 @@ impl<H: Handler> ReceiverBuilder<H> {
                 handler: self.handler,
                 metrics,
                 retry: self.retry,
+                dedupe: Some(self.dedupe.unwrap_or_else(|| Arc::new(MemoryDedupe::new()))),
+                owner: self
+                    .dedupe_owner
+                    .unwrap_or_else(|| crate::ClientState::random().expose().to_owned()),
+                dedupe_ttl: self.dedupe_ttl,
+                dedupe_lease: self.dedupe_lease,
                 verifier,
             }),
             workers: self.workers,

@@ -2,9 +2,121 @@
 //! `clientState` each must carry.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::ClientState;
+use crate::store::StoreError;
+
+/// A subscription as the subscription manager keeps it, where every instance
+/// can read it: enough to authenticate its notifications, and to renew it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct SubscriptionRecord {
+    /// Graph's id of the subscription.
+    pub id: String,
+    /// The `clientState` it was created with.
+    #[serde(default)]
+    pub client_state: Option<ClientState>,
+    /// The `encryptionCertificateId` of a rich subscription.
+    #[serde(default)]
+    pub certificate_id: Option<String>,
+    /// When it expires.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Whatever else its owner keeps (the subscription manager's declared
+    /// key, resource, URLs…).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl SubscriptionRecord {
+    /// A record of subscription `id` created with `client_state`.
+    pub fn new(id: impl Into<String>, client_state: Option<ClientState>) -> Self {
+        Self {
+            id: id.into(),
+            client_state,
+            certificate_id: None,
+            expires_at: None,
+            other: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Where subscription records live, shared by every instance: the durable
+/// stores implement it (`SqliteStore`, `RedisStore`), and
+/// [`MemoryRecords`] for a single process.
+pub trait RecordStore: Send + Sync + 'static {
+    /// The records of `ids`, in order (`None` where there is none).
+    fn get_many(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Option<SubscriptionRecord>>, StoreError>>;
+
+    /// Stores (or replaces) a record.
+    fn put(&self, record: SubscriptionRecord) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Deletes a record.
+    fn remove(&self, id: String) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Every record.
+    fn all(&self) -> BoxFuture<'_, Result<Vec<SubscriptionRecord>, StoreError>>;
+}
+
+/// Records in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryRecords {
+    records: RwLock<HashMap<String, SubscriptionRecord>>,
+}
+
+impl MemoryRecords {
+    /// No records yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl RecordStore for MemoryRecords {
+    fn get_many(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Option<SubscriptionRecord>>, StoreError>> {
+        let records = self.records.read().unwrap_or_else(|e| e.into_inner());
+        let found = ids.iter().map(|id| records.get(id).cloned()).collect();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn put(&self, record: SubscriptionRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.records
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record.id.clone(), record);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn remove(&self, id: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.records
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn all(&self) -> BoxFuture<'_, Result<Vec<SubscriptionRecord>, StoreError>> {
+        let all = self
+            .records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        Box::pin(std::future::ready(Ok(all)))
+    }
+}
 
 /// What the app knows of one of its subscriptions.
 #[derive(Clone, Debug, Default)]
@@ -74,10 +186,19 @@ impl RejectReason {
 /// assert!(registry.check("any-subscription", Some("s3cret")).is_ok());
 /// assert!(registry.check("any-subscription", Some("guess")).is_err());
 /// ```
-#[derive(Debug)]
 pub struct SubscriptionRegistry {
     fallback: Fallback,
     records: RwLock<HashMap<String, Registration>>,
+    source: Option<Arc<dyn RecordStore>>,
+}
+
+impl std::fmt::Debug for SubscriptionRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionRegistry")
+            .field("fallback", &self.fallback)
+            .field("source", &self.source.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SubscriptionRegistry {
@@ -86,6 +207,7 @@ impl SubscriptionRegistry {
         Self {
             fallback: Fallback::Reject,
             records: RwLock::default(),
+            source: None,
         }
     }
 
@@ -95,6 +217,7 @@ impl SubscriptionRegistry {
         Self {
             fallback: Fallback::ClientState(client_state),
             records: RwLock::default(),
+            source: None,
         }
     }
 
@@ -104,7 +227,56 @@ impl SubscriptionRegistry {
         Self {
             fallback: Fallback::AllowAny,
             records: RwLock::default(),
+            source: None,
         }
+    }
+
+    /// Also looks up subscriptions it does not know in `source` (the records
+    /// the subscription manager writes, possibly on another instance).
+    pub fn with_source(mut self, source: Arc<dyn RecordStore>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Looks up the subscriptions among `ids` that are not registered yet in
+    /// the record source, and registers those it finds. Does nothing without
+    /// a source.
+    ///
+    /// # Errors
+    ///
+    /// The source could not be read: authentication is impossible for now.
+    pub async fn refresh(&self, ids: &[&str]) -> Result<(), StoreError> {
+        let Some(source) = &self.source else {
+            return Ok(());
+        };
+        let missing: Vec<String> = {
+            let records = self.records.read().unwrap_or_else(|e| e.into_inner());
+            let mut missing: Vec<String> = ids
+                .iter()
+                .filter(|id| !records.contains_key(**id))
+                .map(|id| (*id).to_owned())
+                .collect();
+            missing.sort();
+            missing.dedup();
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for record in source.get_many(missing).await?.into_iter().flatten() {
+            self.register(
+                record.id.clone(),
+                Registration {
+                    client_state: record.client_state,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether unknown subscriptions are looked up in a record source.
+    pub fn has_source(&self) -> bool {
+        self.source.is_some()
     }
 
     /// Registers (or replaces) a subscription.

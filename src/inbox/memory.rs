@@ -7,7 +7,9 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Claimed, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms};
+use super::{
+    Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms,
+};
 
 /// A bounded in-memory inbox.
 ///
@@ -27,7 +29,7 @@ struct State {
     ready: VecDeque<Claimed>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     claimed: HashSet<EntryId>,
-    dead: VecDeque<(Claimed, String)>,
+    dead: VecDeque<(Claimed, String, i64)>,
 }
 
 /// Dead letters kept in memory, newest last.
@@ -83,7 +85,11 @@ impl MemoryInbox {
 
     /// The items dead-lettered so far (the last 1000), with their reasons.
     pub fn dead_letters(&self) -> Vec<(Claimed, String)> {
-        self.lock().dead.iter().cloned().collect()
+        self.lock()
+            .dead
+            .iter()
+            .map(|(c, reason, _)| (c.clone(), reason.clone()))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -164,15 +170,10 @@ impl Inbox for MemoryInbox {
         Box::pin(std::future::ready(result))
     }
 
-    fn retry(
-        &self,
-        mut claimed: Claimed,
-        delay: Duration,
-    ) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
         let result = {
             let mut state = self.lock();
             self.release(&mut state, &claimed.id).map(|()| {
-                claimed.attempts += 1;
                 state.next_id += 1;
                 let seq = state.next_id;
                 state.delayed.push(Reverse(Delayed {
@@ -197,7 +198,9 @@ impl Inbox for MemoryInbox {
             if state.dead.len() == DEAD_LETTERS_KEPT {
                 state.dead.pop_front();
             }
-            state.dead.push_back((claimed, reason));
+            state
+                .dead
+                .push_back((claimed, reason, unix_ms(SystemTime::now())));
         });
         Box::pin(std::future::ready(result))
     }
@@ -216,6 +219,45 @@ impl Inbox for MemoryInbox {
             oldest_age: oldest.map(|t| Duration::from_millis(u64::try_from(now - t).unwrap_or(0))),
         };
         Box::pin(std::future::ready(Ok(stats)))
+    }
+}
+
+impl DeadLetters for MemoryInbox {
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, InboxError>> {
+        let letters = self
+            .lock()
+            .dead
+            .iter()
+            .take(limit)
+            .map(|(claimed, reason, dead_at_ms)| DeadLetter {
+                id: claimed.id.clone(),
+                item: claimed.item.clone(),
+                attempts: claimed.attempts,
+                reason: reason.clone(),
+                dead_at_ms: *dead_at_ms,
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(letters)))
+    }
+
+    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, InboxError>> {
+        let moved = {
+            let mut state = self.lock();
+            let dead = std::mem::take(&mut state.dead);
+            let mut moved = 0;
+            for (mut claimed, reason, at) in dead {
+                if ids.is_empty() || ids.contains(&claimed.id) {
+                    claimed.attempts = 0;
+                    state.ready.push_back(claimed);
+                    moved += 1;
+                } else {
+                    state.dead.push_back((claimed, reason, at));
+                }
+            }
+            moved
+        };
+        self.ready.notify_waiters();
+        Box::pin(std::future::ready(Ok(moved)))
     }
 }
 
@@ -268,7 +310,8 @@ mod tests {
     async fn retried_items_come_back_after_their_delay() {
         let inbox = MemoryInbox::new(10);
         inbox.append(vec![item(1)]).await.unwrap();
-        let first = inbox.claim(1, Duration::ZERO).await.unwrap().remove(0);
+        let mut first = inbox.claim(1, Duration::ZERO).await.unwrap().remove(0);
+        first.attempts += 1;
         inbox.retry(first, Duration::from_secs(5)).await.unwrap();
         assert!(
             inbox

@@ -127,7 +127,9 @@ pub trait Inbox: Send + Sync + 'static {
     /// Removes a processed item.
     fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>>;
 
-    /// Makes a claimed item ready again after `delay`, counting one more failed attempt.
+    /// Makes a claimed item ready again after `delay`, storing
+    /// `claimed.attempts` as its count of failed attempts (the caller
+    /// increments it for a failure, and leaves it for a deferral).
     fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>>;
 
     /// Moves an item that failed too often out of the way, with the last error.
@@ -139,6 +141,33 @@ pub trait Inbox: Send + Sync + 'static {
 
     /// Depth and age, for `/metrics`.
     fn stats(&self) -> BoxFuture<'_, Result<InboxStats, InboxError>>;
+}
+
+/// An item that failed too often, kept for inspection and replay.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The store's id of the dead letter (pass it to [`DeadLetters::replay`]).
+    pub id: EntryId,
+    /// The item.
+    pub item: StoredItem,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// The last error.
+    pub reason: String,
+    /// When it was dead-lettered, in milliseconds since the Unix epoch.
+    pub dead_at_ms: i64,
+}
+
+/// The dead letters of a durable store: list them, and move them back into
+/// the inbox once the cause is fixed.
+pub trait DeadLetters: Send + Sync + 'static {
+    /// Up to `limit` dead letters, oldest first.
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, InboxError>>;
+
+    /// Moves the given dead letters (all of them when `ids` is empty) back
+    /// into the inbox with their attempt count reset; returns how many moved.
+    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, InboxError>>;
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> i64 {

@@ -1,11 +1,12 @@
 //! The endpoint Graph calls: the validation handshake, and notification
 //! deliveries authenticated item by item and stored in the inbox before the
 //! `202`. [`WebhookService`] is a `tower::Service`, so it mounts as a route
-//! of an axum app; [`serve`](crate::listener::serve) runs it standalone on hyper.
+//! of an axum app; [`serve`] runs it standalone on hyper.
 
 mod handshake;
 mod response;
 mod server;
+mod sniff;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,10 +20,11 @@ use http_body::Body;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 
 use crate::handler::BoxError;
-use crate::inbox::{Inbox, StoredItem};
+use crate::inbox::{Inbox, InboxError, StoredItem};
 use crate::metrics::Metrics;
 use crate::notification::{Envelope, ItemClass, ItemHead};
 use crate::registry::{RejectReason, SubscriptionRegistry};
+use crate::store::StoreError;
 use handshake::Handshake;
 use response::{Answer, Rejection};
 
@@ -125,6 +127,11 @@ impl WebhookService {
                 return Rejection::Envelope(e).into();
             }
         };
+        if let Err(e) = self.refresh_registry(&envelope).await {
+            // Without the records nothing can be authenticated: let Graph retry.
+            tracing::warn!(error = %e, "subscription records unavailable; answering 503");
+            return Rejection::Inbox(InboxError::Unavailable(e.to_string())).into();
+        }
         let accepted = self.authenticate(&envelope);
         if accepted.is_empty() {
             return Answer::Accepted;
@@ -159,6 +166,25 @@ impl WebhookService {
             Ok(Err(_)) => Err(Rejection::BodyError),
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
         }
+    }
+
+    /// Fetches the records of subscriptions this instance has not seen, when
+    /// the registry has a shared record source (several instances).
+    async fn refresh_registry(&self, envelope: &Envelope<'_>) -> Result<(), StoreError> {
+        let registry = &self.shared.registry;
+        if !registry.has_source() {
+            return Ok(());
+        }
+        let heads: Vec<ItemHead<'_>> = envelope
+            .items
+            .iter()
+            .filter_map(|raw| ItemHead::parse(raw))
+            .collect();
+        let ids: Vec<&str> = heads
+            .iter()
+            .filter_map(|h| h.subscription_id.as_deref())
+            .collect();
+        registry.refresh(&ids).await
     }
 
     /// Keeps the items whose subscription and clientState check out; counts

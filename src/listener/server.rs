@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use super::WebhookService;
 use super::handshake::{self, Handshake};
+use super::sniff;
 
 /// Connection-level limits and shutdown timing of the standalone server.
 #[derive(Clone, Debug)]
@@ -125,12 +126,17 @@ pub async fn serve(
         };
         backoff = Duration::from_millis(10);
         let _ = stream.set_nodelay(true);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), hyper_service.clone())
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let hyper_service = hyper_service.clone();
+        let watcher = graceful.watcher();
+        let header_read_timeout = config.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let Some(stream) = sniff::first_bytes(stream, header_read_timeout).await else {
+                tracing::debug!("connection closed or stalled before its first request");
+                return;
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);

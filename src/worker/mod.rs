@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
+use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::dedupe::{Claim, Dedupe, DedupeKey};
 use crate::handler::{BoxError, ChangeEvent, Handler, LifecycleEvent};
 use crate::inbox::{Claimed, Inbox};
 use crate::metrics::Metrics;
-use crate::notification::Notification;
+use crate::notification::{ChangeNotification, Notification};
 
 pub use verify::{Verifier, VerifyError};
 
@@ -75,25 +77,46 @@ impl RetryPolicy {
 enum Outcome {
     /// Handled; remove it.
     Done,
-    /// It can never be handled (malformed, failed verification); drop it.
+    /// It can never be handled (malformed, failed verification, a duplicate); drop it.
     Rejected(&'static str),
     /// The handler failed, or verification could not finish (JWKS
     /// unavailable); retry or dead-letter.
     Failed(String),
+    /// Not now (a copy is being handled elsewhere, or the dedupe store is
+    /// down); try again after the delay without counting an attempt.
+    Defer(Duration, String),
 }
+
+/// How long an item waits when its dedupe key is held by another worker or
+/// the dedupe store is unreachable.
+const DEFER: Duration = Duration::from_secs(2);
 
 /// Turns stored items into events and hands them to the handler.
 pub(crate) struct Pipeline<H> {
     pub(crate) handler: H,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) retry: RetryPolicy,
+    pub(crate) dedupe: Option<Arc<dyn Dedupe>>,
+    /// This pipeline's name as a dedupe owner.
+    pub(crate) owner: String,
+    pub(crate) dedupe_ttl: Duration,
+    pub(crate) dedupe_lease: Duration,
     /// Verifies and decrypts rich items; `None` rejects them.
     pub(crate) verifier: Option<Arc<Verifier>>,
 }
 
 /// A claimed item after parsing and verification, ready for the handler.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "at most one batch of them lives at a time; boxing would only cost an allocation"
+)]
 enum Prepared {
-    Change(ChangeEvent),
+    Change {
+        change: ChangeNotification,
+        /// The decrypted resource of a rich item.
+        data: Option<Value>,
+        received_at: OffsetDateTime,
+    },
     Lifecycle(LifecycleEvent),
     /// Nothing for the handler: the item is settled as this.
     Settled(Outcome),
@@ -116,29 +139,24 @@ impl<H: Handler> Pipeline<H> {
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         match notification {
             Notification::Change(change) => {
-                let data = match verify::resource_data(
+                match verify::resource_data(
                     self.verifier.as_deref(),
                     &change,
                     &item.validation_tokens,
                 )
                 .await
                 {
-                    Ok(data) => data,
-                    Err(e) if e.is_transient() => {
-                        return Prepared::Settled(Outcome::Failed(e.to_string()));
-                    }
+                    Ok(data) => Prepared::Change {
+                        change,
+                        data,
+                        received_at,
+                    },
+                    Err(e) if e.is_transient() => Prepared::Settled(Outcome::Failed(e.to_string())),
                     Err(e) => {
                         tracing::debug!(id = %claimed.id, reason = e.reason(), "rejecting item");
-                        return Prepared::Settled(Outcome::Rejected(e.reason()));
+                        Prepared::Settled(Outcome::Rejected(e.reason()))
                     }
-                };
-                Prepared::Change(ChangeEvent::new(
-                    change,
-                    item.raw.clone(),
-                    data,
-                    received_at,
-                    claimed.attempts,
-                ))
+                }
             }
             Notification::Lifecycle(lifecycle) => Prepared::Lifecycle(LifecycleEvent::new(
                 lifecycle,
@@ -150,13 +168,61 @@ impl<H: Handler> Pipeline<H> {
     }
 
     /// Hands a prepared item to the handler.
-    async fn deliver(&self, prepared: Prepared) -> Outcome {
-        let call = match prepared {
-            Prepared::Settled(outcome) => return outcome,
-            Prepared::Change(event) => self.call(|h| h.on_change(event)).await,
-            Prepared::Lifecycle(event) => self.call(|h| h.on_lifecycle(event)).await,
-        };
-        match call {
+    async fn deliver(&self, claimed: &Claimed, prepared: Prepared) -> Outcome {
+        match prepared {
+            Prepared::Settled(outcome) => outcome,
+            Prepared::Change {
+                change,
+                data,
+                received_at,
+            } => self.change(change, data, claimed, received_at).await,
+            Prepared::Lifecycle(event) => match self.call(|h| h.on_lifecycle(event)).await {
+                Ok(()) => Outcome::Done,
+                Err(reason) => Outcome::Failed(reason),
+            },
+        }
+    }
+
+    /// A change item: dedupe, then the handler.
+    async fn change(
+        &self,
+        change: ChangeNotification,
+        data: Option<Value>,
+        claimed: &Claimed,
+        received_at: OffsetDateTime,
+    ) -> Outcome {
+        let key = self
+            .dedupe
+            .as_ref()
+            .and_then(|dedupe| Some((dedupe, DedupeKey::for_change(&change)?)));
+        if let Some((dedupe, key)) = key {
+            match dedupe.begin(key, &self.owner, self.dedupe_lease).await {
+                Ok(Claim::Proceed) => {}
+                Ok(Claim::Duplicate) => return Outcome::Rejected("duplicate"),
+                Ok(_) => return Outcome::Defer(DEFER, "a copy is being handled".into()),
+                Err(e) => return Outcome::Defer(DEFER, e.to_string()),
+            }
+        }
+        let event = ChangeEvent::new(
+            change,
+            claimed.item.raw.clone(),
+            data,
+            received_at,
+            claimed.attempts,
+        );
+        let result = self.call(|h| h.on_change(event)).await;
+        if let Some((dedupe, key)) = key {
+            let marked = match &result {
+                Ok(()) => dedupe.finish(key, &self.owner, self.dedupe_ttl).await,
+                Err(_) => dedupe.abandon(key, &self.owner).await,
+            };
+            if let Err(e) = marked {
+                // Handled or not, the item is settled below; at worst a later
+                // copy is handled again, which at-least-once allows.
+                tracing::warn!(error = %e, "could not record the dedupe key");
+            }
+        }
+        match result {
             Ok(()) => Outcome::Done,
             Err(reason) => Outcome::Failed(reason),
         }
@@ -196,28 +262,49 @@ impl<H: Handler> Pipeline<H> {
     /// Delivers one prepared item and settles it with the inbox.
     async fn settle(&self, inbox: &dyn Inbox, claimed: Claimed, prepared: Prepared) {
         let id = claimed.id.clone();
-        let settled = match self.deliver(prepared).await {
-            Outcome::Done => inbox.complete(id.clone()).await,
-            Outcome::Rejected(reason) => {
-                self.metrics.rejected(reason);
-                inbox.complete(id.clone()).await
-            }
-            Outcome::Failed(reason) => {
-                let failures = claimed.attempts + 1;
-                if failures >= self.retry.max_attempts {
-                    tracing::error!(%id, failures, %reason, "dead-lettering item");
-                    self.metrics.dead_lettered();
-                    inbox.dead_letter(claimed, reason).await
-                } else {
-                    let delay = self.retry.delay(failures);
-                    tracing::warn!(%id, failures, ?delay, %reason, "processing failed; will retry");
-                    inbox.retry(claimed, delay).await
+        let outcome = self.deliver(&claimed, prepared).await;
+        for (attempt, pause) in [100, 500, 2000, 0].into_iter().enumerate() {
+            let settled = match &outcome {
+                Outcome::Done => inbox.complete(id.clone()).await,
+                Outcome::Rejected(reason) => {
+                    if attempt == 0 {
+                        self.metrics.rejected(reason);
+                    }
+                    inbox.complete(id.clone()).await
+                }
+                Outcome::Defer(delay, why) => {
+                    tracing::debug!(%id, ?delay, why, "deferring item");
+                    inbox.retry(claimed.clone(), *delay).await
+                }
+                Outcome::Failed(reason) => {
+                    let mut claimed = claimed.clone();
+                    claimed.attempts += 1;
+                    let failures = claimed.attempts;
+                    if failures >= self.retry.max_attempts {
+                        tracing::error!(%id, failures, %reason, "dead-lettering item");
+                        if attempt == 0 {
+                            self.metrics.dead_lettered();
+                        }
+                        inbox.dead_letter(claimed, reason.clone()).await
+                    } else {
+                        let delay = self.retry.delay(failures);
+                        tracing::warn!(%id, failures, ?delay, %reason, "processing failed; will retry");
+                        inbox.retry(claimed, delay).await
+                    }
+                }
+            };
+            match settled {
+                Ok(()) => return,
+                Err(e) if pause > 0 => {
+                    tracing::warn!(%id, error = %e, "could not settle item with the inbox; trying again");
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Err(e) => {
+                    // The item stays stored and claimed: the store hands it out
+                    // again later (a released or taken-over claim), never loses it.
+                    tracing::error!(%id, error = %e, "could not settle item with the inbox");
                 }
             }
-        };
-        if let Err(e) = settled {
-            // The item stays claimed; a durable inbox hands it out again later.
-            tracing::error!(%id, error = %e, "could not settle item with the inbox");
         }
     }
 }

@@ -2,5 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod durability;
+mod fixtures;
+mod limits;
+mod listener;
+mod parser_props;
 mod rich;
+mod roles;
+mod shutdown;
 mod support;

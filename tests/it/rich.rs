@@ -773,6 +773,7 @@ async fn listen_prints_decrypted_data_and_drops_tampered_items() {
     let signer = TokenSigner::new("k1");
     let key_arg = format!("cert-1={}", cert.write_pem(dir.path()).display());
     let jwks_file = write_jwks(dir.path(), &signer);
+    let data_dir = dir.path().join("store");
     let mut process = Process::spawn(
         &[
             "listen",
@@ -786,6 +787,8 @@ async fn listen_prints_decrypted_data_and_drops_tampered_items() {
             APP_ID,
             "--workers",
             "1",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
         ],
         &[("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)],
     );

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msgraph_webhooks::handler::JsonLines;
-use msgraph_webhooks::inbox::MemoryInbox;
 use msgraph_webhooks::listener::ServerConfig;
+use msgraph_webhooks::worker::RetryPolicy;
 use msgraph_webhooks::{BoxError, ClientState, Receiver, SubscriptionRegistry};
+
+use crate::store::StoreArgs;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -34,32 +36,35 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1024 * 1024, env = "MSGRAPH_WEBHOOKS_MAX_BODY")]
     max_body: usize,
 
-    /// Workers calling the handler (default: twice the cores, at least 4).
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_WORKERS")]
-    workers: Option<usize>,
+    #[command(flatten)]
+    store: StoreArgs,
 
-    /// Items the in-memory inbox holds before answering 503.
-    #[arg(
-        long,
-        default_value_t = 100_000,
-        env = "MSGRAPH_WEBHOOKS_INBOX_CAPACITY"
-    )]
-    inbox_capacity: usize,
-
-    /// Attempts per item before it is dead-lettered.
-    #[arg(long, default_value_t = 5, env = "MSGRAPH_WEBHOOKS_MAX_ATTEMPTS")]
-    max_attempts: u32,
+    #[command(flatten)]
+    work: WorkArgs,
 
     /// Open connections at most.
     #[arg(long, default_value_t = 1024, env = "MSGRAPH_WEBHOOKS_MAX_CONNECTIONS")]
     max_connections: usize,
+}
+
+/// What the workers do; shared with `work`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkArgs {
+    /// Workers calling the handler (default: twice the cores, at least 4);
+    /// 0 only ingests, leaving the items to `msgraph-webhooks work`.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_WORKERS")]
+    pub(crate) workers: Option<usize>,
+
+    /// Attempts per item before it is dead-lettered.
+    #[arg(long, default_value_t = 5, env = "MSGRAPH_WEBHOOKS_MAX_ATTEMPTS")]
+    pub(crate) max_attempts: u32,
 
     /// Seconds to drain connections and workers on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10, env = "MSGRAPH_WEBHOOKS_DRAIN_SECS")]
-    drain_secs: u64,
+    pub(crate) drain_secs: u64,
 
     #[command(flatten)]
-    rich: crate::rich::RichArgs,
+    pub(crate) rich: crate::rich::RichArgs,
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
@@ -77,29 +82,21 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
             );
         }
     };
-    let drain = Duration::from_secs(args.drain_secs);
-    let mut builder = Receiver::builder(JsonLines::stdout())
+    let store = args.store.open().await?;
+    let drain = Duration::from_secs(args.work.drain_secs);
+    let mut builder = store
+        .configure(Receiver::builder(JsonLines::stdout()))
         .registry(Arc::new(registry))
-        .inbox(Arc::new(MemoryInbox::new(args.inbox_capacity)))
         .max_body(args.max_body)
-        .retry(msgraph_webhooks::worker::RetryPolicy::new(
-            args.max_attempts,
+        .retry(RetryPolicy::new(
+            args.work.max_attempts,
             Duration::from_secs(1),
         ))
         .worker_drain(drain);
-    if let Some(workers) = args.workers {
+    if let Some(workers) = args.work.workers {
         builder = builder.workers(workers);
     }
-    if let Some(keys) = args.rich.key_ring()? {
-        tracing::info!(certificate_ids = ?keys.ids().collect::<Vec<_>>(), app_ids = ?args.rich.app_ids, "rich notifications enabled");
-        builder = builder
-            .key_ring(keys)
-            .app_ids(args.rich.app_ids.clone())
-            .tenant_ids(args.rich.tenant_ids().to_vec())
-            .jwks(args.rich.jwks()?);
-    } else if !args.rich.app_ids.is_empty() {
-        tracing::warn!("--app-id without --key: encrypted items will be rejected");
-    }
+    builder = args.work.rich.configure(builder)?;
     let receiver = builder.build()?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await

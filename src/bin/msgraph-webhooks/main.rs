@@ -3,9 +3,12 @@
 //! library, run.
 
 mod cert;
+mod dlq;
 mod inspect;
 mod listen;
 mod rich;
+mod store;
+mod work;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -38,6 +41,10 @@ enum LogFormat {
 enum Command {
     /// Serve the notification endpoint; print each accepted event as a JSON line.
     Listen(listen::Args),
+    /// Only process: run the workers on a store that `listen --workers 0` fills.
+    Work(work::Args),
+    /// List or replay the dead letters of a store.
+    Dlq(dlq::Args),
     /// Verify and decrypt a captured notification body offline: accepted
     /// items as JSON lines on stdout, the reason for each rejected one on
     /// stderr; exit 0 only if every item is accepted.
@@ -62,6 +69,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Listen(args) => listen::run(args).await,
+            Command::Work(args) => work::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Cert(args) => cert::run(args),
         }

@@ -3,9 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use msgraph_webhooks::BoxError;
 use msgraph_webhooks::crypto::KeyRing;
 use msgraph_webhooks::tokens::{Jwks, MICROSOFT_JWKS_URL, TokenValidator};
+use msgraph_webhooks::{BoxError, Handler, ReceiverBuilder};
 use zeroize::Zeroizing;
 
 /// A secret flag value: never shown by `Debug`.
@@ -85,12 +85,31 @@ impl RichArgs {
         Ok(Some(ring))
     }
 
-    pub(crate) fn jwks(&self) -> Result<Jwks, BoxError> {
-        Jwks::from_source(&self.jwks).map_err(|e| format!("--jwks: {e}").into())
+    /// Sets the receiver up for rich notifications when keys were given.
+    pub(crate) fn configure<H: Handler>(
+        &self,
+        builder: ReceiverBuilder<H>,
+    ) -> Result<ReceiverBuilder<H>, BoxError> {
+        let Some(keys) = self.key_ring()? else {
+            if !self.app_ids.is_empty() {
+                tracing::warn!("--app-id without --key: encrypted items will be rejected");
+            }
+            return Ok(builder);
+        };
+        tracing::info!(
+            certificate_ids = ?keys.ids().collect::<Vec<_>>(),
+            app_ids = ?self.app_ids,
+            "rich notifications enabled"
+        );
+        Ok(builder
+            .key_ring(keys)
+            .app_ids(self.app_ids.clone())
+            .tenant_ids(self.tenant_ids.clone())
+            .jwks(self.jwks()?))
     }
 
-    pub(crate) fn tenant_ids(&self) -> &[String] {
-        &self.tenant_ids
+    pub(crate) fn jwks(&self) -> Result<Jwks, BoxError> {
+        Jwks::from_source(&self.jwks).map_err(|e| format!("--jwks: {e}").into())
     }
 
     pub(crate) fn validator(&self) -> Result<TokenValidator, BoxError> {

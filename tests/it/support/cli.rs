@@ -12,12 +12,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_msgraph-webhooks");
 /// A running CLI process with its output lines.
 pub struct Process {
     pub child: Child,
-    pub stdout: Lines<BufReader<ChildStdout>>,
-    pub stderr: Lines<BufReader<ChildStderr>>,
+    /// Taken by whoever follows the output (see `load::Seen::follow`).
+    pub stdout: Option<Lines<BufReader<ChildStdout>>>,
+    /// Taken by [`Process::drain_stderr`].
+    pub stderr: Option<Lines<BufReader<ChildStderr>>>,
 }
 
 impl Process {
-    /// Starts the binary with `args` (and only the environment given).
+    /// Starts the binary with `args` and, of the `MSGRAPH_WEBHOOKS_*`
+    /// variables, only those in `env`.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
         command
@@ -40,33 +43,55 @@ impl Process {
         let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
         Self {
             child,
-            stdout,
-            stderr,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
         }
     }
 
     /// Reads stderr until the "listening" log line; returns the address in it.
     pub async fn listening_addr(&mut self) -> SocketAddr {
+        self.wait_for_log("listening")
+            .await
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("local="))
+            .expect("the listening line names the address")
+            .parse()
+            .unwrap()
+    }
+
+    /// Reads stderr until a line containing `needle` (panics after 30 s).
+    pub async fn wait_for_log(&mut self, needle: &str) -> String {
+        let stderr = self.stderr.as_mut().expect("stderr not drained");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let line = tokio::time::timeout_at(deadline, self.stderr.next_line())
+            let line = tokio::time::timeout_at(deadline, stderr.next_line())
                 .await
-                .expect("the process logs 'listening' within 30 s")
+                .unwrap_or_else(|_| panic!("the process logs {needle:?} within 30 s"))
                 .unwrap()
                 .expect("the process is still running");
-            if line.contains("listening")
-                && let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|word| word.strip_prefix("local="))
-            {
-                return addr.parse().unwrap();
+            if line.contains(needle) {
+                return line;
             }
         }
     }
 
+    /// Keeps reading stderr in the background, so the process never blocks
+    /// on a full pipe; lines go to the test's stderr, labelled.
+    pub fn drain_stderr(&mut self, label: &'static str) {
+        let Some(mut stderr) = self.stderr.take() else {
+            return;
+        };
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("[{label}] {line}");
+            }
+        });
+    }
+
     /// The next stdout line (panics after `wait`).
     pub async fn next_stdout(&mut self, wait: Duration) -> String {
-        tokio::time::timeout(wait, self.stdout.next_line())
+        let stdout = self.stdout.as_mut().expect("stdout not taken");
+        tokio::time::timeout(wait, stdout.next_line())
             .await
             .expect("a stdout line in time")
             .unwrap()
@@ -75,9 +100,19 @@ impl Process {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends SIGKILL (no chance to clean up) and waits until the process is gone.
+    pub async fn kill(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait().await;
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running");
         std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .unwrap();
     }

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod http;
+pub mod load;
 pub mod rich;
 
 use std::net::SocketAddr;

@@ -1,0 +1,140 @@
+//! The store flags shared by `listen`, `work` and `dlq`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use msgraph_webhooks::BoxError;
+use msgraph_webhooks::dedupe::{Dedupe, MemoryDedupe};
+use msgraph_webhooks::inbox::{DeadLetters, Inbox, MemoryInbox};
+use msgraph_webhooks::store::{RedisConfig, RedisStore, SqliteStore};
+
+/// Where accepted notifications are kept until handled.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StoreArgs {
+    /// Directory of the embedded durable store (the default store), shared
+    /// by every process on this machine that names it [default: the
+    /// platform's data directory, e.g. ~/.local/share/msgraph-webhooks]
+    #[arg(long, global = true, env = "MSGRAPH_WEBHOOKS_DATA_DIR", conflicts_with_all = ["redis", "memory"])]
+    data_dir: Option<PathBuf>,
+
+    /// Redis URL (e.g. redis://127.0.0.1:6379): inbox, dedupe and dead
+    /// letters shared by every instance that names it.
+    #[arg(
+        long,
+        global = true,
+        env = "MSGRAPH_WEBHOOKS_REDIS",
+        conflicts_with = "memory"
+    )]
+    redis: Option<String>,
+
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    #[arg(
+        long,
+        global = true,
+        default_value = "msgraph-webhooks",
+        env = "MSGRAPH_WEBHOOKS_REDIS_PREFIX"
+    )]
+    redis_prefix: String,
+
+    /// Seconds an item may stay claimed by a silent Redis consumer before
+    /// another takes it over; longer than your slowest handler.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 60,
+        env = "MSGRAPH_WEBHOOKS_CLAIM_IDLE_SECS"
+    )]
+    claim_idle_secs: u64,
+
+    /// Keep the inbox in memory only: fastest, and lost with the process.
+    #[arg(long, global = true, env = "MSGRAPH_WEBHOOKS_MEMORY")]
+    memory: bool,
+
+    /// Items the in-memory inbox holds before answering 503 (with --memory).
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 100_000,
+        env = "MSGRAPH_WEBHOOKS_INBOX_CAPACITY"
+    )]
+    inbox_capacity: usize,
+}
+
+/// An opened store.
+pub(crate) struct Store {
+    pub(crate) inbox: Arc<dyn Inbox>,
+    pub(crate) dedupe: Arc<dyn Dedupe>,
+    pub(crate) dead_letters: Option<Arc<dyn DeadLetters>>,
+    /// The process's name in the store, for its dedupe claims.
+    pub(crate) owner: Option<String>,
+    /// How long a dedupe claim lasts.
+    pub(crate) dedupe_lease: Duration,
+}
+
+impl Store {
+    /// Applies the store to a receiver builder.
+    pub(crate) fn configure<H: msgraph_webhooks::Handler>(
+        self,
+        builder: msgraph_webhooks::ReceiverBuilder<H>,
+    ) -> msgraph_webhooks::ReceiverBuilder<H> {
+        let builder = builder
+            .inbox(self.inbox)
+            .dedupe(self.dedupe)
+            .dedupe_lease(self.dedupe_lease);
+        match self.owner {
+            Some(owner) => builder.dedupe_owner(owner),
+            None => builder,
+        }
+    }
+}
+
+impl StoreArgs {
+    pub(crate) async fn open(&self) -> Result<Store, BoxError> {
+        if self.memory {
+            tracing::warn!("--memory: acknowledged notifications are lost if the process stops");
+            let inbox = Arc::new(MemoryInbox::new(self.inbox_capacity));
+            return Ok(Store {
+                inbox: inbox.clone(),
+                dedupe: Arc::new(MemoryDedupe::new()),
+                dead_letters: Some(inbox),
+                owner: None,
+                dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
+            });
+        }
+        if let Some(url) = &self.redis {
+            let mut config = RedisConfig::default();
+            config.prefix = self.redis_prefix.clone();
+            config.claim_idle = Duration::from_secs(self.claim_idle_secs);
+            let store = Arc::new(RedisStore::connect(url, config).await?);
+            tracing::info!(prefix = %self.redis_prefix, "store: redis");
+            return Ok(Store {
+                owner: Some(store.consumer().to_owned()),
+                inbox: store.clone(),
+                dedupe: store.clone(),
+                dead_letters: Some(store),
+                // A silent worker's items are taken over after the claim
+                // timeout; its dedupe claims must not outlive that.
+                dedupe_lease: Duration::from_secs(self.claim_idle_secs),
+            });
+        }
+        let dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => directories::ProjectDirs::from("", "", "msgraph-webhooks")
+                .map(|dirs| dirs.data_dir().to_path_buf())
+                .ok_or("no home directory to put the data directory in: pass --data-dir")?,
+        };
+        let store = Arc::new(
+            SqliteStore::open(&dir)
+                .map_err(|e| format!("opening the store in {}: {e}", dir.display()))?,
+        );
+        tracing::info!(path = %store.path().display(), "store: embedded");
+        Ok(Store {
+            owner: Some(store.consumer().to_owned()),
+            inbox: store.clone(),
+            dedupe: store.clone(),
+            dead_letters: Some(store),
+            dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
+        })
+    }
+}

@@ -1,0 +1,49 @@
+//! `msgraph-webhooks work`: only the workers, for a store that receivers
+//! (`listen --workers 0`) fill.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use msgraph_webhooks::handler::JsonLines;
+use msgraph_webhooks::worker::RetryPolicy;
+use msgraph_webhooks::{BoxError, Receiver, SubscriptionRegistry};
+
+use crate::listen::WorkArgs;
+use crate::store::StoreArgs;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    store: StoreArgs,
+
+    #[command(flatten)]
+    work: WorkArgs,
+}
+
+pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
+    if args.work.workers == Some(0) {
+        return Err("--workers 0 leaves nothing to do".into());
+    }
+    let store = args.store.open().await?;
+    // The endpoint is not served here: items were authenticated on ingest.
+    let mut builder = store
+        .configure(Receiver::builder(JsonLines::stdout()))
+        .registry(Arc::new(SubscriptionRegistry::new()))
+        .retry(RetryPolicy::new(
+            args.work.max_attempts,
+            Duration::from_secs(1),
+        ));
+    if let Some(workers) = args.work.workers {
+        builder = builder.workers(workers);
+    }
+    builder = args.work.rich.configure(builder)?;
+    let receiver = builder.build()?;
+    let workers = receiver.spawn_workers();
+    tracing::info!("working");
+    crate::shutdown_signal().await;
+    workers
+        .shutdown(Duration::from_secs(args.work.drain_secs))
+        .await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,178 @@
+//! Dedupe: Graph sends duplicates (retries after slow answers, internal
+//! replays), so a change already handled is not handed to the handler again.
+//!
+//! The key of a change item is its notification `id` when Graph sent one,
+//! else a hash of `subscriptionId`, `changeType`, `resource` and
+//! `resourceData.@odata.etag`. An item with neither an `id` nor an etag has no
+//! key and is never suppressed: without them a retry cannot be told from a
+//! new change to the same resource (OneDrive's `resourceData: null` items are
+//! all alike), and suppressing one would lose a real change. Lifecycle items
+//! are not deduplicated either: acting on one twice is harmless, missing a
+//! repeated `reauthorizationRequired` is not.
+//!
+//! A key is claimed while its item is being handled (`begin`, with a lease,
+//! so a copy arriving meanwhile waits instead of running concurrently),
+//! marked done after the handler succeeded (`finish`, kept for the TTL), and
+//! released when the handler failed (`abandon`), so the retry runs.
+
+mod memory;
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use crate::notification::ChangeNotification;
+
+pub use memory::MemoryDedupe;
+
+/// How long handled keys are remembered by default: a day, longer than
+/// Graph's 4-hour retry window and the lifetime of its validation tokens.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a claimed key blocks copies while its item is handled.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
+
+/// The dedupe key of a change item: a SHA-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DedupeKey(pub [u8; 32]);
+
+impl fmt::Debug for DedupeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DedupeKey({})", self.to_hex())
+    }
+}
+
+impl DedupeKey {
+    /// The key of a change item, if it has one (see the module docs).
+    pub fn for_change(item: &ChangeNotification) -> Option<Self> {
+        // Fields are length-prefixed so that no two field lists hash alike.
+        let mut hasher = openssl::sha::Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update(&(bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
+        field(item.subscription_id.as_bytes());
+        if let Some(id) = item.id.as_deref().filter(|id| !id.is_empty()) {
+            field(b"id");
+            field(id.as_bytes());
+        } else {
+            let etag = item
+                .resource_data
+                .as_ref()
+                .and_then(|d| d.odata_etag.as_deref())
+                .filter(|etag| !etag.is_empty())?;
+            field(b"etag");
+            field(item.change_type.as_str().as_bytes());
+            field(item.resource.as_bytes());
+            field(etag.as_bytes());
+        }
+        Some(Self(hasher.finish()))
+    }
+
+    /// Lower-case hex, for stores that key by text.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// What `begin` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// Nobody handled this key: go ahead.
+    Proceed,
+    /// Already handled: drop the item.
+    Duplicate,
+    /// Another worker is handling it right now: try again later.
+    InProgress,
+}
+
+/// A dedupe store failure. The item is retried later.
+#[derive(Debug)]
+pub struct DedupeError(pub String);
+
+impl fmt::Display for DedupeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dedupe store: {}", self.0)
+    }
+}
+
+impl std::error::Error for DedupeError {}
+
+/// Where handled keys are remembered.
+pub trait Dedupe: Send + Sync + 'static {
+    /// Claims `key` for `owner` for `lease`, unless it is handled or claimed.
+    fn begin(
+        &self,
+        key: DedupeKey,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Claim, DedupeError>>;
+
+    /// Marks `key` handled, remembered for `ttl`.
+    fn finish(
+        &self,
+        key: DedupeKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), DedupeError>>;
+
+    /// Releases `owner`'s claim on `key` so a retry can run.
+    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::Notification;
+
+    fn change(json: &str) -> ChangeNotification {
+        match Notification::from_json(json).unwrap() {
+            Notification::Change(c) => c,
+            _ => panic!("a change item"),
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_documented_rules() {
+        let with_id =
+            change(r#"{"id":"n1","subscriptionId":"s","changeType":"created","resource":"r"}"#);
+        let same_id =
+            change(r#"{"id":"n1","subscriptionId":"s","changeType":"updated","resource":"other"}"#);
+        let other_sub =
+            change(r#"{"id":"n1","subscriptionId":"t","changeType":"created","resource":"r"}"#);
+        assert_eq!(
+            DedupeKey::for_change(&with_id),
+            DedupeKey::for_change(&same_id)
+        );
+        assert_ne!(
+            DedupeKey::for_change(&with_id),
+            DedupeKey::for_change(&other_sub)
+        );
+
+        let etag = |e: &str, t: &str| {
+            change(&format!(
+                r#"{{"subscriptionId":"s","changeType":"{t}","resource":"r","resourceData":{{"@odata.etag":"{e}"}}}}"#
+            ))
+        };
+        assert_eq!(
+            DedupeKey::for_change(&etag("W/1", "updated")),
+            DedupeKey::for_change(&etag("W/1", "updated"))
+        );
+        assert_ne!(
+            DedupeKey::for_change(&etag("W/1", "updated")),
+            DedupeKey::for_change(&etag("W/2", "updated"))
+        );
+        assert_ne!(
+            DedupeKey::for_change(&etag("W/1", "updated")),
+            DedupeKey::for_change(&etag("W/1", "deleted"))
+        );
+
+        let neither = change(
+            r#"{"subscriptionId":"s","changeType":"updated","resource":"me/drive/root","resourceData":null}"#,
+        );
+        assert_eq!(DedupeKey::for_change(&neither), None);
+        assert_eq!(DedupeKey::for_change(&with_id).unwrap().to_hex().len(), 64);
+    }
+}

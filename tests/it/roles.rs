@@ -1,0 +1,158 @@
+//! Separate roles on the embedded store: receivers that only ingest, workers
+//! in another process, and the dead letters listed and replayed from the CLI
+//! while a worker runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use msgraph_webhooks::inbox::DeadLetters as _;
+use msgraph_webhooks::store::SqliteStore;
+use msgraph_webhooks::worker::RetryPolicy;
+use msgraph_webhooks::{BoxError, ClientState, Receiver, handler_fn};
+
+use crate::support::cli::Process;
+use crate::support::http::post_json;
+use crate::support::load::item;
+use crate::support::{TestServer, envelope};
+
+const STATE: &str = "roles-secret";
+
+async fn run_to_end(args: &[&str]) -> (bool, Vec<String>) {
+    let mut process = Process::spawn(args, &[]);
+    process.drain_stderr("cli");
+    let mut lines = Vec::new();
+    let stdout = process.stdout.as_mut().unwrap();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .expect("the command finishes within 30 s")
+    {
+        lines.push(line);
+    }
+    let status = process.child.wait().await.unwrap();
+    (status.success(), lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_only_receiver_feeds_a_worker_process() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let env = [
+        ("MSGRAPH_WEBHOOKS_CLIENT_STATE", STATE),
+        ("MSGRAPH_WEBHOOKS_DATA_DIR", dir),
+    ];
+    let mut receiver = Process::spawn(&["listen", "--addr", "127.0.0.1:0", "--workers", "0"], &env);
+    let addr = receiver.listening_addr().await;
+    receiver.drain_stderr("listen");
+    let items = (0..20).map(|n| item(&format!("w-{n}"), STATE, 0)).collect();
+    assert_eq!(
+        post_json(&format!("http://{addr}/"), envelope(items))
+            .await
+            .status,
+        202
+    );
+
+    // Nothing is handled until a worker runs…
+    let mut worker = Process::spawn(&["work", "--workers", "2"], &env);
+    worker.drain_stderr("work");
+    let mut ids = Vec::new();
+    while ids.len() < 20 {
+        let line = worker.next_stdout(Duration::from_secs(30)).await;
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        ids.push(event["resourceData"]["id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    // …and the receiver keeps ingesting while it does.
+    let more = envelope(vec![item("w-late", STATE, 0)]);
+    assert_eq!(
+        post_json(&format!("http://{addr}/"), more).await.status,
+        202
+    );
+    let line = worker.next_stdout(Duration::from_secs(30)).await;
+    assert!(line.contains("w-late"), "{line}");
+    worker.terminate();
+    receiver.terminate();
+    assert!(worker.child.wait().await.unwrap().success());
+    assert!(receiver.child.wait().await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed_from_the_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_owned();
+    {
+        // An app whose handler always fails: every item ends up dead.
+        let store = Arc::new(SqliteStore::open(&dir).unwrap());
+        let handler =
+            handler_fn(|_event| async move { Err::<(), BoxError>("the CRM is down".into()) });
+        let receiver = Receiver::builder(handler)
+            .client_state(ClientState::new(STATE))
+            .inbox(store.clone())
+            .dedupe(store.clone())
+            .dedupe_owner(store.consumer())
+            .retry(RetryPolicy::new(2, Duration::from_millis(10)));
+        let server = TestServer::start(receiver).await;
+        let items = (0..3)
+            .map(|n| item(&format!("dead-{n}"), STATE, 0))
+            .collect();
+        assert_eq!(
+            post_json(&server.url("/"), envelope(items)).await.status,
+            202
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while store.list(10).await.unwrap().len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "three dead letters within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.stop().await;
+    }
+
+    let (ok, lines) = run_to_end(&["dlq", "list", "--data-dir", &dir]).await;
+    assert!(ok);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let letters: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for letter in &letters {
+        assert_eq!(letter["attempts"], 2);
+        assert!(
+            letter["reason"]
+                .as_str()
+                .unwrap()
+                .contains("the CRM is down")
+        );
+        assert_eq!(letter["item"]["changeType"], "created");
+    }
+
+    // Replay one by id, then start a worker: it handles exactly that one.
+    let first = letters[0]["id"].as_str().unwrap().to_owned();
+    let (ok, lines) = run_to_end(&["dlq", "replay", "--data-dir", &dir, &first]).await;
+    assert!(ok);
+    assert_eq!(lines, ["1 dead letter(s) moved back into the inbox"]);
+    let mut worker = Process::spawn(&["work", "--data-dir", &dir], &[]);
+    worker.drain_stderr("work");
+    let line = worker.next_stdout(Duration::from_secs(30)).await;
+    assert!(line.contains("dead-0"), "{line}");
+
+    // Replay the rest while the worker runs (another process, same store).
+    let (ok, _) = run_to_end(&["dlq", "replay", "--data-dir", &dir]).await;
+    assert!(ok);
+    let mut rest = vec![
+        worker.next_stdout(Duration::from_secs(30)).await,
+        worker.next_stdout(Duration::from_secs(30)).await,
+    ];
+    rest.sort();
+    assert!(
+        rest[0].contains("dead-1") && rest[1].contains("dead-2"),
+        "{rest:?}"
+    );
+    let (_, lines) = run_to_end(&["dlq", "list", "--data-dir", &dir]).await;
+    assert!(lines.is_empty());
+    worker.terminate();
+    assert!(worker.child.wait().await.unwrap().success());
+}
