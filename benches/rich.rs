@@ -3,7 +3,8 @@
 //!
 //! Run with: `bench/rich.sh` (or `cargo bench --bench rich`). Environment:
 //! `BENCH_ITEMS` per round (default 20 000), `BENCH_ROUNDS` (default 3),
-//! `BENCH_BATCH` items per POST (default 50).
+//! `BENCH_BATCH` items per POST (default 50), `BENCH_STORE=memory` for the
+//! in-memory inbox instead of the default embedded durable store.
 //!
 //! 1. Generates an RSA-2048 certificate, a token signing key and its JWKS
 //!    file, and encrypts `BENCH_ITEMS` chat messages with the crate's §6.4
@@ -121,7 +122,16 @@ fn main() {
         .map(|r| bodies(WARMUP + r * items..WARMUP + (r + 1) * items))
         .collect();
 
-    // The receiver.
+    // The receiver, on the default store (embedded, durable) unless
+    // BENCH_STORE=memory.
+    let store_args: Vec<String> = match std::env::var("BENCH_STORE").as_deref() {
+        Ok("memory") => vec!["--memory".into()],
+        _ => vec![
+            "--data-dir".into(),
+            dir.path().join("store").display().to_string(),
+        ],
+    };
+    eprintln!("bench: store {store_args:?}");
     let mut child = Command::new(BIN)
         .args([
             "listen",
@@ -133,9 +143,8 @@ fn main() {
             jwks_path.to_str().expect("utf-8 path"),
             "--app-id",
             APP_ID,
-            "--data-dir",
-            dir.path().join("store").to_str().expect("utf-8 path"),
         ])
+        .args(&store_args)
         .env("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -193,14 +202,15 @@ fn main() {
     // before and right after its run, on the wall clock like the run, so the
     // three see the same neighbours; the median round is the result.
     println!(
-        "| round | `openssl speed -elapsed -multi {cores} rsa2048` sign/s: before, after | rich notifications/s through `listen` | of the ceiling | `listen` items per CPU-second | all acked after | all printed after |"
+        "| round | `openssl speed -elapsed -multi {cores} rsa2048` sign/s: before, after | rich notifications/s through `listen` | of the ceiling | `listen` items per CPU-second | CPUs used by `listen` / other processes / idle | all acked after | all printed after |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     let mut handled = WARMUP;
     for (round, bodies) in rounds.into_iter().enumerate() {
         let before = openssl_speed(cores, true);
         let cpu_before = cpu_seconds(child.id());
+        let machine_before = machine_cpu_seconds();
         eprintln!(
             "bench: round {}: sending {items} rich items in batches of {batch}",
             round + 1
@@ -212,16 +222,22 @@ fn main() {
         wait_for(handled);
         let elapsed = started.elapsed();
         let cpu = cpu_seconds(child.id()) - cpu_before;
+        let machine = machine_cpu_seconds();
+        let idle = machine.1 - machine_before.1;
+        let others = (machine.0 - machine_before.0 - cpu).max(0.0);
         let after = openssl_speed(cores, true);
         let ceiling = f64::midpoint(before, after);
         let rate = items as f64 / elapsed.as_secs_f64();
         let ratio = rate / ceiling;
         ratios.push(ratio);
         println!(
-            "| {} | {before:.0}, {after:.0} | {rate:.0} | {:.1} % | {:.0} | {:.2} s | {:.2} s |",
+            "| {} | {before:.0}, {after:.0} | {rate:.0} | {:.1} % | {:.0} | {:.2} / {:.2} / {:.2} | {:.2} s | {:.2} s |",
             round + 1,
             100.0 * ratio,
             items as f64 / cpu,
+            cpu / elapsed.as_secs_f64(),
+            others / elapsed.as_secs_f64(),
+            idle / elapsed.as_secs_f64(),
             acked.as_secs_f64(),
             elapsed.as_secs_f64()
         );
@@ -275,6 +291,38 @@ fn openssl_speed(processes: usize, elapsed: bool) -> f64 {
         .expect("openssl speed reports sign/s for rsa 2048")
 }
 
+/// (busy, idle) CPU seconds of the whole machine so far (Linux `/proc/stat`).
+fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .expect("the cpu line")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let idle = ticks[3] + ticks.get(4).copied().unwrap_or(0.0);
+    let busy: f64 = ticks.iter().take(8).sum::<f64>() - idle;
+    let hz = clock_ticks();
+    (busy / hz, idle / hz)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0)
+}
+
 /// User + system CPU seconds a process has used so far (Linux `/proc`).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
@@ -287,18 +335,7 @@ fn cpu_seconds(pid: u32) -> f64 {
         .collect();
     let ticks: f64 =
         fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
-    ticks / hz
+    ticks / clock_ticks()
 }
 
 /// POSTs every body over a few keep-alive connections; each must get 202.

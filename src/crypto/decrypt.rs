@@ -13,7 +13,6 @@ use openssl::sign::Signer;
 use openssl::symm::{Cipher, decrypt};
 use serde_json::Value;
 use subtle::ConstantTimeEq as _;
-use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::KeyRing;
@@ -106,6 +105,30 @@ impl KeyRing {
     /// [`DecryptError`] at the first check that fails, in the order of the
     /// variants.
     pub fn decrypt(&self, content: &EncryptedContent) -> Result<Vec<u8>, DecryptError> {
+        self.decrypt_with(content, &mut Unwrappers::default())
+    }
+
+    /// Decrypts several items to JSON, reusing the RSA contexts across them.
+    /// Blocking and CPU-heavy, like [`decrypt`](Self::decrypt).
+    pub fn decrypt_json_many(
+        &self,
+        contents: &[EncryptedContent],
+    ) -> Vec<Result<Value, DecryptError>> {
+        let mut unwrappers = Unwrappers::default();
+        contents
+            .iter()
+            .map(|content| {
+                let plaintext = Zeroizing::new(self.decrypt_with(content, &mut unwrappers)?);
+                serde_json::from_slice(&plaintext).map_err(|_| DecryptError::InvalidPlaintext)
+            })
+            .collect()
+    }
+
+    fn decrypt_with<'a>(
+        &'a self,
+        content: &EncryptedContent,
+        unwrappers: &mut Unwrappers<'a>,
+    ) -> Result<Vec<u8>, DecryptError> {
         let key = self
             .get(&content.encryption_certificate_id)
             .ok_or(DecryptError::UnknownCertificateId)?;
@@ -124,7 +147,11 @@ impl KeyRing {
             return Err(DecryptError::TruncatedCiphertext);
         }
 
-        let symmetric = unwrap_key(key.private_key(), &wrapped)?;
+        let symmetric = unwrappers.unwrap_key(
+            &content.encryption_certificate_id,
+            key.private_key(),
+            &wrapped,
+        )?;
 
         let expected =
             hmac_sha256(&symmetric[..], &ciphertext).map_err(|_| DecryptError::Internal)?;
@@ -152,31 +179,49 @@ impl KeyRing {
     }
 }
 
-/// RSA-OAEP with SHA-1 and MGF1-SHA-1, empty label — and nothing else: a
-/// failed OAEP check is an error, there is no fallback to another padding.
-fn unwrap_key(
-    key: &PKey<openssl::pkey::Private>,
-    wrapped: &[u8],
-) -> Result<Zeroizing<[u8; KEY_LEN]>, DecryptError> {
-    let fail = |_| DecryptError::KeyUnwrap;
-    let mut decrypter = Decrypter::new(key).map_err(fail)?;
-    decrypter
-        .set_rsa_padding(Padding::PKCS1_OAEP)
-        .map_err(fail)?;
-    decrypter
-        .set_rsa_oaep_md(MessageDigest::sha1())
-        .map_err(fail)?;
-    decrypter
-        .set_rsa_mgf1_md(MessageDigest::sha1())
-        .map_err(fail)?;
-    let mut out = Zeroizing::new(vec![0u8; decrypter.decrypt_len(wrapped).map_err(fail)?]);
-    let n = decrypter.decrypt(wrapped, &mut out).map_err(fail)?;
-    let mut symmetric = Zeroizing::new([0u8; KEY_LEN]);
-    if n != KEY_LEN {
-        return Err(DecryptError::KeyUnwrap);
+/// RSA-OAEP contexts by certificate id, set up once per batch.
+#[derive(Default)]
+struct Unwrappers<'a> {
+    by_id: Vec<(String, Decrypter<'a>)>,
+}
+
+impl<'a> Unwrappers<'a> {
+    /// RSA-OAEP with SHA-1 and MGF1-SHA-1, empty label — and nothing else: a
+    /// failed OAEP check is an error, there is no fallback to another padding.
+    fn unwrap_key(
+        &mut self,
+        id: &str,
+        key: &'a PKey<openssl::pkey::Private>,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, DecryptError> {
+        let fail = |_| DecryptError::KeyUnwrap;
+        let at = match self.by_id.iter().position(|(known, _)| known == id) {
+            Some(at) => at,
+            None => {
+                let mut decrypter = Decrypter::new(key).map_err(fail)?;
+                decrypter
+                    .set_rsa_padding(Padding::PKCS1_OAEP)
+                    .map_err(fail)?;
+                decrypter
+                    .set_rsa_oaep_md(MessageDigest::sha1())
+                    .map_err(fail)?;
+                decrypter
+                    .set_rsa_mgf1_md(MessageDigest::sha1())
+                    .map_err(fail)?;
+                self.by_id.push((id.to_owned(), decrypter));
+                self.by_id.len() - 1
+            }
+        };
+        let decrypter = &self.by_id[at].1;
+        let mut out = Zeroizing::new(vec![0u8; decrypter.decrypt_len(wrapped).map_err(fail)?]);
+        let n = decrypter.decrypt(wrapped, &mut out).map_err(fail)?;
+        let mut symmetric = Zeroizing::new([0u8; KEY_LEN]);
+        if n != KEY_LEN {
+            return Err(DecryptError::KeyUnwrap);
+        }
+        symmetric.copy_from_slice(&out[..KEY_LEN]);
+        Ok(symmetric)
     }
-    symmetric.copy_from_slice(&out[..KEY_LEN]);
-    Ok(symmetric)
 }
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
@@ -186,29 +231,95 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> Result<Vec<u8>, openssl::error::Er
     signer.sign_oneshot_to_vec(message)
 }
 
-/// Decrypts on the blocking pool, at most one RSA operation per core at a
-/// time, so RSA never runs on the threads that answer Graph and a burst of
-/// rich notifications cannot starve them.
+/// Decrypts on a pool of threads of its own, one per core, so RSA never
+/// runs on the threads that answer Graph and a burst of rich notifications
+/// cannot starve them.
 ///
-/// Cheap to clone; clones share the ring and the limit.
-#[derive(Clone, Debug)]
+/// The pool's threads take queued jobs one after the other without going
+/// back through the async runtime, so the cores stay busy while work is
+/// queued. Cheap to clone; clones share the ring and the pool, whose threads
+/// end when the last clone is dropped.
+#[derive(Clone)]
 pub struct Decryptor {
     ring: Arc<KeyRing>,
-    permits: Arc<Semaphore>,
+    pool: Arc<Pool>,
+}
+
+impl fmt::Debug for Decryptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decryptor")
+            .field("ring", &self.ring)
+            .field("threads", &self.pool.threads)
+            .finish()
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The RSA threads and their queue.
+struct Pool {
+    /// `None` when no thread could be started.
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    threads: usize,
+}
+
+impl Pool {
+    fn start(threads: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let mut started = 0;
+        for n in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("rsa-{n}"))
+                .spawn(move || {
+                    loop {
+                        // One thread waits on the queue, the others on the lock.
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else {
+                            return;
+                        };
+                        // A panic drops the job's reply, which reports an
+                        // internal error; the thread keeps serving.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
+        Self {
+            jobs: (started > 0).then_some(jobs),
+            threads: started,
+        }
+    }
+
+    /// Runs `f` on the pool and waits for its result.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(f());
+        });
+        self.jobs.as_ref()?.send(job).ok()?;
+        result.await.ok()
+    }
 }
 
 impl Decryptor {
-    /// A decryptor with as many concurrent decryptions as the machine has cores.
+    /// A decryptor with one RSA thread per core.
     pub fn new(ring: Arc<KeyRing>) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self::with_concurrency(ring, cores)
     }
 
-    /// A decryptor running at most `concurrency` (at least 1) decryptions at once.
+    /// A decryptor with `concurrency` (at least 1) RSA threads.
     pub fn with_concurrency(ring: Arc<KeyRing>, concurrency: usize) -> Self {
         Self {
             ring,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            pool: Arc::new(Pool::start(concurrency.max(1))),
         }
     }
 
@@ -217,28 +328,33 @@ impl Decryptor {
         &self.ring
     }
 
-    /// Decrypts `content` to JSON on the blocking pool.
+    /// Decrypts a batch to JSON as one job on the pool (one hand-off for the
+    /// batch instead of one per item), reusing the RSA contexts.
+    pub async fn decrypt_many(
+        &self,
+        contents: Vec<EncryptedContent>,
+    ) -> Vec<Result<Value, DecryptError>> {
+        let n = contents.len();
+        let ring = self.ring.clone();
+        self.pool
+            .run(move || ring.decrypt_json_many(&contents))
+            .await
+            .unwrap_or_else(|| vec![Err(DecryptError::Internal); n])
+    }
+
+    /// Decrypts `content` to JSON on the pool.
     ///
     /// # Errors
     ///
-    /// As [`KeyRing::decrypt_json`]; [`DecryptError::Internal`] if the task
-    /// could not run.
+    /// As [`KeyRing::decrypt_json`]; [`DecryptError::Internal`] if the pool
+    /// could not run it.
     pub async fn decrypt(&self, content: &EncryptedContent) -> Result<Value, DecryptError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| DecryptError::Internal)?;
         let ring = self.ring.clone();
         let content = content.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = ring.decrypt_json(&content);
-            drop(permit);
-            result
-        })
-        .await
-        .unwrap_or(Err(DecryptError::Internal))
+        self.pool
+            .run(move || ring.decrypt_json(&content))
+            .await
+            .unwrap_or(Err(DecryptError::Internal))
     }
 }
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use futures_util::StreamExt as _;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -19,7 +18,7 @@ use crate::dedupe::{Claim, Dedupe, DedupeKey};
 use crate::handler::{BoxError, ChangeEvent, Handler, LifecycleEvent};
 use crate::inbox::{Claimed, Inbox};
 use crate::metrics::Metrics;
-use crate::notification::{ChangeNotification, Notification};
+use crate::notification::{ChangeNotification, Notification, ValidationTokens};
 
 pub use verify::{Verifier, VerifyError};
 
@@ -123,9 +122,56 @@ enum Prepared {
 }
 
 impl<H: Handler> Pipeline<H> {
-    /// Parses the item and, for rich items, checks tokens and decrypts.
-    /// Independent of the handler, so it can run ahead of it.
-    async fn prepare(&self, claimed: &Claimed) -> Prepared {
+    /// Parses a claimed batch and, for rich items, checks tokens and
+    /// decrypts (one job on the RSA pool for the batch). Independent of the
+    /// handler, so it runs while the previous batch is being handled.
+    async fn prepare(&self, batch: Vec<Claimed>) -> Vec<(Claimed, Prepared)> {
+        let parsed: Vec<Prepared> = batch.iter().map(|claimed| self.parse(claimed)).collect();
+        let changes: Vec<(&ChangeNotification, &ValidationTokens)> = parsed
+            .iter()
+            .zip(&batch)
+            .filter_map(|(prepared, claimed)| match prepared {
+                Prepared::Change { change, .. } => Some((change, &claimed.item.validation_tokens)),
+                _ => None,
+            })
+            .collect();
+        let mut verified = verify::resource_data_many(self.verifier.as_deref(), &changes)
+            .await
+            .into_iter();
+        batch
+            .into_iter()
+            .zip(parsed)
+            .map(|(claimed, prepared)| {
+                let Prepared::Change {
+                    change,
+                    received_at,
+                    ..
+                } = prepared
+                else {
+                    return (claimed, prepared);
+                };
+                let prepared = match verified.next() {
+                    Some(Ok(data)) => Prepared::Change {
+                        change,
+                        data,
+                        received_at,
+                    },
+                    Some(Err(e)) if e.is_transient() => {
+                        Prepared::Settled(Outcome::Failed(e.to_string()))
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(id = %claimed.id, reason = e.reason(), "rejecting item");
+                        Prepared::Settled(Outcome::Rejected(e.reason()))
+                    }
+                    None => Prepared::Settled(Outcome::Failed("verification lost an item".into())),
+                };
+                (claimed, prepared)
+            })
+            .collect()
+    }
+
+    /// Parses one item; change items are not verified yet (`data` is `None`).
+    fn parse(&self, claimed: &Claimed) -> Prepared {
         let item = &claimed.item;
         let notification = match Notification::from_json(item.raw.get()) {
             Ok(n) => n,
@@ -138,26 +184,11 @@ impl<H: Handler> Pipeline<H> {
             OffsetDateTime::from_unix_timestamp_nanos(i128::from(item.received_at_ms) * 1_000_000)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         match notification {
-            Notification::Change(change) => {
-                match verify::resource_data(
-                    self.verifier.as_deref(),
-                    &change,
-                    &item.validation_tokens,
-                )
-                .await
-                {
-                    Ok(data) => Prepared::Change {
-                        change,
-                        data,
-                        received_at,
-                    },
-                    Err(e) if e.is_transient() => Prepared::Settled(Outcome::Failed(e.to_string())),
-                    Err(e) => {
-                        tracing::debug!(id = %claimed.id, reason = e.reason(), "rejecting item");
-                        Prepared::Settled(Outcome::Rejected(e.reason()))
-                    }
-                }
-            }
+            Notification::Change(change) => Prepared::Change {
+                change,
+                data: None,
+                received_at,
+            },
             Notification::Lifecycle(lifecycle) => Prepared::Lifecycle(LifecycleEvent::new(
                 lifecycle,
                 item.raw.clone(),
@@ -357,36 +388,42 @@ async fn work<H: Handler>(
     pipeline: Arc<Pipeline<H>>,
     stopped: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let draining = *stopped.borrow();
-        let wait = if draining { Duration::ZERO } else { CLAIM_WAIT };
-        match inbox.claim(CLAIM_BATCH, wait).await {
-            Ok(batch) if batch.is_empty() && draining => return,
-            Ok(batch) => {
-                backoff = Duration::from_millis(50);
-                // Verification (RSA, on the blocking pool) runs ahead for the
-                // whole batch while the handler takes the items in order, so
-                // a slow handler does not leave the cores idle.
-                let pipeline = &pipeline;
-                let mut ready =
-                    futures_util::stream::iter(batch.into_iter().map(|claimed| async move {
-                        let prepared = pipeline.prepare(&claimed).await;
-                        (claimed, prepared)
-                    }))
-                    .buffered(CLAIM_BATCH);
-                while let Some((claimed, prepared)) = ready.next().await {
-                    pipeline.settle(inbox.as_ref(), claimed, prepared).await;
+    // Claiming and verifying (RSA on the blocking pool) run up to two batches
+    // ahead of the handler, so the cores stay busy with RSA however long the
+    // handler takes to answer; the handler still takes the items in order.
+    let (ready, mut prepared) = tokio::sync::mpsc::channel::<Vec<(Claimed, Prepared)>>(1);
+    let (inbox, pipeline, stopped) = (&inbox, &pipeline, &stopped);
+    let produce = async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let draining = *stopped.borrow();
+            let wait = if draining { Duration::ZERO } else { CLAIM_WAIT };
+            match inbox.claim(CLAIM_BATCH, wait).await {
+                Ok(batch) if batch.is_empty() && draining => return,
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => {
+                    backoff = Duration::from_millis(50);
+                    if ready.send(pipeline.prepare(batch).await).await.is_err() {
+                        return;
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "claiming from the inbox failed");
-                if draining {
-                    return;
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "claiming from the inbox failed");
+                    if draining {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    }
+    };
+    let consume = async {
+        while let Some(batch) = prepared.recv().await {
+            for (claimed, prepared) in batch {
+                pipeline.settle(inbox.as_ref(), claimed, prepared).await;
+            }
+        }
+    };
+    tokio::join!(produce, consume);
 }

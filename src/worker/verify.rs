@@ -14,9 +14,10 @@ use time::OffsetDateTime;
 use crate::crypto::{DecryptError, Decryptor, KeyRing};
 use crate::handler::{ChangeEvent, Event, LifecycleEvent};
 use crate::notification::{
-    ChangeNotification, Envelope, EnvelopeError, Notification, ValidationTokens,
+    ChangeNotification, EncryptedContent, Envelope, EnvelopeError, ItemError, Notification,
+    ValidationTokens,
 };
-use crate::tokens::{TokenError, TokenValidator};
+use crate::tokens::{TokenError, TokenValidator, VerifiedToken};
 
 /// Why an encrypted item did not yield its resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,20 +120,62 @@ impl Verifier {
         change: &ChangeNotification,
         tokens: &ValidationTokens,
     ) -> Result<Option<Value>, VerifyError> {
-        let Some(content) = &change.encrypted_content else {
-            return Ok(None);
-        };
-        if let Tokens::Validate(validator) = &self.tokens {
-            validator
-                .vouch(tokens, change.tenant_id.as_deref())
-                .await
-                .map_err(VerifyError::Token)?;
-        }
-        self.decryptor
-            .decrypt(content)
+        self.verify_many(&[(change, tokens)])
             .await
-            .map(Some)
-            .map_err(VerifyError::Decrypt)
+            .pop()
+            .unwrap_or(Err(VerifyError::Decrypt(DecryptError::Internal)))
+    }
+
+    /// [`verify`](Self::verify) for several items, in order: tokens item by
+    /// item, then the items that passed are decrypted as one job on the
+    /// blocking pool.
+    pub async fn verify_many(
+        &self,
+        items: &[(&ChangeNotification, &ValidationTokens)],
+    ) -> Vec<Result<Option<Value>, VerifyError>> {
+        let mut results = Vec::with_capacity(items.len());
+        let mut to_decrypt = Vec::new();
+        // Items of one delivery share its tokens: check each set once.
+        let mut checked: Vec<(&ValidationTokens, Result<Vec<VerifiedToken>, TokenError>)> =
+            Vec::new();
+        for (index, (change, tokens)) in items.iter().enumerate() {
+            let Some(content) = &change.encrypted_content else {
+                results.push(Ok(None));
+                continue;
+            };
+            if let Tokens::Validate(validator) = &self.tokens {
+                let verified = match checked.iter().position(|(t, _)| *t == *tokens) {
+                    Some(at) => &checked[at].1,
+                    None => {
+                        checked.push((tokens, validator.verify_all(tokens).await));
+                        &checked[checked.len() - 1].1
+                    }
+                };
+                let vouched = match (verified, change.tenant_id.as_deref()) {
+                    (Err(e), _) => Err(e.clone()),
+                    (Ok(verified), Some(tenant)) if verified.iter().any(|t| t.covers(tenant)) => {
+                        Ok(())
+                    }
+                    (Ok(_), _) => Err(TokenError::NotCovered),
+                };
+                if let Err(e) = vouched {
+                    results.push(Err(VerifyError::Token(e)));
+                    continue;
+                }
+            }
+            results.push(Ok(None));
+            to_decrypt.push((index, content.clone()));
+        }
+        if to_decrypt.is_empty() {
+            return results;
+        }
+        let (indices, contents): (Vec<usize>, Vec<EncryptedContent>) =
+            to_decrypt.into_iter().unzip();
+        let decrypted = self.decryptor.decrypt_many(contents).await;
+        for (index, result) in indices.into_iter().zip(decrypted) {
+            results[index] = result.map(Some).map_err(VerifyError::Decrypt);
+        }
+        results
     }
 
     /// Verifies a whole captured delivery offline: every item becomes an
@@ -148,41 +191,54 @@ impl Verifier {
     ) -> Result<Vec<Result<Event, &'static str>>, EnvelopeError> {
         let envelope = Envelope::parse(body)?;
         let now = OffsetDateTime::now_utc();
-        let mut out = Vec::with_capacity(envelope.items.len());
-        for raw in &envelope.items {
-            let outcome = match Notification::from_json(raw.get()) {
+        let parsed: Vec<Result<Notification, ItemError>> = envelope
+            .items
+            .iter()
+            .map(|raw| Notification::from_json(raw.get()))
+            .collect();
+        let changes: Vec<(&ChangeNotification, &ValidationTokens)> = parsed
+            .iter()
+            .filter_map(|n| match n {
+                Ok(Notification::Change(change)) => Some((change, &envelope.validation_tokens)),
+                _ => None,
+            })
+            .collect();
+        let mut verified = self.verify_many(&changes).await.into_iter();
+        let mut out = Vec::with_capacity(parsed.len());
+        for (raw, notification) in envelope.items.iter().zip(parsed) {
+            let raw = (*raw).to_owned();
+            out.push(match notification {
                 Err(_) => Err("malformed_item"),
                 Ok(Notification::Lifecycle(lifecycle)) => Ok(Event::Lifecycle(
-                    LifecycleEvent::new(lifecycle, (*raw).to_owned(), now, 0),
+                    LifecycleEvent::new(lifecycle, raw, now, 0),
                 )),
-                Ok(Notification::Change(change)) => {
-                    match self.verify(&change, &envelope.validation_tokens).await {
-                        Ok(data) => Ok(Event::Change(ChangeEvent::new(
-                            change,
-                            (*raw).to_owned(),
-                            data,
-                            now,
-                            0,
-                        ))),
-                        Err(e) => Err(e.reason()),
+                Ok(Notification::Change(change)) => match verified.next() {
+                    Some(Ok(data)) => {
+                        Ok(Event::Change(ChangeEvent::new(change, raw, data, now, 0)))
                     }
-                }
-            };
-            out.push(outcome);
+                    Some(Err(e)) => Err(e.reason()),
+                    None => Err("decrypt_internal_error"),
+                },
+            });
         }
         Ok(out)
     }
 }
 
-/// The pipeline's step: the decrypted resource of `change`, if it has one.
-pub(crate) async fn resource_data(
+/// The pipeline's step: the decrypted resource of each change item, if it
+/// has one; encrypted items are rejected when there is no verifier.
+pub(crate) async fn resource_data_many(
     verifier: Option<&Verifier>,
-    change: &ChangeNotification,
-    tokens: &ValidationTokens,
-) -> Result<Option<Value>, VerifyError> {
+    items: &[(&ChangeNotification, &ValidationTokens)],
+) -> Vec<Result<Option<Value>, VerifyError>> {
     match verifier {
-        Some(verifier) => verifier.verify(change, tokens).await,
-        None if change.encrypted_content.is_some() => Err(VerifyError::NoKeys),
-        None => Ok(None),
+        Some(verifier) => verifier.verify_many(items).await,
+        None => items
+            .iter()
+            .map(|(change, _)| match change.encrypted_content {
+                Some(_) => Err(VerifyError::NoKeys),
+                None => Ok(None),
+            })
+            .collect(),
     }
 }
