@@ -4,7 +4,8 @@
 //! Run with: `bench/rich.sh` (or `cargo bench --bench rich`). Environment:
 //! `BENCH_ITEMS` per round (default 20 000), `BENCH_ROUNDS` (default 3),
 //! `BENCH_BATCH` items per POST (default 50), `BENCH_STORE=memory` for the
-//! in-memory inbox instead of the default embedded durable store.
+//! in-memory inbox instead of `listen`'s default embedded durable store.
+//! `bench/rich.sh` runs both.
 //!
 //! 1. Generates an RSA-2048 certificate, a token signing key and its JWKS
 //!    file, and encrypts `BENCH_ITEMS` chat messages with the crate's §6.4

@@ -602,6 +602,27 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_runs_jobs_on_its_own_threads() {
+        let pool = Pool::start(2);
+        assert_eq!(pool.threads, 2);
+        let caller = std::thread::current().id();
+        for _ in 0..4 {
+            let (name, id) = pool
+                .run(|| {
+                    let me = std::thread::current();
+                    (me.name().map(str::to_owned), me.id())
+                })
+                .await
+                .unwrap();
+            assert!(name.unwrap().starts_with("rsa-"));
+            assert_ne!(id, caller);
+        }
+        // A panicking job reports failure, and the pool keeps serving.
+        assert_eq!(pool.run(|| -> u8 { panic!("job panics") }).await, None);
+        assert_eq!(pool.run(|| 7).await, Some(7));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn decryptor_decrypts_concurrently() {
         let f = fixture();
         let content = seal(&f, &KEY, &pkcs7(JSON), Padding::PKCS1_OAEP);
@@ -614,5 +635,14 @@ mod tests {
         for run in runs {
             assert_eq!(run.await.unwrap().unwrap()["body"]["content"], "hi");
         }
+        let mut tampered = content.clone();
+        tampered.data_signature = STANDARD.encode([0u8; 32]);
+        let results = decryptor
+            .decrypt_many(vec![content.clone(), tampered, content])
+            .await;
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[0].as_ref().unwrap()["body"]["content"], "hi");
+        assert_eq!(results[1], Err(DecryptError::SignatureMismatch));
+        assert_eq!(results[2].as_ref().unwrap()["body"]["content"], "hi");
     }
 }

@@ -16,10 +16,10 @@
 //! 4. AES-256-CBC with IV = the key's first 16 bytes, PKCS#7 padding;
 //! 5. the plaintext must be JSON.
 //!
-//! The symmetric key is zeroized after use. RSA is slow (about a
-//! millisecond per item for 2048 bits), so [`Decryptor`] runs it on the
-//! blocking pool with at most one job per core, never on a thread that
-//! answers Graph.
+//! The symmetric key is zeroized after use. RSA is slow (a quarter of a
+//! millisecond per item for 2048 bits on a current core), so [`Decryptor`]
+//! runs it on a pool of its own, one thread per core, never on a thread
+//! that answers Graph.
 //!
 //! ```
 //! use msgraph_webhooks::crypto::{KeyRing, generate_certificate};

@@ -388,7 +388,7 @@ async fn work<H: Handler>(
     pipeline: Arc<Pipeline<H>>,
     stopped: watch::Receiver<bool>,
 ) {
-    // Claiming and verifying (RSA on the blocking pool) run up to two batches
+    // Claiming and verifying (RSA on its own pool) run up to two batches
     // ahead of the handler, so the cores stay busy with RSA however long the
     // handler takes to answer; the handler still takes the items in order.
     let (ready, mut prepared) = tokio::sync::mpsc::channel::<Vec<(Claimed, Prepared)>>(1);

@@ -1,5 +1,5 @@
 //! The verification stage of rich notifications, behind the ack: validation
-//! tokens first (cheap, cached), then decryption (RSA, on the blocking pool).
+//! tokens first (cheap, cached), then decryption (RSA, on a pool of its own).
 //!
 //! Items without `encryptedContent` pass through untouched; lifecycle items
 //! are not affected. Encrypted items stay encrypted in the inbox, and nothing
@@ -128,7 +128,7 @@ impl Verifier {
 
     /// [`verify`](Self::verify) for several items, in order: tokens item by
     /// item, then the items that passed are decrypted as one job on the
-    /// blocking pool.
+    /// RSA pool.
     pub async fn verify_many(
         &self,
         items: &[(&ChangeNotification, &ValidationTokens)],
