@@ -183,14 +183,18 @@ fn body() -> Bytes {
     )
 }
 
-/// Closed-loop load: each connection sends the next request as soon as the
-/// previous answer is in. Only requests completed after the warm-up count.
-async fn load(addr: SocketAddr, settings: &Settings) -> Measured {
+/// Load on `connections` keep-alive connections. Closed loop (`rate` None):
+/// each connection sends the next request as soon as the previous answer is
+/// in. Open loop (`rate` Some): requests are scheduled at a fixed total rate
+/// and latency counts from the scheduled time, so queueing behind a slow
+/// answer is measured, not hidden. Only requests after the warm-up count.
+async fn load(addr: SocketAddr, settings: &Settings, rate: Option<f64>) -> Measured {
     let body = body();
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..settings.connections {
+    let connections = settings.connections;
+    for _ in 0..connections {
         let body = body.clone();
         let measuring = measuring.clone();
         let stop = stop.clone();
@@ -204,13 +208,24 @@ async fn load(addr: SocketAddr, settings: &Settings) -> Measured {
             tokio::spawn(connection);
             let (mut requests, mut errors, mut latencies) =
                 (0u64, 0u64, Vec::with_capacity(1 << 16));
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+            let mut next = tokio::time::Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                if interval.is_some() {
+                    tokio::time::sleep_until(next).await;
+                }
                 let request = hyper::Request::post("/")
                     .header("host", "127.0.0.1")
                     .header("content-type", "application/json")
                     .body(Full::new(body.clone()))
                     .unwrap();
-                let started = Instant::now();
+                let started = match interval {
+                    Some(_) => next.into_std(),
+                    None => Instant::now(),
+                };
+                if let Some(interval) = interval {
+                    next += interval;
+                }
                 let ok = match sender.send_request(request).await {
                     Ok(response) => {
                         let status = response.status();
@@ -258,11 +273,86 @@ async fn load(addr: SocketAddr, settings: &Settings) -> Measured {
     measured
 }
 
+/// One server to measure.
+struct Target {
+    name: &'static str,
+    command: tokio::process::Command,
+    cleanup: Option<Box<dyn FnOnce()>>,
+}
+
+fn listen(extra: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(["listen", "--addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)
+        .env("RUST_LOG", "warn,msgraph_webhooks::listener::server=info");
+    command
+}
+
+fn targets(data_dir: &std::path::Path) -> Vec<Target> {
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
+    let mut targets = Vec::new();
+    let mut bare = tokio::process::Command::new(std::env::current_exe().unwrap());
+    bare.env(ROLE, "bare");
+    targets.push(Target {
+        name: "bare hyper (baseline)",
+        command: bare,
+        cleanup: None,
+    });
+    if wanted("memory") {
+        targets.push(Target {
+            name: "listen --memory",
+            command: listen(&["--memory", "--inbox-capacity", "10000000"]),
+            cleanup: None,
+        });
+    }
+    if wanted("durable") {
+        targets.push(Target {
+            name: "listen (embedded durable, fsync)",
+            command: listen(&["--data-dir", data_dir.to_str().unwrap()]),
+            cleanup: None,
+        });
+    }
+    let redis = std::env::var("BENCH_REDIS_URL")
+        .or_else(|_| std::env::var("MSGRAPH_WEBHOOKS_REDIS_URL"))
+        .ok();
+    match redis {
+        Some(url) if wanted("redis") => {
+            let prefix = format!("msgraph-webhooks-bench-{}", std::process::id());
+            let cleanup_url = url.clone();
+            let cleanup_prefix = prefix.clone();
+            targets.push(Target {
+                name: "listen --redis",
+                command: listen(&["--redis", &url, "--redis-prefix", &prefix]),
+                cleanup: Some(Box::new(move || {
+                    // Remove what the run left behind in the shared Redis.
+                    let _ = std::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(format!(
+                            "redis-cli -u {cleanup_url} --scan --pattern '{cleanup_prefix}:*' | xargs -r redis-cli -u {cleanup_url} del >/dev/null"
+                        ))
+                        .status();
+                })),
+            });
+        }
+        _ if wanted("redis") => {
+            eprintln!("redis row skipped: set BENCH_REDIS_URL or MSGRAPH_WEBHOOKS_REDIS_URL")
+        }
+        _ => {}
+    }
+    targets
+}
+
 async fn run() {
     let settings = Settings::from_env();
     // Profiling aid: load a server that is already running.
     if let Ok(addr) = std::env::var("BENCH_ADDR") {
-        let measured = load(addr.parse().unwrap(), &settings).await;
+        let rate = std::env::var("BENCH_RATE")
+            .ok()
+            .and_then(|r| r.parse().ok());
+        let measured = load(addr.parse().unwrap(), &settings, rate).await;
         println!(
             "{addr}: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} non-202",
             measured.rps(),
@@ -272,50 +362,48 @@ async fn run() {
         );
         return;
     }
+    let data = std::env::temp_dir().join(format!("msgraph-webhooks-bench-{}", std::process::id()));
     let mut rows = Vec::new();
-
-    let mut bare = tokio::process::Command::new(std::env::current_exe().unwrap());
-    bare.env(ROLE, "bare");
-    let server = Server::start(bare).await;
-    let baseline = load(server.addr, &settings).await;
-    drop(server);
-    rows.push(("bare hyper (baseline)", baseline));
-
-    let mut listen = tokio::process::Command::new(BIN);
-    listen
-        .args(["listen", "--addr", "127.0.0.1:0"])
-        .args(
-            std::env::var("BENCH_LISTEN_ARGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .env("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)
-        .env("RUST_LOG", "warn,msgraph_webhooks::listener::server=info");
-    let mut server = Server::start(listen).await;
-    let measured = load(server.addr, &settings).await;
-    let _ = server.child.kill().await;
-    rows.push(("listen (memory inbox)", measured));
+    for target in targets(&data) {
+        let mut server = Server::start(target.command).await;
+        let max = load(server.addr, &settings, None).await;
+        let rate = max.rps() / 2.0;
+        let half = load(server.addr, &settings, Some(rate)).await;
+        let _ = server.child.kill().await;
+        let _ = server.child.wait().await;
+        if let Some(cleanup) = target.cleanup {
+            cleanup();
+        }
+        eprintln!("measured {}", target.name);
+        rows.push((target.name, max, rate, half));
+    }
+    let _ = std::fs::remove_dir_all(&data);
 
     let base_rps = rows[0].1.rps();
     println!();
     println!(
-        "{} connections, {} s measured after {} s warm-up, {} cores",
+        "{} connections, {} s measured after {} s warm-up per run, {} cores, load generator on the same machine",
         settings.connections,
         settings.duration.as_secs(),
         settings.warmup.as_secs(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
-    println!("| server | requests/s | vs baseline | p50 ack (ms) | p99 ack (ms) | non-202 |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, m) in &rows {
+    println!(
+        "| server | max requests/s | vs baseline | p50 / p99 ack at max (ms) | fixed rate (½ max) | p50 / p99 ack at that rate (ms) | non-202 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, max, rate, half) in &rows {
         println!(
-            "| {name} | {:.0} | {:.0} % | {:.2} | {:.2} | {} |",
-            m.rps(),
-            100.0 * m.rps() / base_rps,
-            m.percentile_ms(0.50),
-            m.percentile_ms(0.99),
-            m.errors
+            "| {name} | {:.0} | {:.0} % | {:.2} / {:.2} | {:.0}/s | {:.2} / {:.2} | {} |",
+            max.rps(),
+            100.0 * max.rps() / base_rps,
+            max.percentile_ms(0.50),
+            max.percentile_ms(0.99),
+            rate,
+            half.percentile_ms(0.50),
+            half.percentile_ms(0.99),
+            max.errors + half.errors
         );
     }
 }

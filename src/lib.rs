@@ -85,11 +85,15 @@
 //! | [`notification`] | the envelope, typed change/lifecycle items, [`ResourceKind`], typed resources |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
 //! | [`inbox`] | the ack boundary: where accepted items wait for the workers |
+//! | [`store`] | durable backends of the inbox, dedupe and records: SQLite, Redis |
+//! | [`dedupe`] | which changes were handled already |
 //! | [`worker`] | behind the ack: claim, verify rich items, build events, call the handler, retry |
 //! | [`tokens`] | validation tokens of rich notifications: JWKS, RS256, claims |
 //! | [`crypto`] | key ring, decryption of rich notifications, certificate generation |
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
+//! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
+//! | [`tunnel`] | find (and follow) the public URL of a local ngrok tunnel |
 //!
 //! # Features
 //!
@@ -97,6 +101,8 @@
 //! |---|---|---|
 //! | `cli` | yes | the `msgraph-webhooks` binary (clap, tracing-subscriber); implies `emulator` |
 //! | `emulator` | via `cli` | [`emulator`]: a local Graph that creates subscriptions and delivers notifications |
+//! | `sqlite` | via `cli` | [`store::SqliteStore`]: the embedded durable store |
+//! | `redis` | via `cli` | `store::RedisStore`: the store for several instances |
 //!
 //! Library users who don't want the CLI's dependencies turn off default features.
 
@@ -104,6 +110,7 @@
 
 pub mod crypto;
 pub mod dedupe;
+pub mod doctor;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod handler;
@@ -114,6 +121,7 @@ pub mod notification;
 pub mod registry;
 pub mod store;
 pub mod tokens;
+pub mod tunnel;
 pub mod worker;
 
 mod receiver;

@@ -39,8 +39,12 @@ use crate::registry::{RecordStore, SubscriptionRecord};
 
 const DATABASE: &str = "inbox.sqlite3";
 const CONSUMERS: &str = "consumers";
-/// Operations the writer takes into one transaction at most.
-const MAX_GROUP: usize = 2048;
+/// Urgent operations (appends: someone waits to answer 202) the writer takes
+/// into one transaction at most.
+const MAX_URGENT: usize = 1024;
+/// Background operations (the workers' bookkeeping) per transaction at most,
+/// so a backlog of them never holds an append back for long.
+const MAX_BACKGROUND: usize = 128;
 /// How often an idle claimer looks for items appended by other processes.
 const POLL: Duration = Duration::from_millis(50);
 /// How often dead consumers' claims and expired dedupe keys are swept.
@@ -60,7 +64,6 @@ CREATE TABLE IF NOT EXISTS items (
     claimed_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS items_ready ON items (not_before_ms, id) WHERE claimed_by IS NULL;
-CREATE INDEX IF NOT EXISTS items_claimed ON items (claimed_by) WHERE claimed_by IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     payload BLOB NOT NULL,
@@ -101,7 +104,7 @@ CREATE TABLE IF NOT EXISTS leases (
 pub struct SqliteStore {
     path: PathBuf,
     consumer: String,
-    writer: std::sync::mpsc::Sender<Op>,
+    writer: Arc<Queue>,
     reader: Arc<Mutex<Connection>>,
     appended: Arc<Notify>,
     /// Items a worker of this process holds right now.
@@ -200,15 +203,17 @@ impl SqliteStore {
         writer_conn
             .execute_batch(SCHEMA)
             .map_err(|e| unavailable(format!("creating the schema: {e}")))?;
+
         let reader = connect(&path, false)?;
 
-        let (writer, ops) = std::sync::mpsc::channel();
+        let writer = Arc::new(Queue::default());
         let appended = Arc::new(Notify::new());
         std::thread::Builder::new()
             .name("inbox-writer".into())
             .spawn({
                 let consumer = consumer.clone();
-                move || write_loop(writer_conn, &consumer, &ops)
+                let queue = writer.clone();
+                move || write_loop(writer_conn, &consumer, &queue)
             })
             .map_err(|e| unavailable(format!("starting the writer thread: {e}")))?;
 
@@ -260,7 +265,7 @@ impl SqliteStore {
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, String> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(op(reply))
+            .push(op(reply))
             .map_err(|_| "the writer thread stopped".to_owned())?;
         answer
             .await
@@ -394,15 +399,104 @@ fn now_ms() -> i64 {
     unix_ms(SystemTime::now())
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.writer.close();
+    }
+}
+
+impl Op {
+    /// Whether the caller relies on the operation surviving a crash of the
+    /// machine once answered. Appends do (`202` follows), as do records and
+    /// leases. The workers' bookkeeping does not: losing a completion or a
+    /// dedupe mark can only make an item be handled again, which
+    /// at-least-once allows, so its transactions skip the fsync.
+    fn durable(&self) -> bool {
+        matches!(
+            self,
+            Op::Append(..)
+                | Op::Replay(..)
+                | Op::PutRecord(..)
+                | Op::RemoveRecord(..)
+                | Op::Acquire { .. }
+                | Op::Release { .. }
+        )
+    }
+}
+
+/// The writer's queue, in two lanes: durable operations (appends, with a
+/// request waiting to answer 202) go ahead of the workers' bookkeeping.
+#[derive(Default)]
+struct Queue {
+    lanes: Mutex<Lanes>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Lanes {
+    urgent: std::collections::VecDeque<Op>,
+    background: std::collections::VecDeque<Op>,
+    closed: bool,
+}
+
+impl Queue {
+    fn push(&self, op: Op) -> Result<(), Op> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if lanes.closed {
+            return Err(op);
+        }
+        if op.durable() {
+            lanes.urgent.push_back(op);
+        } else {
+            lanes.background.push_back(op);
+        }
+        drop(lanes);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
+
+    /// The next group: every waiting urgent operation (bounded) and some
+    /// background ones. `None` once closed and drained.
+    fn take(&self) -> Option<Vec<Op>> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        while lanes.urgent.is_empty() && lanes.background.is_empty() {
+            if lanes.closed {
+                return None;
+            }
+            lanes = self.ready.wait(lanes).unwrap_or_else(|e| e.into_inner());
+        }
+        let urgent = lanes.urgent.len().min(MAX_URGENT);
+        let background = lanes.background.len().min(MAX_BACKGROUND);
+        let mut group: Vec<Op> = lanes.urgent.drain(..urgent).collect();
+        group.extend(lanes.background.drain(..background));
+        Some(group)
+    }
+}
+
 /// The writer thread: group commit of every waiting operation.
-fn write_loop(conn: Connection, consumer: &str, ops: &std::sync::mpsc::Receiver<Op>) {
+fn write_loop(conn: Connection, consumer: &str, queue: &Queue) {
     let mut last_sweep = std::time::Instant::now();
-    while let Ok(first) = ops.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match ops.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+    let mut synchronous_full = true;
+    while let Some(batch) = queue.take() {
+        let durable = batch.iter().any(Op::durable);
+        if durable != synchronous_full {
+            let mode = if durable { "FULL" } else { "NORMAL" };
+            match conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => synchronous_full = durable,
+                Err(e) if durable => {
+                    // Never answer a durable operation without the fsync.
+                    tracing::warn!(error = %e, "setting synchronous=FULL failed");
+                    for op in batch {
+                        fail(op, "the store could not commit");
+                    }
+                    continue;
+                }
+                Err(e) => tracing::debug!(error = %e, "setting synchronous=NORMAL failed"),
             }
         }
         if last_sweep.elapsed() > SWEEP {

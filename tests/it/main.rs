@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod doctor;
 mod durability;
 mod fixtures;
 mod limits;
@@ -11,3 +12,4 @@ mod rich;
 mod roles;
 mod shutdown;
 mod support;
+mod tunnel;

@@ -4,6 +4,7 @@
 
 mod cert;
 mod dlq;
+mod doctor;
 mod inspect;
 mod listen;
 mod rich;
@@ -45,6 +46,8 @@ enum Command {
     Work(work::Args),
     /// List or replay the dead letters of a store.
     Dlq(dlq::Args),
+    /// Probe a notification URL the way Graph will, and explain what fails.
+    Doctor(doctor::Args),
     /// Verify and decrypt a captured notification body offline: accepted
     /// items as JSON lines on stdout, the reason for each rejected one on
     /// stderr; exit 0 only if every item is accepted.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
             Command::Listen(args) => listen::run(args).await,
             Command::Work(args) => work::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Cert(args) => cert::run(args),
         }
