@@ -8,6 +8,7 @@ mod fixtures;
 mod limits;
 mod listener;
 mod parser_props;
+mod rich;
 mod roles;
 mod shutdown;
 mod support;

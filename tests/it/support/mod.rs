@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod http;
 pub mod load;
+pub mod rich;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,12 @@ impl Recorder {
                 );
             }
         }
+    }
+
+    /// Waits until at least `n` events arrived; returns the change events.
+    pub async fn changes_after(&self, n: usize) -> Vec<ChangeEvent> {
+        self.wait_for(n).await;
+        self.changes()
     }
 
     fn push(&self, event: Event) {
