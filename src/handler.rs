@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::notification::resources::Resource;
 use crate::notification::{
     ChangeNotification, ChangeType, LifecycleEventType, LifecycleNotification, ResourceData,
     ResourceKind,
@@ -321,6 +322,13 @@ impl ChangeEvent {
     /// The decrypted resource of a rich notification; `None` for basic ones.
     pub fn data(&self) -> Option<&Value> {
         self.inner.data.as_ref()
+    }
+
+    /// The decrypted resource, typed by its kind (`None` for basic
+    /// notifications); [`Resource::Unknown`] for kinds without a type.
+    pub fn resource_typed(&self) -> Option<Resource> {
+        self.data()
+            .map(|data| Resource::from_json(self.resource_kind(), data))
     }
 
     /// The item exactly as Graph sent it (encrypted content still encrypted).

@@ -42,9 +42,40 @@
 //!                  │                                                      │
 //!                  └─ ?validationToken → 200 text/plain                   ▼
 //!                                                   inbox.append ── stored ──► 202
-//! inbox ─► worker ─► notification (typed item) ─► handler ─► inbox.complete
+//! inbox ─► worker ─► notification (typed item) ─► tokens + crypto (rich items) ─► handler ─► inbox.complete
 //!                                              └─ error/panic → retry with backoff → dead letter
 //! ```
+//!
+//! # Rich notifications
+//!
+//! Items with `encryptedContent` carry the changed resource, encrypted to
+//! the app's certificate. Give the receiver the keys and the app ids the
+//! validation tokens must be issued to; the handler then sees the decrypted
+//! resource in [`ChangeEvent::data`] (typed: [`ChangeEvent::resource_typed`]):
+//!
+//! ```no_run
+//! use msgraph_webhooks::crypto::KeyRing;
+//! use msgraph_webhooks::{ClientState, Receiver, handler_fn};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut keys = KeyRing::new();
+//! keys.load_spec("cert-2026=certs/dev.pem", None)?;
+//! let receiver = Receiver::builder(handler_fn(|event| async move {
+//!     println!("{:?}", event.data());
+//!     Ok(())
+//! }))
+//! .client_state(ClientState::new("the clientState of your subscriptions"))
+//! .key_ring(keys)
+//! .app_ids(["your app's client id"])
+//! .build()?;
+//! # let _ = receiver;
+//! # Ok(()) }
+//! ```
+//!
+//! Tokens are checked before anything is decrypted, and every check fails
+//! closed: see [`tokens`] and [`crypto`]. A rejected item is counted in
+//! `items_rejected{reason}` and never reaches the handler; Graph still got
+//! its `202`.
 //!
 //! # Modules
 //!
@@ -52,16 +83,19 @@
 //! |---|---|
 //! | [`catalog`] | what `POST /subscriptions` accepts: paths, kinds, permissions, lifetimes, rules |
 //! | [`listener`] | the endpoint: handshake, limits, request path, standalone hyper server |
-//! | [`notification`] | the envelope and typed change/lifecycle items, [`ResourceKind`] |
+//! | [`notification`] | the envelope, typed change/lifecycle items, [`ResourceKind`], typed resources |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
 //! | [`inbox`] | the ack boundary: where accepted items wait for the workers |
 //! | [`store`] | durable backends of the inbox, dedupe and records: SQLite, Redis |
 //! | [`dedupe`] | which changes were handled already |
-//! | [`worker`] | behind the ack: claim, build events, call the handler, retry |
+//! | [`worker`] | behind the ack: claim, verify rich items, build events, call the handler, retry |
+//! | [`tokens`] | validation tokens of rich notifications: JWKS, RS256, claims |
+//! | [`crypto`] | key ring, decryption of rich notifications, certificate generation |
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
 //! | [`emulator`] | (feature `emulator`) a local Graph: subscriptions API, identity endpoints, handshake, delivery |
 //! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
+//! | [`tunnel`] | find (and follow) the public URL of a local ngrok tunnel |
 //!
 //! # Features
 //!
@@ -77,6 +111,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod catalog;
+pub mod crypto;
 pub mod dedupe;
 pub mod doctor;
 #[cfg(feature = "emulator")]
@@ -89,6 +124,7 @@ pub mod notification;
 pub mod registry;
 pub mod store;
 pub mod tokens;
+pub mod tunnel;
 pub mod worker;
 
 mod receiver;

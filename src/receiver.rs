@@ -9,13 +9,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::ClientState;
+use crate::crypto::KeyRing;
 use crate::dedupe::{Dedupe, MemoryDedupe};
 use crate::handler::Handler;
 use crate::inbox::{Inbox, MemoryInbox};
 use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
 use crate::metrics::Metrics;
 use crate::registry::SubscriptionRegistry;
-use crate::worker::{Pipeline, RetryPolicy, Workers};
+use crate::tokens::{Jwks, TokenValidator};
+use crate::worker::{Pipeline, RetryPolicy, Verifier, Workers};
 
 /// A Graph notification receiver: the endpoint, its inbox and the workers
 /// that call the handler.
@@ -70,6 +72,32 @@ pub struct ReceiverBuilder<H> {
     retry: RetryPolicy,
     workers: usize,
     worker_drain: Duration,
+    rich: RichSettings,
+}
+
+/// What rich notifications need: keys to decrypt, and how to check tokens.
+#[derive(Default)]
+struct RichSettings {
+    keys: Option<KeyRing>,
+    app_ids: Vec<String>,
+    tenant_ids: Vec<String>,
+    jwks: Option<Jwks>,
+    validator: Option<TokenValidator>,
+}
+
+impl RichSettings {
+    fn verifier(self) -> Result<Option<Verifier>, BuildError> {
+        let Some(keys) = self.keys else {
+            return Ok(None);
+        };
+        let validator = match self.validator {
+            Some(validator) => validator,
+            None if self.app_ids.is_empty() => return Err(BuildError::NoAppIds),
+            None => TokenValidator::new(self.jwks.unwrap_or_else(Jwks::microsoft), self.app_ids)
+                .tenant_ids(self.tenant_ids),
+        };
+        Ok(Some(Verifier::new(Arc::new(keys), validator)))
+    }
 }
 
 impl<H> fmt::Debug for ReceiverBuilder<H> {
@@ -90,6 +118,9 @@ pub enum BuildError {
     /// [`ReceiverBuilder::client_state`] or [`ReceiverBuilder::registry`]
     /// (possibly [`SubscriptionRegistry::allow_any`], for experiments).
     NoAuthentication,
+    /// A key ring was given but no app id: the validation tokens of rich
+    /// notifications could not be checked. Set [`ReceiverBuilder::app_ids`].
+    NoAppIds,
 }
 
 impl fmt::Display for BuildError {
@@ -97,6 +128,9 @@ impl fmt::Display for BuildError {
         match self {
             BuildError::NoAuthentication => f.write_str(
                 "no clientState or subscription registry configured: notifications could not be authenticated",
+            ),
+            BuildError::NoAppIds => f.write_str(
+                "decryption keys but no app id configured: validation tokens could not be checked",
             ),
         }
     }
@@ -129,6 +163,7 @@ impl Receiver<()> {
             retry: RetryPolicy::default(),
             workers: default_workers(),
             worker_drain: Duration::from_secs(10),
+            rich: RichSettings::default(),
         }
     }
 }
@@ -223,13 +258,57 @@ impl<H: Handler> ReceiverBuilder<H> {
         self
     }
 
+    /// Decrypts rich notifications with these keys (chosen by each item's
+    /// `encryptionCertificateId`). Without a key ring, encrypted items are
+    /// rejected (`no_decryption_keys`). Needs [`app_ids`](Self::app_ids).
+    pub fn key_ring(mut self, keys: KeyRing) -> Self {
+        self.rich.keys = Some(keys);
+        self
+    }
+
+    /// The app ids (client ids) validation tokens must be issued to (`aud`).
+    pub fn app_ids<I, S>(mut self, app_ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.rich.app_ids = app_ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Accept validation tokens of these tenants only (default: any tenant).
+    pub fn tenant_ids<I, S>(mut self, tenant_ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.rich.tenant_ids = tenant_ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Where the tokens' signing keys come from (default: [`Jwks::microsoft`]).
+    pub fn jwks(mut self, jwks: Jwks) -> Self {
+        self.rich.jwks = Some(jwks);
+        self
+    }
+
+    /// A token validator set up by hand (clock, skew, …); replaces
+    /// [`app_ids`](Self::app_ids), [`tenant_ids`](Self::tenant_ids) and
+    /// [`jwks`](Self::jwks).
+    pub fn token_validator(mut self, validator: TokenValidator) -> Self {
+        self.rich.validator = Some(validator);
+        self
+    }
+
     /// Builds the receiver.
     ///
     /// # Errors
     ///
-    /// [`BuildError::NoAuthentication`] when no client state or registry was set.
+    /// [`BuildError::NoAuthentication`] when no client state or registry was
+    /// set; [`BuildError::NoAppIds`] for a key ring without app ids.
     pub fn build(self) -> Result<Receiver<H>, BuildError> {
         let registry = self.registry.ok_or(BuildError::NoAuthentication)?;
+        let verifier = self.rich.verifier()?.map(Arc::new);
         let metrics = self.metrics.unwrap_or_default();
         let inbox = self
             .inbox
@@ -251,6 +330,7 @@ impl<H: Handler> ReceiverBuilder<H> {
                     .unwrap_or_else(|| crate::ClientState::random().expose().to_owned()),
                 dedupe_ttl: self.dedupe_ttl,
                 dedupe_lease: self.dedupe_lease,
+                verifier,
             }),
             workers: self.workers,
             worker_drain: self.worker_drain,

@@ -12,6 +12,7 @@
 mod envelope;
 mod item;
 mod kind;
+pub mod resources;
 
 pub use envelope::{Envelope, EnvelopeError, ItemClass, ItemHead, ValidationTokens};
 pub use item::{

@@ -1,5 +1,23 @@
-//! Validation tokens: the JWTs Graph attaches to rich notifications.
+//! Validation tokens: the JWTs Graph attaches to rich notifications to prove
+//! it sent them (reference §7).
+//!
+//! [`TokenValidator`] checks them against signing keys from a [`Jwks`]
+//! (Microsoft's, fetched and cached, by default; or a file), and fails
+//! closed: encrypted items whose delivery has tokens missing, `null`,
+//! malformed, or any one invalid, or none for the item's tenant, are
+//! rejected, each with a [`TokenError`] of its own.
+//!
+//! Microsoft's helpers skip the publisher check and fail open on missing
+//! tokens (reference `anchors-and-user-pains.md` §2.1); this module does
+//! neither.
 
+mod jwks;
 mod provider;
+mod validate;
 
+pub use jwks::{Jwks, JwksError, MICROSOFT_JWKS_URL};
 pub use provider::install as install_jwt_provider;
+pub use validate::{
+    CHANGE_TRACKING_APP_ID, Clock, SystemClock, TokenError, TokenValidator, TokenVersion,
+    VerifiedToken,
+};

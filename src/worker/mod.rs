@@ -1,11 +1,15 @@
 //! Behind the ack: workers claim items from the inbox, turn each into a
 //! verified event, call the handler, and complete, retry or dead-letter it.
+//! Rich notifications are verified and decrypted here ([`verify`]).
+
+pub mod verify;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -14,7 +18,9 @@ use crate::dedupe::{Claim, Dedupe, DedupeKey};
 use crate::handler::{BoxError, ChangeEvent, Handler, LifecycleEvent};
 use crate::inbox::{Claimed, Inbox};
 use crate::metrics::Metrics;
-use crate::notification::{ChangeNotification, Notification};
+use crate::notification::{ChangeNotification, Notification, ValidationTokens};
+
+pub use verify::{Verifier, VerifyError};
 
 /// How failed handler calls are retried before an item is dead-lettered.
 #[derive(Clone, Debug)]
@@ -72,7 +78,8 @@ enum Outcome {
     Done,
     /// It can never be handled (malformed, failed verification, a duplicate); drop it.
     Rejected(&'static str),
-    /// The handler failed; retry or dead-letter.
+    /// The handler failed, or verification could not finish (JWKS
+    /// unavailable); retry or dead-letter.
     Failed(String),
     /// Not now (a copy is being handled elsewhere, or the dedupe store is
     /// down); try again after the delay without counting an attempt.
@@ -93,31 +100,117 @@ pub(crate) struct Pipeline<H> {
     pub(crate) owner: String,
     pub(crate) dedupe_ttl: Duration,
     pub(crate) dedupe_lease: Duration,
+    /// Verifies and decrypts rich items; `None` rejects them.
+    pub(crate) verifier: Option<Arc<Verifier>>,
+}
+
+/// A claimed item after parsing and verification, ready for the handler.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "at most one batch of them lives at a time; boxing would only cost an allocation"
+)]
+enum Prepared {
+    Change {
+        change: ChangeNotification,
+        /// The decrypted resource of a rich item.
+        data: Option<Value>,
+        received_at: OffsetDateTime,
+    },
+    Lifecycle(LifecycleEvent),
+    /// Nothing for the handler: the item is settled as this.
+    Settled(Outcome),
 }
 
 impl<H: Handler> Pipeline<H> {
-    async fn process(&self, claimed: &Claimed) -> Outcome {
+    /// Parses a claimed batch and, for rich items, checks tokens and
+    /// decrypts (one job on the RSA pool for the batch). Independent of the
+    /// handler, so it runs while the previous batch is being handled.
+    async fn prepare(&self, batch: Vec<Claimed>) -> Vec<(Claimed, Prepared)> {
+        let parsed: Vec<Prepared> = batch.iter().map(|claimed| self.parse(claimed)).collect();
+        let changes: Vec<(&ChangeNotification, &ValidationTokens)> = parsed
+            .iter()
+            .zip(&batch)
+            .filter_map(|(prepared, claimed)| match prepared {
+                Prepared::Change { change, .. } => Some((change, &claimed.item.validation_tokens)),
+                _ => None,
+            })
+            .collect();
+        let mut verified = verify::resource_data_many(self.verifier.as_deref(), &changes)
+            .await
+            .into_iter();
+        batch
+            .into_iter()
+            .zip(parsed)
+            .map(|(claimed, prepared)| {
+                let Prepared::Change {
+                    change,
+                    received_at,
+                    ..
+                } = prepared
+                else {
+                    return (claimed, prepared);
+                };
+                let prepared = match verified.next() {
+                    Some(Ok(data)) => Prepared::Change {
+                        change,
+                        data,
+                        received_at,
+                    },
+                    Some(Err(e)) if e.is_transient() => {
+                        Prepared::Settled(Outcome::Failed(e.to_string()))
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(id = %claimed.id, reason = e.reason(), "rejecting item");
+                        Prepared::Settled(Outcome::Rejected(e.reason()))
+                    }
+                    None => Prepared::Settled(Outcome::Failed("verification lost an item".into())),
+                };
+                (claimed, prepared)
+            })
+            .collect()
+    }
+
+    /// Parses one item; change items are not verified yet (`data` is `None`).
+    fn parse(&self, claimed: &Claimed) -> Prepared {
         let item = &claimed.item;
         let notification = match Notification::from_json(item.raw.get()) {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(id = %claimed.id, error = %e, "dropping malformed item");
-                return Outcome::Rejected("malformed_item");
+                return Prepared::Settled(Outcome::Rejected("malformed_item"));
             }
         };
         let received_at =
             OffsetDateTime::from_unix_timestamp_nanos(i128::from(item.received_at_ms) * 1_000_000)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         match notification {
-            Notification::Change(change) => self.change(change, claimed, received_at).await,
-            Notification::Lifecycle(lifecycle) => {
-                let event =
-                    LifecycleEvent::new(lifecycle, item.raw.clone(), received_at, claimed.attempts);
-                match self.call(|h| h.on_lifecycle(event)).await {
-                    Ok(()) => Outcome::Done,
-                    Err(reason) => Outcome::Failed(reason),
-                }
-            }
+            Notification::Change(change) => Prepared::Change {
+                change,
+                data: None,
+                received_at,
+            },
+            Notification::Lifecycle(lifecycle) => Prepared::Lifecycle(LifecycleEvent::new(
+                lifecycle,
+                item.raw.clone(),
+                received_at,
+                claimed.attempts,
+            )),
+        }
+    }
+
+    /// Hands a prepared item to the handler.
+    async fn deliver(&self, claimed: &Claimed, prepared: Prepared) -> Outcome {
+        match prepared {
+            Prepared::Settled(outcome) => outcome,
+            Prepared::Change {
+                change,
+                data,
+                received_at,
+            } => self.change(change, data, claimed, received_at).await,
+            Prepared::Lifecycle(event) => match self.call(|h| h.on_lifecycle(event)).await {
+                Ok(()) => Outcome::Done,
+                Err(reason) => Outcome::Failed(reason),
+            },
         }
     }
 
@@ -125,10 +218,10 @@ impl<H: Handler> Pipeline<H> {
     async fn change(
         &self,
         change: ChangeNotification,
+        data: Option<Value>,
         claimed: &Claimed,
         received_at: OffsetDateTime,
     ) -> Outcome {
-        let data = None;
         let key = self
             .dedupe
             .as_ref()
@@ -197,10 +290,10 @@ impl<H: Handler> Pipeline<H> {
         }
     }
 
-    /// Processes one claimed item and settles it with the inbox.
-    async fn settle(&self, inbox: &dyn Inbox, claimed: Claimed) {
+    /// Delivers one prepared item and settles it with the inbox.
+    async fn settle(&self, inbox: &dyn Inbox, claimed: Claimed, prepared: Prepared) {
         let id = claimed.id.clone();
-        let outcome = self.process(&claimed).await;
+        let outcome = self.deliver(&claimed, prepared).await;
         for (attempt, pause) in [100, 500, 2000, 0].into_iter().enumerate() {
             let settled = match &outcome {
                 Outcome::Done => inbox.complete(id.clone()).await,
@@ -226,7 +319,7 @@ impl<H: Handler> Pipeline<H> {
                         inbox.dead_letter(claimed, reason.clone()).await
                     } else {
                         let delay = self.retry.delay(failures);
-                        tracing::warn!(%id, failures, ?delay, %reason, "handler failed; will retry");
+                        tracing::warn!(%id, failures, ?delay, %reason, "processing failed; will retry");
                         inbox.retry(claimed, delay).await
                     }
                 }
@@ -295,26 +388,42 @@ async fn work<H: Handler>(
     pipeline: Arc<Pipeline<H>>,
     stopped: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let draining = *stopped.borrow();
-        let wait = if draining { Duration::ZERO } else { CLAIM_WAIT };
-        match inbox.claim(CLAIM_BATCH, wait).await {
-            Ok(batch) if batch.is_empty() && draining => return,
-            Ok(batch) => {
-                backoff = Duration::from_millis(50);
-                for claimed in batch {
-                    pipeline.settle(inbox.as_ref(), claimed).await;
+    // Claiming and verifying (RSA on its own pool) run up to two batches
+    // ahead of the handler, so the cores stay busy with RSA however long the
+    // handler takes to answer; the handler still takes the items in order.
+    let (ready, mut prepared) = tokio::sync::mpsc::channel::<Vec<(Claimed, Prepared)>>(1);
+    let (inbox, pipeline, stopped) = (&inbox, &pipeline, &stopped);
+    let produce = async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let draining = *stopped.borrow();
+            let wait = if draining { Duration::ZERO } else { CLAIM_WAIT };
+            match inbox.claim(CLAIM_BATCH, wait).await {
+                Ok(batch) if batch.is_empty() && draining => return,
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => {
+                    backoff = Duration::from_millis(50);
+                    if ready.send(pipeline.prepare(batch).await).await.is_err() {
+                        return;
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "claiming from the inbox failed");
-                if draining {
-                    return;
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "claiming from the inbox failed");
+                    if draining {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    }
+    };
+    let consume = async {
+        while let Some(batch) = prepared.recv().await {
+            for (claimed, prepared) in batch {
+                pipeline.settle(inbox.as_ref(), claimed, prepared).await;
+            }
+        }
+    };
+    tokio::join!(produce, consume);
 }

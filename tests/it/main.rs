@@ -13,6 +13,8 @@ mod fixtures;
 mod limits;
 mod listener;
 mod parser_props;
+mod rich;
 mod roles;
 mod shutdown;
 mod support;
+mod tunnel;

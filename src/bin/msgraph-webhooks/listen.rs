@@ -62,6 +62,9 @@ pub(crate) struct WorkArgs {
     /// Seconds to drain connections and workers on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10, env = "MSGRAPH_WEBHOOKS_DRAIN_SECS")]
     pub(crate) drain_secs: u64,
+
+    #[command(flatten)]
+    pub(crate) rich: crate::rich::RichArgs,
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
@@ -93,6 +96,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if let Some(workers) = args.work.workers {
         builder = builder.workers(workers);
     }
+    builder = args.work.rich.configure(builder)?;
     let receiver = builder.build()?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await

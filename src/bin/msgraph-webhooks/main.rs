@@ -2,11 +2,14 @@
 //! command line. Thin by design: parse flags, set up logging, build from the
 //! library, run.
 
+mod cert;
 mod demo;
 mod dlq;
 mod doctor;
 mod emulate;
+mod inspect;
 mod listen;
+mod rich;
 mod store;
 mod work;
 
@@ -51,6 +54,12 @@ enum Command {
     Demo(demo::Args),
     /// Probe a notification URL the way Graph will, and explain what fails.
     Doctor(doctor::Args),
+    /// Verify and decrypt a captured notification body offline: accepted
+    /// items as JSON lines on stdout, the reason for each rejected one on
+    /// stderr; exit 0 only if every item is accepted.
+    Inspect(inspect::Args),
+    /// Certificates for rich notifications.
+    Cert(cert::Args),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +89,8 @@ fn main() -> ExitCode {
             Command::Emulate(args) => emulate::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Inspect(args) => inspect::run(args).await,
+            Command::Cert(args) => cert::run(args),
         }
     });
     match result {

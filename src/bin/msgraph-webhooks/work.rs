@@ -37,6 +37,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if let Some(workers) = args.work.workers {
         builder = builder.workers(workers);
     }
+    builder = args.work.rich.configure(builder)?;
     let receiver = builder.build()?;
     let workers = receiver.spawn_workers();
     tracing::info!("working");

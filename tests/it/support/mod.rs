@@ -7,6 +7,7 @@ pub mod graph;
 pub mod http;
 pub mod load;
 pub mod receivers;
+pub mod rich;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -88,6 +89,12 @@ impl Recorder {
                 panic!("{what}: not within {within:?}; events: {:?}", self.events());
             }
         }
+    }
+
+    /// Waits until at least `n` events arrived; returns the change events.
+    pub async fn changes_after(&self, n: usize) -> Vec<ChangeEvent> {
+        self.wait_for(n).await;
+        self.changes()
     }
 
     fn push(&self, event: Event) {

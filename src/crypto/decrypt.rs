@@ -1,0 +1,648 @@
+//! Decrypting `encryptedContent` (reference §6.3), and the pool RSA runs on.
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use openssl::encrypt::Decrypter;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::rsa::Padding;
+use openssl::sign::Signer;
+use openssl::symm::{Cipher, decrypt};
+use serde_json::Value;
+use subtle::ConstantTimeEq as _;
+use zeroize::Zeroizing;
+
+use super::KeyRing;
+use crate::notification::EncryptedContent;
+
+/// Length of the symmetric key Graph wraps: AES-256 and HMAC-SHA256 share it.
+const KEY_LEN: usize = 32;
+/// AES block size; the IV is the key's first block.
+const BLOCK: usize = 16;
+
+/// Why an item's `encryptedContent` was not decrypted.
+///
+/// Each variant has a stable label ([`reason`](Self::reason)) used for the
+/// `items_rejected{reason}` metric and by `msgraph-webhooks inspect`.
+/// Failures to unwrap the key are deliberately one variant: telling a wrong
+/// key from a wrongly padded one would be a padding oracle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecryptError {
+    /// No key in the ring has this `encryptionCertificateId`.
+    UnknownCertificateId,
+    /// `encryptionCertificateThumbprint` is not the thumbprint of the
+    /// certificate registered under the id.
+    ThumbprintMismatch,
+    /// `data`, `dataKey` or `dataSignature` is not standard padded base64.
+    InvalidBase64,
+    /// The ciphertext is empty or not a whole number of AES blocks.
+    TruncatedCiphertext,
+    /// RSA-OAEP (SHA-1) did not yield a 32-byte key: encrypted to another
+    /// key, wrapped with another padding (PKCS#1 v1.5, OAEP-SHA-256), or
+    /// tampered with.
+    KeyUnwrap,
+    /// The HMAC-SHA256 of the ciphertext is not `dataSignature`: the
+    /// ciphertext or the signature was altered. Nothing was decrypted.
+    SignatureMismatch,
+    /// The signature matched but the AES-CBC plaintext has invalid PKCS#7
+    /// padding.
+    BadPadding,
+    /// The plaintext is not JSON.
+    InvalidPlaintext,
+    /// The decryption task failed (the pool is shutting down).
+    Internal,
+}
+
+impl DecryptError {
+    /// The reason as a stable snake_case label, e.g. `signature_mismatch`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DecryptError::UnknownCertificateId => "unknown_certificate_id",
+            DecryptError::ThumbprintMismatch => "thumbprint_mismatch",
+            DecryptError::InvalidBase64 => "invalid_base64",
+            DecryptError::TruncatedCiphertext => "truncated_ciphertext",
+            DecryptError::KeyUnwrap => "key_unwrap_failed",
+            DecryptError::SignatureMismatch => "signature_mismatch",
+            DecryptError::BadPadding => "bad_padding",
+            DecryptError::InvalidPlaintext => "invalid_plaintext",
+            DecryptError::Internal => "decrypt_internal_error",
+        }
+    }
+}
+
+impl fmt::Display for DecryptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DecryptError::UnknownCertificateId => "no key for this encryptionCertificateId",
+            DecryptError::ThumbprintMismatch => {
+                "encryptionCertificateThumbprint does not match the certificate"
+            }
+            DecryptError::InvalidBase64 => "encrypted content is not valid base64",
+            DecryptError::TruncatedCiphertext => "ciphertext is not a whole number of blocks",
+            DecryptError::KeyUnwrap => "the data key does not unwrap with RSA-OAEP-SHA1",
+            DecryptError::SignatureMismatch => "dataSignature does not match the ciphertext",
+            DecryptError::BadPadding => "invalid padding after decryption",
+            DecryptError::InvalidPlaintext => "decrypted content is not JSON",
+            DecryptError::Internal => "decryption task failed",
+        })
+    }
+}
+
+impl std::error::Error for DecryptError {}
+
+impl KeyRing {
+    /// Decrypts one item's `encryptedContent` to the resource's JSON bytes.
+    ///
+    /// Blocking and CPU-heavy (one RSA private-key operation): call it from a
+    /// blocking context, or use [`Decryptor`].
+    ///
+    /// # Errors
+    ///
+    /// [`DecryptError`] at the first check that fails, in the order of the
+    /// variants.
+    pub fn decrypt(&self, content: &EncryptedContent) -> Result<Vec<u8>, DecryptError> {
+        self.decrypt_with(content, &mut Unwrappers::default())
+    }
+
+    /// Decrypts several items to JSON, reusing the RSA contexts across them.
+    /// Blocking and CPU-heavy, like [`decrypt`](Self::decrypt).
+    pub fn decrypt_json_many(
+        &self,
+        contents: &[EncryptedContent],
+    ) -> Vec<Result<Value, DecryptError>> {
+        let mut unwrappers = Unwrappers::default();
+        contents
+            .iter()
+            .map(|content| {
+                let plaintext = Zeroizing::new(self.decrypt_with(content, &mut unwrappers)?);
+                serde_json::from_slice(&plaintext).map_err(|_| DecryptError::InvalidPlaintext)
+            })
+            .collect()
+    }
+
+    fn decrypt_with<'a>(
+        &'a self,
+        content: &EncryptedContent,
+        unwrappers: &mut Unwrappers<'a>,
+    ) -> Result<Vec<u8>, DecryptError> {
+        let key = self
+            .get(&content.encryption_certificate_id)
+            .ok_or(DecryptError::UnknownCertificateId)?;
+        // Both values are public; case differs between Graph's docs and samples.
+        if !content
+            .encryption_certificate_thumbprint
+            .eq_ignore_ascii_case(key.thumbprint())
+        {
+            return Err(DecryptError::ThumbprintMismatch);
+        }
+        let decode = |s: &str| STANDARD.decode(s).map_err(|_| DecryptError::InvalidBase64);
+        let wrapped = decode(&content.data_key)?;
+        let ciphertext = decode(&content.data)?;
+        let signature = decode(&content.data_signature)?;
+        if ciphertext.is_empty() || ciphertext.len() % BLOCK != 0 {
+            return Err(DecryptError::TruncatedCiphertext);
+        }
+
+        let symmetric = unwrappers.unwrap_key(
+            &content.encryption_certificate_id,
+            key.private_key(),
+            &wrapped,
+        )?;
+
+        let expected =
+            hmac_sha256(&symmetric[..], &ciphertext).map_err(|_| DecryptError::Internal)?;
+        // `ct_eq` on slices of different lengths is false, in constant time.
+        if !bool::from(expected.as_slice().ct_eq(&signature)) {
+            return Err(DecryptError::SignatureMismatch);
+        }
+        decrypt(
+            Cipher::aes_256_cbc(),
+            &symmetric[..],
+            Some(&symmetric[..BLOCK]),
+            &ciphertext,
+        )
+        .map_err(|_| DecryptError::BadPadding)
+    }
+
+    /// [`decrypt`](Self::decrypt), then parses the plaintext as JSON.
+    ///
+    /// # Errors
+    ///
+    /// As [`decrypt`](Self::decrypt); [`DecryptError::InvalidPlaintext`].
+    pub fn decrypt_json(&self, content: &EncryptedContent) -> Result<Value, DecryptError> {
+        let plaintext = Zeroizing::new(self.decrypt(content)?);
+        serde_json::from_slice(&plaintext).map_err(|_| DecryptError::InvalidPlaintext)
+    }
+}
+
+/// RSA-OAEP contexts by certificate id, set up once per batch.
+#[derive(Default)]
+struct Unwrappers<'a> {
+    by_id: Vec<(String, Decrypter<'a>)>,
+}
+
+impl<'a> Unwrappers<'a> {
+    /// RSA-OAEP with SHA-1 and MGF1-SHA-1, empty label — and nothing else: a
+    /// failed OAEP check is an error, there is no fallback to another padding.
+    fn unwrap_key(
+        &mut self,
+        id: &str,
+        key: &'a PKey<openssl::pkey::Private>,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, DecryptError> {
+        let fail = |_| DecryptError::KeyUnwrap;
+        let at = match self.by_id.iter().position(|(known, _)| known == id) {
+            Some(at) => at,
+            None => {
+                let mut decrypter = Decrypter::new(key).map_err(fail)?;
+                decrypter
+                    .set_rsa_padding(Padding::PKCS1_OAEP)
+                    .map_err(fail)?;
+                decrypter
+                    .set_rsa_oaep_md(MessageDigest::sha1())
+                    .map_err(fail)?;
+                decrypter
+                    .set_rsa_mgf1_md(MessageDigest::sha1())
+                    .map_err(fail)?;
+                self.by_id.push((id.to_owned(), decrypter));
+                self.by_id.len() - 1
+            }
+        };
+        let decrypter = &self.by_id[at].1;
+        let mut out = Zeroizing::new(vec![0u8; decrypter.decrypt_len(wrapped).map_err(fail)?]);
+        let n = decrypter.decrypt(wrapped, &mut out).map_err(fail)?;
+        let mut symmetric = Zeroizing::new([0u8; KEY_LEN]);
+        if n != KEY_LEN {
+            return Err(DecryptError::KeyUnwrap);
+        }
+        symmetric.copy_from_slice(&out[..KEY_LEN]);
+        Ok(symmetric)
+    }
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    // OpenSSL copies the key and clears its copy when the PKey is freed.
+    let key = PKey::hmac(key)?;
+    let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
+    signer.sign_oneshot_to_vec(message)
+}
+
+/// Decrypts on a pool of threads of its own, one per core, so RSA never
+/// runs on the threads that answer Graph and a burst of rich notifications
+/// cannot starve them.
+///
+/// The pool's threads take queued jobs one after the other without going
+/// back through the async runtime, so the cores stay busy while work is
+/// queued. Cheap to clone; clones share the ring and the pool, whose threads
+/// end when the last clone is dropped.
+#[derive(Clone)]
+pub struct Decryptor {
+    ring: Arc<KeyRing>,
+    pool: Arc<Pool>,
+}
+
+impl fmt::Debug for Decryptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decryptor")
+            .field("ring", &self.ring)
+            .field("threads", &self.pool.threads)
+            .finish()
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The RSA threads and their queue.
+struct Pool {
+    /// `None` when no thread could be started.
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    threads: usize,
+}
+
+impl Pool {
+    fn start(threads: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let mut started = 0;
+        for n in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("rsa-{n}"))
+                .spawn(move || {
+                    loop {
+                        // One thread waits on the queue, the others on the lock.
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else {
+                            return;
+                        };
+                        // A panic drops the job's reply, which reports an
+                        // internal error; the thread keeps serving.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
+        Self {
+            jobs: (started > 0).then_some(jobs),
+            threads: started,
+        }
+    }
+
+    /// Runs `f` on the pool and waits for its result.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(f());
+        });
+        self.jobs.as_ref()?.send(job).ok()?;
+        result.await.ok()
+    }
+}
+
+impl Decryptor {
+    /// A decryptor with one RSA thread per core.
+    pub fn new(ring: Arc<KeyRing>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::with_concurrency(ring, cores)
+    }
+
+    /// A decryptor with `concurrency` (at least 1) RSA threads.
+    pub fn with_concurrency(ring: Arc<KeyRing>, concurrency: usize) -> Self {
+        Self {
+            ring,
+            pool: Arc::new(Pool::start(concurrency.max(1))),
+        }
+    }
+
+    /// The key ring.
+    pub fn ring(&self) -> &Arc<KeyRing> {
+        &self.ring
+    }
+
+    /// Decrypts a batch to JSON as one job on the pool (one hand-off for the
+    /// batch instead of one per item), reusing the RSA contexts.
+    pub async fn decrypt_many(
+        &self,
+        contents: Vec<EncryptedContent>,
+    ) -> Vec<Result<Value, DecryptError>> {
+        let n = contents.len();
+        let ring = self.ring.clone();
+        self.pool
+            .run(move || ring.decrypt_json_many(&contents))
+            .await
+            .unwrap_or_else(|| vec![Err(DecryptError::Internal); n])
+    }
+
+    /// Decrypts `content` to JSON on the pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`KeyRing::decrypt_json`]; [`DecryptError::Internal`] if the pool
+    /// could not run it.
+    pub async fn decrypt(&self, content: &EncryptedContent) -> Result<Value, DecryptError> {
+        let ring = self.ring.clone();
+        let content = content.clone();
+        self.pool
+            .run(move || ring.decrypt_json(&content))
+            .await
+            .unwrap_or(Err(DecryptError::Internal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openssl::encrypt::Encrypter;
+    use openssl::symm::Crypter;
+
+    use super::*;
+    use crate::crypto::{DecryptionKey, generate_certificate};
+
+    /// Microsoft's .NET SDK vector (reference §6.5): the one proof of interop.
+    #[test]
+    fn dotnet_sdk_vector_decrypts_to_hello_world() {
+        let vector: Value = serde_json::from_str(include_str!(
+            "../../tests/data/dotnet-sdk-rich-notification.json"
+        ))
+        .unwrap();
+        let p12 = STANDARD
+            .decode(vector["pkcs12_base64"].as_str().unwrap())
+            .unwrap();
+        let key = DecryptionKey::from_bytes(&p12, Some("rich")).unwrap();
+        let content: EncryptedContent =
+            serde_json::from_value(vector["encryptedContent"].clone()).unwrap();
+        let mut ring = KeyRing::new();
+        ring.insert(content.encryption_certificate_id.clone(), key)
+            .unwrap();
+        let data = ring.decrypt_json(&content).unwrap();
+        assert_eq!(data["body"]["content"], "Hello World");
+        assert_eq!(data["id"], "1625126194597");
+
+        // Lower-case thumbprints are the same certificate.
+        let mut lower = content.clone();
+        lower.encryption_certificate_thumbprint =
+            lower.encryption_certificate_thumbprint.to_lowercase();
+        assert!(ring.decrypt_json(&lower).is_ok());
+    }
+
+    struct Fixture {
+        ring: KeyRing,
+        cert: openssl::x509::X509,
+        id: &'static str,
+    }
+
+    fn fixture() -> Fixture {
+        let generated = generate_certificate("unit", 2048, 1).unwrap();
+        let cert = generated.key().certificate().to_owned();
+        let mut ring = KeyRing::new();
+        ring.insert("cert-1", generated.key().clone()).unwrap();
+        Fixture {
+            ring,
+            cert,
+            id: "cert-1",
+        }
+    }
+
+    /// §6.4 steps with every part chosen by the test.
+    fn seal(
+        fixture: &Fixture,
+        key: &[u8; 32],
+        padded_plaintext: &[u8],
+        padding: Padding,
+    ) -> EncryptedContent {
+        let mut crypter = Crypter::new(
+            Cipher::aes_256_cbc(),
+            openssl::symm::Mode::Encrypt,
+            key,
+            Some(&key[..16]),
+        )
+        .unwrap();
+        crypter.pad(false);
+        let mut ciphertext = vec![0u8; padded_plaintext.len() + 16];
+        let mut n = crypter.update(padded_plaintext, &mut ciphertext).unwrap();
+        n += crypter.finalize(&mut ciphertext[n..]).unwrap();
+        ciphertext.truncate(n);
+        let signature = hmac_sha256(key, &ciphertext).unwrap();
+        let public = fixture.cert.public_key().unwrap();
+        let mut encrypter = Encrypter::new(&public).unwrap();
+        encrypter.set_rsa_padding(padding).unwrap();
+        if padding == Padding::PKCS1_OAEP {
+            encrypter.set_rsa_oaep_md(MessageDigest::sha1()).unwrap();
+            encrypter.set_rsa_mgf1_md(MessageDigest::sha1()).unwrap();
+        }
+        let mut wrapped = vec![0u8; encrypter.encrypt_len(key).unwrap()];
+        let n = encrypter.encrypt(key, &mut wrapped).unwrap();
+        wrapped.truncate(n);
+        EncryptedContent {
+            data: STANDARD.encode(&ciphertext),
+            data_key: STANDARD.encode(&wrapped),
+            data_signature: STANDARD.encode(&signature),
+            encryption_certificate_id: fixture.id.to_owned(),
+            encryption_certificate_thumbprint: super::super::keyring::thumbprint(&fixture.cert)
+                .unwrap(),
+            ..EncryptedContent::default()
+        }
+    }
+
+    fn pkcs7(plaintext: &[u8]) -> Vec<u8> {
+        let pad = 16 - plaintext.len() % 16;
+        let mut out = plaintext.to_vec();
+        out.extend(std::iter::repeat_n(u8::try_from(pad).unwrap(), pad));
+        out
+    }
+
+    const KEY: [u8; 32] = *b"0123456789abcdef0123456789ABCDEF";
+    const JSON: &[u8] = br#"{"id":"1","body":{"content":"hi"}}"#;
+
+    #[test]
+    fn known_answer_and_the_negative_list() {
+        let f = fixture();
+        let good = seal(&f, &KEY, &pkcs7(JSON), Padding::PKCS1_OAEP);
+        assert_eq!(f.ring.decrypt(&good).unwrap(), JSON);
+
+        let flip = |b64: &str, at: usize| {
+            let mut bytes = STANDARD.decode(b64).unwrap();
+            bytes[at] ^= 1;
+            STANDARD.encode(bytes)
+        };
+        let variant = |edit: &dyn Fn(&mut EncryptedContent)| {
+            let mut c = good.clone();
+            edit(&mut c);
+            f.ring.decrypt(&c).unwrap_err()
+        };
+
+        assert_eq!(
+            variant(&|c| c.data_signature = flip(&c.data_signature, 0)),
+            DecryptError::SignatureMismatch
+        );
+        assert_eq!(
+            variant(&|c| c.data = flip(&c.data, 3)),
+            DecryptError::SignatureMismatch
+        );
+        assert_eq!(
+            variant(&|c| {
+                let mut bytes = STANDARD.decode(&c.data).unwrap();
+                bytes.truncate(bytes.len() - 16);
+                c.data = STANDARD.encode(bytes);
+            }),
+            DecryptError::SignatureMismatch,
+            "a whole block less: the signature no longer matches"
+        );
+        assert_eq!(
+            variant(&|c| {
+                let mut bytes = STANDARD.decode(&c.data).unwrap();
+                bytes.truncate(bytes.len() - 5);
+                c.data = STANDARD.encode(bytes);
+            }),
+            DecryptError::TruncatedCiphertext
+        );
+        assert_eq!(
+            variant(&|c| c.data = String::new()),
+            DecryptError::TruncatedCiphertext
+        );
+        assert_eq!(
+            variant(&|c| c.data_key = flip(&c.data_key, 100)),
+            DecryptError::KeyUnwrap
+        );
+        assert_eq!(
+            variant(&|c| c.encryption_certificate_id = "cert-2".into()),
+            DecryptError::UnknownCertificateId
+        );
+        assert_eq!(
+            variant(&|c| c.encryption_certificate_thumbprint = "00".repeat(20)),
+            DecryptError::ThumbprintMismatch
+        );
+        for field in 0..3 {
+            let err = variant(&|c| {
+                let target = match field {
+                    0 => &mut c.data,
+                    1 => &mut c.data_key,
+                    _ => &mut c.data_signature,
+                };
+                target.insert(4, '!');
+            });
+            assert_eq!(err, DecryptError::InvalidBase64, "field {field}");
+        }
+
+        // Bad padding behind a valid signature: only the key holder can make it.
+        let mut unpadded = pkcs7(JSON);
+        let last = unpadded.len() - 1;
+        unpadded[last] = 0x11;
+        let bad_padding = seal(&f, &KEY, &unpadded, Padding::PKCS1_OAEP);
+        assert_eq!(
+            f.ring.decrypt(&bad_padding).unwrap_err(),
+            DecryptError::BadPadding
+        );
+
+        // A key wrapped with PKCS#1 v1.5 is refused, not decrypted to garbage.
+        let v15 = seal(&f, &KEY, &pkcs7(JSON), Padding::PKCS1);
+        assert_eq!(f.ring.decrypt(&v15).unwrap_err(), DecryptError::KeyUnwrap);
+
+        // The right id but another key: as Graph would after a botched rotation.
+        let other = fixture();
+        let mut wrong_key = seal(&other, &KEY, &pkcs7(JSON), Padding::PKCS1_OAEP);
+        wrong_key.encryption_certificate_thumbprint =
+            good.encryption_certificate_thumbprint.clone();
+        assert_eq!(
+            f.ring.decrypt(&wrong_key).unwrap_err(),
+            DecryptError::KeyUnwrap
+        );
+
+        // A valid envelope around something that is not JSON.
+        let text = seal(&f, &KEY, &pkcs7(b"not json"), Padding::PKCS1_OAEP);
+        assert_eq!(
+            f.ring.decrypt_json(&text).unwrap_err(),
+            DecryptError::InvalidPlaintext
+        );
+    }
+
+    #[test]
+    fn a_wrapped_key_of_another_length_is_refused() {
+        let f = fixture();
+        let public = f.cert.public_key().unwrap();
+        let mut encrypter = Encrypter::new(&public).unwrap();
+        encrypter.set_rsa_padding(Padding::PKCS1_OAEP).unwrap();
+        encrypter.set_rsa_oaep_md(MessageDigest::sha1()).unwrap();
+        encrypter.set_rsa_mgf1_md(MessageDigest::sha1()).unwrap();
+        let short = [7u8; 16];
+        let mut wrapped = vec![0u8; encrypter.encrypt_len(&short).unwrap()];
+        let n = encrypter.encrypt(&short, &mut wrapped).unwrap();
+        wrapped.truncate(n);
+        let mut content = seal(&f, &KEY, &pkcs7(JSON), Padding::PKCS1_OAEP);
+        content.data_key = STANDARD.encode(wrapped);
+        assert_eq!(
+            f.ring.decrypt(&content).unwrap_err(),
+            DecryptError::KeyUnwrap
+        );
+    }
+
+    #[test]
+    fn rotation_two_keys_in_one_ring() {
+        let a = fixture();
+        let b = generate_certificate("b", 3072, 1).unwrap();
+        let mut ring = a.ring.clone();
+        ring.insert("cert-2", b.key().clone()).unwrap();
+        let old = seal(&a, &KEY, &pkcs7(JSON), Padding::PKCS1_OAEP);
+        let new = Fixture {
+            ring: KeyRing::new(),
+            cert: b.key().certificate().to_owned(),
+            id: "cert-2",
+        };
+        let new = seal(&new, &KEY, &pkcs7(br#"{"n":2}"#), Padding::PKCS1_OAEP);
+        assert_eq!(ring.decrypt(&old).unwrap(), JSON);
+        assert_eq!(ring.decrypt(&new).unwrap(), br#"{"n":2}"#);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_runs_jobs_on_its_own_threads() {
+        let pool = Pool::start(2);
+        assert_eq!(pool.threads, 2);
+        let caller = std::thread::current().id();
+        for _ in 0..4 {
+            let (name, id) = pool
+                .run(|| {
+                    let me = std::thread::current();
+                    (me.name().map(str::to_owned), me.id())
+                })
+                .await
+                .unwrap();
+            assert!(name.unwrap().starts_with("rsa-"));
+            assert_ne!(id, caller);
+        }
+        // A panicking job reports failure, and the pool keeps serving.
+        assert_eq!(pool.run(|| -> u8 { panic!("job panics") }).await, None);
+        assert_eq!(pool.run(|| 7).await, Some(7));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decryptor_decrypts_concurrently() {
+        let f = fixture();
+        let content = seal(&f, &KEY, &pkcs7(JSON), Padding::PKCS1_OAEP);
+        let decryptor = Decryptor::with_concurrency(Arc::new(f.ring), 2);
+        let runs = (0..8).map(|_| {
+            let d = decryptor.clone();
+            let c = content.clone();
+            tokio::spawn(async move { d.decrypt(&c).await })
+        });
+        for run in runs {
+            assert_eq!(run.await.unwrap().unwrap()["body"]["content"], "hi");
+        }
+        let mut tampered = content.clone();
+        tampered.data_signature = STANDARD.encode([0u8; 32]);
+        let results = decryptor
+            .decrypt_many(vec![content.clone(), tampered, content])
+            .await;
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[0].as_ref().unwrap()["body"]["content"], "hi");
+        assert_eq!(results[1], Err(DecryptError::SignatureMismatch));
+        assert_eq!(results[2].as_ref().unwrap()["body"]["content"], "hi");
+    }
+}
