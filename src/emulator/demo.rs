@@ -15,16 +15,15 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use super::identity::self_signed;
 use super::{DeliveryKind, DeliveryRecord, Emulator, Outcome};
+use crate::crypto::{KeyRing, generate_certificate};
 use crate::handler::Event;
 use crate::listener::ServerConfig;
+use crate::tokens::Jwks;
 use crate::{BoxError, ChangeEvent, ClientState, Handler, LifecycleEvent, Receiver};
 
 /// The app id the demo subscribes as.
@@ -126,17 +125,19 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<Summary, BoxError> {
     let emulator = Emulator::start().await?;
     let client_state = ClientState::random();
 
-    // The certificate the rich subscription encrypts to.
-    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
-    let certificate = self_signed(&key, "msgraph-webhooks demo", 2)?;
-    let encryption_certificate = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        certificate.to_der()?,
-    );
+    // The certificate the rich subscription encrypts to; its key decrypts
+    // in the receiver, which checks validation tokens with the emulator's JWKS.
+    let certificate = generate_certificate("msgraph-webhooks demo", 2048, 2)?;
+    let mut keys = KeyRing::new();
+    keys.insert("demo-cert", certificate.key().clone())?;
 
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let receiver = Receiver::builder(Forward(events_tx))
         .client_state(client_state.clone())
+        .key_ring(keys)
+        .app_ids([DEMO_APP_ID])
+        .tenant_ids([emulator.tenant_id()])
+        .jwks(Jwks::from_url(&emulator.jwks_url())?)
         .workers(2)
         .build()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -161,7 +162,13 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<Summary, BoxError> {
     );
     say!(
         out,
-        "  receiver  {receiver_url}  (notifications at /notify, lifecycle at /lifecycle)\n"
+        "  receiver  {receiver_url}  (notifications at /notify, lifecycle at /lifecycle)"
+    );
+    say!(
+        out,
+        "            decrypts with certificate {}, checks tokens against {}\n",
+        certificate.thumbprint(),
+        emulator.jwks_url()
     );
 
     let client = reqwest::Client::new();
@@ -211,7 +218,7 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<Summary, BoxError> {
         "expirationDateTime": expires(120),
         "clientState": client_state.expose(),
         "includeResourceData": true,
-        "encryptionCertificate": encryption_certificate,
+        "encryptionCertificate": certificate.encryption_certificate(),
         "encryptionCertificateId": "demo-cert",
     });
     let mut subscriptions = Vec::new();
@@ -252,9 +259,9 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<Summary, BoxError> {
         json!({"resource": "me/mailFolders('Inbox')/messages", "changeType": "updated",
                "data": {"id": "AAMkAGI1-quarterly", "subject": "Quarterly report (v2)"}}),
         json!({"resource": "chats/19:demo@thread.v2/messages", "changeType": "created",
-               "data": {"id": "1616990032035", "chatId": "19:demo@thread.v2", "messageType": "message",
+               "data": {"body": {"contentType": "text", "content": "Hello from the demo"},
                         "from": {"user": {"displayName": "Ada Lovelace"}},
-                        "body": {"contentType": "text", "content": "Hello from the demo"}}}),
+                        "id": "1616990032035", "chatId": "19:demo@thread.v2", "messageType": "message"}}),
     ];
     for change in &changes {
         client
@@ -341,7 +348,10 @@ fn print_event(out: &mut (dyn Write + Send), event: &Event) {
     match event {
         Event::Change(change) => {
             let detail = match change.data() {
-                Some(data) => format!("decrypted: {}", clip(&data.to_string(), 110)),
+                Some(data) => format!(
+                    "decrypted, validation token verified: {}",
+                    clip(&data.to_string(), 100)
+                ),
                 None => format!(
                     "resourceData id {}",
                     change

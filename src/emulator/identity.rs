@@ -12,28 +12,20 @@ use std::fmt;
 use std::sync::Mutex;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use openssl::asn1::Asn1Time;
-use openssl::bn::BigNum;
 use openssl::error::ErrorStack;
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::{X509, X509NameBuilder};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::catalog::{self, Caller, PermissionType};
+use crate::tokens::{CHANGE_TRACKING_APP_ID, TokenVersion};
 
 /// The tenant id of personal Microsoft accounts: delegated tokens with this
 /// `tid` are checked against the catalog's personal-account column.
 pub const CONSUMER_TENANT_ID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
-
-/// The app id of "Microsoft Graph Change Tracking", which publishes the
-/// validation tokens of rich notifications (`appid` in v1 tokens, `azp` in v2).
-pub const CHANGE_TRACKING_APP_ID: &str = "0bf30f3b-4a52-48df-9a82-234910c4a086";
 
 /// Microsoft Graph's own app id, an accepted audience of access tokens.
 pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
@@ -43,16 +35,6 @@ pub const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
 
 /// Lifetime of access tokens, as Entra's `expires_in`.
 const ACCESS_TOKEN_SECONDS: i64 = 3599;
-
-/// Which claim set validation tokens carry (reference §7).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum TokenVersion {
-    /// `ver` 1.0: issuer `https://sts.windows.net/{tid}/`, publisher in `appid`.
-    #[default]
-    V1,
-    /// `ver` 2.0: issuer `https://login.microsoftonline.com/{tid}/v2.0`, publisher in `azp`.
-    V2,
-}
 
 /// How long validation tokens live: the exp − iat of Microsoft's examples.
 fn validation_token_seconds(version: TokenVersion) -> i64 {
@@ -109,30 +91,6 @@ pub fn service_principal_id(tenant: &str, app_id: &str) -> String {
     derived_id("servicePrincipal", &[tenant, app_id])
 }
 
-/// A self-signed certificate for `key`, valid from now for `days`.
-pub(crate) fn self_signed(
-    key: &PKey<Private>,
-    common_name: &str,
-    days: u32,
-) -> Result<X509, ErrorStack> {
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_text("CN", common_name)?;
-    let name = name.build();
-    let mut builder = X509::builder()?;
-    builder.set_version(2)?;
-    let mut serial = BigNum::new()?;
-    serial.rand(127, openssl::bn::MsbOption::MAYBE_ZERO, false)?;
-    let serial = serial.to_asn1_integer()?;
-    builder.set_serial_number(&serial)?;
-    builder.set_subject_name(&name)?;
-    builder.set_issuer_name(&name)?;
-    builder.set_pubkey(key)?;
-    builder.set_not_before(Asn1Time::days_from_now(0)?.as_ref())?;
-    builder.set_not_after(Asn1Time::days_from_now(days)?.as_ref())?;
-    builder.sign(key, MessageDigest::sha256())?;
-    Ok(builder.build())
-}
-
 /// What the subscriptions API learns from a valid bearer token.
 #[derive(Clone, Debug)]
 pub(crate) struct TokenInfo {
@@ -183,24 +141,20 @@ impl fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// Generates a signing key (RSA 2048) and its self-signed certificate.
+    /// Generates a signing key (RSA 2048). Its `kid` is the base64url SHA-1
+    /// of the public key, stable for the key's life as Entra's are.
     pub(crate) fn generate(version: TokenVersion) -> Result<Self, ErrorStack> {
         crate::tokens::install_jwt_provider();
         let rsa = Rsa::generate(2048)?;
         let (n, e) = (rsa.n().to_vec(), rsa.e().to_vec());
         let der = rsa.private_key_to_der()?;
-        let key = PKey::from_rsa(rsa)?;
-        let cert = self_signed(&key, "msgraph-webhooks emulator token signing", 365)?;
-        let cert_der = cert.to_der()?;
-        let kid = URL_SAFE_NO_PAD.encode(openssl::sha::sha1(&cert_der));
+        let kid = URL_SAFE_NO_PAD.encode(openssl::sha::sha1(&rsa.public_key_to_der()?));
         let jwk = json!({
             "kty": "RSA",
             "use": "sig",
             "kid": kid,
-            "x5t": kid,
             "n": URL_SAFE_NO_PAD.encode(&n),
             "e": URL_SAFE_NO_PAD.encode(&e),
-            "x5c": [STANDARD.encode(&cert_der)],
             "issuer": "https://login.microsoftonline.com/{tenantid}/v2.0",
         });
         Ok(Self {
@@ -216,7 +170,6 @@ impl Identity {
     fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
-        header.x5t = Some(self.kid.clone());
         // Invariant: the key is a valid RSA key this process generated and the
         // claims are a JSON object; signing cannot fail but for OpenSSL faults.
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("signing with our own key")

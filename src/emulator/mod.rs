@@ -77,13 +77,13 @@ pub use delivery::{
 };
 pub use encrypt::{encrypt_resource, thumbprint};
 pub use identity::{
-    CHANGE_TRACKING_APP_ID, CONSUMER_TENANT_ID, GRAPH_APP_ID, GRAPH_AUDIENCE, TokenVersion,
-    service_principal_id, user_object_id,
+    CONSUMER_TENANT_ID, GRAPH_APP_ID, GRAPH_AUDIENCE, service_principal_id, user_object_id,
 };
 pub use lifecycle::{ControlError, Fired};
 pub use notify::Change;
 
 use crate::notification::LifecycleEventType;
+use crate::tokens::TokenVersion;
 use delivery::{DeliveryLog, Engine};
 use identity::Identity;
 use store::Store;

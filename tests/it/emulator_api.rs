@@ -719,8 +719,7 @@ async fn openid_configuration_and_keys() {
             (Some("RSA"), Some("sig")),
             "{path}"
         );
-        assert_eq!(key["kid"], key["x5t"]);
-        assert!(key["x5c"][0].is_string());
+        assert!(key["kid"].is_string() && key["n"].is_string() && key["e"] == "AQAB");
     }
 }
 

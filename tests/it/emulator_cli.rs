@@ -33,6 +33,7 @@ async fn demo_runs_to_completion_and_exits_zero() {
         "/reauthorize → 204",
         "event      change     created  chatMessage  chats('19:demo@thread.v2')/messages('1616990032035')",
         "subscriptions  2 (1 basic, 1 rich)",
+        "decrypted, validation token verified: {\"body\":{\"contentType\":\"text\",\"content\":\"Hello from the demo\"}",
         "4 typed events handed to the handler",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
@@ -125,4 +126,98 @@ async fn emulate_refuses_a_taken_port() {
             .any(|l| l.contains(&format!("cannot listen on {addr}"))),
         "{stderr:?}"
     );
+}
+
+/// The README's claim: a receiver checks the emulator's tokens by pointing
+/// `--jwks` at it and nothing else. `emulate` and `listen` as processes, a
+/// rich subscription, and the decrypted resource on listen's stdout.
+#[tokio::test]
+async fn listen_decrypts_and_verifies_what_emulate_sends() {
+    const APP: &str = "11111111-2222-3333-4444-555555555555";
+    let mut emulator = Process::spawn(
+        &["emulate", "--addr", "127.0.0.1:0", "--token-version", "v2"],
+        &[],
+    );
+    let base = format!("http://{}", emulator.listening_addr().await);
+
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = msgraph_webhooks::crypto::generate_certificate("cli test", 2048, 1).unwrap();
+    let pem = dir.path().join("key.pem");
+    std::fs::write(&pem, certificate.key_and_certificate_pem().as_slice()).unwrap();
+    let key = format!("cli-cert={}", pem.display());
+    let jwks = format!("{base}/common/discovery/v2.0/keys");
+    let mut listen = Process::spawn(
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1:0",
+            "--memory",
+            "--client-state",
+            "secretClientValue",
+            "--key",
+            &key,
+            "--app-id",
+            APP,
+            "--jwks",
+            &jwks,
+        ],
+        &[],
+    );
+    let receiver = listen.listening_addr().await;
+
+    let client = reqwest::Client::new();
+    let token: Value = client
+        .post(format!("{base}/common/oauth2/v2.0/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_id={APP}&client_secret=s&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::minutes(50))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let created = client
+        .post(format!("{base}/v1.0/subscriptions"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&json!({
+            "changeType": "created",
+            "notificationUrl": format!("http://{receiver}/"),
+            "resource": "teams/t1/channels/c1/messages",
+            "expirationDateTime": expires,
+            "clientState": "secretClientValue",
+            "includeResourceData": true,
+            "encryptionCertificate": certificate.encryption_certificate(),
+            "encryptionCertificateId": "cli-cert",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    client
+        .post(format!("{base}/emulator/changes"))
+        .json(&json!({
+            "resource": "teams/t1/channels/c1/messages",
+            "changeType": "created",
+            "data": {"id": "42", "channelIdentity": {"teamId": "t1", "channelId": "c1"},
+                     "body": {"content": "over the wire"}}
+        }))
+        .send()
+        .await
+        .unwrap();
+    let line: Value =
+        serde_json::from_str(&listen.next_stdout(Duration::from_secs(20)).await).unwrap();
+    assert_eq!(line["kind"], "change");
+    assert_eq!(line["resourceKind"], "chatMessage");
+    assert_eq!(
+        line["resource"],
+        "teams('t1')/channels('c1')/messages('42')"
+    );
+    assert_eq!(line["data"]["body"]["content"], "over the wire");
+    listen.terminate();
+    emulator.terminate();
 }

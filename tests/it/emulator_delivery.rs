@@ -4,16 +4,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use msgraph_webhooks::crypto::{KeyRing, generate_certificate};
 use msgraph_webhooks::emulator::{
-    CHANGE_TRACKING_APP_ID, Change, DeliveryKind, DeliveryPolicy, Emulator, EndpointState, Outcome,
-    Throttling, TokenVersion,
+    Change, DeliveryKind, DeliveryPolicy, Emulator, EndpointState, Outcome, Throttling,
 };
 use msgraph_webhooks::handler::Event;
-use msgraph_webhooks::{ChangeType, LifecycleEventType, ResourceKind};
+use msgraph_webhooks::tokens::Jwks;
+use msgraph_webhooks::tokens::{CHANGE_TRACKING_APP_ID, TokenVersion};
+use msgraph_webhooks::{ChangeType, ClientState, LifecycleEventType, Receiver, ResourceKind};
 use serde_json::{Value, json};
 
 use crate::support::graph::{APP, Answering, Cert, Graph, Hook, verify_with_jwks};
 use crate::support::receivers::{FlakyInbox, SlowReceiver};
+use crate::support::{Recorder, TestServer};
 
 const STATE: &str = "secretClientValue";
 const WAIT: Duration = Duration::from_secs(20);
@@ -672,5 +675,122 @@ async fn wait(within: Duration, mut done: impl FnMut() -> bool) {
             "not within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rich notifications into this crate's receiver: decrypted with its key
+/// ring, their validation tokens checked against the emulator's JWKS (v1 and
+/// v2 claims). A misconfigured tenant's `null` tokens and another emulator's
+/// signatures are refused behind the ack.
+#[tokio::test]
+async fn rich_notifications_reach_the_receiver_decrypted_and_verified() {
+    const MISCONFIGURED: &str = "2f0c3b8e-1d1e-4a57-9f5e-3c2d1b0a9f8e";
+    for version in [TokenVersion::V1, TokenVersion::V2] {
+        let graph = Graph::start(
+            Emulator::builder()
+                .token_version(version)
+                .misconfigured_tenant(MISCONFIGURED),
+        )
+        .await;
+        let forger = Graph::start(Emulator::builder().token_version(version)).await;
+        let certificate = generate_certificate("emulator tests", 2048, 1).unwrap();
+        let mut keys = KeyRing::new();
+        keys.insert("it-cert", certificate.key().clone()).unwrap();
+        let recorder = Recorder::default();
+        let server = TestServer::start(
+            Receiver::builder(recorder.clone())
+                .client_state(ClientState::new(STATE))
+                .key_ring(keys)
+                .app_ids([APP])
+                .jwks(Jwks::from_url(&graph.emulator.jwks_url()).unwrap())
+                .workers(2),
+        )
+        .await;
+
+        let rich = |graph: &Graph, chat: &str| {
+            let mut body = graph.subscription(
+                &format!("chats/{chat}/messages"),
+                "created",
+                &server.url("/notify"),
+            );
+            body["includeResourceData"] = json!(true);
+            body["encryptionCertificate"] = json!(certificate.encryption_certificate());
+            body["encryptionCertificateId"] = json!("it-cert");
+            body
+        };
+        let good = subscribe(&graph, &rich(&graph, "19:good@thread.v2")).await;
+        let misconfigured = graph
+            .emulator
+            .app_token_with(MISCONFIGURED, APP, &["Chat.Read.All"]);
+        assert_eq!(
+            graph
+                .create(&misconfigured, &rich(&graph, "19:null@thread.v2"))
+                .await
+                .status,
+            201
+        );
+        assert_eq!(
+            forger
+                .create(&forger.app_token(), &rich(&forger, "19:forged@thread.v2"))
+                .await
+                .status,
+            201
+        );
+
+        for (emulator, chat) in [
+            (&graph, "19:good@thread.v2"),
+            (&graph, "19:null@thread.v2"),
+            (&forger, "19:forged@thread.v2"),
+        ] {
+            emulator
+                .emulator
+                .fire(
+                    &Change::new(format!("chats/{chat}/messages"), ChangeType::Created).data(
+                        json!({
+                            "id": "1616990032035",
+                            "chatId": chat,
+                            "body": {"contentType": "text", "content": format!("Hello {chat}")}
+                        }),
+                    ),
+                )
+                .unwrap();
+        }
+        let events = recorder
+            .wait_until("the decrypted message", WAIT, |e| changes(e) >= 1)
+            .await;
+        let Event::Change(change) = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(change.subscription_id(), good);
+        assert_eq!(*change.resource_kind(), ResourceKind::ChatMessage);
+        assert_eq!(
+            change.resource(),
+            "chats('19:good@thread.v2')/messages('1616990032035')"
+        );
+        let data = change.data().expect("decrypted resource data");
+        assert_eq!(data["body"]["content"], "Hello 19:good@thread.v2");
+
+        // The other two were acknowledged (202) and then refused: null
+        // tokens, and a signature by a key the emulator's JWKS doesn't have.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.metrics.rejected_count("tokens_null") == 0
+            || server.metrics.rejected_count("token_unknown_key") == 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "both refusals counted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(changes(&recorder.events()), 1, "{version:?}");
+        for emulator in [&graph, &forger] {
+            let log = emulator.emulator.deliveries();
+            assert!(
+                log.iter()
+                    .filter(|d| d.kind == DeliveryKind::Notification)
+                    .all(|d| d.status == Some(202)),
+                "{log:?}"
+            );
+        }
     }
 }

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use msgraph_webhooks::BoxError;
-use msgraph_webhooks::emulator::{Emulator, TokenVersion};
+use msgraph_webhooks::emulator::Emulator;
+use msgraph_webhooks::tokens::TokenVersion;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub(crate) enum Version {

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use crate::catalog::PermissionType;
 use crate::emulator::Core;
-use crate::emulator::identity::{CONSUMER_TENANT_ID, TokenVersion, issuer, permissions_of};
+use crate::emulator::identity::{CONSUMER_TENANT_ID, issuer, permissions_of};
+use crate::tokens::TokenVersion;
 
 /// The form of `POST /{tenant}/oauth2/v2.0/token`.
 #[derive(Debug, Deserialize)]
