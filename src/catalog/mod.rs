@@ -366,9 +366,6 @@ pub fn rules(kind: &ResourceKind) -> KindRules {
             resource_data: ResourceDataRule::NotSupported,
             ..base
         },
-        // `ResourceKind` is non-exhaustive: kinds added later get the base rules.
-        #[allow(unreachable_patterns)]
-        _ => base,
     }
 }
 
