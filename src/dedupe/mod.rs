@@ -120,6 +120,40 @@ pub trait Dedupe: Send + Sync + 'static {
 
     /// Releases `owner`'s claim on `key` so a retry can run.
     fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>>;
+
+    /// [`begin`](Self::begin) for several keys; the answers in order.
+    /// Stores override it to do it in one round trip.
+    fn begin_many(
+        &self,
+        keys: Vec<DedupeKey>,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Claim>, DedupeError>> {
+        let owner = owner.to_owned();
+        Box::pin(async move {
+            let mut claims = Vec::with_capacity(keys.len());
+            for key in keys {
+                claims.push(self.begin(key, &owner, lease).await?);
+            }
+            Ok(claims)
+        })
+    }
+
+    /// [`finish`](Self::finish) for several keys.
+    fn finish_many(
+        &self,
+        keys: Vec<DedupeKey>,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+        let owner = owner.to_owned();
+        Box::pin(async move {
+            for key in keys {
+                self.finish(key, &owner, ttl).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -127,6 +127,17 @@ pub trait Inbox: Send + Sync + 'static {
     /// Removes a processed item.
     fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>>;
 
+    /// Removes several processed items. Stores override it to do it in one
+    /// round trip.
+    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), InboxError>> {
+        Box::pin(async move {
+            for id in ids {
+                self.complete(id).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Makes a claimed item ready again after `delay`, storing
     /// `claimed.attempts` as its count of failed attempts (the caller
     /// increments it for a failure, and leaves it for a deferral).

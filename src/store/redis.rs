@@ -378,6 +378,31 @@ impl Inbox for RedisStore {
         })
     }
 
+    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), InboxError>> {
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let inbox = self.key("inbox");
+            let ids: Vec<&str> = ids.iter().map(|id| id.0.as_str()).collect();
+            let mut conn = self.conn.clone();
+            redis::pipe()
+                .atomic()
+                .cmd("XACK")
+                .arg(&inbox)
+                .arg(GROUP)
+                .arg(&ids)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&inbox)
+                .arg(&ids)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
     fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
         Box::pin(async move {
             let inbox = self.key("inbox");
@@ -597,6 +622,86 @@ impl Dedupe for RedisStore {
                 .arg("PX")
                 .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
                 .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| DedupeError(e.to_string()))
+        })
+    }
+
+    fn begin_many(
+        &self,
+        keys: Vec<DedupeKey>,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Claim>, DedupeError>> {
+        let mine = format!("p:{owner}");
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+            let names: Vec<String> = keys.iter().map(|k| self.dedupe_key(k)).collect();
+            // One round trip claims every free key and reads the others.
+            let mut pipe = redis::pipe();
+            for name in &names {
+                pipe.cmd("SET")
+                    .arg(name)
+                    .arg(&mine)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease_ms);
+                pipe.cmd("GET").arg(name);
+            }
+            let mut conn = self.conn.clone();
+            let answers: Vec<(Option<String>, Option<String>)> = pipe
+                .query_async::<Vec<redis::Value>>(&mut conn)
+                .await
+                .map_err(|e| DedupeError(e.to_string()))?
+                .chunks(2)
+                .map(|pair| {
+                    let set = redis::from_redis_value::<Option<String>>(pair[0].clone())
+                        .ok()
+                        .flatten();
+                    let get = pair
+                        .get(1)
+                        .and_then(|v| redis::from_redis_value::<Option<String>>(v.clone()).ok())
+                        .flatten();
+                    (set, get)
+                })
+                .collect();
+            Ok(answers
+                .into_iter()
+                .map(|(set, current)| match (set, current.as_deref()) {
+                    (Some(_), _) => Claim::Proceed,
+                    (None, Some("d")) => Claim::Duplicate,
+                    (None, Some(holder)) if holder == mine => Claim::Proceed,
+                    _ => Claim::InProgress,
+                })
+                .collect())
+        })
+    }
+
+    fn finish_many(
+        &self,
+        keys: Vec<DedupeKey>,
+        _owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("SET")
+                    .arg(self.dedupe_key(key))
+                    .arg("d")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            let mut conn = self.conn.clone();
+            pipe.query_async::<()>(&mut conn)
                 .await
                 .map_err(|e| DedupeError(e.to_string()))
         })

@@ -127,7 +127,7 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 enum Op {
     Append(Vec<(Vec<u8>, i64)>, Reply<()>),
     Claim(usize, Reply<Vec<Claimed>>),
-    Complete(i64, Reply<()>),
+    Complete(Vec<i64>, Reply<()>),
     Retry {
         id: i64,
         attempts: u32,
@@ -142,13 +142,13 @@ enum Op {
     },
     Replay(Vec<i64>, Reply<usize>),
     Begin {
-        key: [u8; 32],
+        keys: Vec<[u8; 32]>,
         owner: String,
         lease_ms: i64,
-        reply: Reply<Claim>,
+        reply: Reply<Vec<Claim>>,
     },
     Finish {
-        key: [u8; 32],
+        keys: Vec<[u8; 32]>,
         owner: String,
         ttl_ms: i64,
         reply: Reply<()>,
@@ -528,7 +528,7 @@ enum Done {
     Unit,
     Claimed(Vec<Claimed>),
     Count(usize),
-    Claim(Claim),
+    Claims(Vec<Claim>),
     Flag(bool),
 }
 
@@ -572,8 +572,8 @@ fn answer(op: Op, done: Done) {
         ) => {
             let _ = reply.send(Ok(n));
         }
-        (Op::Begin { reply, .. }, Done::Claim(claim)) => {
-            let _ = reply.send(Ok(claim));
+        (Op::Begin { reply, .. }, Done::Claims(claims)) => {
+            let _ = reply.send(Ok(claims));
         }
         (Op::Acquire { reply, .. }, Done::Flag(held)) => {
             let _ = reply.send(Ok(held));
@@ -671,9 +671,11 @@ fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Result<Done> {
             }
             Done::Claimed(claimed)
         }
-        Op::Complete(id, _) => {
-            conn.prepare_cached("DELETE FROM items WHERE id = ?1")?
-                .execute([id])?;
+        Op::Complete(ids, _) => {
+            let mut delete = conn.prepare_cached("DELETE FROM items WHERE id = ?1")?;
+            for id in ids {
+                delete.execute([id])?;
+            }
             Done::Unit
         }
         Op::Retry {
@@ -750,39 +752,49 @@ fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Result<Done> {
             Done::Count(n)
         }
         Op::Begin {
-            key,
+            keys,
             owner,
             lease_ms,
             ..
         } => {
-            let existing: Option<(bool, String, i64)> = conn
-                .prepare_cached("SELECT done, owner, expires_at_ms FROM dedupe WHERE key = ?1")?
-                .query_row([&key[..]], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })
-                .optional()?;
-            let claim = match existing {
-                Some((true, _, expires)) if expires > now => Claim::Duplicate,
-                Some((false, other, expires)) if expires > now && other != *owner => {
-                    Claim::InProgress
+            let mut find = conn
+                .prepare_cached("SELECT done, owner, expires_at_ms FROM dedupe WHERE key = ?1")?;
+            let mut claim_key = conn.prepare_cached(
+                "INSERT OR REPLACE INTO dedupe (key, done, owner, expires_at_ms) VALUES (?1, 0, ?2, ?3)",
+            )?;
+            let mut claims = Vec::with_capacity(keys.len());
+            for key in keys {
+                let existing: Option<(bool, String, i64)> = find
+                    .query_row([&key[..]], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .optional()?;
+                let claim = match existing {
+                    Some((true, _, expires)) if expires > now => Claim::Duplicate,
+                    Some((false, other, expires)) if expires > now && other != *owner => {
+                        Claim::InProgress
+                    }
+                    _ => Claim::Proceed,
+                };
+                if claim == Claim::Proceed {
+                    claim_key.execute(params![&key[..], owner, now + lease_ms])?;
                 }
-                _ => Claim::Proceed,
-            };
-            if claim == Claim::Proceed {
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO dedupe (key, done, owner, expires_at_ms) VALUES (?1, 0, ?2, ?3)",
-                )?
-                .execute(params![&key[..], owner, now + lease_ms])?;
+                claims.push(claim);
             }
-            Done::Claim(claim)
+            Done::Claims(claims)
         }
         Op::Finish {
-            key, owner, ttl_ms, ..
+            keys,
+            owner,
+            ttl_ms,
+            ..
         } => {
-            conn.prepare_cached(
+            let mut done = conn.prepare_cached(
                 "INSERT OR REPLACE INTO dedupe (key, done, owner, expires_at_ms) VALUES (?1, 1, ?2, ?3)",
-            )?
-            .execute(params![&key[..], owner, now + ttl_ms])?;
+            )?;
+            for key in keys {
+                done.execute(params![&key[..], owner, now + ttl_ms])?;
+            }
             Done::Unit
         }
         Op::Abandon { key, owner, .. } => {
@@ -900,10 +912,25 @@ impl Inbox for SqliteStore {
         Box::pin(async move {
             let id = parse_id(&id)?;
             let done = self
-                .call(|reply| Op::Complete(id, reply))
+                .call(|reply| Op::Complete(vec![id], reply))
                 .await
                 .map_err(InboxError::Unavailable);
             self.lock_held().remove(&id);
+            done
+        })
+    }
+
+    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), InboxError>> {
+        Box::pin(async move {
+            let ids = ids.iter().map(parse_id).collect::<Result<Vec<_>, _>>()?;
+            let done = self
+                .call(|reply| Op::Complete(ids.clone(), reply))
+                .await
+                .map_err(InboxError::Unavailable);
+            let mut held = self.lock_held();
+            for id in &ids {
+                held.remove(id);
+            }
             done
         })
     }
@@ -1024,16 +1051,11 @@ impl Dedupe for SqliteStore {
         owner: &str,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Claim, DedupeError>> {
-        let owner = owner.to_owned();
+        let many = self.begin_many(vec![key], owner, lease);
         Box::pin(async move {
-            self.call(|reply| Op::Begin {
-                key: key.0,
-                owner,
-                lease_ms: ms(lease),
-                reply,
-            })
-            .await
-            .map_err(DedupeError)
+            many.await?
+                .pop()
+                .ok_or_else(|| DedupeError("no answer for the key".into()))
         })
     }
 
@@ -1043,17 +1065,7 @@ impl Dedupe for SqliteStore {
         owner: &str,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<(), DedupeError>> {
-        let owner = owner.to_owned();
-        Box::pin(async move {
-            self.call(|reply| Op::Finish {
-                key: key.0,
-                owner,
-                ttl_ms: ms(ttl),
-                reply,
-            })
-            .await
-            .map_err(DedupeError)
-        })
+        self.finish_many(vec![key], owner, ttl)
     }
 
     fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>> {
@@ -1062,6 +1074,44 @@ impl Dedupe for SqliteStore {
             self.call(|reply| Op::Abandon {
                 key: key.0,
                 owner,
+                reply,
+            })
+            .await
+            .map_err(DedupeError)
+        })
+    }
+
+    fn begin_many(
+        &self,
+        keys: Vec<DedupeKey>,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Claim>, DedupeError>> {
+        let owner = owner.to_owned();
+        Box::pin(async move {
+            self.call(|reply| Op::Begin {
+                keys: keys.iter().map(|k| k.0).collect(),
+                owner,
+                lease_ms: ms(lease),
+                reply,
+            })
+            .await
+            .map_err(DedupeError)
+        })
+    }
+
+    fn finish_many(
+        &self,
+        keys: Vec<DedupeKey>,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+        let owner = owner.to_owned();
+        Box::pin(async move {
+            self.call(|reply| Op::Finish {
+                keys: keys.iter().map(|k| k.0).collect(),
+                owner,
+                ttl_ms: ms(ttl),
                 reply,
             })
             .await

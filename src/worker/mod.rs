@@ -214,7 +214,7 @@ impl<H: Handler> Pipeline<H> {
         }
     }
 
-    /// A change item: dedupe, then the handler.
+    /// A change item: the handler (dedupe was settled for the whole batch).
     async fn change(
         &self,
         change: ChangeNotification,
@@ -222,18 +222,6 @@ impl<H: Handler> Pipeline<H> {
         claimed: &Claimed,
         received_at: OffsetDateTime,
     ) -> Outcome {
-        let key = self
-            .dedupe
-            .as_ref()
-            .and_then(|dedupe| Some((dedupe, DedupeKey::for_change(&change)?)));
-        if let Some((dedupe, key)) = key {
-            match dedupe.begin(key, &self.owner, self.dedupe_lease).await {
-                Ok(Claim::Proceed) => {}
-                Ok(Claim::Duplicate) => return Outcome::Rejected("duplicate"),
-                Ok(_) => return Outcome::Defer(DEFER, "a copy is being handled".into()),
-                Err(e) => return Outcome::Defer(DEFER, e.to_string()),
-            }
-        }
         let event = ChangeEvent::new(
             change,
             claimed.item.raw.clone(),
@@ -241,19 +229,7 @@ impl<H: Handler> Pipeline<H> {
             received_at,
             claimed.attempts,
         );
-        let result = self.call(|h| h.on_change(event)).await;
-        if let Some((dedupe, key)) = key {
-            let marked = match &result {
-                Ok(()) => dedupe.finish(key, &self.owner, self.dedupe_ttl).await,
-                Err(_) => dedupe.abandon(key, &self.owner).await,
-            };
-            if let Err(e) = marked {
-                // Handled or not, the item is settled below; at worst a later
-                // copy is handled again, which at-least-once allows.
-                tracing::warn!(error = %e, "could not record the dedupe key");
-            }
-        }
-        match result {
+        match self.call(|h| h.on_change(event)).await {
             Ok(()) => Outcome::Done,
             Err(reason) => Outcome::Failed(reason),
         }
@@ -290,19 +266,127 @@ impl<H: Handler> Pipeline<H> {
         }
     }
 
-    /// Delivers one prepared item and settles it with the inbox.
-    async fn settle(&self, inbox: &dyn Inbox, claimed: Claimed, prepared: Prepared) {
+    /// Delivers a prepared batch and settles it with the stores: dedupe keys
+    /// are claimed for the whole batch in one round trip, handled keys
+    /// marked and handled items removed in one round trip each; retries and
+    /// dead letters go one by one.
+    async fn settle_batch(&self, inbox: &dyn Inbox, batch: Vec<(Claimed, Prepared)>) {
+        // A copy of an item in the same batch waits for the first one's
+        // outcome (handled: then dedupe drops it; failed: then it is handled).
+        let mut seen = std::collections::HashSet::new();
+        let mut repeats = vec![false; batch.len()];
+        let keys: Vec<Option<DedupeKey>> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (_, prepared))| match (prepared, &self.dedupe) {
+                (Prepared::Change { change, .. }, Some(_)) => {
+                    let key = DedupeKey::for_change(change)?;
+                    if seen.insert(key) {
+                        Some(key)
+                    } else {
+                        repeats[i] = true;
+                        None
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        let mut claims = self.begin_dedupe(&keys).await.into_iter();
+
+        let mut done = Vec::with_capacity(batch.len());
+        let mut handled_keys = Vec::new();
+        for (((claimed, prepared), key), repeat) in batch.into_iter().zip(keys).zip(repeats) {
+            if repeat {
+                self.settle_one(
+                    inbox,
+                    claimed,
+                    Outcome::Defer(DEFER, "a copy is in the same batch".into()),
+                )
+                .await;
+                continue;
+            }
+            let claim =
+                key.map(|key| (key, claims.next().unwrap_or(Err("no dedupe answer".into()))));
+            let outcome = match &claim {
+                Some((_, Ok(Claim::Duplicate))) => Outcome::Rejected("duplicate"),
+                Some((_, Ok(Claim::InProgress))) => {
+                    Outcome::Defer(DEFER, "a copy is being handled".into())
+                }
+                Some((_, Err(e))) => Outcome::Defer(DEFER, e.clone()),
+                _ => self.deliver(&claimed, prepared).await,
+            };
+            if let (Some((key, Ok(Claim::Proceed))), Some(dedupe)) = (claim, &self.dedupe) {
+                if matches!(outcome, Outcome::Done) {
+                    // Recorded at once, without waiting, so a crash can only
+                    // repeat the items of the last moment, not of the batch.
+                    let (dedupe, owner, ttl) =
+                        (dedupe.clone(), self.owner.clone(), self.dedupe_ttl);
+                    handled_keys.push(tokio::spawn(async move {
+                        dedupe.finish(key, &owner, ttl).await
+                    }));
+                } else if let Err(e) = dedupe.abandon(key, &self.owner).await {
+                    tracing::warn!(error = %e, "could not release a dedupe key");
+                }
+            }
+            match outcome {
+                Outcome::Done => done.push(claimed.id),
+                Outcome::Rejected(reason) => {
+                    self.metrics.rejected(reason);
+                    done.push(claimed.id);
+                }
+                outcome => self.settle_one(inbox, claimed, outcome).await,
+            }
+        }
+        for recorded in handled_keys {
+            if let Ok(Err(e)) = recorded.await {
+                // The item is removed below all the same; at worst a later
+                // copy is handled again, which at-least-once allows.
+                tracing::warn!(error = %e, "could not record a handled dedupe key");
+            }
+        }
+        if !done.is_empty() {
+            for pause in [100, 500, 2000, 0] {
+                match inbox.complete_many(done.clone()).await {
+                    Ok(()) => break,
+                    Err(e) if pause > 0 => {
+                        tracing::warn!(error = %e, "could not remove handled items; trying again");
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
+                    // They stay stored and claimed: the store hands them out
+                    // again later, and dedupe drops them then.
+                    Err(e) => tracing::error!(error = %e, "could not remove handled items"),
+                }
+            }
+        }
+    }
+
+    /// Claims the dedupe keys of a batch; one answer per `Some` key, in order.
+    async fn begin_dedupe(&self, keys: &[Option<DedupeKey>]) -> Vec<Result<Claim, String>> {
+        let wanted: Vec<DedupeKey> = keys.iter().flatten().copied().collect();
+        let Some(dedupe) = &self.dedupe else {
+            return Vec::new();
+        };
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let n = wanted.len();
+        match dedupe
+            .begin_many(wanted, &self.owner, self.dedupe_lease)
+            .await
+        {
+            Ok(claims) if claims.len() == n => claims.into_iter().map(Ok).collect(),
+            Ok(_) => vec![Err("the dedupe store answered for the wrong keys".to_owned()); n],
+            Err(e) => vec![Err(e.to_string()); n],
+        }
+    }
+
+    /// Settles an item that needs more than removal: a retry, a deferral or
+    /// a dead letter, with a few attempts if the store fails.
+    async fn settle_one(&self, inbox: &dyn Inbox, claimed: Claimed, outcome: Outcome) {
         let id = claimed.id.clone();
-        let outcome = self.deliver(&claimed, prepared).await;
         for (attempt, pause) in [100, 500, 2000, 0].into_iter().enumerate() {
             let settled = match &outcome {
-                Outcome::Done => inbox.complete(id.clone()).await,
-                Outcome::Rejected(reason) => {
-                    if attempt == 0 {
-                        self.metrics.rejected(reason);
-                    }
-                    inbox.complete(id.clone()).await
-                }
+                Outcome::Done | Outcome::Rejected(_) => inbox.complete(id.clone()).await,
                 Outcome::Defer(delay, why) => {
                     tracing::debug!(%id, ?delay, why, "deferring item");
                     inbox.retry(claimed.clone(), *delay).await
@@ -420,9 +504,7 @@ async fn work<H: Handler>(
     };
     let consume = async {
         while let Some(batch) = prepared.recv().await {
-            for (claimed, prepared) in batch {
-                pipeline.settle(inbox.as_ref(), claimed, prepared).await;
-            }
+            pipeline.settle_batch(inbox.as_ref(), batch).await;
         }
     };
     tokio::join!(produce, consume);

@@ -10,6 +10,9 @@ use crate::support::load::{Load, Seen, batches};
 
 const STATE: &str = "durability-secret";
 const WORKERS: usize = 4;
+/// Items a worker holds at once (the worker's claim batch): what a kill can
+/// leave handled but not yet recorded as handled.
+const CLAIM_BATCH: usize = 16;
 
 /// A small deterministic generator for kill points; the seed is printed so
 /// a failing run can be repeated with `MSGRAPH_WEBHOOKS_TEST_SEED`.
@@ -77,7 +80,9 @@ async fn wait_until(what: &str, wait: Duration, mut done: impl FnMut() -> bool) 
 }
 
 /// Every acknowledged id reached the handler; duplicates only within the
-/// window a kill can open (an event written but not yet marked done).
+/// window a kill can open (items a killed worker held: handled, but not yet
+/// recorded as handled). The test's intentional copies (hundreds of items)
+/// must all be dropped, so a broken dedupe shows far above this bound.
 async fn assert_delivered(load: &Load, seen: &Seen, expected: usize, kills: usize) {
     let acked = load.acked();
     assert_eq!(
@@ -95,9 +100,10 @@ async fn assert_delivered(load: &Load, seen: &Seen, expected: usize, kills: usiz
         acked.len(),
         load.statuses()
     );
+    let bound = kills * WORKERS * CLAIM_BATCH;
     assert!(
-        duplicates <= kills * WORKERS,
-        "{duplicates} duplicates: more than the {kills} kill(s) × {WORKERS} in-flight items can explain; dedupe failed"
+        duplicates <= bound,
+        "{duplicates} duplicates: more than the {kills} kill(s) × {WORKERS} workers × {CLAIM_BATCH} held items can explain; dedupe failed"
     );
 }
 
