@@ -143,6 +143,11 @@ impl Server {
 
 /// What one load run measured.
 struct Measured {
+    /// CPU seconds the server process used while measuring.
+    server_cpu: f64,
+    /// CPU seconds everything else on the machine used (the load generator
+    /// included), from /proc/stat.
+    other_cpu: f64,
     requests: u64,
     errors: u64,
     elapsed: Duration,
@@ -150,6 +155,11 @@ struct Measured {
 }
 
 impl Measured {
+    /// Server CPU time per answered request, in microseconds.
+    fn cpu_us_per_request(&self) -> f64 {
+        1e6 * self.server_cpu / self.requests.max(1) as f64
+    }
+
     fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -163,9 +173,12 @@ impl Measured {
     }
 }
 
-fn body() -> Bytes {
+/// A single-item basic notification; each request gets a notification id of
+/// its own (as Graph's are), so dedupe treats none as a duplicate.
+fn body(id: u64) -> Bytes {
     Bytes::from(
         serde_json::json!({"value": [{
+            "id": format!("bench-{id}"),
             "subscriptionId": "7f105c7d-2dc5-4530-97cd-4e7ae6534c07",
             "subscriptionExpirationDateTime": "2026-03-19T22:11:09.952Z",
             "clientState": CLIENT_STATE,
@@ -188,14 +201,18 @@ fn body() -> Bytes {
 /// in. Open loop (`rate` Some): requests are scheduled at a fixed total rate
 /// and latency counts from the scheduled time, so queueing behind a slow
 /// answer is measured, not hidden. Only requests after the warm-up count.
-async fn load(addr: SocketAddr, settings: &Settings, rate: Option<f64>) -> Measured {
-    let body = body();
+async fn load(
+    addr: SocketAddr,
+    pid: Option<u32>,
+    settings: &Settings,
+    rate: Option<f64>,
+) -> Measured {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let connections = settings.connections;
     for _ in 0..connections {
-        let body = body.clone();
         let measuring = measuring.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -217,7 +234,7 @@ async fn load(addr: SocketAddr, settings: &Settings, rate: Option<f64>) -> Measu
                 let request = hyper::Request::post("/")
                     .header("host", "127.0.0.1")
                     .header("content-type", "application/json")
-                    .body(Full::new(body.clone()))
+                    .body(Full::new(body(NEXT_ID.fetch_add(1, Ordering::Relaxed))))
                     .unwrap();
                 let started = match interval {
                     Some(_) => next.into_std(),
@@ -251,13 +268,18 @@ async fn load(addr: SocketAddr, settings: &Settings, rate: Option<f64>) -> Measu
         }));
     }
     tokio::time::sleep(settings.warmup).await;
+    let (server_before, busy_before) = (pid.map_or(0.0, process_cpu), machine_busy_cpu());
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(settings.duration).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let server_cpu = pid.map_or(0.0, process_cpu) - server_before;
+    let other_cpu = machine_busy_cpu() - busy_before - server_cpu;
     stop.store(true, Ordering::Relaxed);
     let mut measured = Measured {
+        server_cpu,
+        other_cpu,
         requests: 0,
         errors: 0,
         elapsed,
@@ -285,6 +307,11 @@ fn listen(extra: &[&str]) -> tokio::process::Command {
     command
         .args(["listen", "--addr", "127.0.0.1:0"])
         .args(extra)
+        .args(
+            std::env::var("BENCH_LISTEN_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)
         .env("RUST_LOG", "warn,msgraph_webhooks::listener::server=info");
     command
@@ -352,7 +379,7 @@ async fn run() {
         let rate = std::env::var("BENCH_RATE")
             .ok()
             .and_then(|r| r.parse().ok());
-        let measured = load(addr.parse().unwrap(), &settings, rate).await;
+        let measured = load(addr.parse().unwrap(), None, &settings, rate).await;
         println!(
             "{addr}: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} non-202",
             measured.rps(),
@@ -366,9 +393,10 @@ async fn run() {
     let mut rows = Vec::new();
     for target in targets(&data) {
         let mut server = Server::start(target.command).await;
-        let max = load(server.addr, &settings, None).await;
+        let pid = server.child.id();
+        let max = load(server.addr, pid, &settings, None).await;
         let rate = max.rps() / 2.0;
-        let half = load(server.addr, &settings, Some(rate)).await;
+        let half = load(server.addr, pid, &settings, Some(rate)).await;
         let _ = server.child.kill().await;
         let _ = server.child.wait().await;
         if let Some(cleanup) = target.cleanup {
@@ -390,20 +418,75 @@ async fn run() {
     );
     println!();
     println!(
-        "| server | max requests/s | vs baseline | p50 / p99 ack at max (ms) | fixed rate (½ max) | p50 / p99 ack at that rate (ms) | non-202 |"
+        "| server | max requests/s | vs baseline | p50 / p99 ack at max (ms) | server CPU µs per request | other load (CPUs) | fixed rate (½ max) | p50 / p99 ack at that rate (ms) | non-202 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, max, rate, half) in &rows {
         println!(
-            "| {name} | {:.0} | {:.0} % | {:.2} / {:.2} | {:.0}/s | {:.2} / {:.2} | {} |",
+            "| {name} | {:.0} | {:.0} % | {:.2} / {:.2} | {:.1} | {:.2} | {:.0}/s | {:.2} / {:.2} | {} |",
             max.rps(),
             100.0 * max.rps() / base_rps,
             max.percentile_ms(0.50),
             max.percentile_ms(0.99),
+            max.cpu_us_per_request(),
+            max.other_cpu / max.elapsed.as_secs_f64(),
             rate,
             half.percentile_ms(0.50),
             half.percentile_ms(0.99),
             max.errors + half.errors
         );
     }
+}
+
+/// Clock ticks per second of /proc's CPU counters.
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// User + system CPU seconds a process used so far (0 if unknown).
+fn process_cpu(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line.
+    let Some(rest) = stat.rsplit(')').next() else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+/// CPU seconds the whole machine spent busy so far, from /proc/stat.
+fn machine_busy_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let values: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: busy = all − idle − iowait.
+    let total: f64 = values.iter().take(8).sum();
+    let idle = values.get(3).copied().unwrap_or(0.0) + values.get(4).copied().unwrap_or(0.0);
+    (total - idle) / clock_ticks()
 }

@@ -7,10 +7,13 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
+
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::notification::resources::Resource;
@@ -59,7 +62,61 @@ pub trait Handler: Send + Sync + 'static {
             Ok(())
         }
     }
+
+    /// Called with the events of one claimed batch; answers one result per
+    /// event, in order. The default calls [`on_change`](Self::on_change) and
+    /// [`on_lifecycle`](Self::on_lifecycle) one by one, a panic in one of
+    /// them failing only that event ([`HandlerPanicked`]). Override it to
+    /// handle many at once — one database round trip, one write — keeping
+    /// the contract: an event counts as handled only once its result is `Ok`.
+    fn on_batch(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Vec<Result<(), BoxError>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(events.len());
+            for event in events {
+                let call = async {
+                    match event {
+                        Event::Change(e) => self.on_change(e).await,
+                        Event::Lifecycle(e) => self.on_lifecycle(e).await,
+                    }
+                };
+                let result = match AssertUnwindSafe(call).catch_unwind().await {
+                    Ok(result) => result,
+                    Err(panic) => Err(Box::new(HandlerPanicked::from_payload(&*panic)) as BoxError),
+                };
+                results.push(result);
+            }
+            results
+        }
+    }
 }
+
+/// The error a panic in a handler becomes.
+#[derive(Debug)]
+pub struct HandlerPanicked(pub String);
+
+impl HandlerPanicked {
+    /// From what `catch_unwind` caught.
+    pub fn from_payload(payload: &(dyn std::any::Any + Send)) -> Self {
+        Self(
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned()),
+        )
+    }
+}
+
+impl fmt::Display for HandlerPanicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "handler panicked: {}", self.0)
+    }
+}
+
+impl std::error::Error for HandlerPanicked {}
 
 impl<H: Handler> Handler for Arc<H> {
     fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
@@ -71,6 +128,13 @@ impl<H: Handler> Handler for Arc<H> {
         event: LifecycleEvent,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).on_lifecycle(event)
+    }
+
+    fn on_batch(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Vec<Result<(), BoxError>>> + Send {
+        (**self).on_batch(events)
     }
 }
 
@@ -459,25 +523,63 @@ impl Event {
     ///
     /// The line carries decrypted data: print it only where that is wanted.
     pub fn to_json(&self) -> Value {
+        // Invariant: the line holds only strings, options and JSON values,
+        // which always serialize.
+        serde_json::to_value(self.line()).unwrap_or(Value::Null)
+    }
+
+    /// Appends [`to_json`](Self::to_json)'s line to `out`, serialized
+    /// straight from the event (nothing copied on the way).
+    ///
+    /// # Errors
+    ///
+    /// Only if writing to `out` fails, which a `Vec` does not.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        serde_json::to_writer(out, &self.line())
+    }
+
+    fn line(&self) -> Line<'_> {
         match self {
-            Event::Change(e) => json!({
-                "kind": "change",
-                "subscriptionId": e.subscription_id(),
-                "changeType": e.change_type(),
-                "resource": e.resource(),
-                "resourceKind": e.resource_kind(),
-                "tenantId": e.tenant_id(),
-                "resourceData": e.resource_data(),
-                "data": e.data(),
-            }),
-            Event::Lifecycle(e) => json!({
-                "kind": "lifecycle",
-                "subscriptionId": e.subscription_id(),
-                "lifecycleEvent": e.lifecycle_event(),
-                "tenantId": e.tenant_id(),
-            }),
+            Event::Change(e) => Line::Change {
+                subscription_id: e.subscription_id(),
+                change_type: e.change_type(),
+                resource: e.resource(),
+                resource_kind: e.resource_kind(),
+                tenant_id: e.tenant_id(),
+                resource_data: e.resource_data(),
+                data: e.data(),
+            },
+            Event::Lifecycle(e) => Line::Lifecycle {
+                subscription_id: e.subscription_id(),
+                lifecycle_event: e.lifecycle_event(),
+                tenant_id: e.tenant_id(),
+            },
         }
     }
+}
+
+/// The JSON line of an event, borrowing from it.
+#[derive(serde::Serialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
+enum Line<'a> {
+    Change {
+        subscription_id: &'a str,
+        change_type: &'a ChangeType,
+        resource: &'a str,
+        resource_kind: &'a ResourceKind,
+        tenant_id: Option<&'a str>,
+        resource_data: Option<&'a ResourceData>,
+        data: Option<&'a Value>,
+    },
+    Lifecycle {
+        subscription_id: &'a str,
+        lifecycle_event: &'a LifecycleEventType,
+        tenant_id: Option<&'a str>,
+    },
 }
 
 /// Writes every event as one JSON line ([`Event::to_json`]): the handler
@@ -538,11 +640,17 @@ impl JsonLines {
     }
 
     async fn write(&self, event: Event) -> Result<(), BoxError> {
-        let mut line = serde_json::to_vec(&event.to_json())?;
-        line.push(b'\n');
+        let mut lines = Vec::with_capacity(512);
+        event.write_json(&mut lines)?;
+        lines.push(b'\n');
+        self.send(lines).await
+    }
+
+    /// Hands `lines` to the writer thread and waits until they are flushed.
+    async fn send(&self, lines: Vec<u8>) -> Result<(), BoxError> {
         let (ack, written) = tokio::sync::oneshot::channel();
         self.lines
-            .send((line, ack))
+            .send((lines, ack))
             .await
             .map_err(|_| "the json-lines writer thread is gone")?;
         written
@@ -562,5 +670,31 @@ impl Handler for JsonLines {
         event: LifecycleEvent,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         self.write(Event::Lifecycle(event))
+    }
+
+    /// All the batch's lines in one write and one flush.
+    async fn on_batch(&self, events: Vec<Event>) -> Vec<Result<(), BoxError>> {
+        let mut lines = Vec::with_capacity(512 * events.len());
+        let mut results: Vec<Result<(), BoxError>> = Vec::with_capacity(events.len());
+        for event in &events {
+            let start = lines.len();
+            match event.write_json(&mut lines) {
+                Ok(()) => {
+                    lines.push(b'\n');
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    lines.truncate(start);
+                    results.push(Err(e.into()));
+                }
+            }
+        }
+        if let Err(e) = self.send(lines).await {
+            let why = e.to_string();
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(why.clone().into());
+            }
+        }
+        results
     }
 }

@@ -272,15 +272,21 @@ impl Notification {
     ///
     /// [`ItemError`] when the item is neither kind or does not fit its kind.
     pub fn from_json(item: &str) -> Result<Self, ItemError> {
-        let value: Map<String, Value> = serde_json::from_str(item).map_err(ItemError::Malformed)?;
-        let is_change = value.get("changeType").is_some_and(|v| !v.is_null());
-        let is_lifecycle = value.get("lifecycleEvent").is_some_and(|v| !v.is_null());
-        let value = Value::Object(value);
-        match (is_change, is_lifecycle) {
-            (true, false) => serde_json::from_value(value)
+        /// A first pass that only looks for the two discriminators,
+        /// skipping every value without building it.
+        #[derive(Deserialize)]
+        struct Probe<'a> {
+            #[serde(rename = "changeType", borrow, default)]
+            change_type: Option<&'a serde_json::value::RawValue>,
+            #[serde(rename = "lifecycleEvent", borrow, default)]
+            lifecycle_event: Option<&'a serde_json::value::RawValue>,
+        }
+        let probe: Probe<'_> = serde_json::from_str(item).map_err(ItemError::Malformed)?;
+        match (probe.change_type.is_some(), probe.lifecycle_event.is_some()) {
+            (true, false) => serde_json::from_str(item)
                 .map(Notification::Change)
                 .map_err(ItemError::Malformed),
-            (false, true) => serde_json::from_value(value)
+            (false, true) => serde_json::from_str(item)
                 .map(Notification::Lifecycle)
                 .map_err(ItemError::Malformed),
             _ => Err(ItemError::NotANotification),

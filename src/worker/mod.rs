@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::dedupe::{Claim, Dedupe, DedupeKey};
-use crate::handler::{BoxError, ChangeEvent, Handler, LifecycleEvent};
+use crate::handler::{ChangeEvent, Event, Handler, HandlerPanicked, LifecycleEvent};
 use crate::inbox::{Claimed, Inbox};
 use crate::metrics::Metrics;
 use crate::notification::{ChangeNotification, Notification, ValidationTokens};
@@ -198,132 +198,137 @@ impl<H: Handler> Pipeline<H> {
         }
     }
 
-    /// Hands a prepared item to the handler.
-    async fn deliver(&self, claimed: &Claimed, prepared: Prepared) -> Outcome {
+    /// The event a prepared item becomes, or its outcome if it has none.
+    fn event(claimed: &Claimed, prepared: Prepared) -> Result<Event, Outcome> {
         match prepared {
-            Prepared::Settled(outcome) => outcome,
+            Prepared::Settled(outcome) => Err(outcome),
             Prepared::Change {
                 change,
                 data,
                 received_at,
-            } => self.change(change, data, claimed, received_at).await,
-            Prepared::Lifecycle(event) => match self.call(|h| h.on_lifecycle(event)).await {
-                Ok(()) => Outcome::Done,
-                Err(reason) => Outcome::Failed(reason),
-            },
+            } => Ok(Event::Change(ChangeEvent::new(
+                change,
+                claimed.item.raw.clone(),
+                data,
+                received_at,
+                claimed.attempts,
+            ))),
+            Prepared::Lifecycle(event) => Ok(Event::Lifecycle(event)),
         }
     }
 
-    /// A change item: the handler (dedupe was settled for the whole batch).
-    async fn change(
-        &self,
-        change: ChangeNotification,
-        data: Option<Value>,
-        claimed: &Claimed,
-        received_at: OffsetDateTime,
-    ) -> Outcome {
-        let event = ChangeEvent::new(
-            change,
-            claimed.item.raw.clone(),
-            data,
-            received_at,
-            claimed.attempts,
-        );
-        match self.call(|h| h.on_change(event)).await {
-            Ok(()) => Outcome::Done,
-            Err(reason) => Outcome::Failed(reason),
+    /// Calls the handler once for `events`; a panic fails them all. One
+    /// result per event, counted in the metrics.
+    async fn call_batch(&self, events: Vec<Event>) -> Vec<Result<(), String>> {
+        let n = events.len();
+        if n == 0 {
+            return Vec::new();
         }
-    }
-
-    /// Calls the handler, turning a panic into an error.
-    async fn call<'a, F, Fut>(&'a self, f: F) -> Result<(), String>
-    where
-        F: FnOnce(&'a H) -> Fut,
-        Fut: Future<Output = Result<(), BoxError>> + 'a,
-    {
-        let handler = &self.handler;
-        let result = AssertUnwindSafe(async move { f(handler).await })
+        let answered = AssertUnwindSafe(self.handler.on_batch(events))
             .catch_unwind()
             .await;
-        match result {
-            Ok(Ok(())) => {
-                self.metrics.handled("ok");
-                Ok(())
-            }
-            Ok(Err(e)) => {
-                self.metrics.handled("error");
-                Err(format!("handler error: {e}"))
+        match answered {
+            Ok(results) if results.len() == n => results
+                .into_iter()
+                .map(|result| match result {
+                    Ok(()) => {
+                        self.metrics.handled("ok");
+                        Ok(())
+                    }
+                    Err(e) if e.is::<HandlerPanicked>() => {
+                        self.metrics.handled("panic");
+                        Err(e.to_string())
+                    }
+                    Err(e) => {
+                        self.metrics.handled("error");
+                        Err(format!("handler error: {e}"))
+                    }
+                })
+                .collect(),
+            Ok(_) => {
+                for _ in 0..n {
+                    self.metrics.handled("error");
+                }
+                vec![Err("the handler answered for the wrong number of events".to_owned()); n]
             }
             Err(panic) => {
-                self.metrics.handled("panic");
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned());
-                Err(format!("handler panicked: {message}"))
+                for _ in 0..n {
+                    self.metrics.handled("panic");
+                }
+                vec![Err(HandlerPanicked::from_payload(&*panic).to_string()); n]
             }
         }
     }
 
     /// Delivers a prepared batch and settles it with the stores: dedupe keys
-    /// are claimed for the whole batch in one round trip, handled keys
-    /// marked and handled items removed in one round trip each; retries and
-    /// dead letters go one by one.
+    /// are claimed for the whole batch in one round trip, the handler gets
+    /// the deliverable events in one call, handled keys are marked and
+    /// handled items removed in one round trip each; retries and dead
+    /// letters go one by one.
     async fn settle_batch(&self, inbox: &dyn Inbox, batch: Vec<(Claimed, Prepared)>) {
         // A copy of an item in the same batch waits for the first one's
         // outcome (handled: then dedupe drops it; failed: then it is handled).
         let mut seen = std::collections::HashSet::new();
-        let mut repeats = vec![false; batch.len()];
-        let keys: Vec<Option<DedupeKey>> = batch
+        let keys: Vec<Option<(DedupeKey, bool)>> = batch
             .iter()
-            .enumerate()
-            .map(|(i, (_, prepared))| match (prepared, &self.dedupe) {
+            .map(|(_, prepared)| match (prepared, &self.dedupe) {
                 (Prepared::Change { change, .. }, Some(_)) => {
                     let key = DedupeKey::for_change(change)?;
-                    if seen.insert(key) {
-                        Some(key)
-                    } else {
-                        repeats[i] = true;
-                        None
-                    }
+                    Some((key, !seen.insert(key)))
                 }
                 _ => None,
             })
             .collect();
-        let mut claims = self.begin_dedupe(&keys).await.into_iter();
+        let firsts: Vec<Option<DedupeKey>> = keys
+            .iter()
+            .map(|k| k.and_then(|(key, repeat)| (!repeat).then_some(key)))
+            .collect();
+        let mut claims = self.begin_dedupe(&firsts).await.into_iter();
 
-        let mut done = Vec::with_capacity(batch.len());
-        let mut handled_keys = Vec::new();
-        for (((claimed, prepared), key), repeat) in batch.into_iter().zip(keys).zip(repeats) {
-            if repeat {
-                self.settle_one(
-                    inbox,
-                    claimed,
-                    Outcome::Defer(DEFER, "a copy is in the same batch".into()),
-                )
-                .await;
-                continue;
-            }
-            let claim =
-                key.map(|key| (key, claims.next().unwrap_or(Err("no dedupe answer".into()))));
-            let outcome = match &claim {
-                Some((_, Ok(Claim::Duplicate))) => Outcome::Rejected("duplicate"),
-                Some((_, Ok(Claim::InProgress))) => {
-                    Outcome::Defer(DEFER, "a copy is being handled".into())
-                }
-                Some((_, Err(e))) => Outcome::Defer(DEFER, e.clone()),
-                _ => self.deliver(&claimed, prepared).await,
+        // Each item: an event for the handler (with the dedupe key it
+        // holds), or an outcome already.
+        let mut items = Vec::with_capacity(batch.len());
+        let mut events = Vec::new();
+        for ((claimed, prepared), key) in batch.into_iter().zip(keys) {
+            let (held, step) = match key {
+                Some((_, true)) => (
+                    None,
+                    Err(Outcome::Defer(DEFER, "a copy is in the same batch".into())),
+                ),
+                Some((key, false)) => match claims.next().unwrap_or(Err("no dedupe answer".into()))
+                {
+                    Ok(Claim::Proceed) => (Some(key), Self::event(&claimed, prepared)),
+                    Ok(Claim::Duplicate) => (None, Err(Outcome::Rejected("duplicate"))),
+                    Ok(_) => (
+                        None,
+                        Err(Outcome::Defer(DEFER, "a copy is being handled".into())),
+                    ),
+                    Err(e) => (None, Err(Outcome::Defer(DEFER, e))),
+                },
+                None => (None, Self::event(&claimed, prepared)),
             };
-            if let (Some((key, Ok(Claim::Proceed))), Some(dedupe)) = (claim, &self.dedupe) {
+            let outcome = match step {
+                Ok(event) => {
+                    events.push(event);
+                    None
+                }
+                Err(outcome) => Some(outcome),
+            };
+            items.push((claimed, held, outcome));
+        }
+
+        let mut results = self.call_batch(events).await.into_iter();
+        let mut handled_keys = Vec::new();
+        let mut done = Vec::with_capacity(items.len());
+        for (claimed, held, outcome) in items {
+            let outcome = outcome.unwrap_or_else(|| match results.next() {
+                Some(Ok(())) => Outcome::Done,
+                Some(Err(reason)) => Outcome::Failed(reason),
+                None => Outcome::Failed("the handler lost an event".into()),
+            });
+            if let (Some(key), Some(dedupe)) = (held, &self.dedupe) {
                 if matches!(outcome, Outcome::Done) {
-                    // Recorded at once, without waiting, so a crash can only
-                    // repeat the items of the last moment, not of the batch.
-                    let (dedupe, owner, ttl) =
-                        (dedupe.clone(), self.owner.clone(), self.dedupe_ttl);
-                    handled_keys.push(tokio::spawn(async move {
-                        dedupe.finish(key, &owner, ttl).await
-                    }));
+                    handled_keys.push(key);
                 } else if let Err(e) = dedupe.abandon(key, &self.owner).await {
                     tracing::warn!(error = %e, "could not release a dedupe key");
                 }
@@ -337,12 +342,14 @@ impl<H: Handler> Pipeline<H> {
                 outcome => self.settle_one(inbox, claimed, outcome).await,
             }
         }
-        for recorded in handled_keys {
-            if let Ok(Err(e)) = recorded.await {
-                // The item is removed below all the same; at worst a later
-                // copy is handled again, which at-least-once allows.
-                tracing::warn!(error = %e, "could not record a handled dedupe key");
-            }
+        if let (Some(dedupe), false) = (&self.dedupe, handled_keys.is_empty())
+            && let Err(e) = dedupe
+                .finish_many(handled_keys, &self.owner, self.dedupe_ttl)
+                .await
+        {
+            // The items are removed below all the same; at worst a later
+            // copy is handled again, which at-least-once allows.
+            tracing::warn!(error = %e, "could not record handled dedupe keys");
         }
         if !done.is_empty() {
             for pause in [100, 500, 2000, 0] {
