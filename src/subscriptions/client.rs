@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,13 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Most pages `list` follows; a server that links on forever is cut off.
 const MAX_PAGES: usize = 1000;
+
+/// What is escaped in a path segment: all but the unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Longest text of a remote error message kept.
 const MAX_MESSAGE: usize = 1000;
@@ -649,7 +656,7 @@ impl GraphClient {
         format!(
             "{}/subscriptions/{}{suffix}",
             self.inner.base,
-            utf8_percent_encode(id, NON_ALPHANUMERIC)
+            utf8_percent_encode(id, SEGMENT)
         )
     }
 

@@ -1378,7 +1378,7 @@ impl Shared {
                         rich: declared.rich,
                         urls: urls.clone(),
                         renew_at: self.renew_at(now, created.expiration),
-                        renewed_at: Some(now),
+                        renewed_at: None,
                         reauthorized_at: None,
                     };
                     if let Err(e) = self.store(&managed).await {

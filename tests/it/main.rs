@@ -16,5 +16,6 @@ mod parser_props;
 mod rich;
 mod roles;
 mod shutdown;
+mod subscriptions_client;
 mod support;
 mod tunnel;
