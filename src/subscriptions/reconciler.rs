@@ -610,6 +610,7 @@ struct Settings {
     handshake_retry: RetryPolicy,
     lease_name: String,
     lease_ttl: std::time::Duration,
+    adopt_grace: std::time::Duration,
 }
 
 struct Shared {
@@ -940,6 +941,7 @@ impl SubscriptionManager {
                 handshake_retry: RetryPolicy::new(5, std::time::Duration::from_secs(2)),
                 lease_name: "msgraph-webhooks/subscriptions".to_owned(),
                 lease_ttl: std::time::Duration::from_secs(120),
+                adopt_grace: std::time::Duration::from_secs(2),
             },
         }
     }
@@ -1112,6 +1114,8 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         let woken = shared.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        // Seen now: a URL that changes during the pass wakes the next one.
+        urls.borrow_and_update();
         let now = shared.clock.now();
         let next = match shared.pass().await {
             Ok(Some(next)) => next,
@@ -1124,7 +1128,6 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     .min(shared.settings.check_interval)
             }
         };
-        urls.mark_unchanged();
         tokio::select! {
             () = shared.clock.sleep_until(next) => {}
             () = &mut woken => {}
@@ -1179,6 +1182,21 @@ impl Shared {
             .into_iter()
             .flatten()
             .find_map(|r| Managed::from_record(&r)))
+    }
+
+    /// The record of `id`, waiting a little for it: after a `409` the
+    /// instance that created it may be storing it right now.
+    async fn recorded(&self, id: &str) -> Result<Option<Managed>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.settings.adopt_grace;
+        loop {
+            if let Some(found) = self.managed_by_id(id).await? {
+                return Ok(Some(found));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     async fn store(&self, managed: &Managed) -> Result<(), StoreError> {
@@ -1397,7 +1415,7 @@ impl Shared {
                     let Some(existing) = e.conflicting_id().map(str::to_owned) else {
                         return Err(ClientError::Graph(e).into());
                     };
-                    if let Some(ours) = self.managed_by_id(&existing).await?
+                    if let Some(ours) = self.recorded(&existing).await?
                         && ours.key == key
                     {
                         // Another instance created it and recorded its clientState.

@@ -16,6 +16,7 @@ mod parser_props;
 mod rich;
 mod roles;
 mod shutdown;
+mod subscriptions;
 mod subscriptions_client;
 mod support;
 mod tunnel;

@@ -32,9 +32,12 @@ struct Seen {
     body: Bytes,
 }
 
+/// A scripted answer: status, headers, body.
+type Scripted = (u16, Vec<(&'static str, String)>, String);
+
 #[derive(Clone, Default)]
 struct Script {
-    answers: Arc<Mutex<VecDeque<(u16, Vec<(&'static str, String)>, String)>>>,
+    answers: Arc<Mutex<VecDeque<Scripted>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
@@ -66,7 +69,7 @@ async fn scripted(
 }
 
 impl Script {
-    async fn start(answers: Vec<(u16, Vec<(&'static str, String)>, String)>) -> (Self, String) {
+    async fn start(answers: Vec<Scripted>) -> (Self, String) {
         let script = Script {
             answers: Arc::new(Mutex::new(answers.into())),
             seen: Arc::default(),
