@@ -17,6 +17,7 @@ mod rich;
 mod roles;
 mod shutdown;
 mod subscriptions;
+mod subscriptions_cli;
 mod subscriptions_client;
 mod support;
 mod tunnel;
