@@ -339,7 +339,7 @@ impl GraphError {
         self.status == 409
     }
 
-    /// The id in a `409`'s "Subscription Id <id> already exists for the
+    /// The id in a `409`'s "Subscription Id `<id>` already exists for the
     /// requested combination".
     pub fn conflicting_id(&self) -> Option<&str> {
         if !self.is_conflict() {

@@ -1,5 +1,5 @@
 //! Pre-flight checks: a subscription request against the
-//! [catalog](crate::catalog)'s rules, before anything is sent to Graph.
+//! catalog's rules ([`crate::catalog`]), before anything is sent to Graph.
 //!
 //! Graph answers a bad subscription with a terse `400` (or, for a bad
 //! notification URL, only after a handshake). These checks refuse it
