@@ -405,6 +405,40 @@ async fn a_deleted_subscription_is_recreated() {
 }
 
 #[tokio::test]
+async fn a_renewal_that_finds_the_subscription_gone_recreates_it() {
+    let rig = Rig::start(
+        Emulator::builder(),
+        vec![Declared::new("users/ada/messages", "created").lifetime(Span::minutes(60))],
+        |b| b.check_interval(Span::days(1)),
+        |_, r| r,
+    )
+    .await;
+    let mut seen = rig.manager.activity();
+    let _running = rig.manager.start();
+    rig.url.send(Some(rig.server.url("/"))).unwrap();
+    let old = created(&activity(&mut seen, "created", |a| created(a).is_some()).await).unwrap();
+    graph(&rig.emulator).delete(&old).await.unwrap();
+    // Graph's list is unavailable: only the renewal can find out.
+    rig.spy.set(Mode::RefuseGets(503));
+    rig.emulator.clock().advance(Span::minutes(40));
+    let recreated = activity(&mut seen, "recreated", |a| {
+        matches!(a, Activity::Recreated { .. })
+    })
+    .await;
+    let Activity::Recreated { old: was, new, .. } = recreated else {
+        unreachable!()
+    };
+    assert_eq!(was, old);
+    assert_eq!(
+        rig.spy.count(&format!("PATCH /v1.0/subscriptions/{old}")),
+        1,
+        "the renewal got 404 and created anew instead of retrying"
+    );
+    assert_eq!(rig.emulator.subscription_ids(), std::slice::from_ref(&new));
+    assert_eq!(rig.resyncs()[0].reason, ResyncReason::Recreated);
+}
+
+#[tokio::test]
 async fn each_lifecycle_event_triggers_its_action_and_hook() {
     let rig = Rig::start(
         Emulator::builder(),

@@ -316,6 +316,39 @@ async fn hostile_answers_are_errors_not_panics() {
             .message
             .contains("no Graph error envelope")
     );
+
+    // A token endpoint that answers nonsense.
+    let (_, url) = Script::start(vec![
+        (200, json_ct(), "[1,2,3]".to_owned()),
+        (200, json_ct(), json!({"access_token": ""}).to_string()),
+        (400, vec![], "<html>no</html>".to_owned()),
+        (
+            200,
+            json_ct(),
+            json!({"access_token": "t", "expires_in": "soon"}).to_string(),
+        ),
+    ])
+    .await;
+    let tokens = ClientCredentials::new("t", "c", "s")
+        .with_token_url(format!("{url}/token"))
+        .with_retry(RetryPolicy::none());
+    assert!(matches!(
+        tokens.token().await,
+        Err(TokenError::InvalidResponse(_))
+    ));
+    assert!(matches!(
+        tokens.token().await,
+        Err(TokenError::InvalidResponse(_))
+    ));
+    assert!(matches!(
+        tokens.token().await,
+        Err(TokenError::Rejected { status: 400, .. })
+    ));
+    assert_eq!(
+        tokens.token().await.unwrap().secret(),
+        "t",
+        "an odd expires_in is an hour"
+    );
 }
 
 #[tokio::test]

@@ -16,6 +16,8 @@ pub enum Mode {
     Open,
     /// Answer everything with this status.
     Refuse(u16),
+    /// Answer every GET with this status (Graph's list unavailable).
+    RefuseGets(u16),
     /// Answer the next `n` validation requests (`?validationToken=`) with
     /// `500`, then forward.
     FailHandshakes(usize),
@@ -51,6 +53,8 @@ async fn relay(
         match &mut *mode {
             Mode::Open => None,
             Mode::Refuse(status) => Some(*status),
+            Mode::RefuseGets(status) if method == Method::GET => Some(*status),
+            Mode::RefuseGets(_) => None,
             Mode::FailHandshakes(n) if *n > 0 && path.contains("validationToken=") => {
                 *n -= 1;
                 Some(500)
