@@ -101,6 +101,9 @@ pub async fn serve(
     });
     tracing::info!(%local, "listening");
 
+    // Connections still sending their first bytes are not yet watched by
+    // `graceful`; this tells them to give up when shutdown begins.
+    let (closing, closed) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -130,8 +133,13 @@ pub async fn serve(
         let hyper_service = hyper_service.clone();
         let watcher = graceful.watcher();
         let header_read_timeout = config.header_read_timeout;
+        let mut closed = closed.clone();
         tokio::spawn(async move {
-            let Some(stream) = sniff::first_bytes(stream, header_read_timeout).await else {
+            let first = tokio::select! {
+                first = sniff::first_bytes(stream, header_read_timeout) => first,
+                _ = closed.wait_for(|closing| *closing) => None,
+            };
+            let Some(stream) = first else {
                 tracing::debug!("connection closed or stalled before its first request");
                 return;
             };
@@ -143,6 +151,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let _ = closing.send(true);
     tracing::info!(
         connections = graceful.count(),
         "shutting down; draining connections"

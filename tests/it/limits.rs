@@ -100,3 +100,16 @@ async fn oversized_headers_are_refused() {
     let reply = post_json(&server.url("/"), envelope(vec![])).await;
     assert_eq!(reply.status, 202);
 }
+
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_up_shutdown() {
+    // Without the shutdown reaching connections that never sent a byte,
+    // stopping would wait out this minute-long header deadline.
+    let receiver = Receiver::builder(Recorder::default()).client_state(ClientState::new("s"));
+    let server = TestServer::start_with(receiver, config(Duration::from_secs(60), 16)).await;
+    let _silent = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(30), server.stop())
+        .await
+        .expect("shutdown does not wait for the silent connection's header deadline");
+}
