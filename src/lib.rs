@@ -93,6 +93,7 @@
 //! | [`crypto`] | key ring, decryption of rich notifications, certificate generation |
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
+//! | [`subscriptions`] | Graph client, pre-flight checks, and a manager that keeps declared subscriptions alive |
 //! | [`emulator`] | (feature `emulator`) a local Graph: subscriptions API, identity endpoints, handshake, delivery |
 //! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
 //! | [`tunnel`] | find (and follow) the public URL of a local ngrok tunnel |
@@ -123,6 +124,7 @@ pub mod metrics;
 pub mod notification;
 pub mod registry;
 pub mod store;
+pub mod subscriptions;
 pub mod tokens;
 pub mod tunnel;
 pub mod worker;

@@ -16,5 +16,8 @@ mod parser_props;
 mod rich;
 mod roles;
 mod shutdown;
+mod subscriptions;
+mod subscriptions_cli;
+mod subscriptions_client;
 mod support;
 mod tunnel;

@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use msgraph_webhooks::handler::JsonLines;
 use msgraph_webhooks::listener::ServerConfig;
+use msgraph_webhooks::subscriptions::SubscriptionManager;
 use msgraph_webhooks::worker::RetryPolicy;
-use msgraph_webhooks::{BoxError, ClientState, Receiver, SubscriptionRegistry};
+use msgraph_webhooks::{
+    BoxError, ClientState, Handler, Receiver, ReceiverBuilder, SubscriptionRegistry,
+};
 
 use crate::store::StoreArgs;
+use crate::subscribe::{GraphArgs, SubscriptionArgs, active_certificate};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -45,6 +49,24 @@ pub(crate) struct Args {
     /// Open connections at most.
     #[arg(long, default_value_t = 1024, env = "MSGRAPH_WEBHOOKS_MAX_CONNECTIONS")]
     max_connections: usize,
+
+    /// Also create these subscriptions and keep them alive while listening,
+    /// as RESOURCE:CHANGETYPES (repeat, or separate with ';'); each gets a
+    /// random clientState of its own, kept in the store. Needs --public-url
+    /// and Graph access (--tenant-id, --client-id, the client secret).
+    #[arg(
+        long = "subscribe",
+        value_name = "RESOURCE:CHANGETYPES",
+        env = "MSGRAPH_WEBHOOKS_SUBSCRIBE",
+        value_delimiter = ';'
+    )]
+    subscribe: Vec<String>,
+
+    #[command(flatten)]
+    graph: GraphArgs,
+
+    #[command(flatten)]
+    subscription: SubscriptionArgs,
 }
 
 /// What the workers do; shared with `work`.
@@ -67,26 +89,77 @@ pub(crate) struct WorkArgs {
     pub(crate) rich: crate::rich::RichArgs,
 }
 
-pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
-    let registry = match (args.client_state, args.allow_any_client_state) {
-        (Some(state), _) => SubscriptionRegistry::with_client_state(ClientState::new(state)),
-        (None, true) => {
+pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
+    let subscribing = !args.subscribe.is_empty();
+    let registry = match (
+        args.client_state.take(),
+        args.allow_any_client_state,
+        subscribing,
+    ) {
+        (Some(state), _, _) => SubscriptionRegistry::with_client_state(ClientState::new(state)),
+        (None, true, _) => {
             tracing::warn!("--allow-any-client-state: notifications are not authenticated");
             SubscriptionRegistry::allow_any()
         }
-        (None, false) => {
+        // Each subscription is authenticated by its own clientState, from the records.
+        (None, false, true) => SubscriptionRegistry::new(),
+        (None, false, false) => {
             return Err(
                 "pass --client-state (the clientState of your subscriptions), \
+                        --subscribe RESOURCE:CHANGETYPES (subscriptions with their own), \
                         or --allow-any-client-state for a local experiment"
                     .into(),
             );
         }
     };
     let store = args.store.open().await?;
+    let (records, lease) = (store.records.clone(), store.lease.clone());
+    let registry = Arc::new(if subscribing {
+        registry.with_source(records.clone())
+    } else {
+        registry
+    });
+    if !subscribing {
+        let builder = store.configure(Receiver::builder(JsonLines::stdout()));
+        return serve(args, builder, registry, None).await;
+    }
+    // Validation tokens of rich subscriptions are issued to our app.
+    if args.work.rich.app_ids.is_empty()
+        && args.work.rich.newest_key_id().is_some()
+        && let Some(client_id) = &args.graph.client_id
+    {
+        args.work.rich.app_ids.push(client_id.clone());
+    }
+    let client = args
+        .graph
+        .client(args.work.rich.tenant_ids.first().map(String::as_str))?;
+    let certificate = match args.work.rich.key_ring()? {
+        Some(ring) => active_certificate(&ring, args.work.rich.newest_key_id())?,
+        None => None,
+    };
+    let manager = args
+        .subscription
+        .manager(client, &args.subscribe, args.addr.port(), certificate)?
+        .records(records)
+        .lease(lease)
+        .registry(registry.clone())
+        .build()?;
+    let builder = store.configure(Receiver::builder(manager.handler(JsonLines::stdout())));
+    serve(args, builder, registry, Some(manager)).await
+}
+
+/// Serves until a signal; with a manager, subscribes once the port is bound
+/// (Graph's handshake must find it) and deletes the subscriptions after
+/// the drain unless `--keep`.
+async fn serve<H: Handler>(
+    args: Args,
+    builder: ReceiverBuilder<H>,
+    registry: Arc<SubscriptionRegistry>,
+    manager: Option<SubscriptionManager>,
+) -> Result<ExitCode, BoxError> {
     let drain = Duration::from_secs(args.work.drain_secs);
-    let mut builder = store
-        .configure(Receiver::builder(JsonLines::stdout()))
-        .registry(Arc::new(registry))
+    let mut builder = builder
+        .registry(registry)
         .max_body(args.max_body)
         .retry(RetryPolicy::new(
             args.work.max_attempts,
@@ -104,8 +177,13 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let mut config = ServerConfig::default();
     config.max_connections = args.max_connections;
     config.drain_timeout = drain;
-    receiver
+    let running = manager.as_ref().map(SubscriptionManager::start);
+    let served = receiver
         .serve(listener, &config, crate::shutdown_signal())
-        .await?;
+        .await;
+    if let Some(running) = running {
+        running.stop(!args.subscription.keep).await?;
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ mod inspect;
 mod listen;
 mod rich;
 mod store;
+mod subscribe;
 mod work;
 
 use std::io::IsTerminal as _;
@@ -52,6 +53,12 @@ enum Command {
     Emulate(emulate::Args),
     /// Emulator and receiver in one process: subscribe, notify, show the events.
     Demo(demo::Args),
+    /// Create subscriptions and keep them alive until Ctrl-C (then delete
+    /// them, unless --keep).
+    Subscribe(subscribe::Args),
+    /// The kind of a resource and the least-privileged permissions to
+    /// subscribe to it, per permission type.
+    Permissions(subscribe::PermissionsArgs),
     /// Probe a notification URL the way Graph will, and explain what fails.
     Doctor(doctor::Args),
     /// Verify and decrypt a captured notification body offline: accepted
@@ -89,6 +96,8 @@ fn main() -> ExitCode {
             Command::Emulate(args) => emulate::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Subscribe(args) => subscribe::run(args).await,
+            Command::Permissions(args) => subscribe::permissions(&args),
             Command::Inspect(args) => inspect::run(args).await,
             Command::Cert(args) => cert::run(args),
         }

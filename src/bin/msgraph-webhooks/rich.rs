@@ -19,6 +19,13 @@ impl FromStr for Secret {
     }
 }
 
+impl Secret {
+    /// The value, for the request that needs it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
@@ -53,15 +60,16 @@ pub(crate) struct RichArgs {
     )]
     pub(crate) app_ids: Vec<String>,
 
-    /// Accept validation tokens of these tenants only (default: any).
-    /// Repeatable.
+    /// Your tenant: validation tokens must come from these tenants
+    /// (default: any), and `listen --subscribe` gets its Graph token from
+    /// the first. Repeatable.
     #[arg(
         long = "tenant-id",
         value_name = "ID",
         env = "MSGRAPH_WEBHOOKS_TENANT_ID",
         value_delimiter = ','
     )]
-    tenant_ids: Vec<String>,
+    pub(crate) tenant_ids: Vec<String>,
 
     /// Signing keys of the validation tokens: a JWKS URL (fetched and
     /// cached) or a JWKS file.
@@ -70,6 +78,13 @@ pub(crate) struct RichArgs {
 }
 
 impl RichArgs {
+    /// The id of the last `--key`: the certificate new and rotated
+    /// subscriptions are encrypted to.
+    pub(crate) fn newest_key_id(&self) -> Option<&str> {
+        let spec = self.keys.last()?;
+        Some(spec.split_once('=').map_or(spec.as_str(), |(id, _)| id))
+    }
+
     /// The keys given with `--key`; `None` when there are none.
     pub(crate) fn key_ring(&self) -> Result<Option<KeyRing>, BoxError> {
         if self.keys.is_empty() {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use msgraph_webhooks::BoxError;
 use msgraph_webhooks::dedupe::{Dedupe, MemoryDedupe};
 use msgraph_webhooks::inbox::{DeadLetters, Inbox, MemoryInbox};
-use msgraph_webhooks::store::{RedisConfig, RedisStore, SqliteStore};
+use msgraph_webhooks::registry::{MemoryRecords, RecordStore};
+use msgraph_webhooks::store::{Lease, MemoryLease, RedisConfig, RedisStore, SqliteStore};
 
 /// Where accepted notifications are kept until handled.
 #[derive(Debug, clap::Args)]
@@ -70,6 +71,10 @@ pub(crate) struct Store {
     pub(crate) owner: Option<String>,
     /// How long a dedupe claim lasts.
     pub(crate) dedupe_lease: Duration,
+    /// Where subscription records live.
+    pub(crate) records: Arc<dyn RecordStore>,
+    /// The lease that makes one instance the subscription manager.
+    pub(crate) lease: Arc<dyn Lease>,
 }
 
 impl Store {
@@ -100,6 +105,8 @@ impl StoreArgs {
                 dead_letters: Some(inbox),
                 owner: None,
                 dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
+                records: Arc::new(MemoryRecords::new()),
+                lease: Arc::new(MemoryLease::new()),
             });
         }
         if let Some(url) = &self.redis {
@@ -112,7 +119,9 @@ impl StoreArgs {
                 owner: Some(store.consumer().to_owned()),
                 inbox: store.clone(),
                 dedupe: store.clone(),
-                dead_letters: Some(store),
+                dead_letters: Some(store.clone()),
+                records: store.clone(),
+                lease: store,
                 // A silent worker's items are taken over after the claim
                 // timeout; its dedupe claims must not outlive that.
                 dedupe_lease: Duration::from_secs(self.claim_idle_secs),
@@ -133,7 +142,9 @@ impl StoreArgs {
             owner: Some(store.consumer().to_owned()),
             inbox: store.clone(),
             dedupe: store.clone(),
-            dead_letters: Some(store),
+            dead_letters: Some(store.clone()),
+            records: store.clone(),
+            lease: store,
             dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
         })
     }

@@ -7,6 +7,7 @@ pub mod graph;
 pub mod http;
 pub mod load;
 pub mod receivers;
+pub mod relay;
 pub mod rich;
 
 use std::net::SocketAddr;

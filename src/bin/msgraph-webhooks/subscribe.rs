@@ -1,0 +1,338 @@
+//! `msgraph-webhooks subscribe`, `permissions`, and the Graph access and
+//! subscription flags `subscribe` and `listen --subscribe` share.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use msgraph_webhooks::catalog::{self, PermissionType};
+use msgraph_webhooks::crypto::KeyRing;
+use msgraph_webhooks::subscriptions::{
+    ClientCredentials, DEFAULT_GRAPH_URL, DEFAULT_TOKEN_URL, Declared, EncryptionCertificate,
+    GraphClient, LifetimePolicy, ManagerBuilder, SubscriptionManager,
+};
+use msgraph_webhooks::tunnel::{DEFAULT_AGENT_API, NgrokAgent};
+use msgraph_webhooks::{BoxError, SubscriptionRegistry};
+
+use crate::rich::Secret;
+use crate::store::StoreArgs;
+
+/// How to reach Graph: shared by every command that talks to it.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GraphArgs {
+    /// Graph's base URL (the emulator's: http://127.0.0.1:4000/v1.0).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_GRAPH_URL, env = "MSGRAPH_WEBHOOKS_GRAPH_URL")]
+    graph_url: String,
+
+    /// The OAuth token endpoint; {tenant} stands for the tenant id.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_TOKEN_URL, env = "MSGRAPH_WEBHOOKS_TOKEN_URL")]
+    token_url: String,
+
+    /// Your app's (client) id in Entra ID.
+    #[arg(long, value_name = "ID", env = "MSGRAPH_WEBHOOKS_CLIENT_ID")]
+    pub(crate) client_id: Option<String>,
+
+    /// Your app's client secret; keep it in MSGRAPH_WEBHOOKS_CLIENT_SECRET.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "MSGRAPH_WEBHOOKS_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    client_secret: Option<Secret>,
+}
+
+impl GraphArgs {
+    /// A client with app-only tokens for `tenant`.
+    pub(crate) fn client(&self, tenant: Option<&str>) -> Result<GraphClient, BoxError> {
+        let tenant = tenant.ok_or(
+            "pass --tenant-id (your Entra tenant id or domain): the app's token comes from it",
+        )?;
+        let client_id = self
+            .client_id
+            .as_deref()
+            .ok_or("pass --client-id (your app's id in Entra ID)")?;
+        let secret = self.client_secret.as_ref().ok_or(
+            "pass the client secret in MSGRAPH_WEBHOOKS_CLIENT_SECRET (or --client-secret)",
+        )?;
+        let tokens = ClientCredentials::new(tenant, client_id, secret.expose())
+            .with_token_url(self.token_url.replace("{tenant}", tenant));
+        Ok(GraphClient::new(tokens).base_url(&self.graph_url))
+    }
+}
+
+/// What and where to subscribe: shared by `subscribe` and `listen --subscribe`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SubscriptionArgs {
+    /// The HTTPS URL Graph reaches this receiver at, or `ngrok` to take it
+    /// from the local ngrok agent (and follow it when it changes).
+    /// Notifications go to it, lifecycle notifications to URL/lifecycle.
+    #[arg(long, value_name = "URL|ngrok", env = "MSGRAPH_WEBHOOKS_PUBLIC_URL")]
+    pub(crate) public_url: Option<String>,
+
+    /// The local ngrok agent's API.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_AGENT_API, env = "MSGRAPH_WEBHOOKS_NGROK_API")]
+    ngrok_api: String,
+
+    /// Seconds between looks at the ngrok agent's tunnels.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 5.0,
+        env = "MSGRAPH_WEBHOOKS_NGROK_POLL_SECS"
+    )]
+    ngrok_poll_secs: f64,
+
+    /// Ask for resource data (rich notifications), encrypted to the active certificate.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_RICH")]
+    rich: bool,
+
+    /// Minutes each subscription asks for (default: the longest its kind allows).
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        env = "MSGRAPH_WEBHOOKS_LIFETIME_MINUTES"
+    )]
+    lifetime_minutes: Option<i64>,
+
+    /// Cut a lifetime over the kind's maximum to the maximum instead of refusing it.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_CLAMP_LIFETIME")]
+    clamp_lifetime: bool,
+
+    /// Leave the subscriptions in place on exit (a later run with the same
+    /// store takes them over) instead of deleting them.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_KEEP")]
+    pub(crate) keep: bool,
+}
+
+impl SubscriptionArgs {
+    /// The declarations of `specs` (`RESOURCE:CHANGETYPES`).
+    fn declared(&self, specs: &[String]) -> Result<Vec<Declared>, BoxError> {
+        specs
+            .iter()
+            .map(|spec| {
+                // Chat ids hold colons: the change types follow the last one.
+                let (resource, change_types) = spec.rsplit_once(':').ok_or_else(|| {
+                    format!("'{spec}': write RESOURCE:CHANGETYPES, e.g. users/ada@contoso.com/messages:created,updated")
+                })?;
+                catalog::parse_change_types(change_types).map_err(|e| {
+                    format!("'{spec}': {e} Write RESOURCE:CHANGETYPES, e.g. users:updated,deleted")
+                })?;
+                let mut declared = Declared::new(resource, change_types).rich(self.rich);
+                if let Some(minutes) = self.lifetime_minutes {
+                    declared = declared.lifetime(time::Duration::minutes(minutes));
+                }
+                if self.clamp_lifetime {
+                    declared = declared.lifetime_policy(LifetimePolicy::Clamp);
+                }
+                Ok(declared)
+            })
+            .collect()
+    }
+
+    /// A manager builder for `specs`, following the public URL.
+    pub(crate) fn manager(
+        &self,
+        client: GraphClient,
+        specs: &[String],
+        port: u16,
+        certificate: Option<EncryptionCertificate>,
+    ) -> Result<ManagerBuilder, BoxError> {
+        let mut builder = SubscriptionManager::builder(client);
+        builder = match self.public_url.as_deref() {
+            Some(url) if url.eq_ignore_ascii_case("ngrok") => {
+                tracing::info!(api = %self.ngrok_api, port, "following the ngrok tunnel to this port");
+                let poll = Duration::try_from_secs_f64(self.ngrok_poll_secs)
+                    .map_err(|_| "--ngrok-poll-secs: a positive number of seconds")?
+                    .max(Duration::from_millis(10));
+                builder.public_urls(NgrokAgent::new(&self.ngrok_api).watch(port, poll))
+            }
+            Some(url) => builder.public_url(url),
+            None => {
+                return Err(
+                    "pass --public-url https://… (where Graph reaches this receiver), or --public-url ngrok"
+                        .into(),
+                );
+            }
+        };
+        if let Some(certificate) = certificate {
+            builder = builder.certificate(certificate);
+        } else if self.rich {
+            return Err(
+                "--rich needs a certificate: --key ID=PATH (from `msgraph-webhooks cert new`)"
+                    .into(),
+            );
+        }
+        for declared in self.declared(specs)? {
+            builder = builder.declare(declared);
+        }
+        Ok(builder.on_resync(|resync| async move {
+            tracing::warn!(
+                key = %resync.key,
+                resource = %resync.resource,
+                subscription_id = %resync.subscription_id,
+                reason = ?resync.reason,
+                "changes may have been missed: resync the resource (e.g. a delta query)"
+            );
+            Ok(())
+        }))
+    }
+}
+
+/// The certificate of key `id` in `ring` (the last `--key` by default).
+pub(crate) fn active_certificate(
+    ring: &KeyRing,
+    id: Option<&str>,
+) -> Result<Option<EncryptionCertificate>, BoxError> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let key = ring
+        .get(id)
+        .ok_or_else(|| format!("no --key has the id '{id}'"))?;
+    Ok(Some(EncryptionCertificate::from_key(id, key)?))
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Subscriptions to keep alive, as RESOURCE:CHANGETYPES
+    /// (e.g. users/ada@contoso.com/messages:created,updated).
+    #[arg(required = true, value_name = "RESOURCE:CHANGETYPES")]
+    subscriptions: Vec<String>,
+
+    /// Your Entra tenant (id or domain): the app's token comes from it.
+    #[arg(long, value_name = "ID", env = "MSGRAPH_WEBHOOKS_TENANT_ID")]
+    tenant_id: Option<String>,
+
+    #[command(flatten)]
+    graph: GraphArgs,
+
+    #[command(flatten)]
+    subscription: SubscriptionArgs,
+
+    /// The local port the ngrok tunnel forwards to (with --public-url ngrok).
+    #[arg(long, default_value_t = 8080, env = "MSGRAPH_WEBHOOKS_PORT")]
+    port: u16,
+
+    /// The certificate rich subscriptions are encrypted to: ID=PATH, PATH a
+    /// PEM (or DER) file holding it, e.g. cert.pem from `cert new`.
+    #[arg(long, value_name = "ID=PATH", env = "MSGRAPH_WEBHOOKS_CERTIFICATE")]
+    certificate: Option<String>,
+
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+fn load_certificate(spec: &str) -> Result<EncryptionCertificate, BoxError> {
+    let (id, path) = spec.split_once('=').ok_or("--certificate: write ID=PATH")?;
+    let path = PathBuf::from(path);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("--certificate {id}=…: {}: {e}", path.display()))?;
+    let x509 = openssl::x509::X509::from_pem(&bytes)
+        .or_else(|_| openssl::x509::X509::from_der(&bytes))
+        .map_err(|_| {
+            format!(
+                "--certificate {id}=…: {} holds no certificate",
+                path.display()
+            )
+        })?;
+    let der = x509.to_der()?;
+    Ok(EncryptionCertificate::new(
+        id,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der),
+    ))
+}
+
+pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
+    let client = args.graph.client(args.tenant_id.as_deref())?;
+    let certificate = args
+        .certificate
+        .as_deref()
+        .map(load_certificate)
+        .transpose()?;
+    let store = args.store.open().await?;
+    let registry = Arc::new(SubscriptionRegistry::new().with_source(store.records.clone()));
+    let manager = args
+        .subscription
+        .manager(client, &args.subscriptions, args.port, certificate)?
+        .records(store.records.clone())
+        .lease(store.lease.clone())
+        .registry(registry)
+        .build()?;
+    let mut activity = manager.activity();
+    let running = manager.start();
+    let print = tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match activity.recv().await {
+                Ok(a) => println!("{a}"),
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    crate::shutdown_signal().await;
+    let keep = args.subscription.keep;
+    running.stop(!keep).await?;
+    // Let the last lines (the deletions) out.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    print.abort();
+    if keep {
+        tracing::info!("subscriptions kept (--keep)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PermissionsArgs {
+    /// A resource path, as in a subscription's `resource` (e.g. me/messages).
+    resource: String,
+}
+
+/// `msgraph-webhooks permissions RESOURCE`.
+pub(crate) fn permissions(args: &PermissionsArgs) -> Result<ExitCode, BoxError> {
+    let resolved = catalog::resolve(&args.resource)?;
+    let rules = resolved.rules();
+    println!("resource: {}", resolved.path().as_str());
+    println!("kind: {}", resolved.kind());
+    for permission_type in PermissionType::ALL {
+        let accepted = resolved.permissions(permission_type);
+        match resolved.least_privileged(permission_type) {
+            None => println!("{permission_type}: not supported"),
+            Some(least) => {
+                let others: Vec<String> = accepted
+                    .iter()
+                    .filter(|p| *p != least)
+                    .map(ToString::to_string)
+                    .collect();
+                if others.is_empty() {
+                    println!("{permission_type}: {least}");
+                } else {
+                    println!(
+                        "{permission_type}: {least} (also accepted: {})",
+                        others.join(", ")
+                    );
+                }
+            }
+        }
+    }
+    let types: Vec<&str> = rules.change_types.iter().map(|t| t.as_str()).collect();
+    println!("change types: {}", types.join(", "));
+    let basic = rules.max_lifetime(false).whole_minutes();
+    let rich = rules.max_lifetime(true).whole_minutes();
+    if basic == rich {
+        println!("max lifetime: {basic} minutes");
+    } else {
+        println!("max lifetime: {basic} minutes ({rich} with resource data)");
+    }
+    if PermissionType::ALL
+        .into_iter()
+        .any(|t| resolved.permissions(t).iter().any(|p| p.resource_specific))
+    {
+        println!(
+            "(* marks resource-specific consent: granted by installing the app in one chat or team)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
