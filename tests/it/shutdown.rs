@@ -95,10 +95,28 @@ async fn sigterm_stops_accepting_finishes_in_flight_requests_and_drains() {
         202
     );
 
-    // A request in flight when the signal arrives: headers and half the body.
+    // A request in flight when the signal arrives: headers and half the body,
+    // on a keep-alive connection the server has already served (a connection
+    // still waiting in the accept backlog would be reset by the closing
+    // listener, not drained).
     let body = envelope(vec![message_item("sub-1", STATE, 999)]);
     let (first, second) = body.as_bytes().split_at(body.len() / 2);
     let mut in_flight = TcpStream::connect(addr).await.unwrap();
+    in_flight
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut served = Vec::new();
+    while !served.ends_with(b"\r\n\r\nok\n") {
+        let mut chunk = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(10), in_flight.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the connection stays open");
+        served.extend_from_slice(&chunk[..n]);
+    }
+    assert!(served.starts_with(b"HTTP/1.1 200"));
     in_flight
         .write_all(
             format!(
