@@ -20,7 +20,7 @@
 //! when the lock of a claimer can be taken, that process is dead and its
 //! claims are released — at once, not after a timeout.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -83,12 +83,7 @@ CREATE TABLE IF NOT EXISTS dedupe_done (
     expires_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedupe_done_expiry ON dedupe_done (expires_at_ms);
--- Keys being handled right now: a handful of rows, so its pages stay hot.
-CREATE TABLE IF NOT EXISTS dedupe_pending (
-    key BLOB PRIMARY KEY,
-    owner TEXT NOT NULL,
-    expires_at_ms INTEGER NOT NULL
-) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS subscriptions (
     id TEXT PRIMARY KEY,
     record TEXT NOT NULL
@@ -119,6 +114,8 @@ pub struct SqliteStore {
     appended: Arc<Notify>,
     /// Items a worker of this process holds right now.
     held: Mutex<HashSet<i64>>,
+    /// Dedupe keys a worker of this process is handling, by owner.
+    pending: Mutex<HashMap<[u8; 32], (String, std::time::Instant)>>,
     swept_at: Mutex<Option<std::time::Instant>>,
     _lock: File,
 }
@@ -151,21 +148,9 @@ enum Op {
         reply: Reply<()>,
     },
     Replay(Vec<i64>, Reply<usize>),
-    Begin {
-        keys: Vec<[u8; 32]>,
-        owner: String,
-        lease_ms: i64,
-        reply: Reply<Vec<Claim>>,
-    },
     Finish {
         keys: Vec<[u8; 32]>,
-        owner: String,
         ttl_ms: i64,
-        reply: Reply<()>,
-    },
-    Abandon {
-        key: [u8; 32],
-        owner: String,
         reply: Reply<()>,
     },
     ReleaseClaims(String, Reply<usize>),
@@ -234,6 +219,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             appended,
             held: Mutex::default(),
+            pending: Mutex::default(),
             swept_at: Mutex::default(),
             _lock: lock,
         };
@@ -356,6 +342,12 @@ impl SqliteStore {
         }
         self.release_stale_claims().await;
         self.sweep_dead_consumers().await > 0
+    }
+
+    fn lock_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (String, std::time::Instant)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
@@ -535,11 +527,7 @@ fn write_loop(conn: Connection, consumer: &str, queue: &Queue) {
         if last_sweep.elapsed() > SWEEP {
             last_sweep = std::time::Instant::now();
             let now = now_ms();
-            let swept = conn
-                .execute("DELETE FROM dedupe_done WHERE expires_at_ms < ?1", [now])
-                .and_then(|_| {
-                    conn.execute("DELETE FROM dedupe_pending WHERE expires_at_ms < ?1", [now])
-                });
+            let swept = conn.execute("DELETE FROM dedupe_done WHERE expires_at_ms < ?1", [now]);
             if let Err(e) = swept {
                 tracing::debug!(error = %e, "sweeping expired dedupe keys failed");
             }
@@ -566,7 +554,6 @@ enum Done {
     Unit,
     Claimed(Vec<Claimed>),
     Count(usize),
-    Claims(Vec<Claim>),
     Flag(bool),
 }
 
@@ -610,9 +597,6 @@ fn answer(op: Op, done: Done) {
         ) => {
             let _ = reply.send(Ok(n));
         }
-        (Op::Begin { reply, .. }, Done::Claims(claims)) => {
-            let _ = reply.send(Ok(claims));
-        }
         (Op::Acquire { reply, .. }, Done::Flag(held)) => {
             let _ = reply.send(Ok(held));
         }
@@ -622,7 +606,6 @@ fn answer(op: Op, done: Done) {
             | Op::Retry { reply, .. }
             | Op::DeadLetter { reply, .. }
             | Op::Finish { reply, .. }
-            | Op::Abandon { reply, .. }
             | Op::PutRecord(_, _, reply)
             | Op::RemoveRecord(_, reply)
             | Op::Release { reply, .. },
@@ -642,7 +625,6 @@ fn fail(op: Op, why: &str) {
         | Op::Retry { reply, .. }
         | Op::DeadLetter { reply, .. }
         | Op::Finish { reply, .. }
-        | Op::Abandon { reply, .. }
         | Op::PutRecord(_, _, reply)
         | Op::RemoveRecord(_, reply)
         | Op::Release { reply, .. } => {
@@ -655,9 +637,6 @@ fn fail(op: Op, why: &str) {
             let _ = reply.send(Err(why));
         }
         Op::Replay(_, reply) | Op::ReleaseClaims(_, reply) | Op::ReleaseStale { reply, .. } => {
-            let _ = reply.send(Err(why));
-        }
-        Op::Begin { reply, .. } => {
             let _ = reply.send(Err(why));
         }
     }
@@ -785,64 +764,15 @@ fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Result<Done> {
             let n = conn
                 .prepare_cached("UPDATE items SET claimed_by = NULL WHERE claimed_by = ?1")?
                 .execute([dead])?;
-            conn.prepare_cached("DELETE FROM dedupe_pending WHERE owner = ?1")?
-                .execute([dead])?;
             Done::Count(n)
         }
-        Op::Begin {
-            keys,
-            owner,
-            lease_ms,
-            ..
-        } => {
-            let mut done =
-                conn.prepare_cached("SELECT expires_at_ms FROM dedupe_done WHERE key = ?1")?;
-            let mut pending = conn
-                .prepare_cached("SELECT owner, expires_at_ms FROM dedupe_pending WHERE key = ?1")?;
-            let mut claim_key = conn.prepare_cached(
-                "INSERT OR REPLACE INTO dedupe_pending (key, owner, expires_at_ms) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut claims = Vec::with_capacity(keys.len());
-            for key in keys {
-                let handled: Option<i64> =
-                    done.query_row([&key[..]], |row| row.get(0)).optional()?;
-                let held: Option<(String, i64)> = pending
-                    .query_row([&key[..]], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()?;
-                let claim = match (handled, held) {
-                    (Some(expires), _) if expires > now => Claim::Duplicate,
-                    (_, Some((other, expires))) if expires > now && other != *owner => {
-                        Claim::InProgress
-                    }
-                    _ => Claim::Proceed,
-                };
-                if claim == Claim::Proceed {
-                    claim_key.execute(params![&key[..], owner, now + lease_ms])?;
-                }
-                claims.push(claim);
-            }
-            Done::Claims(claims)
-        }
-        Op::Finish {
-            keys,
-            owner,
-            ttl_ms,
-            ..
-        } => {
+        Op::Finish { keys, ttl_ms, .. } => {
             let mut done = conn.prepare_cached(
                 "INSERT OR REPLACE INTO dedupe_done (key, expires_at_ms) VALUES (?1, ?2)",
             )?;
-            let mut release =
-                conn.prepare_cached("DELETE FROM dedupe_pending WHERE key = ?1 AND owner = ?2")?;
             for key in keys {
                 done.execute(params![&key[..], now + ttl_ms])?;
-                release.execute(params![&key[..], owner])?;
             }
-            Done::Unit
-        }
-        Op::Abandon { key, owner, .. } => {
-            conn.prepare_cached("DELETE FROM dedupe_pending WHERE key = ?1 AND owner = ?2")?
-                .execute(params![&key[..], owner])?;
             Done::Unit
         }
         Op::PutRecord(id, record, _) => {
@@ -1087,6 +1017,13 @@ impl DeadLetters for SqliteStore {
     }
 }
 
+/// Dedupe on the embedded store: handled keys are rows of `dedupe_done`
+/// (durable, shared by every process of the data directory); keys being
+/// handled are held in this process's memory. Workers of one process never
+/// handle two copies at once; two processes could, in the rare case that
+/// Graph's copies are claimed by both at the same moment — an extra handler
+/// call, which at-least-once allows — and the pending state costs no disk
+/// write per item.
 impl Dedupe for SqliteStore {
     fn begin(
         &self,
@@ -1112,16 +1049,14 @@ impl Dedupe for SqliteStore {
     }
 
     fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>> {
-        let owner = owner.to_owned();
-        Box::pin(async move {
-            self.call(|reply| Op::Abandon {
-                key: key.0,
-                owner,
-                reply,
-            })
-            .await
-            .map_err(DedupeError)
-        })
+        let mut pending = self.lock_pending();
+        if pending
+            .get(&key.0)
+            .is_some_and(|(holder, _)| holder == owner)
+        {
+            pending.remove(&key.0);
+        }
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn begin_many(
@@ -1130,16 +1065,66 @@ impl Dedupe for SqliteStore {
         owner: &str,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Vec<Claim>, DedupeError>> {
+        // Claim first, then look for a handled row: a holder releases its
+        // claim only after its row committed, so one of the two always sees
+        // the other.
+        let now = std::time::Instant::now();
+        let mut claims: Vec<Claim> = {
+            let mut pending = self.lock_pending();
+            keys.iter()
+                .map(|key| match pending.get(&key.0) {
+                    Some((holder, until)) if *until > now && holder != owner => Claim::InProgress,
+                    _ => {
+                        pending.insert(key.0, (owner.to_owned(), now + lease));
+                        Claim::Proceed
+                    }
+                })
+                .collect()
+        };
         let owner = owner.to_owned();
+        let claimed: Vec<[u8; 32]> = keys
+            .iter()
+            .zip(&claims)
+            .filter(|(_, claim)| **claim == Claim::Proceed)
+            .map(|(key, _)| key.0)
+            .collect();
+        let handled = self.read(move |conn| {
+            let mut find =
+                conn.prepare_cached("SELECT expires_at_ms FROM dedupe_done WHERE key = ?1")?;
+            let now = now_ms();
+            keys.iter()
+                .map(|key| {
+                    find.query_row([&key.0[..]], |row| row.get::<_, i64>(0))
+                        .optional()
+                        .map(|expires| expires.is_some_and(|e| e > now))
+                })
+                .collect::<rusqlite::Result<Vec<bool>>>()
+                .map(|handled| (keys, handled))
+        });
         Box::pin(async move {
-            self.call(|reply| Op::Begin {
-                keys: keys.iter().map(|k| k.0).collect(),
-                owner,
-                lease_ms: ms(lease),
-                reply,
-            })
-            .await
-            .map_err(DedupeError)
+            let (keys, handled) = match handled.await {
+                Ok(found) => found,
+                Err(e) => {
+                    let mut pending = self.lock_pending();
+                    for key in &claimed {
+                        pending.remove(key);
+                    }
+                    return Err(DedupeError(e.to_string()));
+                }
+            };
+            let mut pending = self.lock_pending();
+            for ((claim, key), handled) in claims.iter_mut().zip(&keys).zip(handled) {
+                if *claim == Claim::Proceed && handled {
+                    *claim = Claim::Duplicate;
+                    if pending
+                        .get(&key.0)
+                        .is_some_and(|(holder, _)| *holder == owner)
+                    {
+                        pending.remove(&key.0);
+                    }
+                }
+            }
+            Ok(claims)
         })
     }
 
@@ -1151,14 +1136,26 @@ impl Dedupe for SqliteStore {
     ) -> BoxFuture<'_, Result<(), DedupeError>> {
         let owner = owner.to_owned();
         Box::pin(async move {
-            self.call(|reply| Op::Finish {
-                keys: keys.iter().map(|k| k.0).collect(),
-                owner,
-                ttl_ms: ms(ttl),
-                reply,
-            })
-            .await
-            .map_err(DedupeError)
+            let raw: Vec<[u8; 32]> = keys.iter().map(|k| k.0).collect();
+            let recorded = self
+                .call(|reply| Op::Finish {
+                    keys: raw,
+                    ttl_ms: ms(ttl),
+                    reply,
+                })
+                .await
+                .map_err(DedupeError);
+            // Released only now that the rows are committed (see begin_many).
+            let mut pending = self.lock_pending();
+            for key in &keys {
+                if pending
+                    .get(&key.0)
+                    .is_some_and(|(holder, _)| *holder == owner)
+                {
+                    pending.remove(&key.0);
+                }
+            }
+            recorded
         })
     }
 }
