@@ -212,10 +212,10 @@ impl<H: Handler> ReceiverBuilder<H> {
         self
     }
 
-    /// The name this receiver's workers claim dedupe keys under (default: a
-    /// random one). Use the durable store's consumer id
-    /// ([`SqliteStore::consumer`](crate::store::SqliteStore::consumer)), so
-    /// the store releases a dead process's claims with its items.
+    /// The name this receiver's workers claim dedupe keys under, each as
+    /// `{owner}/{n}` (default: a random one). Naming it after the store's
+    /// consumer ([`SqliteStore::consumer`](crate::store::SqliteStore::consumer))
+    /// ties a claim in the dedupe store to the process that holds it.
     pub fn dedupe_owner(mut self, owner: impl Into<String>) -> Self {
         self.dedupe_owner = Some(owner.into());
         self

@@ -265,7 +265,7 @@ impl<H: Handler> Pipeline<H> {
     /// the deliverable events in one call, handled keys are marked and
     /// handled items removed in one round trip each; retries and dead
     /// letters go one by one.
-    async fn settle_batch(&self, inbox: &dyn Inbox, batch: Vec<(Claimed, Prepared)>) {
+    async fn settle_batch(&self, inbox: &dyn Inbox, owner: &str, batch: Vec<(Claimed, Prepared)>) {
         // A copy of an item in the same batch waits for the first one's
         // outcome (handled: then dedupe drops it; failed: then it is handled).
         let mut seen = std::collections::HashSet::new();
@@ -283,7 +283,7 @@ impl<H: Handler> Pipeline<H> {
             .iter()
             .map(|k| k.and_then(|(key, repeat)| (!repeat).then_some(key)))
             .collect();
-        let mut claims = self.begin_dedupe(&firsts).await.into_iter();
+        let mut claims = self.begin_dedupe(owner, &firsts).await.into_iter();
 
         // Each item: an event for the handler (with the dedupe key it
         // holds), or an outcome already.
@@ -329,7 +329,7 @@ impl<H: Handler> Pipeline<H> {
             if let (Some(key), Some(dedupe)) = (held, &self.dedupe) {
                 if matches!(outcome, Outcome::Done) {
                     handled_keys.push(key);
-                } else if let Err(e) = dedupe.abandon(key, &self.owner).await {
+                } else if let Err(e) = dedupe.abandon(key, owner).await {
                     tracing::warn!(error = %e, "could not release a dedupe key");
                 }
             }
@@ -344,7 +344,7 @@ impl<H: Handler> Pipeline<H> {
         }
         if let (Some(dedupe), false) = (&self.dedupe, handled_keys.is_empty())
             && let Err(e) = dedupe
-                .finish_many(handled_keys, &self.owner, self.dedupe_ttl)
+                .finish_many(handled_keys, owner, self.dedupe_ttl)
                 .await
         {
             // The items are removed below all the same; at worst a later
@@ -368,7 +368,11 @@ impl<H: Handler> Pipeline<H> {
     }
 
     /// Claims the dedupe keys of a batch; one answer per `Some` key, in order.
-    async fn begin_dedupe(&self, keys: &[Option<DedupeKey>]) -> Vec<Result<Claim, String>> {
+    async fn begin_dedupe(
+        &self,
+        owner: &str,
+        keys: &[Option<DedupeKey>],
+    ) -> Vec<Result<Claim, String>> {
         let wanted: Vec<DedupeKey> = keys.iter().flatten().copied().collect();
         let Some(dedupe) = &self.dedupe else {
             return Vec::new();
@@ -377,10 +381,7 @@ impl<H: Handler> Pipeline<H> {
             return Vec::new();
         }
         let n = wanted.len();
-        match dedupe
-            .begin_many(wanted, &self.owner, self.dedupe_lease)
-            .await
-        {
+        match dedupe.begin_many(wanted, owner, self.dedupe_lease).await {
             Ok(claims) if claims.len() == n => claims.into_iter().map(Ok).collect(),
             Ok(_) => vec![Err("the dedupe store answered for the wrong keys".to_owned()); n],
             Err(e) => vec![Err(e.to_string()); n],
@@ -451,8 +452,16 @@ impl Workers {
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        for _ in 0..count {
-            tasks.spawn(work(inbox.clone(), pipeline.clone(), stopped.clone()));
+        for n in 0..count {
+            // Each worker claims dedupe keys under its own name, so two
+            // workers never both go ahead with copies of one notification.
+            let owner = format!("{}/{n}", pipeline.owner);
+            tasks.spawn(work(
+                inbox.clone(),
+                pipeline.clone(),
+                owner,
+                stopped.clone(),
+            ));
         }
         Self { stop, tasks }
     }
@@ -477,6 +486,7 @@ impl Workers {
 async fn work<H: Handler>(
     inbox: Arc<dyn Inbox>,
     pipeline: Arc<Pipeline<H>>,
+    owner: String,
     stopped: watch::Receiver<bool>,
 ) {
     // Claiming and verifying (RSA on its own pool) run up to two batches
@@ -511,7 +521,7 @@ async fn work<H: Handler>(
     };
     let consume = async {
         while let Some(batch) = prepared.recv().await {
-            pipeline.settle_batch(inbox.as_ref(), batch).await;
+            pipeline.settle_batch(inbox.as_ref(), &owner, batch).await;
         }
     };
     tokio::join!(produce, consume);

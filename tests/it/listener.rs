@@ -522,3 +522,54 @@ async fn an_unreachable_record_source_answers_503() {
     );
     assert!(reply.body.is_empty());
 }
+
+#[tokio::test]
+async fn a_copy_arriving_while_another_worker_handles_it_is_not_handled_twice() {
+    // The first call waits for the gate; meanwhile Graph's copies of the
+    // same notification reach the other worker too.
+    let calls = Arc::new(AtomicU32::new(0));
+    let (entered, mut first_entered) = tokio::sync::mpsc::channel::<()>(4);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = {
+        let (calls, gate) = (calls.clone(), gate.clone());
+        handler_fn(move |_event: ChangeEvent| {
+            let (calls, gate, entered) = (calls.clone(), gate.clone(), entered.clone());
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let _ = entered.send(()).await;
+                let _permit = gate.acquire().await;
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let receiver = Receiver::builder(handler)
+        .client_state(ClientState::new(STATE))
+        .workers(2);
+    let server = TestServer::start(receiver).await;
+    let copy = || envelope(vec![message_item("s", STATE, 1)]);
+    assert_eq!(post_json(&server.url("/"), copy()).await.status, 202);
+    tokio::time::timeout(Duration::from_secs(10), first_entered.recv())
+        .await
+        .expect("the first copy reaches the handler");
+    // A worker claims up to two batches ahead of its handler, so of three
+    // more copies, one at least reaches the other worker.
+    for _ in 0..3 {
+        assert_eq!(post_json(&server.url("/"), copy()).await.status, 202);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The copies wait while the first is held, then are dropped as
+    // duplicates once it is handled.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.add_permits(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while server.metrics.rejected_count("duplicate") < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copies were not dropped as duplicates within 15 s; handler calls: {}",
+            calls.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "handled exactly once");
+}
