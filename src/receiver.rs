@@ -197,8 +197,8 @@ impl<H: Handler> ReceiverBuilder<H> {
         self
     }
 
-    /// How long handled notifications are remembered (default 24 h; at
-    /// least Graph's 4-hour retry window).
+    /// How long handled notifications are remembered (default 6 h; keep it
+    /// over Graph's 4-hour retry window).
     pub fn dedupe_ttl(mut self, ttl: Duration) -> Self {
         self.dedupe_ttl = ttl;
         self

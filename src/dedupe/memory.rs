@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -6,11 +6,27 @@ use futures_util::future::BoxFuture;
 
 use super::{Claim, Dedupe, DedupeError, DedupeKey};
 
+/// How many handled keys [`MemoryDedupe::new`] remembers at most: about
+/// 100 MB, a day of a busy tenant's mail.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
 /// Dedupe in process memory: for tests, and for a single process with the
 /// in-memory inbox (where a restart loses the inbox anyway).
-#[derive(Debug, Default)]
+///
+/// Memory stays bounded: handled keys are forgotten when their TTL passes,
+/// and the oldest first once more than the limit are kept, so a flood
+/// shortens the dedupe window instead of exhausting memory.
+#[derive(Debug)]
 pub struct MemoryDedupe {
-    keys: Mutex<HashMap<DedupeKey, Entry>>,
+    state: Mutex<State>,
+    max_keys: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<DedupeKey, Entry>,
+    /// Handled keys in the order they were marked, with their expiry.
+    handled: VecDeque<(DedupeKey, Instant)>,
 }
 
 #[derive(Debug)]
@@ -19,22 +35,56 @@ enum Entry {
     Done { until: Instant },
 }
 
+impl Default for MemoryDedupe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MemoryDedupe {
-    /// An empty store.
+    /// An empty store remembering up to [`DEFAULT_MAX_KEYS`] handled keys.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_max_keys(DEFAULT_MAX_KEYS)
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<DedupeKey, Entry>, Instant) -> T) -> T {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+    /// An empty store remembering up to `max_keys` handled keys (at least 1).
+    pub fn with_max_keys(max_keys: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            max_keys: max_keys.max(1),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State, Instant) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        // Drop expired entries now and then, so the map stays bounded by the TTL.
-        if keys.len() > 1024 && keys.len().is_power_of_two() {
-            keys.retain(|_, e| match e {
+        // Claims whose holder vanished (a cancelled task) expire with their
+        // lease; drop them now and then so the map stays bounded.
+        if state.keys.len() > 1024 && state.keys.len().is_power_of_two() {
+            state.keys.retain(|_, e| match e {
                 Entry::Claimed { until, .. } | Entry::Done { until } => *until > now,
             });
         }
-        f(&mut keys, now)
+        f(&mut state, now)
+    }
+}
+
+impl State {
+    /// Marks `key` handled until `until`, forgetting expired keys and the
+    /// oldest ones beyond `max_keys`.
+    fn mark(&mut self, key: DedupeKey, until: Instant, now: Instant, max_keys: usize) {
+        self.keys.insert(key, Entry::Done { until });
+        self.handled.push_back((key, until));
+        while let Some(&(old, expires)) = self.handled.front() {
+            if expires > now && self.handled.len() <= max_keys {
+                break;
+            }
+            self.handled.pop_front();
+            // Only if it was not marked again (or claimed) since.
+            if matches!(self.keys.get(&old), Some(Entry::Done { until }) if *until == expires) {
+                self.keys.remove(&old);
+            }
+        }
     }
 }
 
@@ -45,7 +95,7 @@ impl Dedupe for MemoryDedupe {
         owner: &str,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Claim, DedupeError>> {
-        let claim = self.with(|keys, now| {
+        let claim = self.with(|State { keys, .. }, now| {
             let claim = match keys.get(&key) {
                 Some(Entry::Done { until }) if *until > now => return Claim::Duplicate,
                 Some(Entry::Claimed { owner: o, until }) if *until > now && o != owner => {
@@ -71,12 +121,12 @@ impl Dedupe for MemoryDedupe {
         _owner: &str,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<(), DedupeError>> {
-        self.with(|keys, now| keys.insert(key, Entry::Done { until: now + ttl }));
+        self.with(|state, now| state.mark(key, now + ttl, now, self.max_keys));
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>> {
-        self.with(|keys, _| {
+        self.with(|State { keys, .. }, _| {
             if matches!(keys.get(&key), Some(Entry::Claimed { owner: o, .. }) if o == owner) {
                 keys.remove(&key);
             }
@@ -122,5 +172,50 @@ mod tests {
             Claim::Proceed,
             "an expired lease is free"
         );
+    }
+
+    #[tokio::test]
+    async fn memory_stays_bounded_oldest_forgotten_first() {
+        let store = MemoryDedupe::with_max_keys(3);
+        let (lease, ttl) = (Duration::from_secs(60), Duration::from_secs(3600));
+        for n in 1..=5u8 {
+            let key = DedupeKey([n; 32]);
+            assert_eq!(store.begin(key, "a", lease).await.unwrap(), Claim::Proceed);
+            store.finish(key, "a", ttl).await.unwrap();
+        }
+        {
+            let state = store.state.lock().unwrap();
+            assert_eq!(state.handled.len(), 3);
+            assert_eq!(state.keys.len(), 3);
+        }
+        for n in 1..=2u8 {
+            let key = DedupeKey([n; 32]);
+            assert_eq!(
+                store.begin(key, "b", lease).await.unwrap(),
+                Claim::Proceed,
+                "key {n} was forgotten"
+            );
+        }
+        for n in 3..=5u8 {
+            let key = DedupeKey([n; 32]);
+            assert_eq!(
+                store.begin(key, "b", lease).await.unwrap(),
+                Claim::Duplicate
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_keys_are_forgotten() {
+        let store = MemoryDedupe::new();
+        let lease = Duration::from_secs(60);
+        for n in 1..=100u8 {
+            let key = DedupeKey([n; 32]);
+            store.begin(key, "a", lease).await.unwrap();
+            store.finish(key, "a", Duration::ZERO).await.unwrap();
+        }
+        let state = store.state.lock().unwrap();
+        assert!(state.handled.len() <= 1, "{}", state.handled.len());
+        assert!(state.keys.len() <= 1, "{}", state.keys.len());
     }
 }

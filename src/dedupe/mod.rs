@@ -24,11 +24,11 @@ use futures_util::future::BoxFuture;
 
 use crate::notification::ChangeNotification;
 
-pub use memory::MemoryDedupe;
+pub use memory::{DEFAULT_MAX_KEYS, MemoryDedupe};
 
-/// How long handled keys are remembered by default: a day, longer than
-/// Graph's 4-hour retry window and the lifetime of its validation tokens.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long handled keys are remembered by default: 6 hours, Graph's 4-hour
+/// retry window with room to spare.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(6 * 3600);
 
 /// How long a claimed key blocks copies while its item is handled.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);

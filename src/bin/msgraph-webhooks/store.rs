@@ -48,6 +48,17 @@ pub(crate) struct StoreArgs {
     )]
     claim_idle_secs: u64,
 
+    /// Hours a handled notification is remembered, so Graph's copies of it
+    /// are dropped; keep it over Graph's 4-hour retry window.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 6,
+        value_parser = clap::value_parser!(u64).range(1..=168),
+        env = "MSGRAPH_WEBHOOKS_DEDUPE_HOURS"
+    )]
+    dedupe_hours: u64,
+
     /// Keep the inbox in memory only: fastest, and lost with the process.
     #[arg(long, global = true, env = "MSGRAPH_WEBHOOKS_MEMORY")]
     memory: bool,
@@ -71,6 +82,8 @@ pub(crate) struct Store {
     pub(crate) owner: Option<String>,
     /// How long a dedupe claim lasts.
     pub(crate) dedupe_lease: Duration,
+    /// How long a handled key is remembered.
+    pub(crate) dedupe_ttl: Duration,
     /// Where subscription records live.
     pub(crate) records: Arc<dyn RecordStore>,
     /// The lease that makes one instance the subscription manager.
@@ -86,7 +99,8 @@ impl Store {
         let builder = builder
             .inbox(self.inbox)
             .dedupe(self.dedupe)
-            .dedupe_lease(self.dedupe_lease);
+            .dedupe_lease(self.dedupe_lease)
+            .dedupe_ttl(self.dedupe_ttl);
         match self.owner {
             Some(owner) => builder.dedupe_owner(owner),
             None => builder,
@@ -96,6 +110,13 @@ impl Store {
 
 impl StoreArgs {
     pub(crate) async fn open(&self) -> Result<Store, BoxError> {
+        let dedupe_ttl = Duration::from_secs(self.dedupe_hours * 3600);
+        if self.dedupe_hours < 4 {
+            tracing::warn!(
+                hours = self.dedupe_hours,
+                "--dedupe-hours is shorter than Graph's 4-hour retry window: late copies are handled again"
+            );
+        }
         if self.memory {
             tracing::warn!("--memory: acknowledged notifications are lost if the process stops");
             let inbox = Arc::new(MemoryInbox::new(self.inbox_capacity));
@@ -105,6 +126,7 @@ impl StoreArgs {
                 dead_letters: Some(inbox),
                 owner: None,
                 dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
+                dedupe_ttl,
                 records: Arc::new(MemoryRecords::new()),
                 lease: Arc::new(MemoryLease::new()),
             });
@@ -125,6 +147,7 @@ impl StoreArgs {
                 // A silent worker's items are taken over after the claim
                 // timeout; its dedupe claims must not outlive that.
                 dedupe_lease: Duration::from_secs(self.claim_idle_secs),
+                dedupe_ttl,
             });
         }
         let dir = match &self.data_dir {
@@ -146,6 +169,7 @@ impl StoreArgs {
             records: store.clone(),
             lease: store,
             dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
+            dedupe_ttl,
         })
     }
 }
