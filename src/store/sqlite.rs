@@ -45,10 +45,6 @@ const MAX_URGENT: usize = 1024;
 /// Background operations (the workers' bookkeeping) per transaction at most,
 /// so a backlog of them never holds an append back for long.
 const MAX_BACKGROUND: usize = 128;
-/// How long a small group of appends waits for more under load.
-const GATHER: Duration = Duration::from_micros(250);
-/// Appends that make a group worth committing without waiting.
-const GATHER_ENOUGH: usize = 24;
 /// How often an idle claimer looks for items appended by other processes.
 const POLL: Duration = Duration::from_millis(50);
 /// How often dead consumers' claims and expired dedupe keys are swept.
@@ -231,9 +227,9 @@ impl SqliteStore {
         &self.path
     }
 
-    /// This process's consumer id. Give it to
-    /// [`ReceiverBuilder::dedupe_owner`](crate::ReceiverBuilder::dedupe_owner),
-    /// so the dedupe claims of a process that died are released with its items.
+    /// This process's consumer id (the claims of a process that died are
+    /// released by it). A good
+    /// [`ReceiverBuilder::dedupe_owner`](crate::ReceiverBuilder::dedupe_owner).
     pub fn consumer(&self) -> &str {
         &self.consumer
     }
@@ -393,9 +389,14 @@ fn connect(path: &Path, writer: bool) -> Result<Connection, InboxError> {
         .and_then(|()| {
             conn.pragma_update(None, "synchronous", if writer { "FULL" } else { "NORMAL" })
         })
-        // Fewer, larger checkpoints: pages rewritten many times (items come
-        // and go) are copied back once.
-        .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", 8192))
+        // Small, frequent checkpoints (SQLite's default size), inside the
+        // commit that crosses the size: a commit that does one stalls the
+        // appends behind it for a few milliseconds rather than tens, and the
+        // WAL is then rewritten in place, whose fsync is cheaper than one
+        // that grows the file. (Checkpointing on a thread of its own was
+        // slower: passive checkpoints never complete under load, so the WAL
+        // only grows.)
+        .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", 1000))
         .map_err(|e| unavailable(format!("configuring {}: {e}", path.display())))?;
     Ok(conn)
 }
@@ -442,6 +443,8 @@ struct Lanes {
     urgent: std::collections::VecDeque<Op>,
     background: std::collections::VecDeque<Op>,
     closed: bool,
+    /// The writer waits on `ready` (else waking it is a wasted syscall).
+    waiting: bool,
 }
 
 impl Queue {
@@ -455,8 +458,11 @@ impl Queue {
         } else {
             lanes.background.push_back(op);
         }
+        let wake = lanes.waiting;
         drop(lanes);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -468,30 +474,18 @@ impl Queue {
     /// The next group: every waiting urgent operation (bounded) and some
     /// background ones. `None` once closed and drained.
     ///
-    /// Under load (`busy`: the previous group was durable and just
-    /// committed), a small urgent group waits up to [`GATHER`] for more
-    /// appends, so one fsync serves more requests; an idle store commits at once.
-    fn take(&self, busy: bool) -> Option<Vec<Op>> {
+    /// It never waits for more appends to arrive: the appends that come
+    /// while a group commits form the next group, so under load groups grow
+    /// by themselves, and an idle store commits at once.
+    fn take(&self) -> Option<Vec<Op>> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         while lanes.urgent.is_empty() && lanes.background.is_empty() {
             if lanes.closed {
                 return None;
             }
+            lanes.waiting = true;
             lanes = self.ready.wait(lanes).unwrap_or_else(|e| e.into_inner());
-        }
-        if busy && !lanes.urgent.is_empty() && lanes.urgent.len() < GATHER_ENOUGH {
-            let deadline = std::time::Instant::now() + GATHER;
-            while lanes.urgent.len() < GATHER_ENOUGH && !lanes.closed {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                lanes = self
-                    .ready
-                    .wait_timeout(lanes, left)
-                    .map(|(lanes, _)| lanes)
-                    .unwrap_or_else(|e| e.into_inner().0);
-            }
+            lanes.waiting = false;
         }
         let urgent = lanes.urgent.len().min(MAX_URGENT);
         let background = lanes.background.len().min(MAX_BACKGROUND);
@@ -505,10 +499,8 @@ impl Queue {
 fn write_loop(conn: Connection, consumer: &str, queue: &Queue) {
     let mut last_sweep = std::time::Instant::now();
     let mut synchronous_full = true;
-    let mut busy = false;
-    while let Some(batch) = queue.take(busy) {
+    while let Some(batch) = queue.take() {
         let durable = batch.iter().any(Op::durable);
-        busy = durable;
         if durable != synchronous_full {
             let mode = if durable { "FULL" } else { "NORMAL" };
             match conn.pragma_update(None, "synchronous", mode) {
