@@ -18,9 +18,15 @@ pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// shortens the dedupe window instead of exhausting memory.
 #[derive(Debug)]
 pub struct MemoryDedupe {
-    state: Mutex<State>,
-    max_keys: usize,
+    /// Keys spread over shards by their first byte (they are SHA-256
+    /// digests): workers rarely wait on each other, and no map grows so big
+    /// that resizing it stalls the thread for long.
+    shards: Box<[Mutex<State>]>,
+    /// Handled keys each shard keeps at most.
+    max_per_shard: usize,
 }
+
+const SHARDS: usize = 64;
 
 #[derive(Debug, Default)]
 struct State {
@@ -47,16 +53,18 @@ impl MemoryDedupe {
         Self::with_max_keys(DEFAULT_MAX_KEYS)
     }
 
-    /// An empty store remembering up to `max_keys` handled keys (at least 1).
+    /// An empty store remembering about `max_keys` handled keys (rounded up
+    /// to a multiple of 64).
     pub fn with_max_keys(max_keys: usize) -> Self {
         Self {
-            state: Mutex::default(),
-            max_keys: max_keys.max(1),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            max_per_shard: max_keys.div_ceil(SHARDS).max(1),
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut State, Instant) -> T) -> T {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    fn with<T>(&self, key: &DedupeKey, f: impl FnOnce(&mut State, Instant) -> T) -> T {
+        let shard = &self.shards[usize::from(key.0[0]) % SHARDS];
+        let mut state = shard.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Claims whose holder vanished (a cancelled task) expire with their
         // lease; drop them now and then so the map stays bounded.
@@ -95,7 +103,7 @@ impl Dedupe for MemoryDedupe {
         owner: &str,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Claim, DedupeError>> {
-        let claim = self.with(|State { keys, .. }, now| {
+        let claim = self.with(&key, |State { keys, .. }, now| {
             let claim = match keys.get(&key) {
                 Some(Entry::Done { until }) if *until > now => return Claim::Duplicate,
                 Some(Entry::Claimed { owner: o, until }) if *until > now && o != owner => {
@@ -121,12 +129,14 @@ impl Dedupe for MemoryDedupe {
         _owner: &str,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<(), DedupeError>> {
-        self.with(|state, now| state.mark(key, now + ttl, now, self.max_keys));
+        self.with(&key, |state, now| {
+            state.mark(key, now + ttl, now, self.max_per_shard);
+        });
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>> {
-        self.with(|State { keys, .. }, _| {
+        self.with(&key, |State { keys, .. }, _| {
             if matches!(keys.get(&key), Some(Entry::Claimed { owner: o, .. }) if o == owner) {
                 keys.remove(&key);
             }
@@ -176,30 +186,36 @@ mod tests {
 
     #[tokio::test]
     async fn memory_stays_bounded_oldest_forgotten_first() {
-        let store = MemoryDedupe::with_max_keys(3);
+        // Three keys per shard; these all fall in shard 0.
+        let store = MemoryDedupe::with_max_keys(3 * SHARDS);
+        let key = |n: u8| {
+            let mut key = [0; 32];
+            key[1] = n;
+            DedupeKey(key)
+        };
         let (lease, ttl) = (Duration::from_secs(60), Duration::from_secs(3600));
         for n in 1..=5u8 {
-            let key = DedupeKey([n; 32]);
-            assert_eq!(store.begin(key, "a", lease).await.unwrap(), Claim::Proceed);
-            store.finish(key, "a", ttl).await.unwrap();
+            assert_eq!(
+                store.begin(key(n), "a", lease).await.unwrap(),
+                Claim::Proceed
+            );
+            store.finish(key(n), "a", ttl).await.unwrap();
         }
         {
-            let state = store.state.lock().unwrap();
+            let state = store.shards[0].lock().unwrap();
             assert_eq!(state.handled.len(), 3);
             assert_eq!(state.keys.len(), 3);
         }
         for n in 1..=2u8 {
-            let key = DedupeKey([n; 32]);
             assert_eq!(
-                store.begin(key, "b", lease).await.unwrap(),
+                store.begin(key(n), "b", lease).await.unwrap(),
                 Claim::Proceed,
                 "key {n} was forgotten"
             );
         }
         for n in 3..=5u8 {
-            let key = DedupeKey([n; 32]);
             assert_eq!(
-                store.begin(key, "b", lease).await.unwrap(),
+                store.begin(key(n), "b", lease).await.unwrap(),
                 Claim::Duplicate
             );
         }
@@ -210,11 +226,13 @@ mod tests {
         let store = MemoryDedupe::new();
         let lease = Duration::from_secs(60);
         for n in 1..=100u8 {
-            let key = DedupeKey([n; 32]);
+            let mut key = [7; 32];
+            key[1] = n;
+            let key = DedupeKey(key);
             store.begin(key, "a", lease).await.unwrap();
             store.finish(key, "a", Duration::ZERO).await.unwrap();
         }
-        let state = store.state.lock().unwrap();
+        let state = store.shards[7].lock().unwrap();
         assert!(state.handled.len() <= 1, "{}", state.handled.len());
         assert!(state.keys.len() <= 1, "{}", state.keys.len());
     }
