@@ -30,6 +30,9 @@ struct State {
     delayed: BinaryHeap<Reverse<Delayed>>,
     claimed: HashSet<EntryId>,
     dead: VecDeque<(Claimed, String, i64)>,
+    /// A claimer was woken for new items and has not claimed yet: further
+    /// appends leave the others asleep, and it takes them all in one batch.
+    waking: bool,
 }
 
 /// Dead letters kept in memory, newest last.
@@ -98,6 +101,18 @@ impl MemoryInbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Wakes one waiting claimer for ready items, unless one is already on
+    /// its way. Waking every claimer for each append (or one per append)
+    /// hands each a batch of one; under load this lets batches fill up
+    /// while the woken claimer gets going, and when it claims, the next
+    /// append wakes the next claimer.
+    fn wake_one(&self, state: &mut State) {
+        if !state.waking {
+            state.waking = true;
+            self.ready.notify_one();
+        }
+    }
+
     fn release(&self, state: &mut State, id: &EntryId) -> Result<(), InboxError> {
         if state.claimed.remove(id) {
             Ok(())
@@ -109,26 +124,23 @@ impl MemoryInbox {
 
 impl Inbox for MemoryInbox {
     fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>> {
-        let result = {
-            let mut state = self.lock();
-            if state.depth() + items.len() > self.capacity {
-                Err(InboxError::Full)
-            } else {
-                for item in items {
-                    state.next_id += 1;
-                    let id = EntryId(state.next_id.to_string());
-                    state.ready.push_back(Claimed {
-                        id,
-                        item,
-                        attempts: 0,
-                    });
-                }
-                Ok(())
+        let mut state = self.lock();
+        let result = if state.depth() + items.len() > self.capacity {
+            Err(InboxError::Full)
+        } else {
+            for item in items {
+                state.next_id += 1;
+                let id = EntryId(state.next_id.to_string());
+                state.ready.push_back(Claimed {
+                    id,
+                    item,
+                    attempts: 0,
+                });
             }
+            self.wake_one(&mut state);
+            Ok(())
         };
-        if result.is_ok() {
-            self.ready.notify_waiters();
-        }
+        drop(state);
         Box::pin(std::future::ready(result))
     }
 
@@ -141,12 +153,17 @@ impl Inbox for MemoryInbox {
                 notified.as_mut().enable();
                 let next_due = {
                     let mut state = self.lock();
+                    state.waking = false;
                     state.promote_due(Instant::now());
                     if !state.ready.is_empty() {
                         let n = max.min(state.ready.len()).max(1);
                         let batch: Vec<Claimed> = state.ready.drain(..n).collect();
                         for entry in &batch {
                             state.claimed.insert(entry.id.clone());
+                        }
+                        if !state.ready.is_empty() {
+                            // More than one batch waits: another claimer's turn.
+                            self.wake_one(&mut state);
                         }
                         return Ok(batch);
                     }
@@ -341,5 +358,50 @@ mod tests {
                 .unwrap(),
             1
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claimers_woken_one_at_a_time_still_get_every_item() {
+        // Claimers wait long: a lost wake-up would leave items unclaimed
+        // past the deadline below.
+        const ITEMS: u32 = 2000;
+        let inbox = std::sync::Arc::new(MemoryInbox::new(10_000));
+        let claimed = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let claimers: Vec<_> = (0..4)
+            .map(|_| {
+                let (inbox, claimed) = (inbox.clone(), claimed.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let batch = inbox.claim(16, Duration::from_secs(60)).await.unwrap();
+                        let n = u32::try_from(batch.len()).unwrap();
+                        inbox
+                            .complete_many(batch.into_iter().map(|c| c.id).collect())
+                            .await
+                            .unwrap();
+                        claimed.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for n in 0..ITEMS {
+            inbox.append(vec![item(n)]).await.unwrap();
+            if n % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while claimed.load(std::sync::atomic::Ordering::SeqCst) < ITEMS {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {ITEMS} items claimed",
+                claimed.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for claimer in claimers {
+            claimer.abort();
+        }
+        assert_eq!(claimed.load(std::sync::atomic::Ordering::SeqCst), ITEMS);
+        assert_eq!(inbox.stats().await.unwrap().depth, 0);
     }
 }

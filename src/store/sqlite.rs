@@ -108,6 +108,8 @@ pub struct SqliteStore {
     writer: Arc<Queue>,
     reader: Arc<Mutex<Connection>>,
     appended: Arc<Notify>,
+    /// A claimer was woken for appended items and has not claimed yet.
+    waking: std::sync::atomic::AtomicBool,
     /// Items a worker of this process holds right now.
     held: Mutex<HashSet<i64>>,
     /// Dedupe keys a worker of this process is handling, by owner.
@@ -214,6 +216,7 @@ impl SqliteStore {
             writer,
             reader: Arc::new(Mutex::new(reader)),
             appended,
+            waking: std::sync::atomic::AtomicBool::new(false),
             held: Mutex::default(),
             pending: Mutex::default(),
             swept_at: Mutex::default(),
@@ -344,6 +347,16 @@ impl SqliteStore {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (String, std::time::Instant)>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes one waiting claimer of this process for appended items, unless
+    /// one is already on its way: it claims everything appended meanwhile
+    /// in one batch, where waking every claimer on every append sent them
+    /// all to the writer, most to claim nothing.
+    fn wake_claimer(&self) {
+        if !self.waking.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.appended.notify_one();
+        }
     }
 
     fn lock_held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
@@ -835,7 +848,7 @@ impl Inbox for SqliteStore {
             self.call(|reply| Op::Append(rows, reply))
                 .await
                 .map_err(InboxError::Unavailable)?;
-            self.appended.notify_waiters();
+            self.wake_claimer();
             Ok(())
         })
     }
@@ -848,10 +861,16 @@ impl Inbox for SqliteStore {
                 let appended = self.appended.notified();
                 tokio::pin!(appended);
                 appended.as_mut().enable();
+                self.waking
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 let claimed = self
                     .call(|reply| Op::Claim(max.max(1), reply))
                     .await
                     .map_err(InboxError::Unavailable)?;
+                if claimed.len() >= max {
+                    // Perhaps more are waiting: another claimer's turn.
+                    self.wake_claimer();
+                }
                 if !claimed.is_empty() {
                     let mut held = self.lock_held();
                     for c in &claimed {
