@@ -6,8 +6,9 @@ use futures_util::future::BoxFuture;
 
 use super::{Claim, Dedupe, DedupeError, DedupeKey};
 
-/// How many handled keys [`MemoryDedupe::new`] remembers at most: about
-/// 100 MB, a day of a busy tenant's mail.
+/// How many handled keys [`MemoryDedupe::new`] remembers at most (each
+/// costs on the order of 150 bytes: the key, its entry and its place in
+/// the expiry queue).
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 /// Dedupe in process memory: for tests, and for a single process with the

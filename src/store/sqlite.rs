@@ -113,7 +113,7 @@ pub struct SqliteStore {
     /// Items a worker of this process holds right now.
     held: Mutex<HashSet<i64>>,
     /// Dedupe keys a worker of this process is handling, by owner.
-    pending: Mutex<HashMap<[u8; 32], (String, std::time::Instant)>>,
+    pending: Mutex<PendingKeys>,
     swept_at: Mutex<Option<std::time::Instant>>,
     _lock: File,
 }
@@ -343,9 +343,7 @@ impl SqliteStore {
         self.sweep_dead_consumers().await > 0
     }
 
-    fn lock_pending(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (String, std::time::Instant)>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, PendingKeys> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -1031,6 +1029,16 @@ impl DeadLetters for SqliteStore {
     }
 }
 
+/// Dedupe keys being handled in this process: holder and lease end.
+type PendingKeys = HashMap<[u8; 32], (String, std::time::Instant)>;
+
+/// Releases `key` if `owner` still holds it.
+fn release(pending: &mut PendingKeys, key: &[u8; 32], owner: &str) {
+    if pending.get(key).is_some_and(|(holder, _)| holder == owner) {
+        pending.remove(key);
+    }
+}
+
 /// Dedupe on the embedded store: handled keys are rows of `dedupe_done`
 /// (durable, shared by every process of the data directory); keys being
 /// handled are held in this process's memory. Workers of one process never
@@ -1063,13 +1071,7 @@ impl Dedupe for SqliteStore {
     }
 
     fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>> {
-        let mut pending = self.lock_pending();
-        if pending
-            .get(&key.0)
-            .is_some_and(|(holder, _)| holder == owner)
-        {
-            pending.remove(&key.0);
-        }
+        release(&mut self.lock_pending(), &key.0, owner);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -1121,7 +1123,7 @@ impl Dedupe for SqliteStore {
                 Err(e) => {
                     let mut pending = self.lock_pending();
                     for key in &claimed {
-                        pending.remove(key);
+                        release(&mut pending, key, &owner);
                     }
                     return Err(DedupeError(e.to_string()));
                 }
@@ -1130,12 +1132,7 @@ impl Dedupe for SqliteStore {
             for ((claim, key), handled) in claims.iter_mut().zip(&keys).zip(handled) {
                 if *claim == Claim::Proceed && handled {
                     *claim = Claim::Duplicate;
-                    if pending
-                        .get(&key.0)
-                        .is_some_and(|(holder, _)| *holder == owner)
-                    {
-                        pending.remove(&key.0);
-                    }
+                    release(&mut pending, &key.0, &owner);
                 }
             }
             Ok(claims)
@@ -1162,12 +1159,7 @@ impl Dedupe for SqliteStore {
             // Released only now that the rows are committed (see begin_many).
             let mut pending = self.lock_pending();
             for key in &keys {
-                if pending
-                    .get(&key.0)
-                    .is_some_and(|(holder, _)| *holder == owner)
-                {
-                    pending.remove(&key.0);
-                }
+                release(&mut pending, &key.0, &owner);
             }
             recorded
         })
@@ -1376,6 +1368,12 @@ mod tests {
         assert_eq!(
             store.begin(other, "d", lease).await.unwrap(),
             Claim::Proceed
+        );
+        // Only the holder releases a key.
+        store.abandon(other, "e").await.unwrap();
+        assert_eq!(
+            store.begin(other, "f", lease).await.unwrap(),
+            Claim::InProgress
         );
     }
 
