@@ -432,8 +432,14 @@ impl<H: Handler> Pipeline<H> {
     }
 }
 
-/// How many items a worker claims at once.
-const CLAIM_BATCH: usize = 16;
+/// How many items a worker claims at once: at most what a claim returns —
+/// when items trickle in it takes the few there are. Under load, each batch
+/// costs a round of thread wake-ups (RSA pool, printer, inbox); 64 rather
+/// than 16 cut the rich benchmark's context switches by half and its CPU
+/// besides RSA by a fifth (BENCHMARKS.md). The price: a worker killed
+/// between handling a batch and recording it has up to 64 items handled
+/// again after the restart.
+const CLAIM_BATCH: usize = 64;
 /// How long a claim waits for items before the worker checks for shutdown.
 const CLAIM_WAIT: Duration = Duration::from_millis(500);
 

@@ -12,7 +12,7 @@ const STATE: &str = "durability-secret";
 const WORKERS: usize = 4;
 /// Items a worker holds at once (the worker's claim batch): what a kill can
 /// leave handled but not yet recorded as handled.
-const CLAIM_BATCH: usize = 16;
+const CLAIM_BATCH: usize = 64;
 
 /// A small deterministic generator for kill points; the seed is printed so
 /// a failing run can be repeated with `MSGRAPH_WEBHOOKS_TEST_SEED`.
