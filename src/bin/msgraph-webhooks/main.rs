@@ -20,12 +20,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-// mimalloc rather than glibc's malloc: the receiver allocates on one thread
-// (request bodies, decrypted resources) and frees on another, which glibc
-// serves with arena locks and consolidation (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Receive Microsoft Graph change notifications.
 ///
 /// Every flag can also be set with an environment variable
