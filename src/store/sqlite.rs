@@ -196,6 +196,8 @@ impl SqliteStore {
         writer_conn
             .execute_batch(SCHEMA)
             .map_err(|e| unavailable(format!("creating the schema: {e}")))?;
+        release_claims_without_consumers(&writer_conn, &consumers)
+            .map_err(|e| unavailable(format!("releasing orphaned claims: {e}")))?;
 
         let reader = connect(&path, false)?;
 
@@ -643,6 +645,27 @@ fn fail(op: Op, why: &str) {
             let _ = reply.send(Err(why));
         }
     }
+}
+
+/// Releases the claims of consumers that have no lock file (removed by hand,
+/// say): no sweep would ever find them dead, and their items would wait
+/// forever. Every process takes its lock file before it claims anything, so
+/// a claimer without one is gone.
+fn release_claims_without_consumers(conn: &Connection, consumers: &Path) -> rusqlite::Result<()> {
+    let claimers: Vec<String> = conn
+        .prepare("SELECT DISTINCT claimed_by FROM items WHERE claimed_by IS NOT NULL")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for claimer in claimers {
+        if !consumers.join(format!("{claimer}.lock")).exists() {
+            let n = conn.execute(
+                "UPDATE items SET claimed_by = NULL WHERE claimed_by = ?1",
+                [&claimer],
+            )?;
+            tracing::warn!(consumer = %claimer, items = n, "released the claims of a consumer without a lock file");
+        }
+    }
+    Ok(())
 }
 
 /// Executes one operation inside the open transaction.
@@ -1302,6 +1325,27 @@ mod tests {
             "item 1, claimed by the dead consumer, is handed out again"
         );
         assert_eq!(store.stats().await.unwrap().depth, 0);
+    }
+
+    #[tokio::test]
+    async fn claims_of_a_consumer_without_a_lock_file_are_released_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.append((0..2).map(item).collect()).await.unwrap();
+            assert_eq!(store.claim(1, Duration::ZERO).await.unwrap().len(), 1);
+            store.consumer().to_owned()
+        };
+        // The dead consumer's lock file removed by hand: no sweep can tell
+        // it is dead any more.
+        fs::remove_file(dir.path().join(CONSUMERS).join(format!("{gone}.lock"))).unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut seen = Vec::new();
+        for claimed in store.claim(10, Duration::ZERO).await.unwrap() {
+            seen.push(n(&claimed));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1], "the orphaned claim was released at once");
     }
 
     #[tokio::test]
