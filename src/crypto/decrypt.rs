@@ -231,7 +231,7 @@ impl<'a> Contexts<'a> {
     /// Written out rather than taken from `openssl::sign::Signer`: the crate
     /// offers HMAC only through a new HMAC `PKey` and signing context per
     /// key, and every item has its own key — on OpenSSL 3 that set-up costs
-    /// ~9 µs per item, eight times the hashing itself (the crate does not
+    /// ~9 µs per item, seven times the hashing itself (the crate does not
     /// bind `EVP_MAC`). Tested against OpenSSL's HMAC and RFC 4231's vectors.
     ///
     /// `key` is at most SHA-256's 64-byte block (Graph's is 32 bytes);
