@@ -248,19 +248,21 @@ impl<'a> Contexts<'a> {
             .ok_or(DecryptError::Internal)?
             .copy_from_slice(key);
         pad.iter_mut().for_each(|b| *b ^= 0x36);
-        let mut inner = [0u8; 32];
-        ctx.digest_init(Md::sha256()).map_err(internal)?;
-        ctx.digest_update(&pad[..]).map_err(internal)?;
-        ctx.digest_update(message).map_err(internal)?;
-        ctx.digest_final(&mut inner).map_err(internal)?;
+        let inner = sha256(ctx, &[&pad[..], message]).map_err(internal)?;
         pad.iter_mut().for_each(|b| *b ^= 0x36 ^ 0x5c);
-        let mut mac = [0u8; 32];
-        ctx.digest_init(Md::sha256()).map_err(internal)?;
-        ctx.digest_update(&pad[..]).map_err(internal)?;
-        ctx.digest_update(&inner).map_err(internal)?;
-        ctx.digest_final(&mut mac).map_err(internal)?;
-        Ok(mac)
+        sha256(ctx, &[&pad[..], &inner]).map_err(internal)
     }
+}
+
+/// SHA-256 of the concatenated `parts`, on a reused context.
+fn sha256(ctx: &mut MdCtx, parts: &[&[u8]]) -> Result<[u8; 32], openssl::error::ErrorStack> {
+    ctx.digest_init(Md::sha256())?;
+    for part in parts {
+        ctx.digest_update(part)?;
+    }
+    let mut digest = [0u8; 32];
+    ctx.digest_final(&mut digest)?;
+    Ok(digest)
 }
 
 /// Decrypts on a pool of threads of its own, one per core, so RSA never

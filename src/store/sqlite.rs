@@ -658,14 +658,17 @@ fn release_claims_without_consumers(conn: &Connection, consumers: &Path) -> rusq
         .collect::<rusqlite::Result<_>>()?;
     for claimer in claimers {
         if !consumers.join(format!("{claimer}.lock")).exists() {
-            let n = conn.execute(
-                "UPDATE items SET claimed_by = NULL WHERE claimed_by = ?1",
-                [&claimer],
-            )?;
+            let n = release_claims_of(conn, &claimer)?;
             tracing::warn!(consumer = %claimer, items = n, "released the claims of a consumer without a lock file");
         }
     }
     Ok(())
+}
+
+/// Hands every item `consumer` claimed out again.
+fn release_claims_of(conn: &Connection, consumer: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached("UPDATE items SET claimed_by = NULL WHERE claimed_by = ?1")?
+        .execute([consumer])
 }
 
 /// Executes one operation inside the open transaction.
@@ -789,12 +792,7 @@ fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Result<Done> {
             }
             Done::Count(released)
         }
-        Op::ReleaseClaims(dead, _) => {
-            let n = conn
-                .prepare_cached("UPDATE items SET claimed_by = NULL WHERE claimed_by = ?1")?
-                .execute([dead])?;
-            Done::Count(n)
-        }
+        Op::ReleaseClaims(dead, _) => Done::Count(release_claims_of(conn, dead)?),
         Op::Finish { keys, ttl_ms, .. } => {
             let mut done = conn.prepare_cached(
                 "INSERT OR REPLACE INTO dedupe_done (key, expires_at_ms) VALUES (?1, ?2)",

@@ -10,8 +10,9 @@ use crate::support::load::{Load, Seen, batches};
 
 const STATE: &str = "durability-secret";
 const WORKERS: usize = 4;
-/// Items a worker holds at once (the worker's claim batch): what a kill can
-/// leave handled but not yet recorded as handled.
+/// Items a worker holds at once (the worker's claim batch, `CLAIM_BATCH` in
+/// `src/worker/mod.rs`): what a kill can leave handled but not yet recorded
+/// as handled.
 const CLAIM_BATCH: usize = 64;
 
 /// A small deterministic generator for kill points; the seed is printed so
