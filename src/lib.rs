@@ -93,10 +93,12 @@
 //! | [`crypto`] | key ring, decryption of rich notifications, certificate generation |
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
+//! | [`admin`] | the admin address: `/metrics`, never on the notification port |
 //! | [`subscriptions`] | Graph client, pre-flight checks, and a manager that keeps declared subscriptions alive |
 //! | [`emulator`] | (feature `emulator`) a local Graph: subscriptions API, identity endpoints, handshake, delivery |
 //! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
 //! | [`tunnel`] | find (and follow) the public URL of a local ngrok tunnel |
+//! | [`files`] | bounded reads of the files a user names (keys, JWKS, captures) |
 //!
 //! # Features
 //!
@@ -111,12 +113,14 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admin;
 pub mod catalog;
 pub mod crypto;
 pub mod dedupe;
 pub mod doctor;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod files;
 pub mod handler;
 pub mod inbox;
 pub mod listener;

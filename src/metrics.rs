@@ -15,9 +15,11 @@ use crate::inbox::InboxStats;
 
 type Label = [(&'static str, &'static str); 1];
 
-/// The receiver's metrics. Rendered by `GET /metrics` of the standalone
-/// server; an app that mounts the endpoint elsewhere can expose
-/// [`render`](Self::render) on a route of its own.
+/// The receiver's metrics. Rendered by `GET /metrics` of the admin address
+/// ([`admin`](crate::admin)), never by the notification endpoint: they tell
+/// which items were refused and why. An app that mounts the endpoint
+/// elsewhere mounts [`AdminService`](crate::admin::AdminService) where only
+/// its operators reach it, or exposes [`render`](Self::render) itself.
 pub struct Metrics {
     registry: Registry,
     deliveries: Family<Label, Counter>,
@@ -28,6 +30,7 @@ pub struct Metrics {
     inbox_oldest_age: Gauge<f64, AtomicU64>,
     handled: Family<Label, Counter>,
     dead_lettered: Counter,
+    connections_closed: Family<Label, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -96,6 +99,12 @@ impl Metrics {
             "Items moved to the dead letters after too many failed attempts",
             dead_lettered.clone(),
         );
+        let connections_closed = Family::<Label, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server closed or refused on its own, by reason (idle, shed_capacity, shed_peer, refused_peer)",
+            connections_closed.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -106,6 +115,7 @@ impl Metrics {
             inbox_oldest_age,
             handled,
             dead_lettered,
+            connections_closed,
         }
     }
 
@@ -135,6 +145,20 @@ impl Metrics {
 
     pub(crate) fn dead_lettered(&self) {
         self.dead_lettered.inc();
+    }
+
+    pub(crate) fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Connections closed or refused so far for `reason` (`idle`,
+    /// `shed_capacity`, `shed_peer`, `refused_peer`).
+    pub fn connections_closed_count(&self, reason: &'static str) -> u64 {
+        self.connections_closed
+            .get_or_create(&[("reason", reason)])
+            .get()
     }
 
     /// Items rejected so far for `reason` (a label such as `client_state_mismatch`).

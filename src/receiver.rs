@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::ClientState;
+use crate::admin::AdminService;
 use crate::crypto::KeyRing;
 use crate::dedupe::{Dedupe, MemoryDedupe};
 use crate::handler::Handler;
@@ -369,9 +370,17 @@ impl<H: Handler> Receiver<H> {
         &self.shared.metrics
     }
 
+    /// The admin endpoints (`/metrics`, `/healthz`) of this receiver, to
+    /// serve on an address only operators reach: never mount them beside
+    /// the notification endpoint (see [`admin`](crate::admin)).
+    pub fn admin_service(&self) -> AdminService {
+        AdminService::new(self.shared.metrics.clone(), Some(self.shared.inbox.clone()))
+    }
+
     /// Serves on `listener` with the workers running, until `shutdown`
     /// completes; then stops accepting, finishes in-flight requests and lets
-    /// the workers drain, each within its bounded time.
+    /// the workers drain, each within its bounded time. No metrics are
+    /// served: see [`serve_with_admin`](Self::serve_with_admin).
     ///
     /// # Errors
     ///
@@ -382,9 +391,49 @@ impl<H: Handler> Receiver<H> {
         config: &ServerConfig,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
+        self.serve_with_admin(listener, None, config, shutdown)
+            .await
+    }
+
+    /// [`serve`](Self::serve), and the admin endpoints on `admin` (when
+    /// given) until the same `shutdown`.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors of either listener itself.
+    pub async fn serve_with_admin(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        config: &ServerConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let admin_served = async {
+            match admin {
+                Some(admin) => {
+                    crate::admin::serve(admin, self.admin_service(), until_stopped(stopped.clone()))
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
         let workers = self.spawn_workers();
-        let served = crate::listener::serve(listener, self.service(), config, shutdown).await;
+        let endpoint = crate::listener::serve(
+            listener,
+            self.service(),
+            config,
+            until_stopped(stopped.clone()),
+        );
+        let ((), served, admin_served) = tokio::join!(signal, endpoint, admin_served);
         workers.shutdown(self.worker_drain).await;
-        served
+        served.and(admin_served)
     }
 }

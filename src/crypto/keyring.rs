@@ -102,7 +102,7 @@ impl DecryptionKey {
     ///
     /// [`KeyError`] when the file cannot be read or holds no matching pair.
     pub fn from_file(path: &Path, password: Option<&str>) -> Result<Self, KeyError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(KeyError::Io)?);
+        let bytes = Zeroizing::new(crate::files::read_capped(path).map_err(KeyError::Io)?);
         Self::from_bytes(&bytes, password)
     }
 

@@ -3,6 +3,7 @@
 //! `202`. [`WebhookService`] is a `tower::Service`, so it mounts as a route
 //! of an axum app; [`serve`] runs it standalone on hyper.
 
+mod connections;
 mod handshake;
 mod response;
 mod server;
@@ -29,6 +30,12 @@ use handshake::Handshake;
 use response::{Answer, Rejection};
 
 pub use server::{ServerConfig, serve};
+pub(crate) use server::{Tracked, plain, run};
+
+/// When the standalone server wants a request's body in full: headers and
+/// body share one deadline there (see [`ServerConfig::request_timeout`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestDeadline(pub(crate) Instant);
 
 /// Limits on what one delivery may send.
 #[derive(Clone, Debug)]
@@ -159,8 +166,13 @@ impl WebhookService {
         if declared.is_some_and(|n| n > limits.max_body as u64) {
             return Err(Rejection::TooLarge);
         }
+        let mut until = Instant::now() + limits.body_timeout;
+        if let Some(RequestDeadline(deadline)) = request.extensions().get() {
+            until = until.min(*deadline);
+        }
         let body = Limited::new(request.into_body(), limits.max_body);
-        match tokio::time::timeout(limits.body_timeout, body.collect()).await {
+        let until = tokio::time::Instant::from_std(until);
+        match tokio::time::timeout_at(until, body.collect()).await {
             Err(_) => Err(Rejection::BodyTimeout),
             Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Rejection::TooLarge),
             Ok(Err(_)) => Err(Rejection::BodyError),
@@ -193,6 +205,7 @@ impl WebhookService {
         let metrics = &self.shared.metrics;
         let mut accepted = Vec::with_capacity(envelope.items.len());
         let (mut changes, mut lifecycles) = (0, 0);
+        let mut dropped = Tally::default();
         for raw in &envelope.items {
             match self.check_item(raw) {
                 Ok(class) => {
@@ -206,10 +219,14 @@ impl WebhookService {
                     ));
                 }
                 Err(reason) => {
-                    tracing::debug!(reason = reason.as_str(), "dropping item before the ack");
                     metrics.rejected(reason.as_str());
+                    dropped.add(reason.as_str());
                 }
             }
+        }
+        // One line per delivery, however many items it drops.
+        if !dropped.is_empty() {
+            tracing::debug!(accepted = accepted.len(), dropped = %dropped, "dropping items before the ack");
         }
         if changes > 0 {
             metrics.accepted("change", changes);
@@ -231,6 +248,33 @@ impl WebhookService {
             .registry
             .check(subscription_id, head.client_state.as_deref())?;
         Ok(class)
+    }
+}
+
+/// Items dropped from one delivery, counted by reason, for its log line.
+#[derive(Default)]
+struct Tally(Vec<(&'static str, usize)>);
+
+impl Tally {
+    fn add(&mut self, reason: &'static str) {
+        match self.0.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((reason, 1)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (reason, n)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{reason}={n}")?;
+        }
+        Ok(())
     }
 }
 

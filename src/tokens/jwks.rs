@@ -210,7 +210,7 @@ impl Jwks {
     ///
     /// [`JwksError::Io`], [`JwksError::Invalid`].
     pub fn from_file(path: &Path) -> Result<Self, JwksError> {
-        let bytes = std::fs::read(path).map_err(JwksError::Io)?;
+        let bytes = crate::files::read_capped(path).map_err(JwksError::Io)?;
         Self::from_json(&bytes)
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use msgraph_webhooks::handler::Event;
 use msgraph_webhooks::inbox::{Inbox, MemoryInbox};
+use msgraph_webhooks::listener::ServerConfig;
 use msgraph_webhooks::worker::RetryPolicy;
 use msgraph_webhooks::{
     BoxError, ChangeEvent, ChangeType, ClientState, LifecycleEventType, Receiver, ResourceKind,
@@ -311,7 +312,7 @@ async fn a_panicking_handler_leaves_the_server_serving() {
 }
 
 async fn metrics_text(server: &TestServer) -> String {
-    request("GET", &server.url("/metrics"), None, "")
+    request("GET", &server.admin_url("/metrics"), None, "")
         .await
         .text()
 }
@@ -399,7 +400,10 @@ async fn http2_prior_knowledge_works() {
     use hyper_util::rt::TokioExecutor;
 
     let recorder = Recorder::default();
-    let server = server(&recorder).await;
+    let mut config = ServerConfig::default();
+    config.http2 = true;
+    let receiver = Receiver::builder(recorder.clone()).client_state(ClientState::new(STATE));
+    let server = TestServer::start_with(receiver, config).await;
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<bytes::Bytes>>();
@@ -572,4 +576,52 @@ async fn a_copy_arriving_while_another_worker_handles_it_is_not_handled_twice() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "handled exactly once");
+}
+
+/// `/metrics` would tell a caller whether a guessed subscription id or
+/// clientState was right: it lives on the admin address only.
+#[tokio::test]
+async fn metrics_are_on_the_admin_address_never_on_the_endpoint() {
+    use tower::ServiceExt as _;
+
+    let recorder = Recorder::default();
+    let server = server(&recorder).await;
+    let guess = envelope(vec![message_item("guessed-sub", "guessed-state", 1)]);
+    assert_eq!(post_json(&server.url("/"), guess).await.status, 202);
+    for path in ["/metrics", "/metrics?x=1", "/admin/metrics"] {
+        let reply = request("GET", &server.url(path), None, "").await;
+        assert_eq!(reply.status, 405, "{path} answers like any path");
+        assert!(reply.body.is_empty(), "{path}");
+        assert!(!reply.headers.contains_key("content-type"), "{path}");
+    }
+    let admin = request("GET", &server.admin_url("/metrics"), None, "").await;
+    assert_eq!(admin.status, 200);
+    assert!(
+        admin
+            .text()
+            .contains("msgraph_webhooks_items_rejected_total{reason=\"client_state_mismatch\"} 1"),
+        "{}",
+        admin.text()
+    );
+    assert_eq!(
+        request("GET", &server.admin_url("/nope"), None, "")
+            .await
+            .status,
+        404
+    );
+    // The tower service mounted elsewhere answers the same.
+    let receiver = Receiver::builder(Recorder::default())
+        .client_state(ClientState::new(STATE))
+        .build()
+        .unwrap();
+    let response = receiver
+        .service()
+        .oneshot(
+            http::Request::get("/metrics")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
 }

@@ -793,6 +793,7 @@ async fn listen_prints_decrypted_data_and_drops_tampered_items() {
         &[("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)],
     );
     let addr = process.listening_addr().await;
+    let admin = process.admin_addr().await;
     let url = format!("http://{addr}/");
     let tokens = json!([signer.sign(&v1_claims(TENANT))]);
 
@@ -836,7 +837,7 @@ async fn listen_prints_decrypted_data_and_drops_tampered_items() {
         serde_json::from_str(&process.next_stdout(Duration::from_secs(20)).await).unwrap();
     assert_eq!(line["data"]["body"]["content"], "after");
 
-    let metrics = request("GET", &format!("http://{addr}/metrics"), None, "")
+    let metrics = request("GET", &format!("http://{admin}/metrics"), None, "")
         .await
         .text();
     assert!(

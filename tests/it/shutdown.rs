@@ -27,6 +27,7 @@ async fn listen_prints_one_json_line_per_event() {
     let data = tempfile::tempdir().unwrap();
     let mut process = listen(&data);
     let addr = process.listening_addr().await;
+    let admin = process.admin_addr().await;
     let reply = post_json(
         &format!("http://{addr}/"),
         envelope(vec![
@@ -54,7 +55,8 @@ async fn listen_prints_one_json_line_per_event() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
         let metrics =
-            crate::support::http::request("GET", &format!("http://{addr}/metrics"), None, "").await;
+            crate::support::http::request("GET", &format!("http://{admin}/metrics"), None, "")
+                .await;
         let text = metrics.text();
         if text.contains("msgraph_webhooks_inbox_depth 0") || tokio::time::Instant::now() > deadline
         {
@@ -72,6 +74,14 @@ async fn listen_prints_one_json_line_per_event() {
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }
+    // The notification port tells nobody about what it refused.
+    let hidden =
+        crate::support::http::request("GET", &format!("http://{addr}/metrics"), None, "").await;
+    assert_eq!(
+        hidden.status, 405,
+        "GET /metrics on the endpoint is like any other path"
+    );
+    assert!(hidden.text().is_empty());
     process.terminate();
     let status = tokio::time::timeout(Duration::from_secs(20), process.child.wait())
         .await

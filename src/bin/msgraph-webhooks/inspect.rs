@@ -1,6 +1,6 @@
 //! `msgraph-webhooks inspect FILE`: verify and decrypt a captured body offline.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,11 +27,10 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let body = if args.file.as_os_str() == "-" {
-        let mut body = Vec::new();
-        std::io::stdin().read_to_end(&mut body)?;
-        body
+        msgraph_webhooks::files::read_all_capped(std::io::stdin())
+            .map_err(|e| format!("cannot read standard input: {e}"))?
     } else {
-        std::fs::read(&args.file)
+        msgraph_webhooks::files::read_capped(&args.file)
             .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
     };
     let keys = Arc::new(args.rich.key_ring()?.unwrap_or_else(KeyRing::new));

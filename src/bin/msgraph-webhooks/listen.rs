@@ -46,9 +46,27 @@ pub(crate) struct Args {
     #[command(flatten)]
     work: WorkArgs,
 
-    /// Open connections at most.
+    /// Open connections at most. At the cap, the oldest connection that is
+    /// not answering a complete request gives way to a new one.
     #[arg(long, default_value_t = 1024, env = "MSGRAPH_WEBHOOKS_MAX_CONNECTIONS")]
     max_connections: usize,
+
+    /// Open connections at most from one IP address (default: half of
+    /// --max-connections; 0: no limit). Behind ngrok or a reverse proxy
+    /// every connection has the proxy's address: a peer at its limit gives
+    /// up its own idle connections first, so only a proxy busy on half the
+    /// cap at once would be refused.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_MAX_CONNECTIONS_PER_PEER")]
+    max_connections_per_peer: Option<usize>,
+
+    /// Also serve HTTP/2 with prior knowledge (h2c). Off by default: Graph
+    /// and ngrok speak HTTP/1.1 to this port; turn it on for a proxy that
+    /// talks h2c to its backends.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_HTTP2")]
+    http2: bool,
+
+    #[command(flatten)]
+    admin: crate::admin::AdminArgs,
 
     /// Also create these subscriptions and keep them alive while listening,
     /// as RESOURCE:CHANGETYPES (repeat, or separate with ';'); each gets a
@@ -174,12 +192,15 @@ async fn serve<H: Handler>(
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let admin = args.admin.bind().await?;
     let mut config = ServerConfig::default();
     config.max_connections = args.max_connections;
+    config.max_connections_per_peer = args.max_connections_per_peer;
+    config.http2 = args.http2;
     config.drain_timeout = drain;
     let running = manager.as_ref().map(SubscriptionManager::start);
     let served = receiver
-        .serve(listener, &config, crate::shutdown_signal())
+        .serve_with_admin(listener, admin, &config, crate::shutdown_signal())
         .await;
     if let Some(running) = running {
         running.stop(!args.subscription.keep).await?;

@@ -2,6 +2,7 @@
 //! command line. Thin by design: parse flags, set up logging, build from the
 //! library, run.
 
+mod admin;
 mod cert;
 mod demo;
 mod dlq;
@@ -44,7 +45,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the notification endpoint; print each accepted event as a JSON line.
-    Listen(listen::Args),
+    Listen(Box<listen::Args>),
     /// Only process: run the workers on a store that `listen --workers 0` fills.
     Work(work::Args),
     /// List or replay the dead letters of a store.
@@ -90,7 +91,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Listen(args) => listen::run(args).await,
+            Command::Listen(args) => listen::run(*args).await,
             Command::Work(args) => work::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::Emulate(args) => emulate::run(args).await,

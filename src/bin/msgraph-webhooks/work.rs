@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use msgraph_webhooks::admin;
 use msgraph_webhooks::handler::JsonLines;
 use msgraph_webhooks::worker::RetryPolicy;
 use msgraph_webhooks::{BoxError, Receiver, SubscriptionRegistry};
@@ -19,6 +20,9 @@ pub(crate) struct Args {
 
     #[command(flatten)]
     work: WorkArgs,
+
+    #[command(flatten)]
+    admin: crate::admin::AdminArgs,
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
@@ -39,11 +43,29 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     }
     builder = args.work.rich.configure(builder)?;
     let receiver = builder.build()?;
+    let admin = args.admin.bind().await?;
     let workers = receiver.spawn_workers();
     tracing::info!("working");
-    crate::shutdown_signal().await;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let admin_served = async {
+        match admin {
+            Some(listener) => {
+                let until = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                admin::serve(listener, receiver.admin_service(), until).await
+            }
+            None => Ok(()),
+        }
+    };
+    let signal = async move {
+        crate::shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    let ((), admin_served) = tokio::join!(signal, admin_served);
     workers
         .shutdown(Duration::from_secs(args.work.drain_secs))
         .await;
+    admin_served?;
     Ok(ExitCode::SUCCESS)
 }

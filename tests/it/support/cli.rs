@@ -35,6 +35,8 @@ impl Process {
                 command.env_remove(key);
             }
         }
+        // Tests run side by side: no process may take the fixed default port.
+        command.env("MSGRAPH_WEBHOOKS_ADMIN_ADDR", "127.0.0.1:0");
         for (key, value) in env {
             command.env(key, value);
         }
@@ -55,6 +57,18 @@ impl Process {
             .split_whitespace()
             .find_map(|word| word.strip_prefix("local="))
             .expect("the listening line names the address")
+            .parse()
+            .unwrap()
+    }
+
+    /// Reads stderr until the admin address's log line; returns the address.
+    /// Logged right after "listening": call [`Process::listening_addr`] first.
+    pub async fn admin_addr(&mut self) -> SocketAddr {
+        self.wait_for_log("admin address ready")
+            .await
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("admin="))
+            .expect("the admin line names the address")
             .parse()
             .unwrap()
     }

@@ -119,6 +119,8 @@ impl Handler for Recorder {
 /// A receiver serving on 127.0.0.1 in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin address (`/metrics`), served apart from the endpoint.
+    pub admin: SocketAddr,
     pub metrics: Arc<msgraph_webhooks::metrics::Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -135,16 +137,19 @@ impl TestServer {
         let metrics = receiver.metrics().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             receiver
-                .serve(listener, &config, async {
+                .serve_with_admin(listener, Some(admin_listener), &config, async {
                     let _ = stopped.await;
                 })
                 .await
         });
         Self {
             addr,
+            admin,
             metrics,
             stop: Some(stop),
             task: Some(task),
@@ -153,6 +158,11 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A URL on the admin address.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     /// Stops the server and waits until it has drained.

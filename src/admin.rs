@@ -1,0 +1,147 @@
+//! The admin address: what operators look at, served apart from the
+//! notification endpoint.
+//!
+//! Metrics say which items were refused and why (`unknown_subscription` or
+//! `client_state_mismatch`, an item accepted or not): served where Graph's
+//! callers reach them they would tell an attacker whether a guessed
+//! subscription id or `clientState` was right. So the notification port
+//! answers `/metrics` like any other unknown path, and [`AdminService`]
+//! answers it here, on an address of its own (loopback by default in the
+//! CLI).
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text: the [`Metrics`], with the inbox's depth and oldest age |
+//! | `GET /healthz` | `200 ok` |
+//!
+//! ```no_run
+//! use msgraph_webhooks::{ClientState, Receiver, handler_fn};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let receiver = Receiver::builder(handler_fn(|_event| async { Ok(()) }))
+//!     .client_state(ClientState::new("a secret of my own"))
+//!     .build()?;
+//! let endpoint = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//! let admin = tokio::net::TcpListener::bind("127.0.0.1:9464").await?;
+//! receiver
+//!     .serve_with_admin(endpoint, Some(admin), &Default::default(), async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::net::TcpListener;
+
+use crate::inbox::Inbox;
+use crate::listener::{ServerConfig, Tracked, plain};
+use crate::metrics::Metrics;
+
+/// The admin endpoints as a `tower::Service`. Built by
+/// [`Receiver::admin_service`](crate::Receiver::admin_service), or from
+/// metrics and an inbox for a process that only runs workers.
+#[derive(Clone)]
+pub struct AdminService {
+    metrics: Arc<Metrics>,
+    inbox: Option<Arc<dyn Inbox>>,
+}
+
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminService")
+            .field("inbox", &self.inbox.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminService {
+    /// Serves these metrics, with the gauges of `inbox` when given.
+    pub fn new(metrics: Arc<Metrics>, inbox: Option<Arc<dyn Inbox>>) -> Self {
+        Self { metrics, inbox }
+    }
+
+    /// Answers one request.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET {
+            return status(StatusCode::METHOD_NOT_ALLOWED);
+        }
+        match request.uri().path() {
+            "/healthz" => plain(StatusCode::OK, "ok\n".into()),
+            "/metrics" => {
+                let stats = match &self.inbox {
+                    Some(inbox) => match inbox.stats().await {
+                        Ok(stats) => Some(stats),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "inbox stats unavailable");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let mut response = plain(StatusCode::OK, self.metrics.render(stats));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            _ => status(StatusCode::NOT_FOUND),
+        }
+    }
+}
+
+fn status(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+impl<B: Send + 'static> tower_service::Service<Request<B>> for AdminService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}
+
+/// Serves `admin` on `listener` until `shutdown` completes. Connections get
+/// the same deadlines as the endpoint's, with a cap of 64.
+///
+/// # Errors
+///
+/// Only if reading the listener's local address fails.
+pub async fn serve(
+    listener: TcpListener,
+    admin: AdminService,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let config = ServerConfig {
+        max_connections: 64,
+        max_connections_per_peer: Some(0),
+        ..ServerConfig::default()
+    };
+    tracing::info!(admin = %listener.local_addr()?, "admin address ready");
+    let service = move |request: Request<Tracked>| {
+        let admin = admin.clone();
+        async move { admin.handle(request).await }
+    };
+    crate::listener::run(listener, service, &config, None, shutdown).await
+}
