@@ -1,5 +1,8 @@
-//! Validation tokens: the JWTs Graph attaches to rich notifications to prove
-//! it sent them (reference §7).
+//! Validation tokens: the JWTs Graph attaches to rich notifications
+//! (reference §7). A valid one proves Microsoft minted it for the app and
+//! tenant; it is not bound to the delivery's content, so a captured token,
+//! the `clientState` and the public certificate together can forge content
+//! (README, "What the checks prove").
 //!
 //! [`TokenValidator`] checks them against signing keys from a [`Jwks`]
 //! (Microsoft's, fetched and cached, by default; or a file), and fails
