@@ -128,7 +128,7 @@ fn ms_since(epoch: Instant, t: Instant) -> u64 {
 /// with them) as fast as the loopback turns over; with it, the turnover is
 /// at most the cap per `TENURE`, and a delivery waits behind at most one
 /// round of it.
-const TENURE: Duration = Duration::from_millis(250);
+const TENURE: Duration = Duration::from_millis(100);
 
 /// Why a connection was not admitted.
 #[derive(Debug, PartialEq, Eq)]

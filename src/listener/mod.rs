@@ -29,7 +29,7 @@ use crate::store::StoreError;
 use handshake::Handshake;
 use response::{Answer, Rejection};
 
-pub use server::{ServerConfig, serve};
+pub use server::{LISTEN_BACKLOG, ServerConfig, bind, serve};
 pub(crate) use server::{Tracked, plain, run};
 
 /// When the standalone server wants a request's body in full: headers and

@@ -110,6 +110,32 @@ impl ServerConfig {
     }
 }
 
+/// The accept queue [`bind`] asks the kernel for (capped by its own limit,
+/// `net.core.somaxconn` on Linux).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for [`serve`] with a deep accept queue.
+///
+/// `TcpListener::bind` asks for std's 128: under a flood of connections
+/// that queue fills at once, and the kernel then drops the SYNs of Graph's
+/// connections too, which wait out seconds of retransmission before the
+/// server even sees them. With room for thousands, a delivery waits behind
+/// the flood only as long as the server takes to shed it.
+///
+/// # Errors
+///
+/// The socket's I/O errors (address in use, no permission, …).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// After a connection is told to close for idleness, how long it has to
 /// flush its GOAWAY (or last answer) before it is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);

@@ -189,8 +189,7 @@ async fn serve<H: Handler>(
     }
     builder = args.work.rich.configure(builder)?;
     let receiver = builder.build()?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
+    let listener = msgraph_webhooks::listener::bind(args.addr)
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let admin = args.admin.bind().await?;
     let mut config = ServerConfig::default();
