@@ -53,6 +53,7 @@ async fn an_ingest_only_receiver_feeds_a_worker_process() {
 
     // Nothing is handled until a worker runs…
     let mut worker = Process::spawn(&["work", "--workers", "2"], &env);
+    let admin = worker.admin_addr().await;
     worker.drain_stderr("work");
     let mut ids = Vec::new();
     while ids.len() < 20 {
@@ -71,6 +72,20 @@ async fn an_ingest_only_receiver_feeds_a_worker_process() {
     );
     let line = worker.next_stdout(Duration::from_secs(30)).await;
     assert!(line.contains("w-late"), "{line}");
+    // The worker's own admin address: what it handled and dead-lettered is
+    // visible in a split deployment too.
+    let metrics =
+        crate::support::http::request("GET", &format!("http://{admin}/metrics"), None, "")
+            .await
+            .text();
+    assert!(
+        metrics.contains("msgraph_webhooks_handler_calls_total{outcome=\"ok\"} 21"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("msgraph_webhooks_dead_lettered_total 0"),
+        "{metrics}"
+    );
     worker.terminate();
     receiver.terminate();
     assert!(worker.child.wait().await.unwrap().success());
