@@ -74,10 +74,20 @@ async fn an_ingest_only_receiver_feeds_a_worker_process() {
     assert!(line.contains("w-late"), "{line}");
     // The worker's own admin address: what it handled and dead-lettered is
     // visible in a split deployment too.
-    let metrics =
-        crate::support::http::request("GET", &format!("http://{admin}/metrics"), None, "")
+    // (Counted just after the handler printed: poll until it catches up.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let url = format!("http://{admin}/metrics");
+        let text = crate::support::http::request("GET", &url, None, "")
             .await
             .text();
+        if text.contains("msgraph_webhooks_handler_calls_total{outcome=\"ok\"} 21")
+            || tokio::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         metrics.contains("msgraph_webhooks_handler_calls_total{outcome=\"ok\"} 21"),
         "{metrics}"
