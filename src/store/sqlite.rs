@@ -30,7 +30,7 @@ use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use tokio::sync::{Notify, oneshot};
 
-use super::{Lease, StoreError};
+use super::{Lease, StoreError, files};
 use crate::dedupe::{Claim, Dedupe, DedupeError, DedupeKey};
 use crate::inbox::{
     Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms,
@@ -181,13 +181,22 @@ impl SqliteStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, InboxError> {
         let dir = dir.as_ref().to_path_buf();
         let consumers = dir.join(CONSUMERS);
-        fs::create_dir_all(&consumers)
-            .map_err(|e| unavailable(format!("{}: {e}", consumers.display())))?;
+        for dir in [&dir, &consumers] {
+            files::private_dir(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        }
         let path = dir.join(DATABASE);
+        // SQLite gives `-wal` and `-shm` the mode of the database file: made
+        // 0600 here, before SQLite would create it with the umask's mode.
+        files::private_file(&path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        for suffix in ["-wal", "-shm"] {
+            let side = dir.join(format!("{DATABASE}{suffix}"));
+            files::tighten_if_present(&side)
+                .map_err(|e| unavailable(format!("{}: {e}", side.display())))?;
+        }
 
         let consumer = random_id();
         let lock_path = consumers.join(format!("{consumer}.lock"));
-        let lock = File::create(&lock_path)
+        let lock = files::private_file(&lock_path)
             .map_err(|e| unavailable(format!("{}: {e}", lock_path.display())))?;
         lock.try_lock()
             .map_err(|e| unavailable(format!("{}: {e}", lock_path.display())))?;

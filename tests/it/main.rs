@@ -16,6 +16,7 @@ mod parser_props;
 mod rich;
 mod roles;
 mod shutdown;
+mod store_files;
 mod subscriptions;
 mod subscriptions_cli;
 mod subscriptions_client;
