@@ -12,6 +12,7 @@
 mod envelope;
 mod item;
 mod kind;
+mod lenient;
 pub mod resources;
 
 pub use envelope::{Envelope, EnvelopeError, ItemClass, ItemHead, ValidationTokens};

@@ -10,6 +10,7 @@ mod emulator_delivery;
 mod emulator_handshake;
 mod emulator_rules;
 mod fixtures;
+mod hostile;
 mod limits;
 mod listener;
 mod parser_props;
