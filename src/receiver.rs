@@ -183,7 +183,8 @@ impl<H: Handler> ReceiverBuilder<H> {
         self
     }
 
-    /// Stores accepted items here (default: a [`MemoryInbox`] of 100 000 items).
+    /// Stores accepted items here (default: a [`MemoryInbox`] of 100 000 items
+    /// and 256 MiB).
     pub fn inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
         self.inbox = Some(inbox);
         self

@@ -146,3 +146,161 @@ async fn every_acknowledged_item_reaches_the_handler_or_the_dead_letters() {
     assert_eq!(by_raw("resource null").resource(), "");
     server.stop().await;
 }
+
+/// Bytes of every file under `dir`.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                disk_usage(&entry.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+/// `items` small change items and `tokens` validation tokens of
+/// `token_bytes` each, as one body.
+fn body_with_tokens(items: usize, tokens: usize, token_bytes: usize) -> String {
+    let tokens: Vec<String> = (0..tokens)
+        .map(|n| format!("{n:03}{}", "t".repeat(token_bytes - 3)))
+        .collect();
+    let item = |n: usize| {
+        serde_json::json!({
+            "subscriptionId": "sub",
+            "clientState": STATE,
+            "changeType": "updated",
+            "resource": format!("users/u/messages/{n}"),
+        })
+    };
+    serde_json::json!({
+        "value": (0..items).map(item).collect::<Vec<_>>(),
+        "validationTokens": tokens,
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deliverys_tokens_are_stored_once_not_once_per_item() {
+    let data = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(data.path()).unwrap());
+    // No workers: what the delivery stored stays there to be measured.
+    let receiver = Receiver::builder(Recorder::default())
+        .client_state(ClientState::new(STATE))
+        .inbox(store.clone())
+        .workers(0);
+    let server = TestServer::start(receiver).await;
+    // 400 items and 150 KB of tokens (ten of 15 000 bytes, within the limits).
+    let body = body_with_tokens(400, 10, 15_000);
+    let before = disk_usage(data.path());
+    assert_eq!(post_json(&server.url("/"), body.clone()).await.status, 202);
+    let grown = disk_usage(data.path()) - before;
+    eprintln!(
+        "a {} byte body grew the store by {grown} bytes (×{:.2})",
+        body.len(),
+        grown as f64 / body.len() as f64
+    );
+    assert!(
+        grown < 2 * body.len() as u64,
+        "a {} byte body grew the store by {grown} bytes",
+        body.len()
+    );
+    // All 400 items are there, each with the delivery's tokens.
+    let claimed = msgraph_webhooks::inbox::Inbox::claim(&*store, 1000, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 400);
+    assert!(claimed.iter().all(|c| matches!(
+        &c.item.validation_tokens,
+        msgraph_webhooks::notification::ValidationTokens::Tokens(t) if t.len() == 10
+    )));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_items_with_tokens_beyond_the_limits_are_dropped_before_the_ack() {
+    use msgraph_webhooks::notification::{MAX_VALIDATION_TOKEN_BYTES, MAX_VALIDATION_TOKENS};
+    let data = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(data.path()).unwrap());
+    let receiver = Receiver::builder(Recorder::default())
+        .client_state(ClientState::new(STATE))
+        .inbox(store.clone())
+        .workers(0);
+    let server = TestServer::start(receiver).await;
+    let encrypted = |n: usize| {
+        let mut item = message_item("sub", STATE, n);
+        item["encryptedContent"] = serde_json::json!({"data": "AAAA", "dataKey": "AAAA"});
+        item
+    };
+    for (tokens, token_bytes) in [
+        (MAX_VALIDATION_TOKENS + 1, 100),
+        (1, MAX_VALIDATION_TOKEN_BYTES + 1),
+    ] {
+        let token_list: Vec<String> = (0..tokens).map(|_| "t".repeat(token_bytes)).collect();
+        let body = serde_json::json!({
+            "value": [encrypted(1), message_item("sub", STATE, 2)],
+            "validationTokens": token_list,
+        });
+        assert_eq!(
+            post_json(&server.url("/"), body.to_string()).await.status,
+            202,
+            "{tokens} tokens of {token_bytes} bytes"
+        );
+    }
+    assert_eq!(
+        server
+            .metrics
+            .rejected_count("validation_tokens_over_limit"),
+        2
+    );
+    // The basic items stay (they need no tokens), without the tokens.
+    let claimed = msgraph_webhooks::inbox::Inbox::claim(&*store, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    for c in &claimed {
+        assert!(!c.item.raw.get().contains("encryptedContent"));
+        assert!(!matches!(
+            c.item.validation_tokens,
+            msgraph_webhooks::notification::ValidationTokens::Tokens(_)
+        ));
+    }
+    // Within the limits, an encrypted item is stored with its tokens.
+    let body = body_with_tokens(0, MAX_VALIDATION_TOKENS, MAX_VALIDATION_TOKEN_BYTES);
+    let mut body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    body["value"] = serde_json::json!([encrypted(3)]);
+    assert_eq!(
+        post_json(&server.url("/"), body.to_string()).await.status,
+        202
+    );
+    let claimed = msgraph_webhooks::inbox::Inbox::claim(&*store, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_memory_inbox_answers_503_at_its_byte_capacity() {
+    use msgraph_webhooks::inbox::MemoryInbox;
+    let inbox = Arc::new(MemoryInbox::new(100_000).with_max_bytes(1024 * 1024));
+    let receiver = Receiver::builder(Recorder::default())
+        .client_state(ClientState::new(STATE))
+        .inbox(inbox)
+        .workers(0);
+    let server = TestServer::start(receiver).await;
+    // Ten items of 300 KB: far under the item capacity, over the bytes.
+    let mut statuses = Vec::new();
+    for n in 0..10 {
+        let mut item = message_item("sub", STATE, n);
+        item["resourceData"]["padding"] = "p".repeat(300_000).into();
+        let reply = post_json(&server.url("/"), crate::support::envelope(vec![item])).await;
+        statuses.push(reply.status);
+    }
+    assert_eq!(statuses, [202, 202, 202, 503, 503, 503, 503, 503, 503, 503]);
+    server.stop().await;
+}
