@@ -1688,6 +1688,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_database_of_the_previous_schema_opens_with_its_items_and_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The schema before deliveries and counters, with tokens inline.
+            let conn = Connection::open(dir.path().join(DATABASE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL,
+                     received_at_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                     not_before_ms INTEGER NOT NULL DEFAULT 0, claimed_by TEXT, claimed_at_ms INTEGER);
+                 CREATE TABLE dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL,
+                     received_at_ms INTEGER NOT NULL, attempts INTEGER NOT NULL, reason TEXT NOT NULL,
+                     dead_at_ms INTEGER NOT NULL);",
+            )
+            .unwrap();
+            let tokens = ValidationTokens::Tokens(vec!["t".to_owned()].into());
+            for n in 0..3 {
+                let raw = serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}"));
+                let payload = serde_json::to_vec(&StoredItem::new(raw.unwrap(), tokens.clone()));
+                conn.execute(
+                    "INSERT INTO items (payload, received_at_ms) VALUES (?1, 1)",
+                    params![payload.unwrap()],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.stats().await.unwrap().depth, 3);
+        store.append(vec![item(3)]).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().depth, 4);
+        let claimed = store.claim(10, Duration::ZERO).await.unwrap();
+        assert_eq!(claimed.len(), 4);
+        let with_tokens = claimed
+            .iter()
+            .filter(|c| matches!(c.item.validation_tokens, ValidationTokens::Tokens(_)))
+            .count();
+        assert_eq!(with_tokens, 3, "the old rows keep their inline tokens");
+        store
+            .complete_many(claimed.into_iter().map(|c| c.id).collect())
+            .await
+            .unwrap();
+        assert_eq!(store.stats().await.unwrap().depth, 0);
+        drop(store);
+        // Opened again, the counter is not counted twice.
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.append(vec![item(4)]).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().depth, 1);
+    }
+
+    #[tokio::test]
     async fn stats_cost_the_same_whatever_the_backlog() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
