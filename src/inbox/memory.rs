@@ -38,12 +38,15 @@ struct State {
     /// The sum of `held`.
     bytes: usize,
     dead: VecDeque<(Claimed, String, i64)>,
+    /// Bytes of the items in `dead`.
+    dead_bytes: usize,
     /// A claimer was woken for new items and has not claimed yet: further
     /// appends leave the others asleep, and it takes them all in one batch.
     waking: bool,
 }
 
-/// Dead letters kept in memory, newest last.
+/// Dead letters kept in memory, newest last: at most this many, and at most
+/// a quarter of the inbox's byte capacity.
 const DEAD_LETTERS_KEPT: usize = 1000;
 
 #[derive(Debug)]
@@ -107,7 +110,8 @@ impl MemoryInbox {
         self
     }
 
-    /// The items dead-lettered so far (the last 1000), with their reasons.
+    /// The items dead-lettered so far (the last 1000, within a quarter of the
+    /// byte capacity), with their reasons.
     pub fn dead_letters(&self) -> Vec<(Claimed, String)> {
         self.lock()
             .dead
@@ -251,12 +255,18 @@ impl Inbox for MemoryInbox {
     ) -> BoxFuture<'_, Result<(), InboxError>> {
         let mut state = self.lock();
         let result = self.release(&mut state, &claimed.id).map(|()| {
-            if state.dead.len() == DEAD_LETTERS_KEPT {
-                state.dead.pop_front();
-            }
+            state.dead_bytes += claimed.item.byte_len();
             state
                 .dead
                 .push_back((claimed, reason, unix_ms(SystemTime::now())));
+            while state.dead.len() > DEAD_LETTERS_KEPT
+                || (state.dead_bytes > self.max_bytes / 4 && state.dead.len() > 1)
+            {
+                if let Some((old, _, _)) = state.dead.pop_front() {
+                    state.dead_bytes -= old.item.byte_len();
+                    tracing::warn!(id = %old.id, "in-memory dead letters full: forgot the oldest");
+                }
+            }
         });
         Box::pin(std::future::ready(result))
     }
@@ -323,6 +333,7 @@ impl DeadLetters for MemoryInbox {
                 if ids.is_empty() || ids.contains(&claimed.id) {
                     claimed.attempts = 0;
                     let bytes = claimed.item.byte_len();
+                    state.dead_bytes -= bytes;
                     state.bytes += bytes;
                     state.held.insert(claimed.id.clone(), bytes);
                     state.ready.push_back(claimed);
@@ -416,6 +427,27 @@ mod tests {
             .append(vec![sized(10_000, &ValidationTokens::Absent)])
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_to_a_quarter_of_the_byte_capacity() {
+        let inbox = MemoryInbox::new(1000).with_max_bytes(40_000);
+        for _ in 0..5 {
+            inbox
+                .append(vec![sized(4_000, &ValidationTokens::Absent)])
+                .await
+                .unwrap();
+            let claimed = inbox.claim(1, Duration::ZERO).await.unwrap().remove(0);
+            inbox.dead_letter(claimed, "boom".into()).await.unwrap();
+        }
+        let kept: Vec<String> = inbox
+            .dead_letters()
+            .iter()
+            .map(|(c, _)| c.id.0.clone())
+            .collect();
+        assert_eq!(kept, ["4", "5"], "the newest within 10 000 bytes");
+        assert_eq!(inbox.replay(Vec::new()).await.unwrap(), 2);
+        assert_eq!(inbox.stats().await.unwrap().depth, 2);
     }
 
     #[tokio::test(start_paused = true)]
