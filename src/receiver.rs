@@ -138,9 +138,6 @@ impl fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
-/// Default capacity of the in-memory inbox.
-const DEFAULT_MEMORY_CAPACITY: usize = 100_000;
-
 /// Default number of workers: enough to keep every core busy with RSA while
 /// others wait on I/O in handlers.
 fn default_workers() -> usize {
@@ -313,7 +310,7 @@ impl<H: Handler> ReceiverBuilder<H> {
         let metrics = self.metrics.unwrap_or_default();
         let inbox = self
             .inbox
-            .unwrap_or_else(|| Arc::new(MemoryInbox::new(DEFAULT_MEMORY_CAPACITY)));
+            .unwrap_or_else(|| Arc::new(MemoryInbox::new(MemoryInbox::DEFAULT_CAPACITY)));
         Ok(Receiver {
             shared: Arc::new(Shared {
                 registry,

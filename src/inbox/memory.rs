@@ -88,6 +88,9 @@ impl State {
 }
 
 impl MemoryInbox {
+    /// Items the receiver's default inbox holds at most: 100 000.
+    pub const DEFAULT_CAPACITY: usize = 100_000;
+
     /// Bytes an inbox holds at most unless told otherwise: 256 MiB.
     pub const DEFAULT_MAX_BYTES: usize = 256 * 1024 * 1024;
 

@@ -118,7 +118,7 @@ fn parse_capacity(text: &str) -> Result<Capacity, String> {
 impl StoreArgs {
     /// The in-memory inbox the capacity flags describe.
     fn memory_inbox(&self) -> MemoryInbox {
-        let mut items = 100_000;
+        let mut items = MemoryInbox::DEFAULT_CAPACITY;
         let mut bytes = MemoryInbox::DEFAULT_MAX_BYTES;
         for capacity in &self.inbox_capacity {
             match *capacity {
