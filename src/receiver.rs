@@ -139,9 +139,6 @@ impl fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
-/// Default capacity of the in-memory inbox.
-const DEFAULT_MEMORY_CAPACITY: usize = 100_000;
-
 /// Default number of workers: enough to keep every core busy with RSA while
 /// others wait on I/O in handlers.
 fn default_workers() -> usize {
@@ -184,7 +181,8 @@ impl<H: Handler> ReceiverBuilder<H> {
         self
     }
 
-    /// Stores accepted items here (default: a [`MemoryInbox`] of 100 000 items).
+    /// Stores accepted items here (default: a [`MemoryInbox`] of 100 000 items
+    /// and 256 MiB).
     pub fn inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
         self.inbox = Some(inbox);
         self
@@ -313,7 +311,7 @@ impl<H: Handler> ReceiverBuilder<H> {
         let metrics = self.metrics.unwrap_or_default();
         let inbox = self
             .inbox
-            .unwrap_or_else(|| Arc::new(MemoryInbox::new(DEFAULT_MEMORY_CAPACITY)));
+            .unwrap_or_else(|| Arc::new(MemoryInbox::new(MemoryInbox::DEFAULT_CAPACITY)));
         Ok(Receiver {
             shared: Arc::new(Shared {
                 registry,

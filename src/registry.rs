@@ -160,6 +160,10 @@ pub enum RejectReason {
     /// The item's `clientState` differs from the registered one (or is
     /// missing where one is expected, or present where none is).
     ClientStateMismatch,
+    /// The item is encrypted and its delivery carries more validation
+    /// tokens, or longer ones, than Graph ever sends
+    /// ([`ValidationTokens::within_limits`](crate::notification::ValidationTokens::within_limits)).
+    ValidationTokensOverLimit,
 }
 
 impl RejectReason {
@@ -169,6 +173,7 @@ impl RejectReason {
             RejectReason::MalformedItem => "malformed_item",
             RejectReason::UnknownSubscription => "unknown_subscription",
             RejectReason::ClientStateMismatch => "client_state_mismatch",
+            RejectReason::ValidationTokensOverLimit => "validation_tokens_over_limit",
         }
     }
 }

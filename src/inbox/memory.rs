@@ -1,5 +1,5 @@
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -15,10 +15,13 @@ use super::{
 ///
 /// Fast and simple, and everything in it is lost when the process ends: use
 /// it for tests, or where losing acknowledged notifications is acceptable.
-/// When full, `append` fails with [`InboxError::Full`] and Graph is told to retry.
+/// It holds at most a number of items and a number of bytes (the items' raw
+/// JSON and their deliveries' tokens, each counted once); when full,
+/// `append` fails with [`InboxError::Full`] and Graph is told to retry.
 #[derive(Debug)]
 pub struct MemoryInbox {
     capacity: usize,
+    max_bytes: usize,
     state: Mutex<State>,
     ready: Notify,
 }
@@ -28,14 +31,22 @@ struct State {
     next_id: u64,
     ready: VecDeque<Claimed>,
     delayed: BinaryHeap<Reverse<Delayed>>,
-    claimed: HashSet<EntryId>,
+    /// Every item held (ready, delayed or claimed): the bytes it counts for.
+    held: HashMap<EntryId, usize>,
+    /// The held items that are claimed.
+    claimed: std::collections::HashSet<EntryId>,
+    /// The sum of `held`.
+    bytes: usize,
     dead: VecDeque<(Claimed, String, i64)>,
+    /// Bytes of the items in `dead`.
+    dead_bytes: usize,
     /// A claimer was woken for new items and has not claimed yet: further
     /// appends leave the others asleep, and it takes them all in one batch.
     waking: bool,
 }
 
-/// Dead letters kept in memory, newest last.
+/// Dead letters kept in memory, newest last: at most this many, and at most
+/// a quarter of the inbox's byte capacity.
 const DEAD_LETTERS_KEPT: usize = 1000;
 
 #[derive(Debug)]
@@ -64,7 +75,7 @@ impl Ord for Delayed {
 
 impl State {
     fn depth(&self) -> usize {
-        self.ready.len() + self.delayed.len() + self.claimed.len()
+        self.held.len()
     }
 
     fn promote_due(&mut self, now: Instant) {
@@ -77,16 +88,33 @@ impl State {
 }
 
 impl MemoryInbox {
-    /// An inbox that holds at most `capacity` items.
+    /// Items the receiver's default inbox holds at most: 100 000.
+    pub const DEFAULT_CAPACITY: usize = 100_000;
+
+    /// Bytes an inbox holds at most unless told otherwise: 256 MiB.
+    pub const DEFAULT_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+    /// An inbox that holds at most `capacity` items, and at most
+    /// [`DEFAULT_MAX_BYTES`](Self::DEFAULT_MAX_BYTES).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
             state: Mutex::default(),
             ready: Notify::new(),
         }
     }
 
-    /// The items dead-lettered so far (the last 1000), with their reasons.
+    /// Holds at most `max_bytes` of items (their raw JSON, and their
+    /// deliveries' tokens once each).
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The items dead-lettered so far (the last 1000, within a quarter of the
+    /// byte capacity), with their reasons.
     pub fn dead_letters(&self) -> Vec<(Claimed, String)> {
         self.lock()
             .dead
@@ -113,8 +141,20 @@ impl MemoryInbox {
         }
     }
 
+    /// Ends a claim, the item staying held (a retry).
+    fn unclaim(&self, state: &mut State, id: &EntryId) -> Result<(), InboxError> {
+        if state.claimed.remove(id) {
+            Ok(())
+        } else {
+            Err(InboxError::Unavailable(format!("item {id} is not claimed")))
+        }
+    }
+
+    /// Ends a claim and lets the item go (completed or dead).
     fn release(&self, state: &mut State, id: &EntryId) -> Result<(), InboxError> {
         if state.claimed.remove(id) {
+            let bytes = state.held.remove(id).unwrap_or(0);
+            state.bytes -= bytes;
             Ok(())
         } else {
             Err(InboxError::Unavailable(format!("item {id} is not claimed")))
@@ -124,13 +164,19 @@ impl MemoryInbox {
 
 impl Inbox for MemoryInbox {
     fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>> {
+        let charges = charges(&items);
+        let bytes: usize = charges.iter().sum();
         let mut state = self.lock();
-        let result = if state.depth() + items.len() > self.capacity {
+        let result = if state.depth() + items.len() > self.capacity
+            || state.bytes + bytes > self.max_bytes
+        {
             Err(InboxError::Full)
         } else {
-            for item in items {
+            state.bytes += bytes;
+            for (item, charge) in items.into_iter().zip(charges) {
                 state.next_id += 1;
                 let id = EntryId(state.next_id.to_string());
+                state.held.insert(id.clone(), charge);
                 state.ready.push_back(Claimed {
                     id,
                     item,
@@ -190,7 +236,7 @@ impl Inbox for MemoryInbox {
     fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
         let result = {
             let mut state = self.lock();
-            self.release(&mut state, &claimed.id).map(|()| {
+            self.unclaim(&mut state, &claimed.id).map(|()| {
                 state.next_id += 1;
                 let seq = state.next_id;
                 state.delayed.push(Reverse(Delayed {
@@ -212,12 +258,18 @@ impl Inbox for MemoryInbox {
     ) -> BoxFuture<'_, Result<(), InboxError>> {
         let mut state = self.lock();
         let result = self.release(&mut state, &claimed.id).map(|()| {
-            if state.dead.len() == DEAD_LETTERS_KEPT {
-                state.dead.pop_front();
-            }
+            state.dead_bytes += claimed.item.byte_len();
             state
                 .dead
                 .push_back((claimed, reason, unix_ms(SystemTime::now())));
+            while state.dead.len() > DEAD_LETTERS_KEPT
+                || (state.dead_bytes > self.max_bytes / 4 && state.dead.len() > 1)
+            {
+                if let Some((old, _, _)) = state.dead.pop_front() {
+                    state.dead_bytes -= old.item.byte_len();
+                    tracing::warn!(id = %old.id, "in-memory dead letters full: forgot the oldest");
+                }
+            }
         });
         Box::pin(std::future::ready(result))
     }
@@ -237,6 +289,24 @@ impl Inbox for MemoryInbox {
         };
         Box::pin(std::future::ready(Ok(stats)))
     }
+}
+
+/// The bytes each item counts for: its raw JSON, and its share of its
+/// delivery's tokens (which its items hold together, once).
+fn charges(items: &[StoredItem]) -> Vec<usize> {
+    let (groups, token_sets) = super::token_groups(items);
+    let mut members = vec![0usize; token_sets.len()];
+    for g in groups.iter().flatten() {
+        members[*g] += 1;
+    }
+    items
+        .iter()
+        .zip(groups)
+        .map(|(item, group)| {
+            let share = group.map_or(0, |g| token_sets[g].byte_len().div_ceil(members[g]));
+            item.raw.get().len() + share
+        })
+        .collect()
 }
 
 impl DeadLetters for MemoryInbox {
@@ -265,6 +335,10 @@ impl DeadLetters for MemoryInbox {
             for (mut claimed, reason, at) in dead {
                 if ids.is_empty() || ids.contains(&claimed.id) {
                     claimed.attempts = 0;
+                    let bytes = claimed.item.byte_len();
+                    state.dead_bytes -= bytes;
+                    state.bytes += bytes;
+                    state.held.insert(claimed.id.clone(), bytes);
                     state.ready.push_back(claimed);
                     moved += 1;
                 } else {
@@ -321,6 +395,62 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    fn sized(bytes: usize, tokens: &ValidationTokens) -> StoredItem {
+        let raw = format!("\"{}\"", "x".repeat(bytes - 2));
+        let raw = serde_json::value::RawValue::from_string(raw).unwrap();
+        StoredItem::new(raw, tokens.clone())
+    }
+
+    #[tokio::test]
+    async fn the_byte_capacity_counts_raw_items_and_each_deliverys_tokens_once() {
+        let inbox = MemoryInbox::new(1000).with_max_bytes(10_000);
+        let tokens = ValidationTokens::Tokens(vec!["t".repeat(5_000)].into());
+        // 10 items of 100 bytes sharing 5 000 bytes of tokens: 6 000 bytes.
+        let delivery = (0..10).map(|_| sized(100, &tokens)).collect();
+        inbox.append(delivery).await.unwrap();
+        assert!(matches!(
+            inbox
+                .append(vec![sized(4_001, &ValidationTokens::Absent)])
+                .await,
+            Err(InboxError::Full)
+        ));
+        inbox
+            .append(vec![sized(4_000, &ValidationTokens::Absent)])
+            .await
+            .unwrap();
+        // Completing items gives their bytes back.
+        let batch = inbox.claim(100, Duration::ZERO).await.unwrap();
+        inbox
+            .complete_many(batch.into_iter().map(|c| c.id).collect())
+            .await
+            .unwrap();
+        inbox
+            .append(vec![sized(10_000, &ValidationTokens::Absent)])
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_to_a_quarter_of_the_byte_capacity() {
+        let inbox = MemoryInbox::new(1000).with_max_bytes(40_000);
+        for _ in 0..5 {
+            inbox
+                .append(vec![sized(4_000, &ValidationTokens::Absent)])
+                .await
+                .unwrap();
+            let claimed = inbox.claim(1, Duration::ZERO).await.unwrap().remove(0);
+            inbox.dead_letter(claimed, "boom".into()).await.unwrap();
+        }
+        let kept: Vec<String> = inbox
+            .dead_letters()
+            .iter()
+            .map(|(c, _)| c.id.0.clone())
+            .collect();
+        assert_eq!(kept, ["4", "5"], "the newest within 10 000 bytes");
+        assert_eq!(inbox.replay(Vec::new()).await.unwrap(), 2);
+        assert_eq!(inbox.stats().await.unwrap().depth, 2);
     }
 
     #[tokio::test(start_paused = true)]

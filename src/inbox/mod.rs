@@ -20,6 +20,11 @@ pub use memory::MemoryInbox;
 
 /// One authenticated item as stored behind the ack: its raw JSON, exactly as
 /// received, and the `validationTokens` of the delivery it came in.
+///
+/// The items of one delivery share its tokens (cloning `ValidationTokens`
+/// copies no token), and the durable stores keep them once per delivery,
+/// not once per item: a delivery of many items and long tokens would
+/// otherwise cost its items times its tokens.
 #[derive(Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct StoredItem {
@@ -43,6 +48,75 @@ impl StoredItem {
             received_at_ms: unix_ms(SystemTime::now()),
         }
     }
+}
+
+/// What a durable store writes of an item whose tokens it keeps apart (in
+/// a record of the delivery): [`StoredItem`]'s fields but the tokens.
+#[derive(Serialize)]
+struct Untokened<'a> {
+    #[serde(rename = "item")]
+    raw: &'a RawValue,
+    #[serde(rename = "receivedAt")]
+    received_at_ms: i64,
+}
+
+impl StoredItem {
+    /// The item as JSON, without its tokens when `tokens_apart` (the store
+    /// keeps them with the delivery); read back with [`from_json`](Self::from_json).
+    pub(crate) fn to_json(&self, tokens_apart: bool) -> serde_json::Result<Vec<u8>> {
+        if tokens_apart {
+            serde_json::to_vec(&Untokened {
+                raw: &self.raw,
+                received_at_ms: self.received_at_ms,
+            })
+        } else {
+            serde_json::to_vec(self)
+        }
+    }
+
+    /// Reads what [`to_json`](Self::to_json) wrote; `tokens` are the
+    /// delivery's, when the store kept them apart.
+    pub(crate) fn from_json(
+        payload: &[u8],
+        tokens: Option<ValidationTokens>,
+    ) -> serde_json::Result<Self> {
+        let mut item: StoredItem = serde_json::from_slice(payload)?;
+        if let Some(tokens) = tokens {
+            item.validation_tokens = tokens;
+        }
+        Ok(item)
+    }
+
+    /// Bytes the item holds: its raw JSON, and its tokens.
+    pub(crate) fn byte_len(&self) -> usize {
+        self.raw.get().len() + self.validation_tokens.byte_len()
+    }
+}
+
+/// The items of an append grouped by the tokens they share (the items of
+/// one delivery share one `Arc`): for each item the index of its group in
+/// the second list, or `None` when it has no tokens worth keeping apart.
+pub(crate) fn token_groups(items: &[StoredItem]) -> (Vec<Option<usize>>, Vec<&ValidationTokens>) {
+    let mut groups: Vec<&ValidationTokens> = Vec::new();
+    let of_item = items
+        .iter()
+        .map(|item| {
+            let tokens = &item.validation_tokens;
+            if !matches!(tokens, ValidationTokens::Tokens(_)) {
+                return None;
+            }
+            Some(
+                groups
+                    .iter()
+                    .position(|g| g.shares(tokens))
+                    .unwrap_or_else(|| {
+                        groups.push(tokens);
+                        groups.len() - 1
+                    }),
+            )
+        })
+        .collect();
+    (of_item, groups)
 }
 
 impl fmt::Debug for StoredItem {

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use crate::handler::BoxError;
 use crate::inbox::{Inbox, InboxError, StoredItem};
 use crate::metrics::Metrics;
-use crate::notification::{Envelope, ItemClass, ItemHead};
+use crate::notification::{Envelope, ItemClass, ItemHead, ValidationTokens};
 use crate::registry::{RejectReason, SubscriptionRegistry};
 use crate::store::StoreError;
 use handshake::Handshake;
@@ -206,17 +206,23 @@ impl WebhookService {
         let mut accepted = Vec::with_capacity(envelope.items.len());
         let (mut changes, mut lifecycles) = (0, 0);
         let mut dropped = Tally::default();
+        // Beyond the limits the tokens are not stored: the encrypted items
+        // they would vouch for are dropped, the others need none.
+        let tokens_ok = envelope.validation_tokens.within_limits();
+        let tokens = if tokens_ok {
+            envelope.validation_tokens.clone()
+        } else {
+            ValidationTokens::Malformed
+        };
         for raw in &envelope.items {
-            match self.check_item(raw) {
+            match self.check_item(raw, tokens_ok) {
                 Ok(class) => {
                     match class {
                         ItemClass::Change => changes += 1,
                         ItemClass::Lifecycle => lifecycles += 1,
                     }
-                    accepted.push(StoredItem::new(
-                        (*raw).to_owned(),
-                        envelope.validation_tokens.clone(),
-                    ));
+                    // A clone of the delivery's tokens shares them (an `Arc`).
+                    accepted.push(StoredItem::new((*raw).to_owned(), tokens.clone()));
                 }
                 Err(reason) => {
                     metrics.rejected(reason.as_str());
@@ -237,7 +243,11 @@ impl WebhookService {
         accepted
     }
 
-    fn check_item(&self, raw: &serde_json::value::RawValue) -> Result<ItemClass, RejectReason> {
+    fn check_item(
+        &self,
+        raw: &serde_json::value::RawValue,
+        tokens_ok: bool,
+    ) -> Result<ItemClass, RejectReason> {
         let head = ItemHead::parse(raw).ok_or(RejectReason::MalformedItem)?;
         let class = head.class().ok_or(RejectReason::MalformedItem)?;
         let subscription_id = head
@@ -247,6 +257,9 @@ impl WebhookService {
         self.shared
             .registry
             .check(subscription_id, head.client_state.as_deref())?;
+        if !tokens_ok && head.is_encrypted() {
+            return Err(RejectReason::ValidationTokensOverLimit);
+        }
         Ok(class)
     }
 }

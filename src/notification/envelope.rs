@@ -36,6 +36,51 @@ pub enum ValidationTokens {
     Tokens(Arc<[String]>),
 }
 
+/// Most validation tokens a delivery may carry for its encrypted items to be
+/// accepted. Graph sends one token per distinct (app, tenant) pair among the
+/// delivery's items (learn.microsoft.com/graph/api/resources/changenotificationcollection):
+/// a receiver serving a few apps for a few tenants sees a handful.
+pub const MAX_VALIDATION_TOKENS: usize = 32;
+
+/// Largest validation token accepted, in bytes. Graph's are JWTs of 1–2 KB.
+pub const MAX_VALIDATION_TOKEN_BYTES: usize = 16 * 1024;
+
+impl ValidationTokens {
+    /// Whether there are at most [`MAX_VALIDATION_TOKENS`] tokens of at most
+    /// [`MAX_VALIDATION_TOKEN_BYTES`] each. Beyond, the listener drops the
+    /// delivery's encrypted items before the ack (counted as
+    /// `validation_tokens_over_limit`): nothing they could vouch for is
+    /// worth storing a megabyte of tokens.
+    pub fn within_limits(&self) -> bool {
+        match self {
+            ValidationTokens::Tokens(tokens) => {
+                tokens.len() <= MAX_VALIDATION_TOKENS
+                    && tokens.iter().all(|t| t.len() <= MAX_VALIDATION_TOKEN_BYTES)
+            }
+            _ => true,
+        }
+    }
+
+    /// Bytes of the tokens.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            ValidationTokens::Tokens(tokens) => tokens.iter().map(String::len).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Whether `other` is the same tokens (the same delivery's, shared, or
+    /// equal ones).
+    pub(crate) fn shares(&self, other: &ValidationTokens) -> bool {
+        match (self, other) {
+            (ValidationTokens::Tokens(a), ValidationTokens::Tokens(b)) => {
+                Arc::ptr_eq(a, b) || a == b
+            }
+            (a, b) => a == b,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for WireTokens {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(deserializer)?;
@@ -137,6 +182,8 @@ pub struct ItemHead<'a> {
     change_type: Option<&'a RawValue>,
     #[serde(rename = "lifecycleEvent", borrow, default)]
     lifecycle_event: Option<&'a RawValue>,
+    #[serde(rename = "encryptedContent", borrow, default)]
+    encrypted_content: Option<&'a RawValue>,
 }
 
 /// Whether an item is a change or a lifecycle notification.
@@ -153,6 +200,12 @@ impl<'a> ItemHead<'a> {
     /// with string `subscriptionId`/`clientState`.
     pub fn parse(item: &'a RawValue) -> Option<Self> {
         serde_json::from_str(item.get()).ok()
+    }
+
+    /// Whether the item has `encryptedContent` (a rich notification, which
+    /// the delivery's validation tokens must vouch for).
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted_content.is_some()
     }
 
     /// The item's class; `None` if it has neither or both discriminators.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use super::ResourceKind;
+use super::{ResourceKind, lenient};
 use crate::ClientState;
 
 macro_rules! open_enum {
@@ -98,21 +98,33 @@ pub struct ResourceData {
     #[serde(
         rename = "@odata.type",
         default,
+        deserialize_with = "lenient::string_or_number",
         skip_serializing_if = "Option::is_none"
     )]
     pub odata_type: Option<String>,
     /// `@odata.id`, the resource path.
-    #[serde(rename = "@odata.id", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "@odata.id",
+        default,
+        deserialize_with = "lenient::string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub odata_id: Option<String>,
     /// `@odata.etag`.
     #[serde(
         rename = "@odata.etag",
         default,
+        deserialize_with = "lenient::string_or_number",
         skip_serializing_if = "Option::is_none"
     )]
     pub odata_etag: Option<String>,
-    /// The resource id at the time the notification was generated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The resource id at the time the notification was generated (a
+    /// number is read as its digits).
+    #[serde(
+        default,
+        deserialize_with = "lenient::string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     /// Every other property, as received.
     #[serde(flatten)]
@@ -150,8 +162,13 @@ pub struct EncryptedContent {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct ChangeNotification {
-    /// Optional unique notification id (Outlook sends one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Optional unique notification id (Outlook sends one); a number is
+    /// read as its digits.
+    #[serde(
+        default,
+        deserialize_with = "lenient::string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     /// The subscription this notification belongs to.
     pub subscription_id: String,
@@ -166,14 +183,20 @@ pub struct ChangeNotification {
     pub subscription_expiration: Option<OffsetDateTime>,
     /// `created`, `updated`, `deleted`, or a future value.
     pub change_type: ChangeType,
-    /// Path of the changed resource, relative to the Graph root.
-    #[serde(default)]
+    /// Path of the changed resource, relative to the Graph root (empty
+    /// when absent, `null` or not a string).
+    #[serde(default, deserialize_with = "lenient::string_or_empty")]
     pub resource: String,
-    /// What Graph says of the resource; OneDrive sends `null`.
-    #[serde(default)]
+    /// What Graph says of the resource; OneDrive sends `null`. `None` too
+    /// when it is not an object (the raw JSON keeps it).
+    #[serde(default, deserialize_with = "lenient::object_or_none")]
     pub resource_data: Option<ResourceData>,
-    /// The tenant the resource lives in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The tenant the resource lives in (a number is read as its digits).
+    #[serde(
+        default,
+        deserialize_with = "lenient::string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tenant_id: Option<String>,
     /// The subscription's `clientState`, echoed by Graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,14 +237,22 @@ pub struct LifecycleNotification {
     pub subscription_expiration: Option<OffsetDateTime>,
     /// Which lifecycle event this is.
     pub lifecycle_event: LifecycleEventType,
-    /// The tenant of the subscription.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The tenant of the subscription (a number is read as its digits).
+    #[serde(
+        default,
+        deserialize_with = "lenient::string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tenant_id: Option<String>,
     /// The subscription's `clientState`, echoed by Graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_state: Option<ClientState>,
     /// Present in an early draft of the docs; usually absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient::string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub resource: Option<String>,
     /// Every other property, as received.
     #[serde(flatten)]
@@ -258,7 +289,15 @@ impl fmt::Display for ItemError {
             ItemError::NotANotification => {
                 f.write_str("item has neither or both of changeType and lifecycleEvent")
             }
-            ItemError::Malformed(e) => write!(f, "malformed item: {e}"),
+            // A type error of serde's names the value it found: say where
+            // instead, as the value may be content or a secret.
+            ItemError::Malformed(e) if e.is_data() => write!(
+                f,
+                "a property has the wrong type or a required one is missing (line {} column {})",
+                e.line(),
+                e.column()
+            ),
+            ItemError::Malformed(e) => e.fmt(f),
         }
     }
 }
@@ -268,10 +307,27 @@ impl std::error::Error for ItemError {}
 impl Notification {
     /// Reads one item of `value`, deciding by `changeType` / `lifecycleEvent`.
     ///
+    /// Leniently: unpaired surrogate escapes become U+FFFD, numeric ids
+    /// their digits, a `resource` that is not a string or `resourceData`
+    /// that is not an object absent (the raw JSON keeps them as sent).
+    ///
     /// # Errors
     ///
-    /// [`ItemError`] when the item is neither kind or does not fit its kind.
+    /// [`ItemError`] when the item is neither kind or does not fit its kind
+    /// (a number beyond `f64`, nesting deeper than 128, a required property
+    /// missing or of the wrong type). Behind the ack such an item is
+    /// dead-lettered with this reason.
     pub fn from_json(item: &str) -> Result<Self, ItemError> {
+        match Self::from_json_strict(item) {
+            Err(ItemError::Malformed(e)) => match lenient::replace_lone_surrogates(item) {
+                Some(fixed) => Self::from_json_strict(&fixed),
+                None => Err(ItemError::Malformed(e)),
+            },
+            parsed => parsed,
+        }
+    }
+
+    fn from_json_strict(item: &str) -> Result<Self, ItemError> {
         /// A first pass that only looks for the two discriminators,
         /// skipping every value without building it.
         #[derive(Deserialize)]

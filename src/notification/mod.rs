@@ -12,9 +12,13 @@
 mod envelope;
 mod item;
 mod kind;
+mod lenient;
 pub mod resources;
 
-pub use envelope::{Envelope, EnvelopeError, ItemClass, ItemHead, ValidationTokens};
+pub use envelope::{
+    Envelope, EnvelopeError, ItemClass, ItemHead, MAX_VALIDATION_TOKEN_BYTES,
+    MAX_VALIDATION_TOKENS, ValidationTokens,
+};
 pub use item::{
     ChangeNotification, ChangeType, EncryptedContent, ItemError, LifecycleEventType,
     LifecycleNotification, Notification, ResourceData,

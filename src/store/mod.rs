@@ -6,6 +6,8 @@
 //! - [`RedisStore`] (feature `redis`): streams and a consumer group, for
 //!   several instances behind a load balancer.
 
+#[cfg(feature = "sqlite")]
+mod files;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "sqlite")]

@@ -9,6 +9,9 @@
 //! - Retries wait in a sorted set (`{prefix}:delayed`, scored by due time)
 //!   and are moved back into the stream by a Lua script when due.
 //! - Dead letters go to the stream `{prefix}:dead`.
+//! - A delivery's validation tokens are kept once, in a hash
+//!   (`{prefix}:delivery:<id>`) its entries and dead letters name; the last
+//!   of them completed removes it.
 //! - Dedupe keys are `SET NX PX` strings (`{prefix}:dedupe:<hex>`).
 //!
 //! What Redis acknowledged is only as durable as its configuration: with no
@@ -21,6 +24,7 @@
 //! `503` (Graph retries); the connection manager reconnects on its own, so
 //! service resumes without a restart.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +38,7 @@ use crate::dedupe::{Claim, Dedupe, DedupeError, DedupeKey};
 use crate::inbox::{
     Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms,
 };
+use crate::notification::ValidationTokens;
 use crate::registry::{RecordStore, SubscriptionRecord};
 
 const GROUP: &str = "workers";
@@ -73,9 +78,30 @@ pub struct RedisStore {
     blocking: tokio::sync::Mutex<ConnectionManager>,
     group_ready: tokio::sync::OnceCell<()>,
     housekeeping: Mutex<Housekeeping>,
+    scripts: Scripts,
+}
+
+/// The store's Lua scripts.
+struct Scripts {
     move_due: Script,
     delete_if: Script,
     acquire: Script,
+    complete: Script,
+    retry: Script,
+    dead_letter: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            move_due: Script::new(MOVE_DUE),
+            delete_if: Script::new(DELETE_IF),
+            acquire: Script::new(ACQUIRE),
+            complete: Script::new(&entry_script(COMPLETE)),
+            retry: Script::new(&entry_script(RETRY)),
+            dead_letter: Script::new(&entry_script(DEAD_LETTER)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -98,11 +124,80 @@ const MOVE_DUE: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 256)
 for _, member in ipairs(due) do
   local entry = cjson.decode(member)
-  redis.call('XADD', KEYS[2], '*', 'p', entry.p, 'a', entry.a)
+  if entry.d then
+    redis.call('XADD', KEYS[2], '*', 'p', entry.p, 'a', entry.a, 'd', entry.d)
+  else
+    redis.call('XADD', KEYS[2], '*', 'p', entry.p, 'a', entry.a)
+  end
   redis.call('ZREM', KEYS[1], member)
 end
 return #due
 ";
+
+/// A delivery's tokens are kept once, in the hash `{prefix}:delivery:<id>`
+/// (`t`: the tokens, `n`: how many entries name it) that its entries name
+/// in their field `d`; the scripts below move an entry with its `d`, and
+/// the last entry of a delivery completed removes the hash. Shared by the
+/// scripts: the fields of stream entry `id` of `stream` as a table.
+const ENTRY_FIELDS: &str = r"
+local function fields(stream, id)
+  local found = redis.call('XRANGE', stream, id, id)
+  if not found[1] then return nil end
+  local out = {}
+  local list = found[1][2]
+  for i = 1, #list, 2 do out[list[i]] = list[i + 1] end
+  return out
+end
+";
+
+/// Completes entries: XACK + XDEL, and one reference fewer to each one's
+/// delivery. KEYS[1] inbox; ARGV[1] group, ARGV[2] delivery key prefix,
+/// then the ids.
+const COMPLETE: &str = r"
+for i = 3, #ARGV do
+  local entry = fields(KEYS[1], ARGV[i])
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 and entry and entry.d then
+    local key = ARGV[2] .. entry.d
+    if redis.call('HINCRBY', key, 'n', -1) <= 0 then redis.call('DEL', key) end
+  end
+end
+return 0
+";
+
+/// Moves an entry to the delayed set (with its delivery). KEYS[1] inbox,
+/// KEYS[2] delayed; ARGV group, id, attempts, due, nonce (which keeps two
+/// retries of equal items distinct members).
+const RETRY: &str = r"
+local entry = fields(KEYS[1], ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if not entry then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local member = {p = entry.p, a = tonumber(ARGV[3]), n = ARGV[5], d = entry.d}
+redis.call('ZADD', KEYS[2], ARGV[4], cjson.encode(member))
+return 1
+";
+
+/// Moves an entry to the dead letters (with its delivery, which the dead
+/// letter keeps). KEYS[1] inbox, KEYS[2] dead; ARGV group, id, attempts,
+/// reason, time.
+const DEAD_LETTER: &str = r"
+local entry = fields(KEYS[1], ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if not entry then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+if entry.d then
+  redis.call('XADD', KEYS[2], '*', 'p', entry.p, 'a', ARGV[3], 'r', ARGV[4], 't', ARGV[5], 'd', entry.d)
+else
+  redis.call('XADD', KEYS[2], '*', 'p', entry.p, 'a', ARGV[3], 'r', ARGV[4], 't', ARGV[5])
+end
+return 1
+";
+
+/// A script that reads stream entries: [`ENTRY_FIELDS`] and `body`.
+fn entry_script(body: &str) -> String {
+    format!("{ENTRY_FIELDS}{body}")
+}
 
 /// Takes or extends a lease if it is free or the caller's.
 const ACQUIRE: &str = r"
@@ -160,9 +255,7 @@ impl RedisStore {
             blocking: tokio::sync::Mutex::new(blocking),
             group_ready: tokio::sync::OnceCell::new(),
             housekeeping: Mutex::default(),
-            move_due: Script::new(MOVE_DUE),
-            delete_if: Script::new(DELETE_IF),
-            acquire: Script::new(ACQUIRE),
+            scripts: Scripts::new(),
         };
         store.warn_if_not_persistent().await;
         Ok(store)
@@ -237,6 +330,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         if self.due(|h| &mut h.moved_at, Duration::from_millis(200)) {
             let _: i64 = self
+                .scripts
                 .move_due
                 .key(self.key("delayed"))
                 .key(self.key("inbox"))
@@ -264,15 +358,67 @@ impl RedisStore {
                     "took over items of a silent consumer"
                 );
             }
-            return Ok(reply.claimed.iter().filter_map(|e| self.entry(e)).collect());
+            return self.entries(&reply.claimed).await;
         }
         Ok(Vec::new())
     }
 
-    fn entry(&self, entry: &StreamId) -> Option<Claimed> {
+    fn delivery_prefix(&self) -> String {
+        self.key("delivery:")
+    }
+
+    /// The tokens of the deliveries `entries` name, read once each.
+    async fn delivery_tokens(
+        &self,
+        entries: &[StreamId],
+    ) -> Result<HashMap<String, ValidationTokens>, InboxError> {
+        let mut ids: Vec<String> = entries.iter().filter_map(|e| e.get("d")).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGET")
+                .arg(format!("{}{id}", self.delivery_prefix()))
+                .arg("t");
+        }
+        let mut conn = self.conn.clone();
+        let found: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(ids
+            .into_iter()
+            .zip(found)
+            .map(|(id, json)| {
+                // Gone or unreadable: encrypted items then fail closed (no tokens).
+                let tokens = json
+                    .and_then(|j| serde_json::from_slice(&j).ok())
+                    .unwrap_or_default();
+                (id, tokens)
+            })
+            .collect())
+    }
+
+    /// Stream entries as claimed items, with their deliveries' tokens.
+    async fn entries(&self, entries: &[StreamId]) -> Result<Vec<Claimed>, InboxError> {
+        let tokens = self.delivery_tokens(entries).await?;
+        Ok(entries
+            .iter()
+            .filter_map(|e| self.entry(e, &tokens))
+            .collect())
+    }
+
+    fn entry(
+        &self,
+        entry: &StreamId,
+        tokens: &HashMap<String, ValidationTokens>,
+    ) -> Option<Claimed> {
         let payload: Vec<u8> = entry.get("p")?;
         let attempts: u32 = entry.get("a").unwrap_or(0);
-        match serde_json::from_slice::<StoredItem>(&payload) {
+        let tokens = entry
+            .get::<String>("d")
+            .map(|d| tokens.get(&d).cloned().unwrap_or_default());
+        match StoredItem::from_json(&payload, tokens) {
             Ok(item) => Some(Claimed {
                 id: EntryId(entry.id.clone()),
                 item,
@@ -307,16 +453,33 @@ impl Inbox for RedisStore {
             let mut pipe = redis::pipe();
             pipe.atomic();
             let inbox = self.key("inbox");
-            for item in &items {
-                let payload = serde_json::to_vec(item).map_err(unavailable)?;
-                pipe.cmd("XADD")
+            let (groups, token_sets) = crate::inbox::token_groups(&items);
+            let deliveries: Vec<String> = token_sets.iter().map(|_| random_id()).collect();
+            for (g, tokens) in token_sets.iter().enumerate() {
+                let refs = groups.iter().filter(|group| **group == Some(g)).count();
+                let json = serde_json::to_vec(tokens).map_err(unavailable)?;
+                pipe.cmd("HSET")
+                    .arg(format!("{}{}", self.delivery_prefix(), deliveries[g]))
+                    .arg("t")
+                    .arg(json)
+                    .arg("n")
+                    .arg(refs)
+                    .ignore();
+            }
+            for (item, group) in items.iter().zip(groups) {
+                let payload = item.to_json(group.is_some()).map_err(unavailable)?;
+                let cmd = pipe
+                    .cmd("XADD")
                     .arg(&inbox)
                     .arg("*")
                     .arg("p")
                     .arg(payload)
                     .arg("a")
-                    .arg(0)
-                    .ignore();
+                    .arg(0);
+                if let Some(g) = group {
+                    cmd.arg("d").arg(&deliveries[g]);
+                }
+                cmd.ignore();
             }
             let mut conn = self.conn.clone();
             pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
@@ -348,34 +511,18 @@ impl Inbox for RedisStore {
                 .query_async(&mut *conn)
                 .await
                 .map_err(unavailable)?;
-            Ok(reply
+            drop(conn);
+            let entries: Vec<StreamId> = reply
                 .into_iter()
                 .flat_map(|r| r.keys)
                 .flat_map(|k| k.ids)
-                .filter_map(|e| self.entry(&e))
-                .collect())
+                .collect();
+            self.entries(&entries).await
         })
     }
 
     fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>> {
-        Box::pin(async move {
-            let inbox = self.key("inbox");
-            let mut conn = self.conn.clone();
-            redis::pipe()
-                .atomic()
-                .cmd("XACK")
-                .arg(&inbox)
-                .arg(GROUP)
-                .arg(&id.0)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&inbox)
-                .arg(&id.0)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)
-        })
+        self.complete_many(vec![id])
     }
 
     fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), InboxError>> {
@@ -383,53 +530,37 @@ impl Inbox for RedisStore {
             if ids.is_empty() {
                 return Ok(());
             }
-            let inbox = self.key("inbox");
-            let ids: Vec<&str> = ids.iter().map(|id| id.0.as_str()).collect();
             let mut conn = self.conn.clone();
-            redis::pipe()
-                .atomic()
-                .cmd("XACK")
-                .arg(&inbox)
-                .arg(GROUP)
-                .arg(&ids)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&inbox)
-                .arg(&ids)
-                .ignore()
-                .query_async::<()>(&mut conn)
+            let mut invocation = self.scripts.complete.key(self.key("inbox"));
+            invocation.arg(GROUP).arg(self.delivery_prefix());
+            for id in &ids {
+                invocation.arg(&id.0);
+            }
+            invocation
+                .invoke_async::<i64>(&mut conn)
                 .await
+                .map(|_| ())
                 .map_err(unavailable)
         })
     }
 
     fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
         Box::pin(async move {
-            let inbox = self.key("inbox");
-            let payload = serde_json::to_string(&claimed.item).map_err(unavailable)?;
-            // The nonce keeps two retries of equal items distinct set members.
-            let member = serde_json::json!({"p": payload, "a": claimed.attempts, "n": random_id()})
-                .to_string();
             let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
             let mut conn = self.conn.clone();
-            redis::pipe()
-                .atomic()
-                .cmd("XACK")
-                .arg(&inbox)
+            // The entry moves as stored (its delivery named, not copied).
+            self.scripts
+                .retry
+                .key(self.key("inbox"))
+                .key(self.key("delayed"))
                 .arg(GROUP)
                 .arg(&claimed.id.0)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&inbox)
-                .arg(&claimed.id.0)
-                .ignore()
-                .cmd("ZADD")
-                .arg(self.key("delayed"))
+                .arg(claimed.attempts)
                 .arg(due)
-                .arg(member)
-                .ignore()
-                .query_async::<()>(&mut conn)
+                .arg(random_id())
+                .invoke_async::<i64>(&mut conn)
                 .await
+                .map(|_| ())
                 .map_err(unavailable)
         })
     }
@@ -440,34 +571,19 @@ impl Inbox for RedisStore {
         reason: String,
     ) -> BoxFuture<'_, Result<(), InboxError>> {
         Box::pin(async move {
-            let inbox = self.key("inbox");
-            let payload = serde_json::to_vec(&claimed.item).map_err(unavailable)?;
             let mut conn = self.conn.clone();
-            redis::pipe()
-                .atomic()
-                .cmd("XADD")
-                .arg(self.key("dead"))
-                .arg("*")
-                .arg("p")
-                .arg(payload)
-                .arg("a")
-                .arg(claimed.attempts)
-                .arg("r")
-                .arg(reason)
-                .arg("t")
-                .arg(now_ms())
-                .ignore()
-                .cmd("XACK")
-                .arg(&inbox)
+            self.scripts
+                .dead_letter
+                .key(self.key("inbox"))
+                .key(self.key("dead"))
                 .arg(GROUP)
                 .arg(&claimed.id.0)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&inbox)
-                .arg(&claimed.id.0)
-                .ignore()
-                .query_async::<()>(&mut conn)
+                .arg(claimed.attempts)
+                .arg(reason)
+                .arg(now_ms())
+                .invoke_async::<i64>(&mut conn)
                 .await
+                .map(|_| ())
                 .map_err(unavailable)
         })
     }
@@ -508,14 +624,18 @@ impl DeadLetters for RedisStore {
                 .xrange_count(self.key("dead"), "-", "+", limit)
                 .await
                 .map_err(unavailable)?;
+            let tokens = self.delivery_tokens(&range.ids).await?;
             Ok(range
                 .ids
                 .iter()
                 .filter_map(|e| {
                     let payload: Vec<u8> = e.get("p")?;
+                    let tokens = e
+                        .get::<String>("d")
+                        .map(|d| tokens.get(&d).cloned().unwrap_or_default());
                     Some(DeadLetter {
                         id: EntryId(e.id.clone()),
-                        item: serde_json::from_slice(&payload).ok()?,
+                        item: StoredItem::from_json(&payload, tokens).ok()?,
                         attempts: e.get("a").unwrap_or(0),
                         reason: e.get("r").unwrap_or_default(),
                         dead_at_ms: e.get("t").unwrap_or(0),
@@ -548,7 +668,8 @@ impl DeadLetters for RedisStore {
                 let Some(payload) = entry.get::<Vec<u8>>("p") else {
                     continue;
                 };
-                redis::pipe()
+                let mut pipe = redis::pipe();
+                let add = pipe
                     .atomic()
                     .cmd("XADD")
                     .arg(self.key("inbox"))
@@ -556,9 +677,13 @@ impl DeadLetters for RedisStore {
                     .arg("p")
                     .arg(payload)
                     .arg("a")
-                    .arg(0)
-                    .ignore()
-                    .cmd("XDEL")
+                    .arg(0);
+                // Back with its delivery's tokens, which it still names.
+                if let Some(delivery) = entry.get::<String>("d") {
+                    add.arg("d").arg(delivery);
+                }
+                add.ignore();
+                pipe.cmd("XDEL")
                     .arg(&dead)
                     .arg(&entry.id)
                     .ignore()
@@ -711,7 +836,8 @@ impl Dedupe for RedisStore {
         let mine = format!("p:{owner}");
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.delete_if
+            self.scripts
+                .delete_if
                 .key(self.dedupe_key(&key))
                 .arg(mine)
                 .invoke_async::<i64>(&mut conn)
@@ -795,6 +921,7 @@ impl Lease for RedisStore {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let held: i64 = self
+                .scripts
                 .acquire
                 .key(key)
                 .arg(holder)
@@ -811,7 +938,8 @@ impl Lease for RedisStore {
         let holder = holder.to_owned();
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            self.delete_if
+            self.scripts
+                .delete_if
                 .key(key)
                 .arg(holder)
                 .invoke_async::<i64>(&mut conn)
@@ -913,6 +1041,85 @@ mod tests {
         cleanup(&store).await;
     }
 
+    async fn deliveries(store: &RedisStore) -> usize {
+        let mut conn = store.conn.clone();
+        let keys: Vec<String> = conn
+            .keys(format!("{}:delivery:*", store.config.prefix))
+            .await
+            .unwrap();
+        keys.len()
+    }
+
+    #[tokio::test]
+    async fn a_deliverys_tokens_are_stored_once_and_go_with_its_last_item() {
+        let Some(url) = redis_url() else { return };
+        let store = store(&url).await;
+        let tokens = ValidationTokens::Tokens(vec!["t".repeat(10_000), "u".into()].into());
+        let delivery: Vec<StoredItem> = (0..50)
+            .map(|n| {
+                let raw = serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}"));
+                StoredItem::new(raw.unwrap(), tokens.clone())
+            })
+            .collect();
+        store.append(delivery).await.unwrap();
+        store.append(vec![item(99)]).await.unwrap();
+        let mut conn = store.conn.clone();
+        let used: i64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(store.key("inbox"))
+            .query_async::<Option<i64>>(&mut conn)
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert!(used < 50_000, "the stream holds no tokens: {used} bytes");
+        assert_eq!(deliveries(&store).await, 1);
+
+        let mut claimed = store.claim(100, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(claimed.len(), 51);
+        for c in &claimed {
+            let v: serde_json::Value = serde_json::from_str(c.item.raw.get()).unwrap();
+            let expected = if v["n"] == 99 {
+                &ValidationTokens::Absent
+            } else {
+                &tokens
+            };
+            assert_eq!(&c.item.validation_tokens, expected);
+        }
+        // A retried item and a dead letter keep the tokens after the others are gone…
+        let mut retried = claimed.remove(0);
+        retried.attempts = 1;
+        store
+            .retry(retried, Duration::from_millis(10))
+            .await
+            .unwrap();
+        let dead = claimed.remove(0);
+        store.dead_letter(dead, "boom".into()).await.unwrap();
+        let rest = claimed.into_iter().map(|c| c.id).collect();
+        store.complete_many(rest).await.unwrap();
+        assert_eq!(deliveries(&store).await, 1);
+        assert_eq!(
+            store.list(10).await.unwrap()[0].item.validation_tokens,
+            tokens
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let again = store.claim(10, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].attempts, &again[0].item.validation_tokens),
+            (1, &tokens)
+        );
+        store.complete(again[0].id.clone()).await.unwrap();
+        // …through its replay, until it is completed.
+        assert_eq!(deliveries(&store).await, 1);
+        assert_eq!(store.replay(Vec::new()).await.unwrap(), 1);
+        let replayed = store.claim(10, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(replayed[0].item.validation_tokens, tokens);
+        store.complete(replayed[0].id.clone()).await.unwrap();
+        assert_eq!(deliveries(&store).await, 0);
+        assert_eq!(store.stats().await.unwrap().depth, 0);
+        cleanup(&store).await;
+    }
+
     fn store_clone(store: &RedisStore) -> RedisStore {
         RedisStore {
             config: store.config.clone(),
@@ -921,9 +1128,7 @@ mod tests {
             blocking: tokio::sync::Mutex::new(store.conn.clone()),
             group_ready: tokio::sync::OnceCell::new(),
             housekeeping: Mutex::default(),
-            move_due: Script::new(MOVE_DUE),
-            delete_if: Script::new(DELETE_IF),
-            acquire: Script::new(ACQUIRE),
+            scripts: Scripts::new(),
         }
     }
 

@@ -84,6 +84,9 @@ enum Outcome {
     /// Not now (a copy is being handled elsewhere, or the dedupe store is
     /// down); try again after the delay without counting an attempt.
     Defer(Duration, String),
+    /// It was acknowledged but can never be handled as it is (its typed
+    /// parse fails): dead-letter it now, with the reason, for someone to see.
+    DeadLetter(String),
 }
 
 /// How long an item waits when its dedupe key is held by another worker or
@@ -176,8 +179,10 @@ impl<H: Handler> Pipeline<H> {
         let notification = match Notification::from_json(item.raw.get()) {
             Ok(n) => n,
             Err(e) => {
-                tracing::debug!(id = %claimed.id, error = %e, "dropping malformed item");
-                return Prepared::Settled(Outcome::Rejected("malformed_item"));
+                // It got its 202 (its head was fine): it must not vanish.
+                let reason = format!("malformed_item: {e}");
+                tracing::warn!(id = %claimed.id, %reason, "dead-lettering an item that does not parse");
+                return Prepared::Settled(Outcome::DeadLetter(reason));
             }
         };
         let received_at =
@@ -395,6 +400,12 @@ impl<H: Handler> Pipeline<H> {
         for (attempt, pause) in [100, 500, 2000, 0].into_iter().enumerate() {
             let settled = match &outcome {
                 Outcome::Done | Outcome::Rejected(_) => inbox.complete(id.clone()).await,
+                Outcome::DeadLetter(reason) => {
+                    if attempt == 0 {
+                        self.metrics.dead_lettered();
+                    }
+                    inbox.dead_letter(claimed.clone(), reason.clone()).await
+                }
                 Outcome::Defer(delay, why) => {
                     tracing::debug!(%id, ?delay, why, "deferring item");
                     inbox.retry(claimed.clone(), *delay).await

@@ -63,14 +63,71 @@ pub(crate) struct StoreArgs {
     #[arg(long, global = true, env = "MSGRAPH_WEBHOOKS_MEMORY")]
     memory: bool,
 
-    /// Items the in-memory inbox holds before answering 503 (with --memory).
+    /// What the in-memory inbox holds before answering 503 (with --memory):
+    /// a number of items (100000), a size (256MiB; B, KiB, MiB, GiB, KB, MB,
+    /// GB), or both (100000,256MiB). Both limits always apply; the one not
+    /// given keeps its default.
     #[arg(
         long,
         global = true,
-        default_value_t = 100_000,
+        value_delimiter = ',',
+        default_value = "100000,256MiB",
+        value_parser = parse_capacity,
         env = "MSGRAPH_WEBHOOKS_INBOX_CAPACITY"
     )]
-    inbox_capacity: usize,
+    inbox_capacity: Vec<Capacity>,
+}
+
+/// One limit of the in-memory inbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Capacity {
+    Items(usize),
+    Bytes(usize),
+}
+
+fn parse_capacity(text: &str) -> Result<Capacity, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of items or a size like 256MiB"))?;
+    let scale: usize = match unit.trim() {
+        "" => return Ok(Capacity::Items(number)),
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1000 * 1000,
+        "GB" => 1000 * 1000 * 1000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .map(Capacity::Bytes)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl StoreArgs {
+    /// The in-memory inbox the capacity flags describe.
+    fn memory_inbox(&self) -> MemoryInbox {
+        let mut items = MemoryInbox::DEFAULT_CAPACITY;
+        let mut bytes = MemoryInbox::DEFAULT_MAX_BYTES;
+        for capacity in &self.inbox_capacity {
+            match *capacity {
+                Capacity::Items(n) => items = n,
+                Capacity::Bytes(n) => bytes = n,
+            }
+        }
+        MemoryInbox::new(items).with_max_bytes(bytes)
+    }
 }
 
 /// An opened store.
@@ -119,7 +176,7 @@ impl StoreArgs {
         }
         if self.memory {
             tracing::warn!("--memory: acknowledged notifications are lost if the process stops");
-            let inbox = Arc::new(MemoryInbox::new(self.inbox_capacity));
+            let inbox = Arc::new(self.memory_inbox());
             return Ok(Store {
                 inbox: inbox.clone(),
                 dedupe: Arc::new(MemoryDedupe::new()),
@@ -171,5 +228,21 @@ impl StoreArgs {
             dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
             dedupe_ttl,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacities_are_items_or_sizes() {
+        assert_eq!(parse_capacity("100000"), Ok(Capacity::Items(100_000)));
+        assert_eq!(parse_capacity("256MiB"), Ok(Capacity::Bytes(256 << 20)));
+        assert_eq!(parse_capacity("2 GB"), Ok(Capacity::Bytes(2_000_000_000)));
+        assert_eq!(parse_capacity("512B"), Ok(Capacity::Bytes(512)));
+        for bad in ["", "MiB", "12 parsecs", "-1", "1.5GiB"] {
+            assert!(parse_capacity(bad).is_err(), "{bad:?}");
+        }
     }
 }

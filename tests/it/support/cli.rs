@@ -23,8 +23,24 @@ impl Process {
     /// variables, only those in `env`.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
+        command.args(args);
+        Self::start(command, env)
+    }
+
+    /// [`spawn`](Self::spawn), under the file-mode mask `umask` (octal, as
+    /// the shell's `umask` takes it).
+    pub fn spawn_with_umask(umask: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new("sh");
         command
-            .args(args)
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .args(args);
+        Self::start(command, env)
+    }
+
+    fn start(mut command: Command, env: &[(&str, &str)]) -> Self {
+        command
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
