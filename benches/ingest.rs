@@ -331,7 +331,7 @@ fn targets(data_dir: &std::path::Path) -> Vec<Target> {
     if wanted("memory") {
         targets.push(Target {
             name: "listen --memory",
-            command: listen(&["--memory", "--inbox-capacity", "10000000"]),
+            command: listen(&["--memory", "--inbox-capacity", "10000000,8GiB"]),
             cleanup: None,
         });
     }

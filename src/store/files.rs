@@ -18,13 +18,25 @@ const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
 
 /// Creates `dir` (and missing parents, `0700` too) or tightens an existing
-/// one to `0700`.
+/// one to `0700` — only if it holds nothing but what `ours` names: a wide
+/// directory with other files in it (`--data-dir .`, `/tmp`, a home) is
+/// somebody's, not the store's, and is refused rather than narrowed under
+/// its owner's feet.
 ///
 /// # Errors
 ///
-/// The directory cannot be created, or has wider modes and cannot be
-/// tightened (another user owns it).
-pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+/// The directory cannot be created, has wider modes and holds files not
+/// the store's, or cannot be tightened (another user owns it).
+pub(crate) fn private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> io::Result<()> {
+    if let Some(foreign) = foreign_entry(dir, &ours)? {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "open to other users and holding files not the store's ({foreign}): give the \
+                 store a directory of its own, or make this one mode 700 yourself"
+            ),
+        ));
+    }
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -36,6 +48,32 @@ pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
     // An existing directory keeps its modes, and mkdir applies the umask
     // only to narrow them: tighten in every case.
     tighten(dir, true)
+}
+
+/// The first entry of an existing, too-open `dir` that `ours` does not name.
+#[cfg(unix)]
+fn foreign_entry(dir: &Path, ours: &impl Fn(&str) -> bool) -> io::Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = match fs::metadata(dir) {
+        Ok(meta) => meta.permissions().mode() & 0o777,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if mode & !DIR_MODE == 0 {
+        return Ok(None);
+    }
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !ours(&name) {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(not(unix))]
+fn foreign_entry(_dir: &Path, _ours: &impl Fn(&str) -> bool) -> io::Result<Option<String>> {
+    Ok(None)
 }
 
 /// Opens `path` for writing, creating it `0600` if needed, and tightens an
@@ -93,4 +131,38 @@ fn tighten(path: &Path, dir: bool) -> io::Result<()> {
 #[cfg(not(unix))]
 fn tighten(_path: &Path, _dir: bool) -> io::Result<()> {
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_wide_directory_is_tightened_only_if_it_holds_nothing_but_the_stores() {
+        let root = tempfile::tempdir().unwrap();
+        let ours = |name: &str| name.starts_with("inbox.sqlite3");
+        let store = root.path().join("store");
+        fs::create_dir(&store).unwrap();
+        fs::write(store.join("inbox.sqlite3"), b"").unwrap();
+        fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&store, ours).unwrap();
+        assert_eq!(mode(&store), 0o700);
+
+        let shared = root.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::write(shared.join("notes.txt"), b"mine").unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        let e = private_dir(&shared, ours).unwrap_err();
+        assert!(e.to_string().contains("notes.txt"), "{e}");
+        assert_eq!(mode(&shared), 0o755, "left as its owner set it");
+        // Already private: used as it is, whatever else it holds.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o700)).unwrap();
+        private_dir(&shared, ours).unwrap();
+    }
 }

@@ -210,9 +210,10 @@ impl SqliteStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, InboxError> {
         let dir = dir.as_ref().to_path_buf();
         let consumers = dir.join(CONSUMERS);
-        for dir in [&dir, &consumers] {
-            files::private_dir(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
-        }
+        files::private_dir(&dir, |name| name == CONSUMERS || name.starts_with(DATABASE))
+            .map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        files::private_dir(&consumers, |name| name.ends_with(".lock"))
+            .map_err(|e| unavailable(format!("{}: {e}", consumers.display())))?;
         let path = dir.join(DATABASE);
         // SQLite gives `-wal` and `-shm` the mode of the database file: made
         // 0600 here, before SQLite would create it with the umask's mode.
