@@ -93,6 +93,15 @@ pub enum TokenError {
         /// The endpoint's description of it.
         description: String,
     },
+    /// The endpoint kept answering `429` or a server error (`5xx`) through
+    /// every retry: an outage or throttling on its side, not a credentials
+    /// problem. Carries the last status.
+    Unavailable {
+        /// The last HTTP status.
+        status: u16,
+        /// How many attempts were made.
+        attempts: u32,
+    },
     /// The endpoint could not be reached, or kept failing.
     Transport(String),
     /// The endpoint answered something that is not a token.
@@ -109,6 +118,11 @@ impl fmt::Display for TokenError {
             } => write!(
                 f,
                 "the token endpoint refused ({status} {error}): {description}; check --tenant-id, --client-id and --client-secret"
+            ),
+            TokenError::Unavailable { status, attempts } => write!(
+                f,
+                "the token endpoint is unavailable ({status} after {attempts} attempt(s)): \
+                 an outage or throttling on its side, not your credentials; trying again later"
             ),
             TokenError::Transport(why) => write!(f, "the token endpoint is unreachable: {why}"),
             TokenError::InvalidResponse(why) => {
@@ -307,6 +321,12 @@ impl ClientCredentials {
                 tracing::debug!(%status, attempt, ?wait, "token endpoint busy; retrying");
                 tokio::time::sleep(wait).await;
                 continue;
+            }
+            if status.as_u16() == 429 || status.is_server_error() {
+                return Err(TokenError::Unavailable {
+                    status: status.as_u16(),
+                    attempts: attempt,
+                });
             }
             let bytes = read_limited(response, MAX_TOKEN_BODY)
                 .await

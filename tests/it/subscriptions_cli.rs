@@ -341,3 +341,29 @@ async fn subscribe_explains_what_is_wrong_without_sending() {
 
     assert!(tripwire.captured().is_empty(), "nothing reached Graph");
 }
+
+/// An outage of the token endpoint is said to be one: the operator is not
+/// sent to check credentials that are fine.
+#[tokio::test]
+async fn a_token_endpoint_outage_is_not_blamed_on_the_credentials() {
+    let down = Hook::start(Answering::Status(503)).await;
+    let base = down.url("");
+    let mut args = vec![
+        "subscribe".to_owned(),
+        "users/ada/messages:created".to_owned(),
+        "--public-url".to_owned(),
+        "https://example.com/".to_owned(),
+        "--memory".to_owned(),
+    ];
+    args.extend(graph_flags(&base));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut process = Process::spawn(&args, &[("MSGRAPH_WEBHOOKS_CLIENT_SECRET", "s")]);
+    let line = process.wait_for_log("token endpoint").await;
+    assert!(
+        line.contains("unavailable") && line.contains("503"),
+        "{line}"
+    );
+    assert!(!line.contains("--client-secret"), "{line}");
+    assert!(!down.captured().is_empty(), "the token endpoint was asked");
+    process.terminate();
+}

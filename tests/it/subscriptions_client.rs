@@ -319,6 +319,11 @@ async fn hostile_answers_are_errors_not_panics() {
 
     // A token endpoint that answers nonsense.
     let (_, url) = Script::start(vec![
+        (
+            503,
+            json_ct(),
+            json!({"error": "temporarily_unavailable", "error_description": "down"}).to_string(),
+        ),
         (200, json_ct(), "[1,2,3]".to_owned()),
         (200, json_ct(), json!({"access_token": ""}).to_string()),
         (400, vec![], "<html>no</html>".to_owned()),
@@ -332,6 +337,17 @@ async fn hostile_answers_are_errors_not_panics() {
     let tokens = ClientCredentials::new("t", "c", "s")
         .with_token_url(format!("{url}/token"))
         .with_retry(RetryPolicy::none());
+    // An outage is said to be one, not blamed on the credentials.
+    let outage = tokens.token().await.unwrap_err();
+    assert!(
+        matches!(outage, TokenError::Unavailable { status: 503, .. }),
+        "{outage:?}"
+    );
+    assert!(!outage.to_string().contains("--client-secret"), "{outage}");
+    assert!(
+        outage.to_string().contains("not your credentials"),
+        "{outage}"
+    );
     assert!(matches!(
         tokens.token().await,
         Err(TokenError::InvalidResponse(_))
