@@ -367,3 +367,73 @@ async fn a_token_endpoint_outage_is_not_blamed_on_the_credentials() {
     assert!(!down.captured().is_empty(), "the token endpoint was asked");
     process.terminate();
 }
+
+/// A split deployment: `subscribe` keeps the subscriptions (each with a
+/// clientState of its own, in the store), and a receiver-only `listen` on
+/// the same store authenticates each item by its subscription's record.
+#[tokio::test]
+async fn a_receiver_only_listen_authenticates_by_the_stores_records() {
+    let (emulator, base) = emulate().await;
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut listen = Process::spawn(
+        &[
+            "listen",
+            "--addr",
+            &addr,
+            "--subscription-records",
+            "--data-dir",
+            dir,
+        ],
+        &[],
+    );
+    listen.listening_addr().await;
+    listen.drain_stderr("listen");
+
+    let mut args: Vec<String> = vec![
+        "subscribe".into(),
+        "users/ada@contoso.com/messages:created".into(),
+        "--public-url".into(),
+        format!("http://{addr}"),
+        "--data-dir".into(),
+        dir.into(),
+    ];
+    args.extend(graph_flags(&base));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut subscribe = Process::spawn(&args, &[("MSGRAPH_WEBHOOKS_CLIENT_SECRET", "s3cret")]);
+    subscribe.wait_for_log("activity=created").await;
+    subscribe.drain_stderr("subscribe");
+
+    fire(&base, "users/ada@contoso.com/messages/AAMk1").await;
+    let line: Value =
+        serde_json::from_str(&listen.next_stdout(Duration::from_secs(20)).await).unwrap();
+    assert_eq!(line["resource"], "users/ada@contoso.com/messages/AAMk1");
+    let live = subscriptions(&base).await;
+    assert_eq!(line["subscriptionId"], live[0]["id"]);
+
+    // A guessed clientState for that subscription is still dropped.
+    let forged = json!({"value": [{
+        "subscriptionId": line["subscriptionId"], "clientState": "guess", "changeType": "created",
+        "resource": "users/ada@contoso.com/messages/forged", "tenantId": TENANT,
+        "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z"}]});
+    let status = reqwest::Client::new()
+        .post(format!("http://{addr}/"))
+        .json(&forged)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    fire(&base, "users/ada@contoso.com/messages/AAMk2").await;
+    let line: Value =
+        serde_json::from_str(&listen.next_stdout(Duration::from_secs(20)).await).unwrap();
+    assert_eq!(line["resource"], "users/ada@contoso.com/messages/AAMk2");
+
+    subscribe.terminate();
+    assert_eq!(exit_code(&mut subscribe).await, 0);
+    listen.terminate();
+    assert_eq!(exit_code(&mut listen).await, 0);
+    emulator.terminate();
+}

@@ -36,6 +36,17 @@ pub(crate) struct Args {
     )]
     allow_any_client_state: bool,
 
+    /// Authenticate each item by the clientState of its subscription's
+    /// record in the store, as written by `subscribe` or `listen --subscribe`
+    /// on the same --data-dir or --redis: a receiver-only instance of a
+    /// split deployment. Items of subscriptions without a record are dropped.
+    #[arg(
+        long,
+        env = "MSGRAPH_WEBHOOKS_SUBSCRIPTION_RECORDS",
+        conflicts_with_all = ["client_state", "allow_any_client_state", "memory"]
+    )]
+    subscription_records: bool,
+
     /// Largest notification body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = 1024 * 1024, env = "MSGRAPH_WEBHOOKS_MAX_BODY")]
     max_body: usize,
@@ -109,10 +120,11 @@ pub(crate) struct WorkArgs {
 
 pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
     let subscribing = !args.subscribe.is_empty();
+    let from_records = subscribing || args.subscription_records;
     let registry = match (
         args.client_state.take(),
         args.allow_any_client_state,
-        subscribing,
+        from_records,
     ) {
         (Some(state), _, _) => SubscriptionRegistry::with_client_state(ClientState::new(state)),
         (None, true, _) => {
@@ -125,6 +137,7 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
             return Err(
                 "pass --client-state (the clientState of your subscriptions), \
                         --subscribe RESOURCE:CHANGETYPES (subscriptions with their own), \
+                        --subscription-records (those another process created on this store), \
                         or --allow-any-client-state for a local experiment"
                     .into(),
             );
@@ -132,7 +145,10 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
     };
     let store = args.store.open().await?;
     let (records, lease) = (store.records.clone(), store.lease.clone());
-    let registry = Arc::new(if subscribing {
+    if args.subscription_records {
+        tracing::info!("authenticating each item by its subscription's record in the store");
+    }
+    let registry = Arc::new(if from_records {
         registry.with_source(records.clone())
     } else {
         registry
