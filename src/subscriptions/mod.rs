@@ -80,7 +80,7 @@ pub use client::{
     ClientError, DEFAULT_GRAPH_URL, GraphClient, GraphError, NewSubscription, RetryPolicy,
     Subscription, SubscriptionUpdate,
 };
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, RemoteClock, SystemClock};
 pub use lifecycle::Lifecycle;
 pub use preflight::{LifetimePolicy, PreflightError};
 pub use reconciler::{

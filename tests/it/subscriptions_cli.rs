@@ -437,3 +437,51 @@ async fn a_receiver_only_listen_authenticates_by_the_stores_records() {
     assert_eq!(exit_code(&mut listen).await, 0);
     emulator.terminate();
 }
+
+/// `emulate --time-scale 600` runs ten minutes a second; a manager planning
+/// by the system clock would let the emulator expire its subscription. With
+/// `--graph-clock` it renews on the emulator's time and keeps it alive.
+#[tokio::test]
+async fn listen_follows_the_emulators_scaled_clock() {
+    let mut emulator = Process::spawn(
+        &["emulate", "--addr", "127.0.0.1:0", "--time-scale", "600"],
+        &[],
+    );
+    let base = format!("http://{}", emulator.listening_addr().await);
+    emulator.drain_stderr("emulate");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args: Vec<String> = vec![
+        "listen".into(),
+        "--addr".into(),
+        addr.clone(),
+        "--memory".into(),
+        "--subscribe".into(),
+        "users/ada@contoso.com/messages:created".into(),
+        "--lifetime-minutes".into(),
+        "60".into(),
+        "--public-url".into(),
+        format!("http://{addr}"),
+        "--graph-clock".into(),
+        format!("{base}/emulator/clock"),
+    ];
+    args.extend(graph_flags(&base));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut listen = Process::spawn(&args, &[("MSGRAPH_WEBHOOKS_CLIENT_SECRET", "s3cret")]);
+    listen.wait_for_log("activity=created").await;
+    // 36 emulated minutes (60 % of the hour) are under 4 real seconds.
+    listen.wait_for_log("activity=renewed").await;
+    listen.drain_stderr("listen");
+    // Two emulated hours later (12 s), well past the first hour's expiry,
+    // the subscription is alive and delivers.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let live = subscriptions(&base).await;
+    assert_eq!(live.len(), 1, "kept alive on the emulator's time: {live:?}");
+    fire(&base, "users/ada@contoso.com/messages/AAMk1").await;
+    let line: Value =
+        serde_json::from_str(&listen.next_stdout(Duration::from_secs(20)).await).unwrap();
+    assert_eq!(line["resource"], "users/ada@contoso.com/messages/AAMk1");
+    listen.terminate();
+    assert_eq!(exit_code(&mut listen).await, 0);
+    emulator.terminate();
+}

@@ -166,7 +166,8 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
     }
     let client = args
         .graph
-        .client(args.work.rich.tenant_ids.first().map(String::as_str))?;
+        .clocked_client(args.work.rich.tenant_ids.first().map(String::as_str))
+        .await?;
     let certificate = match args.work.rich.key_ring()? {
         Some(ring) => active_certificate(&ring, args.work.rich.newest_key_id())?,
         None => None,

@@ -41,9 +41,30 @@ pub(crate) struct GraphArgs {
         hide_env_values = true
     )]
     client_secret: Option<Secret>,
+
+    /// Plan by this emulator's clock instead of the system clock: its
+    /// `GET /emulator/clock` (e.g. http://127.0.0.1:4000/emulator/clock), so
+    /// against `emulate --time-scale 600` renewals come in minutes, as the
+    /// emulator expires subscriptions. For local testing only.
+    #[arg(long, value_name = "URL", env = "MSGRAPH_WEBHOOKS_GRAPH_CLOCK")]
+    graph_clock: Option<String>,
 }
 
 impl GraphArgs {
+    /// [`client`](Self::client), planning by `--graph-clock` when given.
+    pub(crate) async fn clocked_client(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<GraphClient, BoxError> {
+        let client = self.client(tenant)?;
+        let Some(url) = &self.graph_clock else {
+            return Ok(client);
+        };
+        let clock = msgraph_webhooks::subscriptions::RemoteClock::follow(url).await?;
+        tracing::info!(url, "planning by the emulator's clock");
+        Ok(client.clock(std::sync::Arc::new(clock)))
+    }
+
     /// A client with app-only tokens for `tenant`.
     pub(crate) fn client(&self, tenant: Option<&str>) -> Result<GraphClient, BoxError> {
         let tenant = tenant.ok_or(
@@ -245,7 +266,7 @@ fn load_certificate(spec: &str) -> Result<EncryptionCertificate, BoxError> {
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
-    let client = args.graph.client(args.tenant_id.as_deref())?;
+    let client = args.graph.clocked_client(args.tenant_id.as_deref()).await?;
     let certificate = args
         .certificate
         .as_deref()
