@@ -358,6 +358,11 @@ impl ChangeEvent {
         &self.inner.notification.subscription_id
     }
 
+    /// When the subscription expires, as the notification says.
+    pub fn subscription_expiration(&self) -> Option<OffsetDateTime> {
+        self.inner.notification.subscription_expiration
+    }
+
     /// What happened.
     pub fn change_type(&self) -> &ChangeType {
         &self.inner.notification.change_type
@@ -518,8 +523,11 @@ pub enum Event {
 impl Event {
     /// The event as the one JSON line `msgraph-webhooks listen` prints:
     ///
-    /// `{"kind":"change","subscriptionId":…,"changeType":…,"resource":…,"resourceKind":…,"tenantId":…,"resourceData":{…},"data":{…}|null}`
-    /// or `{"kind":"lifecycle","subscriptionId":…,"lifecycleEvent":…,"tenantId":…}`.
+    /// `{"kind":"change","id":…,"subscriptionId":…,"subscriptionExpirationDateTime":…,"changeType":…,"resource":…,"resourceKind":…,"tenantId":…,"resourceData":{…},"data":{…}|null}`
+    /// or `{"kind":"lifecycle","subscriptionId":…,"subscriptionExpirationDateTime":…,"lifecycleEvent":…,"tenantId":…}`.
+    ///
+    /// `id` is the notification's own id (`null` when Graph sent none): the
+    /// key a downstream consumer deduplicates by.
     ///
     /// The line carries decrypted data: print it only where that is wanted.
     pub fn to_json(&self) -> Value {
@@ -541,7 +549,9 @@ impl Event {
     fn line(&self) -> Line<'_> {
         match self {
             Event::Change(e) => Line::Change {
+                id: e.id(),
                 subscription_id: e.subscription_id(),
+                subscription_expiration_date_time: e.subscription_expiration().map(Rfc3339At),
                 change_type: e.change_type(),
                 resource: e.resource(),
                 resource_kind: e.resource_kind(),
@@ -551,6 +561,7 @@ impl Event {
             },
             Event::Lifecycle(e) => Line::Lifecycle {
                 subscription_id: e.subscription_id(),
+                subscription_expiration_date_time: e.subscription_expiration().map(Rfc3339At),
                 lifecycle_event: e.lifecycle_event(),
                 tenant_id: e.tenant_id(),
             },
@@ -567,7 +578,9 @@ impl Event {
 )]
 enum Line<'a> {
     Change {
+        id: Option<&'a str>,
         subscription_id: &'a str,
+        subscription_expiration_date_time: Option<Rfc3339At>,
         change_type: &'a ChangeType,
         resource: &'a str,
         resource_kind: &'a ResourceKind,
@@ -577,9 +590,19 @@ enum Line<'a> {
     },
     Lifecycle {
         subscription_id: &'a str,
+        subscription_expiration_date_time: Option<Rfc3339At>,
         lifecycle_event: &'a LifecycleEventType,
         tenant_id: Option<&'a str>,
     },
+}
+
+/// A time as RFC 3339 in a JSON line.
+struct Rfc3339At(OffsetDateTime);
+
+impl serde::Serialize for Rfc3339At {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        time::serde::rfc3339::serialize(&self.0, s)
+    }
 }
 
 /// Writes every event as one JSON line ([`Event::to_json`]): the handler

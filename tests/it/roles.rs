@@ -153,6 +153,24 @@ async fn dead_letters_are_listed_and_replayed_from_the_cli() {
         );
         assert_eq!(letter["item"]["changeType"], "created");
     }
+    // The notification's own id, for whoever replays or reconciles by hand.
+    let mut notification_ids: Vec<&str> = letters
+        .iter()
+        .map(|l| l["item"]["id"].as_str().unwrap())
+        .collect();
+    notification_ids.sort_unstable();
+    assert_eq!(notification_ids, ["dead-0", "dead-1", "dead-2"]);
+
+    // Ids that name nothing are errors, and nothing is replayed without ids
+    // or --all.
+    for bad in [vec!["99"], vec!["--", "-1"], vec![]] {
+        let mut args = vec!["dlq", "replay", "--data-dir", &dir];
+        args.extend(bad.iter().copied());
+        let (ok, _) = run_to_end(&args).await;
+        assert!(!ok, "{bad:?}");
+    }
+    let (_, lines) = run_to_end(&["dlq", "list", "--data-dir", &dir]).await;
+    assert_eq!(lines.len(), 3, "nothing was replayed");
 
     // Replay one by id, then start a worker: it handles exactly that one.
     let first = letters[0]["id"].as_str().unwrap().to_owned();
@@ -165,7 +183,7 @@ async fn dead_letters_are_listed_and_replayed_from_the_cli() {
     assert!(line.contains("dead-0"), "{line}");
 
     // Replay the rest while the worker runs (another process, same store).
-    let (ok, _) = run_to_end(&["dlq", "replay", "--data-dir", &dir]).await;
+    let (ok, _) = run_to_end(&["dlq", "replay", "--data-dir", &dir, "--all"]).await;
     assert!(ok);
     let mut rest = vec![
         worker.next_stdout(Duration::from_secs(30)).await,

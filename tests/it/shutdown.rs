@@ -40,7 +40,12 @@ async fn listen_prints_one_json_line_per_event() {
     let line = process.next_stdout(Duration::from_secs(10)).await;
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(event["kind"], "change");
+    assert_eq!(event["id"], "notification-1", "the notification's own id");
     assert_eq!(event["subscriptionId"], "sub-1");
+    assert_eq!(
+        event["subscriptionExpirationDateTime"],
+        "2026-03-19T22:11:09.952Z"
+    );
     assert_eq!(event["changeType"], "created");
     assert_eq!(event["resourceKind"], "message");
     assert_eq!(event["tenantId"], "84bd8158-6d4d-4958-8b9f-9d6445542f95");

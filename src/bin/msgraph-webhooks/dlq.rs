@@ -26,10 +26,16 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
-    /// Move dead letters back into the inbox (all of them without IDs).
+    /// Move dead letters back into the inbox: the ones named, or --all.
+    /// An id that names no dead letter is an error (exit 1).
     Replay {
         /// Ids as `dlq list` prints them.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         ids: Vec<String>,
+
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -44,6 +50,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
             for letter in dead.list(limit).await? {
                 let summary = match Notification::from_json(letter.item.raw.get()) {
                     Ok(Notification::Change(c)) => serde_json::json!({
+                        "id": c.id,
                         "subscriptionId": c.subscription_id,
                         "changeType": c.change_type,
                         "resource": c.resource,
@@ -65,9 +72,28 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
             }
             out.flush()?;
         }
-        Command::Replay { ids } => {
-            let moved = dead.replay(ids.into_iter().map(EntryId).collect()).await?;
+        Command::Replay { all: true, .. } => {
+            let moved = dead.replay(Vec::new()).await?;
             println!("{moved} dead letter(s) moved back into the inbox");
+        }
+        Command::Replay { ids, all: false } => {
+            // One at a time, so an id that names nothing is told apart
+            // (an empty list would mean all of them).
+            let (mut moved, mut unknown) = (0, Vec::new());
+            for id in ids {
+                match dead.replay(vec![EntryId(id.clone())]).await? {
+                    0 => unknown.push(id),
+                    n => moved += n,
+                }
+            }
+            println!("{moved} dead letter(s) moved back into the inbox");
+            if !unknown.is_empty() {
+                eprintln!(
+                    "error: no dead letter has the id(s) {} (see `dlq list`)",
+                    unknown.join(", ")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
