@@ -737,6 +737,15 @@ fn cert_new_writes_a_usable_key_and_prints_the_subscription_values() {
     assert_eq!(cert.public_key().unwrap().bits(), 3072);
     let key = DecryptionKey::from_file(&out.join("key.pem"), None).unwrap();
     assert_eq!(key.thumbprint(), summary["thumbprint"].as_str().unwrap());
+    // The key alone, as other runtimes (Node's privateDecrypt) want it.
+    let alone = std::fs::read_to_string(out.join("private-key.pem")).unwrap();
+    assert!(alone.contains("PRIVATE KEY") && !alone.contains("CERTIFICATE"));
+    let private = openssl::pkey::PKey::private_key_from_pem(alone.as_bytes()).unwrap();
+    assert!(private.public_eq(&cert.public_key().unwrap()));
+    assert_eq!(
+        summary["privateKey"],
+        out.join("private-key.pem").to_str().unwrap()
+    );
     assert_eq!(
         msgraph_webhooks::emulator::thumbprint(&cert).unwrap(),
         key.thumbprint()
@@ -744,11 +753,13 @@ fn cert_new_writes_a_usable_key_and_prints_the_subscription_values() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(out.join("key.pem"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o077, 0, "the private key is the owner's only");
+        for file in ["key.pem", "private-key.pem"] {
+            let mode = std::fs::metadata(out.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{file} is the owner's only");
+        }
     }
 
     let again = run_cli(&["cert", "new", "--out", out.to_str().unwrap()]);

@@ -17,9 +17,10 @@ pub(crate) struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Write DIR/key.pem (private key + certificate, for --key ID=DIR/key.pem)
-    /// and DIR/cert.pem; print the subscription's encryptionCertificate and
-    /// the thumbprint Graph will send.
+    /// Write DIR/key.pem (private key + certificate, for --key ID=DIR/key.pem),
+    /// DIR/private-key.pem (the key alone, for other runtimes, e.g. Node's
+    /// crypto.privateDecrypt) and DIR/cert.pem; print the subscription's
+    /// encryptionCertificate and the thumbprint Graph will send.
     New(NewArgs),
 }
 
@@ -49,12 +50,25 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, BoxError> {
     std::fs::create_dir_all(&args.out)
         .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
     let key_path = args.out.join("key.pem");
+    let private_key_path = args.out.join("private-key.pem");
     let cert_path = args.out.join("cert.pem");
+    for path in [&key_path, &private_key_path, &cert_path] {
+        if path.exists() {
+            return Err(format!("{} exists; not overwriting it", path.display()).into());
+        }
+    }
     write_new(&key_path, &generated.key_and_certificate_pem(), true)?;
+    write_new(&private_key_path, &generated.private_key_pem(), true)?;
     write_new(&cert_path, &generated.certificate_pem(), false)?;
     let summary = serde_json::json!({
         "key": key_path,
+        "privateKey": private_key_path,
         "certificate": cert_path,
+        "files": {
+            "key": "private key and certificate: pass it as --key ID=PATH to listen, work and inspect",
+            "privateKey": "the private key alone (PKCS#8 PEM), for code of your own in other runtimes",
+            "certificate": "the certificate alone; encryptionCertificate below is its DER in base64",
+        },
         "encryptionCertificate": generated.encryption_certificate(),
         "thumbprint": generated.thumbprint(),
     });
