@@ -210,8 +210,8 @@ pub async fn diagnose(url: &str, options: &Options) -> Result<Report, String> {
                 Verdict::Fail,
                 "timeout",
                 format!(
-                    "no answer within {:?}: Graph would fail with \"Subscription validation request timed out\"",
-                    options.handshake_budget
+                    "no answer within {}: Graph would fail with \"Subscription validation request timed out\"",
+                    rounded(options.handshake_budget)
                 ),
                 Some("answer the handshake without waiting on anything slow; if the endpoint sleeps when idle (serverless, free dynos), keep it warm or move off a cold-starting host"),
                 None,
@@ -236,6 +236,18 @@ pub async fn diagnose(url: &str, options: &Options) -> Result<Report, String> {
     Ok(report)
 }
 
+/// A duration as a person reads it: `850 ms`, `4.0 s`, `10 s`.
+fn rounded(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
 fn check_url(url: &url::Url, report: &mut Report) {
     let loopback = match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -244,12 +256,13 @@ fn check_url(url: &url::Url, report: &mut Report) {
         None => false,
     };
     if loopback {
+        let port = url.port_or_known_default().unwrap_or(80);
         report.push(finding(
             "url",
             Verdict::Warn,
             "not_public",
             format!("{} is not reachable from Microsoft's cloud", url.host_str().unwrap_or_default()),
-            Some("expose the port with a tunnel (ngrok http 8080) and give Graph the public https URL; `--public-url ngrok` finds it for you"),
+            Some(&format!("expose the port with a tunnel (ngrok http {port}) and give Graph the public https URL; `--public-url ngrok` finds it for you")),
             None,
         ));
     } else if url.scheme() == "http" {
@@ -361,8 +374,9 @@ async fn judge_handshake(
             Verdict::Warn,
             "slow",
             format!(
-                "took {elapsed:?}, more than half of Graph's {:?}",
-                options.handshake_budget
+                "took {}, more than half of Graph's {}",
+                rounded(elapsed),
+                rounded(options.handshake_budget)
             ),
             Some(
                 "a cold start this slow will sometimes miss Graph's deadline; keep the endpoint warm",
@@ -399,7 +413,7 @@ fn common_failures(
                 "answered {status} with an ngrok HTML page (browser warning or account error), not your app"
             ),
             Some(
-                "Graph gets the same page: make sure the agent forwards to your app (ngrok http 8080), that your ngrok account/authtoken is set up, and use a domain without the browser warning",
+                "Graph gets the same page: make sure the agent forwards to your app's port (ngrok http PORT), that your ngrok account/authtoken is set up, and use a domain without the browser warning",
             ),
             latency,
         ));
@@ -484,7 +498,7 @@ async fn probe_notification(
                 "notification",
                 Verdict::Fail,
                 "timeout",
-                format!("no answer within {:?}", options.handshake_budget),
+                format!("no answer within {}", rounded(options.handshake_budget)),
                 Some(
                     "answer 202 as soon as the notification is stored; do the work after answering",
                 ),
@@ -538,8 +552,9 @@ async fn probe_notification(
             Verdict::Fail,
             "slow_ack",
             format!(
-                "took {elapsed:?}; Graph counts answers over {:?} as failed and throttles slow endpoints",
-                options.ack_budget
+                "took {}; Graph counts answers over {} as failed and throttles slow endpoints",
+                rounded(elapsed),
+                rounded(options.ack_budget)
             ),
             Some("store the notification, answer 202, and process it afterwards"),
             latency,

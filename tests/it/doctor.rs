@@ -116,6 +116,12 @@ async fn a_correct_receiver_passes() {
         .await
         .unwrap();
     assert_eq!(diagnosis(&report, "url"), (Verdict::Warn, "not_public"));
+    // The tunnel to suggest is the one for this port, not a stock 8080.
+    let fix = report.finding("url").unwrap().fix.clone().unwrap();
+    assert!(
+        fix.contains(&format!("ngrok http {}", server.addr.port())),
+        "{fix}"
+    );
     assert_eq!(diagnosis(&report, "handshake"), (Verdict::Pass, "ok"));
     assert_eq!(diagnosis(&report, "notification"), (Verdict::Pass, "ok"));
     assert!(report.healthy(), "{report}");
@@ -243,6 +249,10 @@ async fn content_type_and_a_slow_cold_start_are_warnings() {
     let report = run(addr, &fast()).await;
     assert_eq!(diagnosis(&report, "handshake"), (Verdict::Warn, "slow"));
     assert!(report.healthy());
+    // Durations as a person reads them ("512 ms"), not "512.345678ms".
+    let detail = &report.finding("handshake").unwrap().detail;
+    assert!(detail.contains(" ms,"), "{detail}");
+    assert!(!detail.contains('.'), "no long fractions: {detail}");
 }
 
 #[tokio::test]
