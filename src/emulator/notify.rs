@@ -198,6 +198,17 @@ fn item_resource(subscription: &Subscription, change: &Change, target: Target, i
     }
 }
 
+/// The key of the item a path ends in: `AAMk1` of `users/ada/messages/AAMk1`
+/// or of `messages('AAMk1')`.
+fn last_key(path: &str) -> Option<String> {
+    let last = path.trim_end_matches('/').rsplit('/').next()?;
+    let key = match last.split_once('(') {
+        Some((_, inner)) => inner.trim_end_matches(')').trim_matches('\''),
+        None => last,
+    };
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
 /// `#Microsoft.Graph.Message`, `#Microsoft.Graph.ChatMessage`, …
 fn odata_type(kind: &ResourceKind) -> String {
     let name = kind.as_str();
@@ -264,7 +275,11 @@ pub(crate) fn change_items(
         .and_then(|d| d.get("id"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let id = data_id.unwrap_or_else(random_id);
+    // A change fired on an item beneath the subscription names its key.
+    let path_id = (target == Target::Beneath)
+        .then(|| last_key(&change.resource))
+        .flatten();
+    let id = data_id.or(path_id).unwrap_or_else(random_id);
     let resource = item_resource(subscription, change, target, &id);
     let outlook = subscription.entry.rules().outlook;
     let resource_data = if *subscription.kind() == ResourceKind::DriveItem {
@@ -351,6 +366,20 @@ pub(crate) fn lifecycle_item(subscription: &Subscription, event: &LifecycleEvent
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_a_path_ends_in() {
+        assert_eq!(
+            last_key("users/ada/messages/AAMk1").as_deref(),
+            Some("AAMk1")
+        );
+        assert_eq!(
+            last_key("chats('19:x')/messages('16169')").as_deref(),
+            Some("16169")
+        );
+        assert_eq!(last_key("users/ada/messages/").as_deref(), Some("messages"));
+        assert_eq!(last_key("").as_deref(), None);
+    }
 
     #[test]
     fn presence_filter_ids() {

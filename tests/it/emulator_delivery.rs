@@ -120,6 +120,22 @@ async fn basic_notifications_reach_the_receiver_batched_per_url() {
         ))
         .unwrap();
     assert_eq!(fired.subscription_ids, [all]);
+    // Fired without data, the item is the one the path names.
+    let events = receiver
+        .recorder
+        .wait_until("the update", WAIT, |e| changes(e) == 3)
+        .await;
+    let Some(Event::Change(update)) = events
+        .iter()
+        .rfind(|e| matches!(e, Event::Change(c) if *c.change_type() == ChangeType::Updated))
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        update.resource_data().unwrap().id.as_deref(),
+        Some("AAMkAGI1")
+    );
+    assert_eq!(update.resource(), "users/u1/messages/AAMkAGI1");
 }
 
 #[tokio::test]
