@@ -46,6 +46,9 @@ pub enum ControlError {
         /// The subscription's kind.
         kind: String,
     },
+    /// The subscription has no `lifecycleNotificationUrl`, so Graph would
+    /// send this event nowhere: a test waiting for it would wait for nothing.
+    NoLifecycleUrl(String),
     /// Encrypting resource data failed.
     Encryption(String),
 }
@@ -62,6 +65,11 @@ impl fmt::Display for ControlError {
             ControlError::UnsupportedLifecycleEvent { event, kind } => {
                 write!(f, "Graph does not send '{event}' for {kind} subscriptions")
             }
+            ControlError::NoLifecycleUrl(id) => write!(
+                f,
+                "subscription '{id}' has no lifecycleNotificationUrl: Graph sends its lifecycle \
+                 notifications nowhere (create it with one)"
+            ),
             ControlError::Encryption(e) => write!(f, "encrypting resource data failed: {e}"),
         }
     }
@@ -149,6 +157,9 @@ impl Core {
                 event: event.to_string(),
                 kind: subscription.kind().to_string(),
             });
+        }
+        if subscription.lifecycle_url.is_none() {
+            return Err(ControlError::NoLifecycleUrl(subscription_id.to_owned()));
         }
         if *event == LifecycleEventType::SubscriptionRemoved {
             self.store.remove(subscription_id);

@@ -142,6 +142,39 @@ async fn basic_notifications_reach_the_receiver_batched_per_url() {
 async fn lifecycle_notifications_reach_the_lifecycle_url() {
     let graph = Graph::start(Emulator::builder()).await;
     let receiver = SlowReceiver::start(STATE, None).await;
+    // Without a lifecycleNotificationUrl there is nowhere to send one: an
+    // error that says so, not a lifecycle event that never arrives.
+    let bare = subscribe(
+        &graph,
+        &graph.subscription("users/u2/messages", "created", &receiver.url("/notify")),
+    )
+    .await;
+    let error = graph
+        .emulator
+        .lifecycle(&bare, &LifecycleEventType::SubscriptionRemoved)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("no lifecycleNotificationUrl"),
+        "{error}"
+    );
+    let still = graph
+        .call(
+            "GET",
+            &format!("/v1.0/subscriptions/{bare}"),
+            Some(&graph.app_token()),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(still.status, 200, "a refused event changes nothing");
+    let answer = graph
+        .control(
+            "/emulator/lifecycle",
+            &json!({"subscriptionId": bare, "lifecycleEvent": "missed"}),
+        )
+        .await;
+    assert_eq!(answer.status, 400, "{:#}", answer.json);
+
     let mut body = graph.subscription("users/u1/messages", "created", &receiver.url("/notify"));
     body["lifecycleNotificationUrl"] = json!(receiver.url("/lifecycle"));
     let id = subscribe(&graph, &body).await;
