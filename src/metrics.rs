@@ -15,6 +15,75 @@ use crate::inbox::InboxStats;
 
 type Label = [(&'static str, &'static str); 1];
 
+/// How long a reason's rejections are summed up before the next warn line.
+const REJECTION_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Rejections made visible at the default log level without letting a
+/// hostile sender fill the log: the first item of a reason is logged at
+/// warn at once, the rest of that reason's minute as one line with their
+/// count and one example subscription id. Duplicates are Graph's retries
+/// doing their job, and are not logged.
+#[derive(Default)]
+struct RejectionLog {
+    every: std::sync::atomic::AtomicBool,
+    windows: std::sync::Mutex<std::collections::HashMap<&'static str, Window>>,
+}
+
+struct Window {
+    opened: std::time::Instant,
+    suppressed: u64,
+    example: Option<String>,
+}
+
+impl RejectionLog {
+    fn note(&self, reason: &'static str, subscription_id: Option<&str>) {
+        if reason == "duplicate" {
+            return;
+        }
+        // The id is the sender's text: quoted and cut, it forges no log line.
+        let example = subscription_id.map(|id| id.chars().take(64).collect::<String>());
+        if self.every.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(reason, subscription = ?example, "item rejected");
+            return;
+        }
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match windows.get_mut(reason) {
+            Some(window) if now.duration_since(window.opened) < REJECTION_SUMMARY_EVERY => {
+                window.suppressed += 1;
+                if window.example.is_none() {
+                    window.example = example;
+                }
+            }
+            Some(window) => {
+                let (count, example_then) = (window.suppressed, window.example.take());
+                *window = Window {
+                    opened: now,
+                    suppressed: 0,
+                    example: None,
+                };
+                drop(windows);
+                if count > 0 {
+                    tracing::warn!(reason, count, example = ?example_then, "more items rejected in the last minute");
+                }
+                tracing::warn!(reason, subscription = ?example, "item rejected; more of this reason are summed up once a minute");
+            }
+            None => {
+                windows.insert(
+                    reason,
+                    Window {
+                        opened: now,
+                        suppressed: 0,
+                        example: None,
+                    },
+                );
+                drop(windows);
+                tracing::warn!(reason, subscription = ?example, "item rejected; more of this reason are summed up once a minute");
+            }
+        }
+    }
+}
+
 /// The receiver's metrics. Rendered by `GET /metrics` of the admin address
 /// ([`admin`](crate::admin)), never by the notification endpoint: they tell
 /// which items were refused and why. An app that mounts the endpoint
@@ -31,6 +100,7 @@ pub struct Metrics {
     handled: Family<Label, Counter>,
     dead_lettered: Counter,
     connections_closed: Family<Label, Counter>,
+    rejections: RejectionLog,
 }
 
 impl fmt::Debug for Metrics {
@@ -116,7 +186,18 @@ impl Metrics {
             handled,
             dead_lettered,
             connections_closed,
+            rejections: RejectionLog::default(),
         }
+    }
+
+    /// Logs every rejected item at warn, with its reason and subscription id
+    /// (never the secret), instead of the first of each reason and then a
+    /// count once a minute. For finding out why items do not arrive; a
+    /// hostile sender can then fill the log.
+    pub fn log_every_rejection(&self, every: bool) {
+        self.rejections
+            .every
+            .store(every, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn delivery(&self, outcome: &'static str) {
@@ -133,10 +214,12 @@ impl Metrics {
             .inc_by(n);
     }
 
-    pub(crate) fn rejected(&self, reason: &'static str) {
+    /// Counts a rejected item, and logs it as [`RejectionLog`] decides.
+    pub(crate) fn rejected(&self, reason: &'static str, subscription_id: Option<&str>) {
         self.items_rejected
             .get_or_create(&[("reason", reason)])
             .inc();
+        self.rejections.note(reason, subscription_id);
     }
 
     pub(crate) fn handled(&self, outcome: &'static str) {

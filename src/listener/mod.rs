@@ -225,7 +225,9 @@ impl WebhookService {
                     accepted.push(StoredItem::new((*raw).to_owned(), tokens.clone()));
                 }
                 Err(reason) => {
-                    metrics.rejected(reason.as_str());
+                    let head = ItemHead::parse(raw);
+                    let subscription = head.as_ref().and_then(|h| h.subscription_id.as_deref());
+                    metrics.rejected(reason.as_str(), subscription);
                     dropped.add(reason.as_str());
                 }
             }

@@ -341,7 +341,9 @@ impl<H: Handler> Pipeline<H> {
             match outcome {
                 Outcome::Done => done.push(claimed.id),
                 Outcome::Rejected(reason) => {
-                    self.metrics.rejected(reason);
+                    let head = crate::notification::ItemHead::parse(&claimed.item.raw);
+                    let subscription = head.as_ref().and_then(|h| h.subscription_id.as_deref());
+                    self.metrics.rejected(reason, subscription);
                     done.push(claimed.id);
                 }
                 outcome => self.settle_one(inbox, claimed, outcome).await,

@@ -401,3 +401,43 @@ fn oversized_key_jwks_and_capture_files_are_refused() {
         assert!(stderr.contains("larger than 16 MiB"), "{args:?}: {stderr}");
     }
 }
+
+/// Rejections show at the default log level — the first of each reason at
+/// once, the rest summed up — and each one with --log-rejections.
+#[tokio::test]
+async fn rejections_are_visible_at_the_default_level_without_flooding_it() {
+    use crate::support::cli::Process;
+
+    for (flag, expected) in [(None, 1), (Some("--log-rejections"), 60)] {
+        let mut args = vec!["listen", "--addr", "127.0.0.1:0", "--memory"];
+        args.extend(flag);
+        let mut process = Process::spawn(&args, &[("MSGRAPH_WEBHOOKS_CLIENT_STATE", "right")]);
+        let addr = process.listening_addr().await;
+        for delivery in 0..3 {
+            let items = (0..20)
+                .map(|n| message_item("sub-of-mine", "wrong", delivery * 100 + n))
+                .collect();
+            let reply = post_json(&format!("http://{addr}/"), envelope(items)).await;
+            assert_eq!(reply.status, 202);
+        }
+        let stderr = process.stderr.as_mut().unwrap();
+        let mut lines = Vec::new();
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_secs(2), stderr.next_line()).await
+        {
+            if line.contains("item rejected") {
+                lines.push(line);
+            }
+        }
+        assert_eq!(lines.len(), expected, "{flag:?}: {lines:?}");
+        assert!(lines[0].contains("WARN"), "{}", lines[0]);
+        assert!(lines[0].contains("client_state_mismatch"), "{}", lines[0]);
+        assert!(lines[0].contains("sub-of-mine"), "{}", lines[0]);
+        assert!(
+            !lines[0].contains("wrong"),
+            "never the clientState: {}",
+            lines[0]
+        );
+        process.terminate();
+    }
+}

@@ -110,6 +110,12 @@ pub(crate) struct WorkArgs {
     #[arg(long, default_value_t = 5, env = "MSGRAPH_WEBHOOKS_MAX_ATTEMPTS")]
     pub(crate) max_attempts: u32,
 
+    /// Log every rejected item at warn with its reason and subscription id
+    /// (never a secret). By default the first of each reason is logged, and
+    /// the rest once a minute as a count.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_LOG_REJECTIONS")]
+    pub(crate) log_rejections: bool,
+
     /// Seconds to drain connections and workers on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10, env = "MSGRAPH_WEBHOOKS_DRAIN_SECS")]
     pub(crate) drain_secs: u64,
@@ -206,6 +212,9 @@ async fn serve<H: Handler>(
     }
     builder = args.work.rich.configure(builder)?;
     let receiver = builder.build()?;
+    receiver
+        .metrics()
+        .log_every_rejection(args.work.log_rejections);
     let listener = msgraph_webhooks::listener::bind(args.addr)
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let admin = args.admin.bind().await?;

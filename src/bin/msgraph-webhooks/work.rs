@@ -43,6 +43,9 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     }
     builder = args.work.rich.configure(builder)?;
     let receiver = builder.build()?;
+    receiver
+        .metrics()
+        .log_every_rejection(args.work.log_rejections);
     let admin = args.admin.bind().await?;
     let workers = receiver.spawn_workers();
     tracing::info!("working");
