@@ -179,6 +179,9 @@ pub struct DeliveryRecord {
     pub latency_ms: Option<f64>,
     /// The URL's throttling state when this happened.
     pub endpoint_state: EndpointState,
+    /// Whether the body POSTed is still kept, at
+    /// `GET /emulator/deliveries/{sequence}/body` (the newest 200 are).
+    pub body_kept: bool,
 }
 
 fn as_graph_time<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
@@ -223,18 +226,38 @@ pub struct StateChange {
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryLog {
     records: Mutex<VecDeque<DeliveryRecord>>,
+    /// The bodies of the newest POSTs, by sequence.
+    bodies: Mutex<VecDeque<(u64, bytes::Bytes)>>,
     sequence: AtomicU64,
     appended: Notify,
 }
 
 const LOG_CAPACITY: usize = 10_000;
 
+/// Bodies kept, the newest (a POST holds at most 50 items, so at most a few
+/// MiB each even for rich ones).
+const BODIES_KEPT: usize = 200;
+
 /// State changes kept per URL (the first, and the most recent).
 const MAX_HISTORY: usize = 1_000;
 
 impl DeliveryLog {
-    pub(crate) fn push(&self, mut record: DeliveryRecord) {
+    pub(crate) fn push(&self, record: DeliveryRecord) {
+        self.push_with_body(record, None);
+    }
+
+    /// Logs a record with the body that was POSTed, kept among the newest
+    /// [`BODIES_KEPT`] for `GET /emulator/deliveries/{sequence}/body`.
+    pub(crate) fn push_with_body(&self, mut record: DeliveryRecord, body: Option<bytes::Bytes>) {
         record.sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        record.body_kept = body.is_some();
+        if let Some(body) = body {
+            let mut bodies = lock(&self.bodies);
+            if bodies.len() == BODIES_KEPT {
+                bodies.pop_front();
+            }
+            bodies.push_back((record.sequence, body));
+        }
         let mut records = lock(&self.records);
         if records.len() == LOG_CAPACITY {
             records.pop_front();
@@ -242,6 +265,14 @@ impl DeliveryLog {
         records.push_back(record);
         drop(records);
         self.appended.notify_waiters();
+    }
+
+    /// The body POSTed by the record with this sequence, if still kept.
+    pub(crate) fn body(&self, sequence: u64) -> Option<bytes::Bytes> {
+        lock(&self.bodies)
+            .iter()
+            .find(|(s, _)| *s == sequence)
+            .map(|(_, body)| body.clone())
     }
 
     pub(crate) fn all(&self) -> Vec<DeliveryRecord> {
@@ -590,6 +621,7 @@ fn dropped(core: &Arc<Core>, endpoint: &Endpoint, items: Vec<Pending>, now: Offs
         outcome: Outcome::Dropped,
         latency_ms: None,
         endpoint_state: EndpointState::Drop,
+        body_kept: false,
     });
     for id in ids {
         let first_time = lock(&endpoint.inner).missed_sent.insert(id.clone());
@@ -660,7 +692,11 @@ fn body(core: &Core, batch: &[Pending]) -> Vec<u8> {
 /// Largest answer body read from an endpoint (the rest is ignored).
 const MAX_ANSWER: usize = 64 * 1024;
 
-async fn post(client: &reqwest::Client, url: &Url, body: Vec<u8>) -> Result<u16, reqwest::Error> {
+async fn post(
+    client: &reqwest::Client,
+    url: &Url,
+    body: bytes::Bytes,
+) -> Result<u16, reqwest::Error> {
     let mut response = client
         .post(url.clone())
         .header("content-type", "application/json; charset=utf-8")
@@ -713,11 +749,11 @@ async fn send(core: Arc<Core>, endpoint: Arc<Endpoint>, batch: Vec<Pending>, sta
     } else {
         policy.first_timeout
     };
-    let body = body(&core, &batch);
+    let body = bytes::Bytes::from(body(&core, &batch));
     let started = Instant::now();
     let answer = tokio::time::timeout(
         core.config.real_timeout(limit),
-        post(&core.client, &endpoint.url, body),
+        post(&core.client, &endpoint.url, body.clone()),
     )
     .await;
     let latency = started.elapsed();
@@ -734,15 +770,18 @@ async fn send(core: Arc<Core>, endpoint: Arc<Endpoint>, batch: Vec<Pending>, sta
 
     let done = core.clock.now();
     let kind_lifecycle = batch[0].out.lifecycle;
-    core.log.push(record(
-        &endpoint,
-        &batch,
-        now,
-        state,
-        status,
-        outcome,
-        Some(latency.as_secs_f64() * 1000.0),
-    ));
+    core.log.push_with_body(
+        record(
+            &endpoint,
+            &batch,
+            now,
+            state,
+            status,
+            outcome,
+            Some(latency.as_secs_f64() * 1000.0),
+        ),
+        Some(body),
+    );
     let mut expired = Vec::new();
     {
         let mut inner = lock(&endpoint.inner);
@@ -805,6 +844,7 @@ fn record(
         outcome,
         latency_ms,
         endpoint_state: state,
+        body_kept: false,
     }
 }
 

@@ -518,6 +518,14 @@ impl Emulator {
         self.core.log.all()
     }
 
+    /// The body a delivery POSTed, exactly as sent, by its
+    /// [`DeliveryRecord::sequence`]: kept for the newest 200 POSTs of
+    /// notifications ([`DeliveryRecord::body_kept`]). Feed it to
+    /// `msgraph-webhooks inspect`.
+    pub fn delivery_body(&self, sequence: u64) -> Option<bytes::Bytes> {
+        self.core.log.body(sequence)
+    }
+
     /// Waits until `done` holds for the deliveries log, or `wait` passes;
     /// returns the log either way.
     pub async fn wait_for_deliveries(

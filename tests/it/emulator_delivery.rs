@@ -110,6 +110,51 @@ async fn basic_notifications_reach_the_receiver_batched_per_url() {
     assert_eq!(posts[0].items, 2);
     assert_eq!(posts[0].outcome, Outcome::Delivered);
     assert_eq!(posts[0].status, Some(202));
+    // The body is kept, exactly as POSTed, to look at or feed to `inspect`.
+    assert!(posts[0].body_kept);
+    let kept = graph.emulator.delivery_body(posts[0].sequence).unwrap();
+    let kept: Value = serde_json::from_slice(&kept).unwrap();
+    assert_eq!(kept["value"].as_array().unwrap().len(), 2);
+    assert_eq!(kept["value"][0]["resourceData"]["id"], "AAMkAGI1");
+    let served = graph
+        .call(
+            "GET",
+            &format!("/emulator/deliveries/{}/body", posts[0].sequence),
+            None,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(served.status, 200);
+    assert_eq!(served.json, kept);
+    let none = graph
+        .call("GET", "/emulator/deliveries/999999/body", None, None, &[])
+        .await;
+    assert_eq!(none.status, 404);
+    // Capture → inspect: basic items need no token flags; --client-state
+    // checks each item's.
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("capture.json");
+    std::fs::write(&capture, serde_json::to_vec(&kept).unwrap()).unwrap();
+    let inspect = |extra: &[&str]| {
+        std::process::Command::new(crate::support::cli::BIN)
+            .arg("inspect")
+            .arg(&capture)
+            .args(extra)
+            .env_remove("MSGRAPH_WEBHOOKS_CLIENT_STATE")
+            .output()
+            .unwrap()
+    };
+    let plain = inspect(&[]);
+    assert!(plain.status.success(), "{plain:?}");
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).lines().count(), 2);
+    assert!(inspect(&["--client-state", STATE]).status.success());
+    let wrong = inspect(&["--client-state", "not-it"]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("item 0: rejected: client_state_mismatch"),
+        "{wrong:?}"
+    );
 
     // An update reaches only the subscription that asked for updates.
     let fired = graph

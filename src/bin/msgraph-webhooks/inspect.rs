@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use msgraph_webhooks::BoxError;
 use msgraph_webhooks::crypto::KeyRing;
+use msgraph_webhooks::notification::{Envelope, ItemHead};
 use msgraph_webhooks::worker::Verifier;
+use msgraph_webhooks::{BoxError, ClientState, SubscriptionRegistry};
 
 use crate::rich::RichArgs;
 
@@ -18,6 +19,11 @@ pub(crate) struct Args {
 
     #[command(flatten)]
     rich: RichArgs,
+
+    /// Also check each item's clientState against this one (constant time);
+    /// items with another are rejected as client_state_mismatch.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_CLIENT_STATE", hide_env_values = true)]
+    client_state: Option<String>,
 
     /// Decrypt without checking the validation tokens, e.g. for a capture
     /// whose tokens have expired. Anybody can forge what this accepts.
@@ -37,10 +43,16 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let verifier = if args.insecure_skip_token_validation {
         eprintln!("warning: validation tokens are NOT checked (--insecure-skip-token-validation)");
         Verifier::without_token_validation(keys)
+    } else if args.rich.app_ids.is_empty() && !has_encrypted_items(&body) {
+        // Basic items carry no tokens to check: nothing is skipped.
+        Verifier::without_token_validation(keys)
     } else if args.rich.app_ids.is_empty() {
-        return Err("pass --app-id (the audience of the validation tokens), \
-                    or --insecure-skip-token-validation to decrypt without checking them"
-            .into());
+        return Err(
+            "the capture has encrypted items: pass --app-id (the audience of their \
+                    validation tokens), or --insecure-skip-token-validation to decrypt \
+                    without checking them"
+                .into(),
+        );
     } else {
         Verifier::new(keys, args.rich.validator()?)
     };
@@ -51,9 +63,25 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let registry = args
+        .client_state
+        .map(|state| SubscriptionRegistry::with_client_state(ClientState::new(state)));
+    let heads = item_heads(&body);
     let mut all_accepted = true;
     let mut stdout = std::io::stdout().lock();
     for (index, outcome) in outcomes.iter().enumerate() {
+        if let Some(registry) = &registry {
+            let head = heads.get(index).and_then(Option::as_ref);
+            let checked = registry.check(
+                head.and_then(|h| h.0.as_deref()).unwrap_or_default(),
+                head.and_then(|h| h.1.as_deref()),
+            );
+            if let Err(reason) = checked {
+                all_accepted = false;
+                eprintln!("item {index}: rejected: {}", reason.as_str());
+                continue;
+            }
+        }
         match outcome {
             Ok(event) => writeln!(stdout, "{}", event.to_json())?,
             Err(reason) => {
@@ -68,4 +96,35 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether any item of the body is a rich one (has `encryptedContent`).
+fn has_encrypted_items(body: &[u8]) -> bool {
+    Envelope::parse(body).is_ok_and(|envelope| {
+        envelope
+            .items
+            .iter()
+            .any(|raw| ItemHead::parse(raw).is_some_and(|head| head.is_encrypted()))
+    })
+}
+
+/// Each item's subscriptionId and clientState, in order.
+fn item_heads(body: &[u8]) -> Vec<Option<(Option<String>, Option<String>)>> {
+    Envelope::parse(body).map_or_else(
+        |_| Vec::new(),
+        |envelope| {
+            envelope
+                .items
+                .iter()
+                .map(|raw| {
+                    ItemHead::parse(raw).map(|head| {
+                        (
+                            head.subscription_id.map(|s| s.into_owned()),
+                            head.client_state.map(|s| s.into_owned()),
+                        )
+                    })
+                })
+                .collect()
+        },
+    )
 }

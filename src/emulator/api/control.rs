@@ -84,6 +84,36 @@ pub(super) async fn deliveries(State(core): State<Arc<Core>>) -> Json<Value> {
     Json(json!({ "value": core.log.all() }))
 }
 
+/// The body a delivery POSTed, exactly as sent (for `inspect`), while the
+/// emulator still keeps it.
+pub(super) async fn delivery_body(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(sequence): axum::extract::Path<String>,
+) -> Result<axum::response::Response, GraphError> {
+    use axum::response::IntoResponse as _;
+    let body = sequence
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| core.log.body(n))
+        .ok_or_else(|| {
+            GraphError::new(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                format!(
+                    "No body is kept for delivery '{sequence}': only POSTs of notifications, the newest 200."
+                ),
+            )
+        })?;
+    Ok((
+        [(
+            http::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
 pub(super) async fn endpoints(State(core): State<Arc<Core>>) -> Json<Value> {
     Json(json!({ "value": core.engine.statuses() }))
 }

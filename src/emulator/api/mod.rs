@@ -65,6 +65,10 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/emulator/changes", post(control::changes))
         .route("/emulator/lifecycle", post(control::lifecycle))
         .route("/emulator/deliveries", get(control::deliveries))
+        .route(
+            "/emulator/deliveries/{sequence}/body",
+            get(control::delivery_body),
+        )
         .route("/emulator/endpoints", get(control::endpoints))
         .route("/emulator/subscriptions", get(control::subscriptions))
         .route(

@@ -232,6 +232,7 @@ async fn handshake(core: &Core, url: &Url, subscription_id: &str) -> Result<(), 
         },
         latency_ms: Some(attempt.latency.as_secs_f64() * 1000.0),
         endpoint_state: EndpointState::Normal,
+        body_kept: false,
     });
     attempt
         .result
