@@ -1,5 +1,7 @@
-//! Mount the Graph endpoint as a route of an existing axum app, next to an
-//! ordinary route.
+//! Nest the Graph endpoint in an existing axum app, next to an ordinary
+//! route: `receiver.router()` answers the notification path, its
+//! `/lifecycle` (where the subscription manager points lifecycle
+//! notifications) and `/healthz`.
 //!
 //! Run with:
 //!
@@ -7,6 +9,7 @@
 //! cargo run --example axum_route
 //! curl http://127.0.0.1:3000/hello
 //! curl -i -X POST 'http://127.0.0.1:3000/graph/notifications?validationToken=hello+graph'
+//! curl -i -X POST 'http://127.0.0.1:3000/graph/notifications/lifecycle?validationToken=hello+graph'
 //! ```
 
 use axum::Router;
@@ -22,11 +25,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .client_state(ClientState::new("secretClientValue"))
     .build()?;
 
-    // The endpoint is a tower::Service; the workers run beside the app.
+    // Nested, not route_service: that would answer the exact path only, and
+    // Graph's validation of …/lifecycle would get 404. The workers run
+    // beside the app.
     let workers = receiver.spawn_workers();
     let app = Router::new()
         .route("/hello", get(|| async { "an ordinary route\n" }))
-        .route_service("/graph/notifications", receiver.service());
+        .nest("/graph/notifications", receiver.router());
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://{}", listener.local_addr()?);

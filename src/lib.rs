@@ -105,7 +105,8 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `cli` | yes | the `msgraph-webhooks` binary (clap, tracing-subscriber); implies `emulator` |
-//! | `emulator` | via `cli` | [`emulator`]: a local Graph that creates subscriptions by the [`catalog`]'s rules and delivers notifications (axum) |
+//! | `emulator` | via `cli` | [`emulator`]: a local Graph that creates subscriptions by the [`catalog`]'s rules and delivers notifications (axum); implies `axum` |
+//! | `axum` | via `emulator` | `Receiver::router()`: the endpoint, its lifecycle path and health as an axum `Router` to nest in an app |
 //! | `sqlite` | via `cli` | [`store::SqliteStore`]: the embedded durable store |
 //! | `redis` | via `cli` | `store::RedisStore`: the store for several instances |
 //!

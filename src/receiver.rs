@@ -344,6 +344,35 @@ impl<H: Handler> Receiver<H> {
         WebhookService::new(self.shared.clone())
     }
 
+    /// The endpoint as an axum `Router`, to **nest** at the path of your
+    /// notification URL: it answers that path, `…/lifecycle` (where the
+    /// subscription manager points Graph's lifecycle notifications) and
+    /// `…/healthz`. `route_service(path, receiver.service())` answers the
+    /// exact path only, so Graph's validation of `…/lifecycle` would get
+    /// `404`.
+    ///
+    /// ```no_run
+    /// # use msgraph_webhooks::{ClientState, Receiver, handler_fn};
+    /// # fn app() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let receiver = Receiver::builder(handler_fn(|_e| async { Ok(()) }))
+    /// #     .client_state(ClientState::new("s")).build()?;
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/hello", axum::routing::get(|| async { "hi" }))
+    ///     .nest("/graph/notifications", receiver.router());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn router<S>(&self) -> axum::Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let service = self.service();
+        axum::Router::new()
+            .route_service("/", service.clone())
+            .route_service("/lifecycle", service)
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+    }
+
     /// Starts the workers. Stop them with [`Workers::shutdown`].
     pub fn spawn_workers(&self) -> Workers {
         Workers::spawn(

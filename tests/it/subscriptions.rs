@@ -862,3 +862,63 @@ async fn a_declaration_graph_would_refuse_is_refused_at_build_without_a_request(
     assert!(error.to_string().contains("declared twice"), "{error}");
     assert!(spy.seen().is_empty());
 }
+
+/// The README's axum mount, with the manager: nested at the notification
+/// URL's path, the lifecycle URL (`…/lifecycle`) passes Graph's handshake
+/// and gets its notifications. (With `route_service` on the exact path the
+/// lifecycle validation got 404 and the create never succeeded.)
+#[tokio::test]
+async fn the_router_nested_in_an_axum_app_serves_the_lifecycle_url_too() {
+    let emulator = Emulator::builder().start().await.unwrap();
+    let records = Arc::new(MemoryRecords::new());
+    let registry = Arc::new(SubscriptionRegistry::new().with_source(records.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!(
+        "http://{}/graph/notifications",
+        listener.local_addr().unwrap()
+    );
+    let manager = builder(&emulator, emulator.graph_url())
+        .records(records.clone())
+        .lease(Arc::new(MemoryLease::new()))
+        .registry(registry.clone())
+        .public_url(public.clone())
+        .declare(Declared::new("users/ada/messages", "created"))
+        .build()
+        .unwrap();
+    let recorder = Recorder::default();
+    let receiver = Receiver::builder(manager.handler(recorder.clone()))
+        .registry(registry)
+        .build()
+        .unwrap();
+    let workers = receiver.spawn_workers();
+    let app = axum::Router::new()
+        .route(
+            "/hello",
+            axum::routing::get(|| async { "an ordinary route" }),
+        )
+        .nest("/graph/notifications", receiver.router());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut seen = manager.activity();
+    let _running = manager.start();
+    let id = created(&activity(&mut seen, "created", |a| created(a).is_some()).await).unwrap();
+    let live = graph(&emulator).get(&id).await.unwrap();
+    assert_eq!(live.notification_url, public);
+    assert_eq!(
+        live.lifecycle_notification_url.as_deref(),
+        Some(format!("{public}/lifecycle").as_str())
+    );
+    emulator
+        .lifecycle(&id, &LifecycleEventType::ReauthorizationRequired)
+        .unwrap();
+    activity(&mut seen, "reauthorized", |a| {
+        matches!(a, Activity::Reauthorized { .. })
+    })
+    .await;
+    emulator
+        .fire(&Change::new("users/ada/messages", ChangeType::Created))
+        .unwrap();
+    recorder.wait_for(2).await;
+    server.abort();
+    workers.shutdown(Duration::from_secs(1)).await;
+}
