@@ -148,7 +148,7 @@ enum Fallback {
 }
 
 /// Why an item was dropped before the ack. The delivery is still answered
-/// `202`: Graph must not learn which items were refused (reference §4.1).
+/// `202`: Graph must not learn which items were refused (Microsoft Learn, "Receive change notifications through webhooks", <https://learn.microsoft.com/graph/change-notifications-delivery-webhooks>).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RejectReason {

@@ -1,4 +1,4 @@
-//! The rows of `reference/subscription-catalog.md`, "Resources, paths and
+//! The rows of the rules of Microsoft Learn, "Create subscription", <https://learn.microsoft.com/graph/api/subscription-post-subscriptions> and the pages it links, "Resources, paths and
 //! least-privileged permissions", one [`Entry`] each, in the reference's order.
 //!
 //! Paths are written with `users/{id}/…` where the reference says `me/…`:

@@ -4,7 +4,7 @@
 //! lifetimes, and the Teams lifecycle-URL rule.
 //!
 //! The facts are those of Microsoft Graph's "Create subscription" page,
-//! arranged in `reference/subscription-catalog.md`. One catalog serves three
+//! arranged in the rules of Microsoft Learn, "Create subscription", <https://learn.microsoft.com/graph/api/subscription-post-subscriptions> and the pages it links. One catalog serves three
 //! users: the [emulator](crate::emulator) enforces it, a subscription client
 //! checks a request before sending it (each [`Violation`] names the rule and
 //! the fix), and a `permissions` command lists the least-privileged
@@ -282,10 +282,10 @@ const OUTLOOK_EVENTS: &[LifecycleEventType] = &[
     LifecycleEventType::Missed,
 ];
 
-/// The rules of a kind: change types (reference §9.1: drive items and lists
+/// The rules of a kind: change types (Microsoft Learn, "subscription resource type", <https://learn.microsoft.com/graph/api/resources/subscription>: drive items and lists
 /// `updated` only, users and groups `updated` and `deleted`), maximum
 /// lifetime (the catalog's lifetime table), resource data, Teams and Outlook
-/// rules, lifecycle support (reference §8).
+/// rules, lifecycle support (Microsoft Learn, "Reduce missing subscriptions and change notifications", <https://learn.microsoft.com/graph/change-notifications-lifecycle-events>).
 ///
 /// Virtual events are missing from the lifetime table; they get the 4 320
 /// minutes of the other Teams-hosted kinds. Unknown kinds get the most

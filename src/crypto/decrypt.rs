@@ -1,4 +1,4 @@
-//! Decrypting `encryptedContent` (reference §6.3), and the pool RSA runs on.
+//! Decrypting `encryptedContent` (Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>), and the pool RSA runs on.
 
 use std::fmt;
 use std::sync::Arc;
@@ -400,7 +400,7 @@ mod tests {
     use super::*;
     use crate::crypto::{DecryptionKey, generate_certificate};
 
-    /// Microsoft's .NET SDK vector (reference §6.5): the one proof of interop.
+    /// Microsoft's .NET SDK vector (Microsoft's .NET SDK test vector, msgraph-sdk-dotnet-core `IDecryptableContentExtensionsTests.cs`): the one proof of interop.
     #[test]
     fn dotnet_sdk_vector_decrypts_to_hello_world() {
         let vector: Value = serde_json::from_str(include_str!(
@@ -445,7 +445,7 @@ mod tests {
         }
     }
 
-    /// §6.4 steps with every part chosen by the test.
+    /// Graph's encryption steps, with every part chosen by the test.
     fn seal(
         fixture: &Fixture,
         key: &[u8; 32],

@@ -36,7 +36,7 @@ impl fmt::Debug for GeneratedCertificate {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum GenerateError {
-    /// Graph accepts RSA keys of 2048 to 4096 bits only (reference §6.2).
+    /// Graph accepts RSA keys of 2048 to 4096 bits only (Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
     Bits(u32),
     /// An OpenSSL error.
     OpenSsl(String),
@@ -63,7 +63,7 @@ impl From<ErrorStack> for GenerateError {
 
 /// Generates an RSA key of `bits` (2048–4096) and a certificate for it,
 /// self-signed with SHA-256, subject `CN=common_name`, valid from now for
-/// `days` days. Graph does not check the issuer (reference §6.2).
+/// `days` days. Graph does not check the issuer (Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
 ///
 /// # Errors
 ///

@@ -189,7 +189,7 @@ pub(crate) fn thumbprint(certificate: &X509Ref) -> Result<String, openssl::error
 /// The app's decryption keys, by `encryptionCertificateId`.
 ///
 /// Several keys at once, so a certificate can be rotated while
-/// notifications encrypted to the old one still arrive (reference §6.6).
+/// notifications encrypted to the old one still arrive (Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
 /// `Debug` lists ids and thumbprints only.
 ///
 /// ```no_run

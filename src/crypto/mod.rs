@@ -4,7 +4,7 @@
 //!
 //! One crypto stack: OpenSSL.
 //!
-//! Decryption follows reference §6.3 and fails closed at every step:
+//! Decryption follows Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data> and fails closed at every step:
 //!
 //! 1. the key is chosen by `encryptionCertificateId`, and the
 //!    `encryptionCertificateThumbprint` must name that key's certificate;

@@ -1,7 +1,8 @@
-//! The delivery engine: Graph's way of POSTing notifications (reference
-//! §3–4). Items for one URL are batched; a 2xx within 3 s is delivered;
+//! The delivery engine: Graph's way of POSTing notifications (Microsoft
+//! Learn, "Receive change notifications through webhooks",
+//! <https://learn.microsoft.com/graph/change-notifications-delivery-webhooks>). Items for one URL are batched; a 2xx within 3 s is delivered;
 //! anything else is retried with exponential backoff, 10 s per retry, for
-//! up to 4 hours. Each URL has a throttling state (§4.2): more than 10 % of
+//! up to 4 hours. Each URL has a throttling state (that page's throttling section): more than 10 % of
 //! responses over 3 s in a 10-minute window make it *slow* (new
 //! notifications wait 10 minutes); more than 15 % over 10 s make it *drop*
 //! (notifications are discarded for 10 minutes, and Outlook subscriptions
@@ -68,7 +69,7 @@ impl DeliveryPolicy {
     }
 }
 
-/// The throttling rules of slow endpoints (reference §4.2).
+/// The throttling rules of slow endpoints (Microsoft Learn, "Receive change notifications through webhooks", <https://learn.microsoft.com/graph/change-notifications-delivery-webhooks>).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Throttling {

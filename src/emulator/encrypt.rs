@@ -1,4 +1,4 @@
-//! Graph's side of rich notifications (reference §6.4): encrypt a resource
+//! Graph's side of rich notifications (Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>): encrypt a resource
 //! to a subscription's certificate, exactly as the decryptor expects.
 //!
 //! Written from the protocol, not by running the decryptor backwards: a

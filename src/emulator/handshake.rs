@@ -1,4 +1,4 @@
-//! Graph's validation request (reference §2): inside the create (or
+//! Graph's validation request (Microsoft Learn, "Receive change notifications through webhooks", <https://learn.microsoft.com/graph/change-notifications-delivery-webhooks>): inside the create (or
 //! URL-changing update) call, POST `?validationToken=…` to the endpoint and
 //! require `200 OK` with exactly the token, within 10 seconds.
 

@@ -266,7 +266,7 @@ impl Identity {
 
     /// The validation token for notifications to `audience` (the app) about
     /// resources of `tenant`, reused while more than an hour of it is left
-    /// (Graph's tokens are reused across deliveries, reference §7).
+    /// (Graph's tokens are reused across deliveries, Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
     pub(crate) fn validation_token(&self, audience: &str, tenant: &str) -> String {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let key = (audience.to_owned(), tenant.to_owned());

@@ -38,7 +38,7 @@ pub enum ControlError {
     /// No subscription has this id.
     UnknownSubscription(String),
     /// Graph does not send this lifecycle event for the subscription's kind
-    /// (reference §8: `missed` is for Outlook resources, `subscriptionRemoved`
+    /// (Microsoft Learn, "Reduce missing subscriptions and change notifications", <https://learn.microsoft.com/graph/change-notifications-lifecycle-events>: `missed` is for Outlook resources, `subscriptionRemoved`
     /// for Outlook and chat messages).
     UnsupportedLifecycleEvent {
         /// The event.
@@ -78,7 +78,7 @@ impl fmt::Display for ControlError {
 impl std::error::Error for ControlError {}
 
 /// The (audience, tenant) of a rich subscription's validation token: the
-/// `notificationUrlAppId` when set, else the subscribing app (reference §7).
+/// `notificationUrlAppId` when set, else the subscribing app (Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
 fn token_for(subscription: &Subscription) -> Option<(String, String)> {
     subscription.rich().then(|| {
         (

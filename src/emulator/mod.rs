@@ -109,7 +109,7 @@ pub struct Config {
     /// The claim set of validation tokens.
     pub token_version: TokenVersion,
     /// Tenants whose rich notifications carry `validationTokens: null`, as
-    /// Graph sends when the tenant's set-up is incomplete (reference §6.1).
+    /// Graph sends when the tenant's set-up is incomplete (Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
     /// Their items travel in POSTs of their own, so other tenants' items
     /// keep their tokens.
     pub misconfigured_tenants: Vec<String>,

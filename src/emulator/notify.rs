@@ -347,7 +347,7 @@ pub(crate) fn change_items(
     Ok(items)
 }
 
-/// A lifecycle notification item (reference §3.6).
+/// A lifecycle notification item (Microsoft Learn, "Reduce missing subscriptions and change notifications", <https://learn.microsoft.com/graph/change-notifications-lifecycle-events>).
 pub(crate) fn lifecycle_item(subscription: &Subscription, event: &LifecycleEventType) -> Value {
     let mut item = Map::new();
     item.insert("lifecycleEvent".to_owned(), json!(event));

@@ -96,7 +96,7 @@ impl Subscription {
     }
 
     /// The subscription as Graph returns it. `clientState` is shown only in
-    /// the answers to create and update; reads return `null` (reference §5).
+    /// the answers to create and update; reads return `null` (Microsoft Learn, "subscription resource type", <https://learn.microsoft.com/graph/api/resources/subscription>).
     pub(crate) fn to_json(&self, base: &str, show_client_state: bool) -> Value {
         json!({
             "@odata.context": format!("{base}/{}/$metadata#subscriptions/$entity", self.api_version),

@@ -28,7 +28,7 @@ pub enum ValidationTokens {
     /// The property is absent (normal for basic and lifecycle notifications).
     #[default]
     Absent,
-    /// The property is `null`: Graph could not mint tokens (tenant set-up, §6.1).
+    /// The property is `null`: Graph could not mint tokens (the tenant's set-up for rich notifications is incomplete).
     Null,
     /// The property is neither `null` nor an array of strings.
     Malformed,

@@ -10,7 +10,7 @@ macro_rules! resource_kinds {
         /// The kind of resource a change notification is about.
         ///
         /// Covers every kind Graph accepts subscriptions for (the catalog in
-        /// `reference/subscription-catalog.md`), plus [`Unknown`](Self::Unknown)
+        /// the rules of Microsoft Learn, "Create subscription", <https://learn.microsoft.com/graph/api/subscription-post-subscriptions> and the pages it links), plus [`Unknown`](Self::Unknown)
         /// for kinds added later. Derived from `resourceData`'s `@odata.type`
         /// (any casing) or, when that is missing, from the `resource` path.
         ///

@@ -93,7 +93,7 @@ impl RetryPolicy {
 /// A subscription as Graph returns it.
 ///
 /// `clientState` is `None` in what `get` and `list` return: Graph shows it
-/// only in the answers to create and update (reference §5).
+/// only in the answers to create and update (Microsoft Learn, "subscription resource type", <https://learn.microsoft.com/graph/api/resources/subscription>).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]

@@ -28,7 +28,7 @@ use crate::{
 const MANAGED_BY: &str = "msgraph-webhooks";
 
 /// Graph asks for 10 minutes between a reauthorize and a renewing update of
-/// one subscription (reference §8).
+/// one subscription (Microsoft Learn, "Reduce missing subscriptions and change notifications", <https://learn.microsoft.com/graph/change-notifications-lifecycle-events>).
 const REAUTHORIZE_GAP: Duration = Duration::minutes(10);
 
 /// Kept under the kind's maximum lifetime, for clock skew with Graph.

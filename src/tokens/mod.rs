@@ -1,5 +1,5 @@
 //! Validation tokens: the JWTs Graph attaches to rich notifications
-//! (reference §7). A valid one proves Microsoft minted it for the app and
+//! (Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>). A valid one proves Microsoft minted it for the app and
 //! tenant; it is not bound to the delivery's content, so a captured token,
 //! the `clientState` and the public certificate together can forge content
 //! (README, "What the checks prove").
@@ -11,7 +11,7 @@
 //! rejected, each with a [`TokenError`] of its own.
 //!
 //! Microsoft's helpers skip the publisher check and fail open on missing
-//! tokens (reference `anchors-and-user-pains.md` §2.1); this module does
+//! tokens (msgraph-sdk-dotnet-core `ITokenValidableExtension`, msgraph-sdk-java-core `TokenValidable`); this module does
 //! neither.
 
 mod jwks;

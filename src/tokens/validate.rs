@@ -1,4 +1,4 @@
-//! The checks of reference §7, each failure with its own reason.
+//! The checks of Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>, each failure with its own reason.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -51,7 +51,7 @@ pub enum TokenError {
     /// empty list).
     Missing,
     /// `validationTokens` is `null` (Graph could not mint tokens: the
-    /// tenant's set-up of reference §6.1 is missing).
+    /// tenant's set-up of Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data> is missing).
     Null,
     /// `validationTokens` is not an array of strings.
     MalformedList,
@@ -186,7 +186,7 @@ struct Claims {
     ver: Option<String>,
 }
 
-/// Checks the `validationTokens` of rich notifications (reference §7), and
+/// Checks the `validationTokens` of rich notifications (Microsoft Learn, "Set up change notifications that include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>), and
 /// fails closed.
 ///
 /// A token is valid when it is an RS256 JWT signed by a key of the [`Jwks`];
