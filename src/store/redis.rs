@@ -948,6 +948,80 @@ impl Lease for RedisStore {
                 .map_err(store_error)
         })
     }
+
+    fn expires_in(&self, name: &str) -> BoxFuture<'_, Result<Option<Duration>, StoreError>> {
+        let key = self.key(&format!("lease:{name}"));
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            // -2: no such key; -1: no expiry (never written so by us).
+            let left: i64 = conn.pttl(key).await.map_err(store_error)?;
+            Ok((left > 0).then(|| Duration::from_millis(left.unsigned_abs())))
+        })
+    }
+
+    fn join(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.key(&format!("presence:{group}"));
+        let member = member.to_owned();
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let until = now_ms().saturating_add(ttl_ms);
+            // Members are scored by when they lapse; the set itself goes
+            // when its last member could.
+            redis::pipe()
+                .atomic()
+                .zadd(&key, &member, until)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now_ms())
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl_ms.max(1))
+                .arg("GT")
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl_ms.max(1))
+                .arg("NX")
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(store_error)
+        })
+    }
+
+    fn leave(&self, group: &str, member: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.key(&format!("presence:{group}"));
+        let member = member.to_owned();
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            conn.zrem::<_, _, i64>(key, member)
+                .await
+                .map(|_| ())
+                .map_err(store_error)
+        })
+    }
+
+    fn members(&self, group: &str) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        let key = self.key(&format!("presence:{group}"));
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut live: Vec<String> = conn
+                .zrangebyscore(key, format!("({}", now_ms()), "+inf")
+                .await
+                .map_err(store_error)?;
+            live.sort();
+            Ok(live)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -1207,6 +1281,17 @@ mod tests {
         );
         a.release("leader", "a").await.unwrap();
         assert!(b.acquire("leader", "b", ttl).await.unwrap());
+        let left = a.expires_in("leader").await.unwrap().unwrap();
+        assert!(left <= ttl && left > Duration::from_secs(50), "{left:?}");
+        assert_eq!(a.expires_in("nobody").await.unwrap(), None);
+
+        a.join("g", "a", ttl).await.unwrap();
+        b.join("g", "b", ttl).await.unwrap();
+        b.join("g2", "c", ttl).await.unwrap();
+        b.join("g", "gone", Duration::ZERO).await.unwrap();
+        assert_eq!(b.members("g").await.unwrap(), ["a", "b"]);
+        a.leave("g", "a").await.unwrap();
+        assert_eq!(a.members("g").await.unwrap(), ["b"]);
         cleanup(&a).await;
     }
 
