@@ -34,6 +34,11 @@ const REAUTHORIZE_GAP: Duration = Duration::minutes(10);
 /// Kept under the kind's maximum lifetime, for clock skew with Graph.
 const LIFETIME_MARGIN: Duration = Duration::minutes(1);
 
+/// How often, at most, an instance looks at the lease and the store between
+/// heartbeats: a lease given up is taken this soon, a queued lifecycle
+/// event acted on this soon.
+const LEASE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A random number in `[0, 1)`.
 pub(crate) fn unit_random() -> f64 {
     let mut bytes = [0u8; 8];
@@ -513,6 +518,9 @@ struct Managed {
     renew_at: OffsetDateTime,
     renewed_at: Option<OffsetDateTime>,
     reauthorized_at: Option<OffsetDateTime>,
+    /// Graph said it removed the subscription (`subscriptionRemoved`) to an
+    /// instance without the lease: queued here for the lease holder.
+    removed_at: Option<OffsetDateTime>,
 }
 
 impl Managed {
@@ -539,6 +547,7 @@ impl Managed {
             renew_at: parse_time(other.get("renewAt")).unwrap_or(expires_at),
             renewed_at: parse_time(other.get("renewedAt")),
             reauthorized_at: parse_time(other.get("reauthorizedAt")),
+            removed_at: parse_time(other.get("removedAt")),
         })
     }
 
@@ -562,6 +571,9 @@ impl Managed {
         }
         if let Some(t) = self.reauthorized_at {
             other.insert("reauthorizedAt".into(), json!(rfc3339(t)));
+        }
+        if let Some(t) = self.removed_at {
+            other.insert("removedAt".into(), json!(rfc3339(t)));
         }
         record
     }
@@ -806,9 +818,12 @@ impl ManagerBuilder {
         self
     }
 
-    /// How long the lease lasts without being extended (2 minutes, real time).
+    /// How long the lease lasts without being extended (30 s, real time).
+    /// The holder extends it every third of that; when the holder dies,
+    /// another instance takes over once it lapses. Also how long a
+    /// crashed instance still counts as keeping its subscriptions.
     pub fn lease_ttl(mut self, ttl: std::time::Duration) -> Self {
-        self.settings.lease_ttl = ttl;
+        self.settings.lease_ttl = ttl.max(std::time::Duration::from_millis(300));
         self
     }
 
@@ -940,7 +955,7 @@ impl SubscriptionManager {
                 retry_after_failure: Duration::minutes(1),
                 handshake_retry: RetryPolicy::new(5, std::time::Duration::from_secs(2)),
                 lease_name: "msgraph-webhooks/subscriptions".to_owned(),
-                lease_ttl: std::time::Duration::from_secs(120),
+                lease_ttl: std::time::Duration::from_secs(30),
                 adopt_grace: std::time::Duration::from_secs(2),
             },
         }
@@ -965,12 +980,13 @@ impl SubscriptionManager {
     /// Runs the manager in the background until [`Running::stop`].
     pub fn start(&self) -> Running {
         let (stop, stopped) = watch::channel(false);
-        let shared = self.shared.clone();
-        let task = tokio::spawn(run(shared, stopped));
+        let task = tokio::spawn(run(self.shared.clone(), stopped.clone()));
+        let keeper = tokio::spawn(keep(self.shared.clone(), stopped));
         Running {
             manager: self.clone(),
             stop,
             task: Some(task),
+            keeper: Some(keeper),
         }
     }
 
@@ -1064,6 +1080,7 @@ pub struct Running {
     manager: SubscriptionManager,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -1072,28 +1089,61 @@ impl Running {
         &self.manager
     }
 
-    /// Stops the background task, gives the lease up, and with `delete`
-    /// deletes the declared subscriptions (otherwise they stay, and a
-    /// manager started later with the same records takes them over).
+    /// Stops the background task (a pass in progress is abandoned), gives
+    /// the lease up so another instance takes over at once, and with
+    /// `delete` deletes the declared subscriptions that no other live
+    /// instance keeps: the last instance out deletes, the others leave them
+    /// to the survivors. Without `delete` they all stay, and a manager
+    /// started later with the same records takes them over.
     ///
     /// # Errors
     ///
     /// The record store failed while deleting.
-    pub async fn stop(mut self, delete: bool) -> Result<(), StoreError> {
+    pub async fn stop(self, delete: bool) -> Result<(), StoreError> {
+        self.stop_within(delete, std::time::Duration::MAX).await
+    }
+
+    /// [`stop`](Self::stop), giving Graph and the store at most `limit`:
+    /// what is not deleted by then stays until it expires (a hanging Graph
+    /// cannot hold the process).
+    ///
+    /// # Errors
+    ///
+    /// The record store failed while deleting.
+    pub async fn stop_within(
+        mut self,
+        delete: bool,
+        limit: std::time::Duration,
+    ) -> Result<(), StoreError> {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.keeper.take()].into_iter().flatten() {
             let _ = task.await;
         }
         let shared = &self.manager.shared;
-        let result = if delete {
-            shared.delete_all().await
-        } else {
-            Ok(())
+        let deadline = tokio::time::Instant::now()
+            .checked_add(limit)
+            .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365));
+        let result = match tokio::time::timeout_at(deadline, shared.leave(delete)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    ?limit,
+                    "stopping took too long (Graph or the store not answering): \
+                     subscriptions not deleted stay until they expire"
+                );
+                Ok(())
+            }
         };
-        shared
+        // Given up even after a timeout (briefly), so a survivor need not
+        // wait for it to lapse.
+        let release = shared
             .lease
-            .release(&shared.settings.lease_name, &shared.holder)
-            .await?;
+            .release(&shared.settings.lease_name, &shared.holder);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left.max(std::time::Duration::from_secs(1)), release).await {
+            Ok(released) => released?,
+            Err(_) => tracing::warn!("the store did not answer: the lease lapses by itself"),
+        }
         result
     }
 }
@@ -1117,7 +1167,13 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         // Seen now: a URL that changes during the pass wakes the next one.
         urls.borrow_and_update();
         let now = shared.clock.now();
-        let next = match shared.pass().await {
+        let passed = tokio::select! {
+            passed = shared.pass() => passed,
+            // A pass may wait on Graph (handshake retries, a hanging
+            // request): stopping does not.
+            _ = stopped.changed() => return,
+        };
+        let next = match passed {
             Ok(Some(next)) => next,
             Ok(None) => now + shared.settings.check_interval,
             Err(e) => {
@@ -1136,6 +1192,81 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                     urls_open = false;
                 }
             }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// The lease and presence in the background, in real time: joins the
+/// presence groups, extends the lease while it holds it, takes it as soon
+/// as it is given up or lapses (and then starts a pass at once), and wakes
+/// a pass for lifecycle events other instances queued in the store.
+async fn keep(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let beat = shared.settings.lease_ttl / 3;
+    let tick = beat.min(LEASE_POLL);
+    let mut held = false;
+    let mut joined_at: Option<tokio::time::Instant> = None;
+    let mut extended_at: Option<tokio::time::Instant> = None;
+    let mut queued_seen: HashSet<String> = HashSet::new();
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if joined_at.is_none_or(|t| now >= t + beat) {
+            match shared.join().await {
+                Ok(()) => joined_at = Some(now),
+                Err(e) => tracing::warn!(error = %e, "could not mark this instance alive in the store"),
+            }
+        }
+        let mut wait = tick;
+        let holds = if held && extended_at.is_some_and(|t| now < t + beat) {
+            Ok(true)
+        } else if held {
+            shared.hold_lease().await
+        } else {
+            match shared.lease.expires_in(&shared.settings.lease_name).await {
+                Ok(None) => shared.hold_lease().await,
+                Ok(Some(left)) => {
+                    // Retried the moment it lapses.
+                    wait = wait.min(left + std::time::Duration::from_millis(20));
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match holds {
+            Ok(true) => {
+                if !held || extended_at.is_none_or(|t| now >= t + beat) {
+                    extended_at = Some(now);
+                }
+                if !held {
+                    tracing::info!(holder = %shared.holder, "took the subscriptions lease: managing them");
+                    shared.wake.notify_one();
+                }
+                held = true;
+                match shared.queued().await {
+                    Ok(queued) => {
+                        if queued.iter().any(|id| !queued_seen.contains(id)) {
+                            shared.wake.notify_one();
+                        }
+                        queued_seen = queued;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not read the subscription records"),
+                }
+            }
+            Ok(false) => {
+                if held {
+                    tracing::warn!("lost the subscriptions lease to another instance");
+                }
+                held = false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reach the subscriptions lease");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
             _ = stopped.changed() => return,
         }
     }
@@ -1162,6 +1293,64 @@ impl Shared {
                 self.settings.lease_ttl,
             )
             .await
+    }
+
+    /// The presence group of the instances that keep `key`.
+    fn group(&self, key: &str) -> String {
+        format!("{}/keeps/{key}", self.settings.lease_name)
+    }
+
+    /// Marks this instance alive as keeping each declaration.
+    async fn join(&self) -> Result<(), StoreError> {
+        for declared in &self.declared {
+            self.lease
+                .join(
+                    &self.group(&declared.key()),
+                    &self.holder,
+                    self.settings.lease_ttl,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves every presence group and, with `delete`, deletes the
+    /// declarations no other live instance keeps.
+    async fn leave(&self, delete: bool) -> Result<(), StoreError> {
+        let mut last = HashSet::new();
+        for declared in &self.declared {
+            let key = declared.key();
+            let group = self.group(&key);
+            self.lease.leave(&group, &self.holder).await?;
+            // Left first, read second: of instances stopping together, the
+            // last to read sees none of the others and deletes.
+            let others = self.lease.members(&group).await?;
+            if others.is_empty() {
+                last.insert(key);
+            } else if delete {
+                tracing::info!(
+                    %key,
+                    instances = others.len(),
+                    "other live instances keep this subscription: left in place"
+                );
+            }
+        }
+        if delete {
+            self.delete_keys(&last).await?;
+        }
+        Ok(())
+    }
+
+    /// Ids of declared subscriptions whose `subscriptionRemoved` waits in
+    /// the records for the lease holder.
+    async fn queued(&self) -> Result<HashSet<String>, StoreError> {
+        Ok(self
+            .managed()
+            .await?
+            .into_iter()
+            .filter(|m| m.removed_at.is_some() && self.declared(&m.key).is_some())
+            .map(|m| m.id)
+            .collect())
     }
 
     async fn managed(&self) -> Result<Vec<Managed>, StoreError> {
@@ -1296,7 +1485,9 @@ impl Shared {
         // Two records for one key (instances that once raced): keep the
         // newest live one, delete the others.
         mine.sort_by_key(|m| std::cmp::Reverse(m.expires_at));
-        let alive = |m: &Managed| m.expires_at > now && live.is_none_or(|l| l.contains(&m.id));
+        let alive = |m: &Managed| {
+            m.removed_at.is_none() && m.expires_at > now && live.is_none_or(|l| l.contains(&m.id))
+        };
         let keep = mine.iter().position(alive);
         for (i, extra) in mine.iter().enumerate() {
             if Some(i) != keep && mine.len() > 1 {
@@ -1310,19 +1501,23 @@ impl Shared {
                     tracing::info!(%key, "no public URL yet: waiting for one to subscribe");
                     return Ok(Step::Idle);
                 };
-                let gone = mine.first().map(|m| m.id.clone());
-                if let Some(old) = &gone {
+                let gone = mine.first().map(|m| (m.id.clone(), m.removed_at.is_some()));
+                if let Some((old, _)) = &gone {
                     self.forget(old).await?;
                 }
                 let created = self.create(declared, &urls).await?;
-                if let Some(old) = gone {
+                if let Some((old, removed)) = gone {
                     self.emit(Activity::Recreated {
                         key: key.clone(),
                         old,
                         new: created.id.clone(),
                     });
-                    self.resync(&key, &created.id, ResyncReason::Recreated)
-                        .await?;
+                    let reason = if removed {
+                        ResyncReason::SubscriptionRemoved
+                    } else {
+                        ResyncReason::Recreated
+                    };
+                    self.resync(&key, &created.id, reason).await?;
                 }
                 return Ok(Step::Due(created.renew_at));
             }
@@ -1398,6 +1593,7 @@ impl Shared {
                         renew_at: self.renew_at(now, created.expiration),
                         renewed_at: None,
                         reauthorized_at: None,
+                        removed_at: None,
                     };
                     if let Err(e) = self.store(&managed).await {
                         // A subscription nobody can authenticate is worse than none.
@@ -1538,8 +1734,12 @@ impl Shared {
     }
 
     async fn delete_all(&self) -> Result<(), StoreError> {
-        let _ops = self.ops.lock().await;
         let keys: HashSet<String> = self.declared.iter().map(Declared::key).collect();
+        self.delete_keys(&keys).await
+    }
+
+    async fn delete_keys(&self, keys: &HashSet<String>) -> Result<(), StoreError> {
+        let _ops = self.ops.lock().await;
         for managed in self.managed().await? {
             if !keys.contains(&managed.key) {
                 continue;
@@ -1663,9 +1863,14 @@ impl Shared {
             return Ok(());
         };
         if !self.hold_lease().await? {
+            // Queued where the holder (or, if it died, whoever takes the
+            // lease when it lapses) finds it within seconds.
+            let mut queued = old;
+            queued.removed_at.get_or_insert(self.now());
+            self.records.put(queued.to_record()).await?;
             tracing::info!(
                 subscription_id = id,
-                "subscriptionRemoved: the lease holder recreates it"
+                "subscriptionRemoved: queued in the store for the lease holder, which recreates it"
             );
             return Ok(());
         }
@@ -1736,6 +1941,7 @@ mod tests {
             renew_at: now + Duration::minutes(30),
             renewed_at: Some(now),
             reauthorized_at: None,
+            removed_at: None,
         };
         let record = managed.to_record();
         let json = serde_json::to_string(&record).unwrap();
