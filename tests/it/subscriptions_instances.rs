@@ -106,7 +106,8 @@ fn random_prefix() -> String {
 /// Two instances share Redis behind one public URL; the one that created
 /// the subscription is stopped (a rolling restart). The subscription stays,
 /// the survivor takes the lease over within seconds and acts on the next
-/// lifecycle event; the last one out deletes it.
+/// lifecycle event; an instance without the lease stops and changes
+/// nothing; the last one out deletes it.
 #[tokio::test]
 async fn a_rolling_restart_keeps_the_subscription_and_the_survivor_takes_over() {
     let Some(url) = redis_url() else { return };
@@ -148,6 +149,16 @@ async fn a_rolling_restart_keeps_the_subscription_and_the_survivor_takes_over() 
     remove(&base, &first).await;
     let second = replaced(&base, &first, Duration::from_secs(15)).await;
     delivered(&base, &mut b, &second, "AAMk1").await;
+
+    // An instance without the lease stops: nothing changes.
+    let mut c = listen(free_port(), &public, &base, &store, &[]);
+    c.wait_for_log("listening").await;
+    c.drain_stderr("c");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.terminate();
+    assert_eq!(exit_code(&mut c).await, 0);
+    assert_eq!(ids(&base).await, [second.clone()], "left to B");
+    delivered(&base, &mut b, &second, "AAMk2").await;
 
     // The last one out deletes.
     b.terminate();
