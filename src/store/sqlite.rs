@@ -1464,9 +1464,7 @@ impl Lease for SqliteStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let name = member_lease(group, member);
         let member = member.to_owned();
-        Box::pin(async move {
-            self.acquire(&name, &member, ttl).await.map(|_| ())
-        })
+        Box::pin(async move { self.acquire(&name, &member, ttl).await.map(|_| ()) })
     }
 
     fn leave(&self, group: &str, member: &str) -> BoxFuture<'_, Result<(), StoreError>> {

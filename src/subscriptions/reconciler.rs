@@ -1122,7 +1122,9 @@ impl Running {
         let shared = &self.manager.shared;
         let deadline = tokio::time::Instant::now()
             .checked_add(limit)
-            .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365));
+            .unwrap_or_else(|| {
+                tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+            });
         let result = match tokio::time::timeout_at(deadline, shared.leave(delete)).await {
             Ok(result) => result,
             Err(_) => {
@@ -1216,7 +1218,9 @@ async fn keep(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         if joined_at.is_none_or(|t| now >= t + beat) {
             match shared.join().await {
                 Ok(()) => joined_at = Some(now),
-                Err(e) => tracing::warn!(error = %e, "could not mark this instance alive in the store"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not mark this instance alive in the store")
+                }
             }
         }
         let mut wait = tick;

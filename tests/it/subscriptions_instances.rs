@@ -135,14 +135,14 @@ async fn a_rolling_restart_keeps_the_subscription_and_the_survivor_takes_over() 
     assert_eq!(exit_code(&mut a).await, 0);
     assert_eq!(
         ids(&base).await,
-        [first.clone()],
+        [first.as_str()],
         "a stopping instance leaves what a live one keeps"
     );
     b.wait_for_log("took the subscriptions lease").await;
     let took_over = stopped.elapsed();
     eprintln!("measured: the survivor took the lease {took_over:?} after SIGTERM");
     assert!(took_over < Duration::from_secs(10), "{took_over:?}");
-    assert_eq!(ids(&base).await, [first.clone()], "still there");
+    assert_eq!(ids(&base).await, [first.as_str()], "still there");
     b.drain_stderr("b");
 
     // The survivor manages: Graph removes the subscription, B recreates it.
@@ -157,7 +157,7 @@ async fn a_rolling_restart_keeps_the_subscription_and_the_survivor_takes_over() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.terminate();
     assert_eq!(exit_code(&mut c).await, 0);
-    assert_eq!(ids(&base).await, [second.clone()], "left to B");
+    assert_eq!(ids(&base).await, [second.as_str()], "left to B");
     delivered(&base, &mut b, &second, "AAMk2").await;
 
     // The last one out deletes.
@@ -202,7 +202,10 @@ async fn a_restart_after_a_crash_takes_over_when_the_dead_lease_lapses() {
     delivered(&base, &mut again, &new, "AAMk2").await;
     again.terminate();
     assert_eq!(exit_code(&mut again).await, 0);
-    assert!(ids(&base).await.is_empty(), "the only live instance deletes");
+    assert!(
+        ids(&base).await.is_empty(),
+        "the only live instance deletes"
+    );
     emulator.terminate();
 }
 
@@ -238,7 +241,11 @@ async fn ctrl_c_is_bounded_by_drain_secs_when_graph_hangs() {
     let stop = interrupted.elapsed();
     eprintln!("measured: exit {stop:?} after SIGINT with Graph hanging on DELETE");
     assert!(stop < Duration::from_secs(5), "{stop:?}");
-    assert_eq!(ids(&base).await.len(), 1, "left to expire: Graph never answered");
+    assert_eq!(
+        ids(&base).await.len(),
+        1,
+        "left to expire: Graph never answered"
+    );
 
     // Graph hangs from the start: the first pass never ends.
     let silent = silent_server().await;

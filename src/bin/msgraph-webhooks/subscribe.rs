@@ -152,8 +152,8 @@ impl SubscriptionArgs {
         port: u16,
         certificate: Option<EncryptionCertificate>,
     ) -> Result<ManagerBuilder, BoxError> {
-        let mut builder = SubscriptionManager::builder(client)
-            .lease_ttl(Duration::from_secs(self.lease_secs));
+        let mut builder =
+            SubscriptionManager::builder(client).lease_ttl(Duration::from_secs(self.lease_secs));
         builder = match self.public_url.as_deref() {
             Some(url) if url.eq_ignore_ascii_case("ngrok") => {
                 tracing::info!(api = %self.ngrok_api, port, "following the ngrok tunnel to this port");
