@@ -86,6 +86,7 @@ struct Scripts {
     move_due: Script,
     delete_if: Script,
     acquire: Script,
+    join: Script,
     complete: Script,
     retry: Script,
     dead_letter: Script,
@@ -97,6 +98,7 @@ impl Scripts {
             move_due: Script::new(MOVE_DUE),
             delete_if: Script::new(DELETE_IF),
             acquire: Script::new(ACQUIRE),
+            join: Script::new(JOIN),
             complete: Script::new(&entry_script(COMPLETE)),
             retry: Script::new(&entry_script(RETRY)),
             dead_letter: Script::new(&entry_script(DEAD_LETTER)),
@@ -207,6 +209,19 @@ if holder == false or holder == ARGV[1] then
   return 1
 end
 return 0
+";
+
+/// Marks a member of a presence group alive until ARGV[2] (unix ms), drops
+/// the lapsed ones (now: ARGV[3]), and lets the set expire with its
+/// longest-lived member (plain `PEXPIRE`: Redis 6.2 has no `GT`).
+const JOIN: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then
+  redis.call('PEXPIREAT', KEYS[1], last[2])
+end
+return 1
 ";
 
 /// Deletes a key only if it still holds the caller's value (a dedupe claim,
@@ -970,30 +985,16 @@ impl Lease for RedisStore {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-            let until = now_ms().saturating_add(ttl_ms);
-            // Members are scored by when they lapse; the set itself goes
-            // when its last member could.
-            redis::pipe()
-                .atomic()
-                .zadd(&key, &member, until)
-                .ignore()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(now_ms())
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(ttl_ms.max(1))
-                .arg("GT")
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(ttl_ms.max(1))
-                .arg("NX")
-                .ignore()
-                .query_async::<()>(&mut conn)
+            let now = now_ms();
+            self.scripts
+                .join
+                .key(key)
+                .arg(member)
+                .arg(now.saturating_add(ttl_ms))
+                .arg(now)
+                .invoke_async::<i64>(&mut conn)
                 .await
+                .map(|_| ())
                 .map_err(store_error)
         })
     }

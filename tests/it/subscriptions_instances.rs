@@ -165,6 +165,7 @@ async fn a_rolling_restart_keeps_the_subscription_and_the_survivor_takes_over() 
     assert_eq!(exit_code(&mut b).await, 0);
     assert!(ids(&base).await.is_empty(), "deleted by the last instance");
     emulator.terminate();
+    crate::durability::cleanup(&url, &prefix).await;
 }
 
 /// An instance is killed (no cleanup) and restarted on the same data dir
