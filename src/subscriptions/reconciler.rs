@@ -1716,7 +1716,8 @@ impl Shared {
     }
 
     /// `subscriptionRemoved` (or a subscription found gone): recreate, then
-    /// resync. Left to the lease holder when that is another instance.
+    /// resync. Queued in the records for the lease holder when that is
+    /// another instance (or a dead one, until its lease lapses).
     async fn removed(&self, id: &str) -> Result<(), BoxError> {
         let _ops = self.ops.lock().await;
         let Some(old) = self.managed_by_id(id).await? else {
