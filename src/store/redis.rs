@@ -86,6 +86,7 @@ struct Scripts {
     move_due: Script,
     delete_if: Script,
     acquire: Script,
+    join: Script,
     complete: Script,
     retry: Script,
     dead_letter: Script,
@@ -97,6 +98,7 @@ impl Scripts {
             move_due: Script::new(MOVE_DUE),
             delete_if: Script::new(DELETE_IF),
             acquire: Script::new(ACQUIRE),
+            join: Script::new(JOIN),
             complete: Script::new(&entry_script(COMPLETE)),
             retry: Script::new(&entry_script(RETRY)),
             dead_letter: Script::new(&entry_script(DEAD_LETTER)),
@@ -207,6 +209,19 @@ if holder == false or holder == ARGV[1] then
   return 1
 end
 return 0
+";
+
+/// Marks a member of a presence group alive until ARGV[2] (unix ms), drops
+/// the lapsed ones (now: ARGV[3]), and lets the set expire with its
+/// longest-lived member (plain `PEXPIRE`: Redis 6.2 has no `GT`).
+const JOIN: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then
+  redis.call('PEXPIREAT', KEYS[1], last[2])
+end
+return 1
 ";
 
 /// Deletes a key only if it still holds the caller's value (a dedupe claim,
@@ -948,6 +963,66 @@ impl Lease for RedisStore {
                 .map_err(store_error)
         })
     }
+
+    fn expires_in(&self, name: &str) -> BoxFuture<'_, Result<Option<Duration>, StoreError>> {
+        let key = self.key(&format!("lease:{name}"));
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            // -2: no such key; -1: no expiry (never written so by us).
+            let left: i64 = conn.pttl(key).await.map_err(store_error)?;
+            Ok((left > 0).then(|| Duration::from_millis(left.unsigned_abs())))
+        })
+    }
+
+    fn join(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.key(&format!("presence:{group}"));
+        let member = member.to_owned();
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let now = now_ms();
+            self.scripts
+                .join
+                .key(key)
+                .arg(member)
+                .arg(now.saturating_add(ttl_ms))
+                .arg(now)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(store_error)
+        })
+    }
+
+    fn leave(&self, group: &str, member: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.key(&format!("presence:{group}"));
+        let member = member.to_owned();
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            conn.zrem::<_, _, i64>(key, member)
+                .await
+                .map(|_| ())
+                .map_err(store_error)
+        })
+    }
+
+    fn members(&self, group: &str) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        let key = self.key(&format!("presence:{group}"));
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut live: Vec<String> = conn
+                .zrangebyscore(key, format!("({}", now_ms()), "+inf")
+                .await
+                .map_err(store_error)?;
+            live.sort();
+            Ok(live)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -1207,6 +1282,17 @@ mod tests {
         );
         a.release("leader", "a").await.unwrap();
         assert!(b.acquire("leader", "b", ttl).await.unwrap());
+        let left = a.expires_in("leader").await.unwrap().unwrap();
+        assert!(left <= ttl && left > Duration::from_secs(50), "{left:?}");
+        assert_eq!(a.expires_in("nobody").await.unwrap(), None);
+
+        a.join("g", "a", ttl).await.unwrap();
+        b.join("g", "b", ttl).await.unwrap();
+        b.join("g2", "c", ttl).await.unwrap();
+        b.join("g", "gone", Duration::ZERO).await.unwrap();
+        assert_eq!(b.members("g").await.unwrap(), ["a", "b"]);
+        a.leave("g", "a").await.unwrap();
+        assert_eq!(a.members("g").await.unwrap(), ["b"]);
         cleanup(&a).await;
     }
 

@@ -30,7 +30,7 @@ use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use tokio::sync::{Notify, oneshot};
 
-use super::{Lease, StoreError, files};
+use super::{Lease, StoreError, files, member_lease, member_prefix};
 use crate::dedupe::{Claim, Dedupe, DedupeError, DedupeKey};
 use crate::inbox::{
     Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms,
@@ -1441,6 +1441,51 @@ impl Lease for SqliteStore {
             .map_err(StoreError)
         })
     }
+
+    fn expires_in(&self, name: &str) -> BoxFuture<'_, Result<Option<Duration>, StoreError>> {
+        let name = name.to_owned();
+        let read = self.read(move |conn| {
+            conn.prepare_cached("SELECT expires_at_ms FROM leases WHERE name = ?1")?
+                .query_row([name], |row| row.get::<_, i64>(0))
+                .optional()
+        });
+        Box::pin(async move {
+            let expires = read.await.map_err(|e| StoreError(e.to_string()))?;
+            let left = expires.map(|at| at - now_ms()).filter(|left| *left > 0);
+            Ok(left.map(|ms| Duration::from_millis(ms.unsigned_abs())))
+        })
+    }
+
+    fn join(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = member_lease(group, member);
+        let member = member.to_owned();
+        Box::pin(async move { self.acquire(&name, &member, ttl).await.map(|_| ()) })
+    }
+
+    fn leave(&self, group: &str, member: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = member_lease(group, member);
+        let member = member.to_owned();
+        Box::pin(async move { self.release(&name, &member).await })
+    }
+
+    fn members(&self, group: &str) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        let prefix = member_prefix(group);
+        let read = self.read(move |conn| {
+            let now = now_ms();
+            let mut stmt = conn.prepare_cached(
+                "SELECT holder FROM leases WHERE substr(name, 1, length(?1)) = ?1 \
+                 AND expires_at_ms > ?2 ORDER BY holder",
+            )?;
+            stmt.query_map(params![prefix, now], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+        Box::pin(async move { read.await.map_err(|e| StoreError(e.to_string())) })
+    }
 }
 
 #[cfg(test)]
@@ -1631,6 +1676,18 @@ mod tests {
             a.acquire("short", "a", ttl).await.unwrap(),
             "an expired lease is free"
         );
+        let left = a.expires_in("short").await.unwrap().unwrap();
+        assert!(left <= ttl && left > Duration::from_secs(50), "{left:?}");
+        assert_eq!(a.expires_in("nobody").await.unwrap(), None);
+
+        a.join("g", "a", ttl).await.unwrap();
+        b.join("g", "b", ttl).await.unwrap();
+        b.join("g2", "c", ttl).await.unwrap();
+        b.join("g", "gone", Duration::ZERO).await.unwrap();
+        assert_eq!(b.members("g").await.unwrap(), ["a", "b"]);
+        a.join("g", "a", ttl).await.unwrap();
+        a.leave("g", "a").await.unwrap();
+        assert_eq!(a.members("g").await.unwrap(), ["b"]);
     }
 
     fn deliveries(store: &SqliteStore) -> i64 {

@@ -62,7 +62,7 @@
 //! receiver.serve(listener, &Default::default(), async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! }).await?;
-//! running.stop(true).await; // delete the subscriptions on the way out
+//! running.stop(true).await; // delete on the way out (what no other live instance keeps)
 //! # Ok(()) }
 //! ```
 //!

@@ -24,6 +24,10 @@ use crate::{
     BoxError, ClientState, Handler, LifecycleEvent, LifecycleEventType, SubscriptionRegistry,
 };
 
+mod keeper;
+
+use keeper::keep;
+
 /// The marker in a record's `managedBy`: written by this manager.
 const MANAGED_BY: &str = "msgraph-webhooks";
 
@@ -513,6 +517,9 @@ struct Managed {
     renew_at: OffsetDateTime,
     renewed_at: Option<OffsetDateTime>,
     reauthorized_at: Option<OffsetDateTime>,
+    /// Graph said it removed the subscription (`subscriptionRemoved`) to an
+    /// instance without the lease: queued here for the lease holder.
+    removed_at: Option<OffsetDateTime>,
 }
 
 impl Managed {
@@ -539,6 +546,7 @@ impl Managed {
             renew_at: parse_time(other.get("renewAt")).unwrap_or(expires_at),
             renewed_at: parse_time(other.get("renewedAt")),
             reauthorized_at: parse_time(other.get("reauthorizedAt")),
+            removed_at: parse_time(other.get("removedAt")),
         })
     }
 
@@ -562,6 +570,9 @@ impl Managed {
         }
         if let Some(t) = self.reauthorized_at {
             other.insert("reauthorizedAt".into(), json!(rfc3339(t)));
+        }
+        if let Some(t) = self.removed_at {
+            other.insert("removedAt".into(), json!(rfc3339(t)));
         }
         record
     }
@@ -806,9 +817,12 @@ impl ManagerBuilder {
         self
     }
 
-    /// How long the lease lasts without being extended (2 minutes, real time).
+    /// How long the lease lasts without being extended (30 s, real time).
+    /// The holder extends it every third of that; when the holder dies,
+    /// another instance takes over once it lapses. Also how long a
+    /// crashed instance still counts as keeping its subscriptions.
     pub fn lease_ttl(mut self, ttl: std::time::Duration) -> Self {
-        self.settings.lease_ttl = ttl;
+        self.settings.lease_ttl = ttl.max(std::time::Duration::from_millis(300));
         self
     }
 
@@ -940,7 +954,7 @@ impl SubscriptionManager {
                 retry_after_failure: Duration::minutes(1),
                 handshake_retry: RetryPolicy::new(5, std::time::Duration::from_secs(2)),
                 lease_name: "msgraph-webhooks/subscriptions".to_owned(),
-                lease_ttl: std::time::Duration::from_secs(120),
+                lease_ttl: std::time::Duration::from_secs(30),
                 adopt_grace: std::time::Duration::from_secs(2),
             },
         }
@@ -965,12 +979,13 @@ impl SubscriptionManager {
     /// Runs the manager in the background until [`Running::stop`].
     pub fn start(&self) -> Running {
         let (stop, stopped) = watch::channel(false);
-        let shared = self.shared.clone();
-        let task = tokio::spawn(run(shared, stopped));
+        let task = tokio::spawn(run(self.shared.clone(), stopped.clone()));
+        let keeper = tokio::spawn(keep(self.shared.clone(), stopped));
         Running {
             manager: self.clone(),
             stop,
             task: Some(task),
+            keeper: Some(keeper),
         }
     }
 
@@ -1064,6 +1079,7 @@ pub struct Running {
     manager: SubscriptionManager,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -1072,28 +1088,63 @@ impl Running {
         &self.manager
     }
 
-    /// Stops the background task, gives the lease up, and with `delete`
-    /// deletes the declared subscriptions (otherwise they stay, and a
-    /// manager started later with the same records takes them over).
+    /// Stops the background task (a pass in progress is abandoned), gives
+    /// the lease up so another instance takes over at once, and with
+    /// `delete` deletes the declared subscriptions that no other live
+    /// instance keeps: the last instance out deletes, the others leave them
+    /// to the survivors. Without `delete` they all stay, and a manager
+    /// started later with the same records takes them over.
     ///
     /// # Errors
     ///
     /// The record store failed while deleting.
-    pub async fn stop(mut self, delete: bool) -> Result<(), StoreError> {
+    pub async fn stop(self, delete: bool) -> Result<(), StoreError> {
+        self.stop_within(delete, std::time::Duration::MAX).await
+    }
+
+    /// [`stop`](Self::stop), giving Graph and the store at most `limit`:
+    /// what is not deleted by then stays until it expires (a hanging Graph
+    /// cannot hold the process).
+    ///
+    /// # Errors
+    ///
+    /// The record store failed while deleting.
+    pub async fn stop_within(
+        mut self,
+        delete: bool,
+        limit: std::time::Duration,
+    ) -> Result<(), StoreError> {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.keeper.take()].into_iter().flatten() {
             let _ = task.await;
         }
         let shared = &self.manager.shared;
-        let result = if delete {
-            shared.delete_all().await
-        } else {
-            Ok(())
+        let deadline = tokio::time::Instant::now()
+            .checked_add(limit)
+            .unwrap_or_else(|| {
+                tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+            });
+        let result = match tokio::time::timeout_at(deadline, shared.leave(delete)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    ?limit,
+                    "stopping took too long (Graph or the store not answering): \
+                     subscriptions not deleted stay until they expire"
+                );
+                Ok(())
+            }
         };
-        shared
+        // Given up even after a timeout (briefly), so a survivor need not
+        // wait for it to lapse.
+        let release = shared
             .lease
-            .release(&shared.settings.lease_name, &shared.holder)
-            .await?;
+            .release(&shared.settings.lease_name, &shared.holder);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left.max(std::time::Duration::from_secs(1)), release).await {
+            Ok(released) => released?,
+            Err(_) => tracing::warn!("the store did not answer: the lease lapses by itself"),
+        }
         result
     }
 }
@@ -1117,7 +1168,13 @@ async fn run(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         // Seen now: a URL that changes during the pass wakes the next one.
         urls.borrow_and_update();
         let now = shared.clock.now();
-        let next = match shared.pass().await {
+        let passed = tokio::select! {
+            passed = shared.pass() => passed,
+            // A pass may wait on Graph (handshake retries, a hanging
+            // request): stopping does not.
+            _ = stopped.changed() => return,
+        };
+        let next = match passed {
             Ok(Some(next)) => next,
             Ok(None) => now + shared.settings.check_interval,
             Err(e) => {
@@ -1296,7 +1353,9 @@ impl Shared {
         // Two records for one key (instances that once raced): keep the
         // newest live one, delete the others.
         mine.sort_by_key(|m| std::cmp::Reverse(m.expires_at));
-        let alive = |m: &Managed| m.expires_at > now && live.is_none_or(|l| l.contains(&m.id));
+        let alive = |m: &Managed| {
+            m.removed_at.is_none() && m.expires_at > now && live.is_none_or(|l| l.contains(&m.id))
+        };
         let keep = mine.iter().position(alive);
         for (i, extra) in mine.iter().enumerate() {
             if Some(i) != keep && mine.len() > 1 {
@@ -1310,19 +1369,23 @@ impl Shared {
                     tracing::info!(%key, "no public URL yet: waiting for one to subscribe");
                     return Ok(Step::Idle);
                 };
-                let gone = mine.first().map(|m| m.id.clone());
-                if let Some(old) = &gone {
+                let gone = mine.first().map(|m| (m.id.clone(), m.removed_at.is_some()));
+                if let Some((old, _)) = &gone {
                     self.forget(old).await?;
                 }
                 let created = self.create(declared, &urls).await?;
-                if let Some(old) = gone {
+                if let Some((old, removed)) = gone {
                     self.emit(Activity::Recreated {
                         key: key.clone(),
                         old,
                         new: created.id.clone(),
                     });
-                    self.resync(&key, &created.id, ResyncReason::Recreated)
-                        .await?;
+                    let reason = if removed {
+                        ResyncReason::SubscriptionRemoved
+                    } else {
+                        ResyncReason::Recreated
+                    };
+                    self.resync(&key, &created.id, reason).await?;
                 }
                 return Ok(Step::Due(created.renew_at));
             }
@@ -1398,6 +1461,7 @@ impl Shared {
                         renew_at: self.renew_at(now, created.expiration),
                         renewed_at: None,
                         reauthorized_at: None,
+                        removed_at: None,
                     };
                     if let Err(e) = self.store(&managed).await {
                         // A subscription nobody can authenticate is worse than none.
@@ -1538,8 +1602,12 @@ impl Shared {
     }
 
     async fn delete_all(&self) -> Result<(), StoreError> {
-        let _ops = self.ops.lock().await;
         let keys: HashSet<String> = self.declared.iter().map(Declared::key).collect();
+        self.delete_keys(&keys).await
+    }
+
+    async fn delete_keys(&self, keys: &HashSet<String>) -> Result<(), StoreError> {
+        let _ops = self.ops.lock().await;
         for managed in self.managed().await? {
             if !keys.contains(&managed.key) {
                 continue;
@@ -1648,7 +1716,8 @@ impl Shared {
     }
 
     /// `subscriptionRemoved` (or a subscription found gone): recreate, then
-    /// resync. Left to the lease holder when that is another instance.
+    /// resync. Queued in the records for the lease holder when that is
+    /// another instance (or a dead one, until its lease lapses).
     async fn removed(&self, id: &str) -> Result<(), BoxError> {
         let _ops = self.ops.lock().await;
         let Some(old) = self.managed_by_id(id).await? else {
@@ -1663,9 +1732,14 @@ impl Shared {
             return Ok(());
         };
         if !self.hold_lease().await? {
+            // Queued where the holder (or, if it died, whoever takes the
+            // lease when it lapses) finds it within seconds.
+            let mut queued = old;
+            queued.removed_at.get_or_insert(self.now());
+            self.records.put(queued.to_record()).await?;
             tracing::info!(
                 subscription_id = id,
-                "subscriptionRemoved: the lease holder recreates it"
+                "subscriptionRemoved: queued in the store for the lease holder, which recreates it"
             );
             return Ok(());
         }
@@ -1736,6 +1810,7 @@ mod tests {
             renew_at: now + Duration::minutes(30),
             renewed_at: Some(now),
             reauthorized_at: None,
+            removed_at: None,
         };
         let record = managed.to_record();
         let json = serde_json::to_string(&record).unwrap();

@@ -226,7 +226,7 @@ async fn two_receivers_and_two_workers_on_redis_survive_kills() {
     cleanup(&url, &prefix).await;
 }
 
-async fn cleanup(url: &str, prefix: &str) {
+pub(crate) async fn cleanup(url: &str, prefix: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")

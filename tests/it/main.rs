@@ -22,5 +22,6 @@ mod store_files;
 mod subscriptions;
 mod subscriptions_cli;
 mod subscriptions_client;
+mod subscriptions_instances;
 mod support;
 mod tunnel;

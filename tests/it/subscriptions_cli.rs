@@ -12,7 +12,7 @@ use crate::support::graph::{APP, Answering, Hook};
 const TENANT: &str = msgraph_webhooks::emulator::DEFAULT_TENANT_ID;
 
 /// A free port on 127.0.0.1 (bound, then released for the process to take).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -20,14 +20,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn emulate() -> (Process, String) {
+pub(crate) async fn emulate() -> (Process, String) {
     let mut emulator = Process::spawn(&["emulate", "--addr", "127.0.0.1:0"], &[]);
     let base = format!("http://{}", emulator.listening_addr().await);
     emulator.drain_stderr("emulate");
     (emulator, base)
 }
 
-fn graph_flags(base: &str) -> Vec<String> {
+pub(crate) fn graph_flags(base: &str) -> Vec<String> {
     vec![
         "--graph-url".into(),
         format!("{base}/v1.0"),
@@ -40,7 +40,7 @@ fn graph_flags(base: &str) -> Vec<String> {
     ]
 }
 
-async fn subscriptions(base: &str) -> Vec<Value> {
+pub(crate) async fn subscriptions(base: &str) -> Vec<Value> {
     let answer: Value = reqwest::get(format!("{base}/emulator/subscriptions"))
         .await
         .unwrap()
@@ -50,7 +50,7 @@ async fn subscriptions(base: &str) -> Vec<Value> {
     answer["value"].as_array().cloned().unwrap_or_default()
 }
 
-async fn fire(base: &str, resource: &str) {
+pub(crate) async fn fire(base: &str, resource: &str) {
     let status = reqwest::Client::new()
         .post(format!("{base}/emulator/changes"))
         .json(&json!({"resource": resource, "changeType": "created"}))
@@ -61,7 +61,7 @@ async fn fire(base: &str, resource: &str) {
     assert_eq!(status, 202);
 }
 
-async fn exit_code(process: &mut Process) -> i32 {
+pub(crate) async fn exit_code(process: &mut Process) -> i32 {
     tokio::time::timeout(Duration::from_secs(30), process.child.wait())
         .await
         .expect("the process exits")

@@ -224,12 +224,25 @@ async fn serve<H: Handler>(
     config.http2 = args.http2;
     config.drain_timeout = drain;
     let running = manager.as_ref().map(SubscriptionManager::start);
-    let served = receiver
-        .serve_with_admin(listener, admin, &config, crate::shutdown_signal())
-        .await;
-    if let Some(running) = running {
-        running.stop(!args.subscription.keep).await?;
-    }
+    let (signalled, mut signal) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        crate::shutdown_signal().await;
+        let _ = signalled.send(true);
+    };
+    // The manager stops alongside the drain, within the same --drain-secs:
+    // a Graph that hangs holds neither up.
+    let stop = async move {
+        let Some(running) = running else {
+            return Ok(());
+        };
+        let _ = signal.wait_for(|stopping| *stopping).await;
+        running.stop_within(!args.subscription.keep, drain).await
+    };
+    let (served, stopped) = tokio::join!(
+        receiver.serve_with_admin(listener, admin, &config, shutdown),
+        stop
+    );
+    stopped?;
     served?;
     Ok(ExitCode::SUCCESS)
 }

@@ -125,8 +125,19 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Completes on SIGINT or SIGTERM; a second one exits the process at once.
 pub(crate) async fn shutdown_signal() {
+    one_signal().await;
+    tracing::info!("shutdown signal received (a second one exits at once)");
+    tokio::spawn(async {
+        one_signal().await;
+        tracing::warn!("second shutdown signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+/// Completes on the next SIGINT or SIGTERM.
+async fn one_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -145,5 +156,4 @@ pub(crate) async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
-    tracing::info!("shutdown signal received");
 }

@@ -125,6 +125,19 @@ pub(crate) struct SubscriptionArgs {
     /// store takes them over) instead of deleting them.
     #[arg(long, env = "MSGRAPH_WEBHOOKS_KEEP")]
     pub(crate) keep: bool,
+
+    /// Seconds the subscriptions lease lasts unless its holder extends it
+    /// (every third of that). Among instances sharing a store, a survivor
+    /// takes over this long after the holder crashed, and a crashed
+    /// instance counts as keeping its subscriptions this long.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        env = "MSGRAPH_WEBHOOKS_LEASE_SECS"
+    )]
+    lease_secs: u64,
 }
 
 impl SubscriptionArgs {
@@ -160,7 +173,8 @@ impl SubscriptionArgs {
         port: u16,
         certificate: Option<EncryptionCertificate>,
     ) -> Result<ManagerBuilder, BoxError> {
-        let mut builder = SubscriptionManager::builder(client);
+        let mut builder =
+            SubscriptionManager::builder(client).lease_ttl(Duration::from_secs(self.lease_secs));
         builder = match self.public_url.as_deref() {
             Some(url) if url.eq_ignore_ascii_case("ngrok") => {
                 tracing::info!(api = %self.ngrok_api, port, "following the ngrok tunnel to this port");
@@ -243,6 +257,12 @@ pub(crate) struct Args {
 
     #[command(flatten)]
     store: StoreArgs,
+
+    /// Seconds to delete the subscriptions on SIGINT/SIGTERM; what Graph
+    /// has not deleted by then stays until it expires. A second signal
+    /// exits at once.
+    #[arg(long, default_value_t = 10, env = "MSGRAPH_WEBHOOKS_DRAIN_SECS")]
+    drain_secs: u64,
 }
 
 fn load_certificate(spec: &str) -> Result<EncryptionCertificate, BoxError> {
@@ -295,7 +315,9 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     });
     crate::shutdown_signal().await;
     let keep = args.subscription.keep;
-    running.stop(!keep).await?;
+    running
+        .stop_within(!keep, Duration::from_secs(args.drain_secs))
+        .await?;
     // Let the last lines (the deletions) out.
     tokio::time::sleep(Duration::from_millis(50)).await;
     print.abort();

@@ -133,6 +133,11 @@ impl Process {
         self.signal("-TERM");
     }
 
+    /// Sends SIGINT (Ctrl-C).
+    pub fn interrupt(&self) {
+        self.signal("-INT");
+    }
+
     /// Sends SIGKILL (no chance to clean up) and waits until the process is gone.
     pub async fn kill(&mut self) {
         self.signal("-KILL");

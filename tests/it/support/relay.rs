@@ -21,11 +21,13 @@ pub enum Mode {
     /// Answer the next `n` validation requests (`?validationToken=`) with
     /// `500`, then forward.
     FailHandshakes(usize),
+    /// Never answer (a Graph that hangs).
+    Hang,
 }
 
 #[derive(Clone)]
 struct RelayState {
-    target: String,
+    target: Arc<Mutex<String>>,
     mode: Arc<Mutex<Mode>>,
     seen: Arc<Mutex<Vec<String>>>,
     client: reqwest::Client,
@@ -60,14 +62,18 @@ async fn relay(
                 Some(500)
             }
             Mode::FailHandshakes(_) => None,
+            Mode::Hang => None,
         }
     };
+    if matches!(*state.mode.lock().unwrap(), Mode::Hang) {
+        std::future::pending::<()>().await;
+    }
     if let Some(status) = refuse {
         return StatusCode::from_u16(status).unwrap().into_response();
     }
     let mut request = state
         .client
-        .request(method, format!("{}{path}", state.target))
+        .request(method, format!("{}{path}", state.target.lock().unwrap()))
         .body(body.to_vec());
     for name in [
         "authorization",
@@ -106,7 +112,7 @@ impl Relay {
     /// Relays to `target` (`http://127.0.0.1:PORT`, no path).
     pub async fn start(target: &str) -> Self {
         let state = RelayState {
-            target: target.trim_end_matches('/').to_owned(),
+            target: Arc::new(Mutex::new(target.trim_end_matches('/').to_owned())),
             mode: Arc::new(Mutex::new(Mode::Open)),
             seen: Arc::default(),
             client: reqwest::Client::builder()
@@ -127,6 +133,11 @@ impl Relay {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Relays to `target` from now on (a load balancer moving to another instance).
+    pub fn retarget(&self, target: &str) {
+        *self.state.target.lock().unwrap() = target.trim_end_matches('/').to_owned();
     }
 
     pub fn set(&self, mode: Mode) {

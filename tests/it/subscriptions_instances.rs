@@ -1,0 +1,295 @@
+//! Several `listen --subscribe` instances sharing a store, as an operator
+//! runs them: a rolling restart, a crash and restart, and Ctrl-C while
+//! Graph hangs. The real binary against `emulate`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::subscriptions_cli::{emulate, exit_code, fire, free_port, graph_flags, subscriptions};
+use crate::support::cli::Process;
+use crate::support::relay::{Mode, Relay};
+
+const MAIL: &str = "users/ada@contoso.com/messages:created";
+
+/// `listen --subscribe MAIL` on `port`, reached at `public`, with `store`
+/// flags; also returns the environment.
+fn listen(port: u16, public: &str, base: &str, store: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut args: Vec<String> = vec![
+        "listen".into(),
+        "--addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--subscribe".into(),
+        MAIL.into(),
+        "--public-url".into(),
+        public.into(),
+    ];
+    args.extend(store.iter().map(|s| (*s).to_owned()));
+    args.extend(graph_flags(base));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env = env.to_vec();
+    env.push(("MSGRAPH_WEBHOOKS_CLIENT_SECRET", "s3cret"));
+    Process::spawn(&args, &env)
+}
+
+/// The ids of the emulator's subscriptions.
+async fn ids(base: &str) -> Vec<String> {
+    subscriptions(base)
+        .await
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits (up to `wait`) until the emulator has exactly one subscription
+/// other than `old`; returns it.
+async fn replaced(base: &str, old: &str, wait: Duration) -> String {
+    let deadline = Instant::now() + wait;
+    loop {
+        let now = ids(base).await;
+        if now.len() == 1 && now[0] != old {
+            return now[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{old} recreated within {wait:?}: the emulator has {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Graph removes `id` and tells its lifecycle URL so.
+async fn remove(base: &str, id: &str) {
+    let status = reqwest::Client::new()
+        .post(format!("{base}/emulator/lifecycle"))
+        .json(&json!({"subscriptionId": id, "lifecycleEvent": "subscriptionRemoved"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+}
+
+/// Fires a change on the mailbox; the next change line on `process`'s
+/// stdout (lifecycle lines skipped) must come from `id`.
+async fn delivered(base: &str, process: &mut Process, id: &str, message: &str) {
+    fire(base, &format!("users/ada@contoso.com/messages/{message}")).await;
+    loop {
+        let line: Value =
+            serde_json::from_str(&process.next_stdout(Duration::from_secs(20)).await).unwrap();
+        if line["kind"] == "change" {
+            assert_eq!(line["subscriptionId"], id, "{line}");
+            assert_eq!(
+                line["resource"],
+                format!("users/ada@contoso.com/messages/{message}")
+            );
+            return;
+        }
+    }
+}
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var("MSGRAPH_WEBHOOKS_REDIS_URL").ok();
+    if url.is_none() {
+        eprintln!("MSGRAPH_WEBHOOKS_REDIS_URL unset: skipping");
+    }
+    url
+}
+
+fn random_prefix() -> String {
+    format!(
+        "it-instances-{}",
+        msgraph_webhooks::ClientState::random().expose()
+    )
+}
+
+/// Two instances share Redis behind one public URL; the one that created
+/// the subscription is stopped (a rolling restart). The subscription stays,
+/// the survivor takes the lease over within seconds and acts on the next
+/// lifecycle event; an instance without the lease stops and changes
+/// nothing; the last one out deletes it.
+#[tokio::test]
+async fn a_rolling_restart_keeps_the_subscription_and_the_survivor_takes_over() {
+    let Some(url) = redis_url() else { return };
+    let prefix = random_prefix();
+    let store = ["--redis", url.as_str(), "--redis-prefix", prefix.as_str()];
+    let (emulator, base) = emulate().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let balancer = Relay::start(&format!("http://127.0.0.1:{port_a}")).await;
+    let public = balancer.url("");
+
+    let mut a = listen(port_a, &public, &base, &store, &[]);
+    a.wait_for_log("activity=created").await;
+    a.drain_stderr("a");
+    let mut b = listen(port_b, &public, &base, &store, &[]);
+    b.wait_for_log("listening").await;
+    // B marks itself alive as it starts; a moment for the store write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = ids(&base).await;
+    assert_eq!(first.len(), 1, "created once: {first:?}");
+    let first = first[0].clone();
+
+    let stopped = Instant::now();
+    a.terminate();
+    balancer.retarget(&format!("http://127.0.0.1:{port_b}"));
+    assert_eq!(exit_code(&mut a).await, 0);
+    assert_eq!(
+        ids(&base).await,
+        [first.as_str()],
+        "a stopping instance leaves what a live one keeps"
+    );
+    b.wait_for_log("took the subscriptions lease").await;
+    let took_over = stopped.elapsed();
+    eprintln!("measured: the survivor took the lease {took_over:?} after SIGTERM");
+    assert!(took_over < Duration::from_secs(10), "{took_over:?}");
+    assert_eq!(ids(&base).await, [first.as_str()], "still there");
+    b.drain_stderr("b");
+
+    // The survivor manages: Graph removes the subscription, B recreates it.
+    remove(&base, &first).await;
+    let second = replaced(&base, &first, Duration::from_secs(15)).await;
+    delivered(&base, &mut b, &second, "AAMk1").await;
+
+    // An instance without the lease stops: nothing changes.
+    let mut c = listen(free_port(), &public, &base, &store, &[]);
+    c.wait_for_log("listening").await;
+    c.drain_stderr("c");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.terminate();
+    assert_eq!(exit_code(&mut c).await, 0);
+    assert_eq!(ids(&base).await, [second.as_str()], "left to B");
+    delivered(&base, &mut b, &second, "AAMk2").await;
+
+    // The last one out deletes.
+    b.terminate();
+    assert_eq!(exit_code(&mut b).await, 0);
+    assert!(ids(&base).await.is_empty(), "deleted by the last instance");
+    emulator.terminate();
+    crate::durability::cleanup(&url, &prefix).await;
+}
+
+/// An instance is killed (no cleanup) and restarted on the same data dir
+/// at once. Graph removes the subscription while the dead instance's lease
+/// is still running: the event is queued, not dropped, and the restarted
+/// instance acts on it as soon as the lease lapses.
+#[tokio::test]
+async fn a_restart_after_a_crash_takes_over_when_the_dead_lease_lapses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let store = ["--data-dir", data_dir];
+    let lease = [("MSGRAPH_WEBHOOKS_LEASE_SECS", "6")];
+    let (emulator, base) = emulate().await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+
+    let mut first = listen(port, &public, &base, &store, &lease);
+    first.wait_for_log("activity=created").await;
+    let old = ids(&base).await;
+    assert_eq!(old.len(), 1);
+    first.kill().await;
+
+    let restarted_at = Instant::now();
+    let mut again = listen(port, &public, &base, &store, &lease);
+    again.wait_for_log("listening").await;
+    again.drain_stderr("restarted");
+    remove(&base, &old[0]).await;
+    let new = replaced(&base, &old[0], Duration::from_secs(15)).await;
+    let managed = restarted_at.elapsed();
+    eprintln!(
+        "measured: after SIGKILL and restart, the removed subscription recreated \
+         {managed:?} after the restart (lease 6 s)"
+    );
+    delivered(&base, &mut again, &new, "AAMk2").await;
+    again.terminate();
+    assert_eq!(exit_code(&mut again).await, 0);
+    assert!(
+        ids(&base).await.is_empty(),
+        "the only live instance deletes"
+    );
+    emulator.terminate();
+}
+
+/// A TCP server that accepts connections and never answers.
+async fn silent_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Ctrl-C while Graph hangs, on the DELETE of a stop or inside a pass:
+/// the process exits within `--drain-secs`.
+#[tokio::test]
+async fn ctrl_c_is_bounded_by_drain_secs_when_graph_hangs() {
+    let (emulator, base) = emulate().await;
+    let graph = Relay::start(&base).await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let drain = [("MSGRAPH_WEBHOOKS_DRAIN_SECS", "2")];
+    let mut subscribed = listen(port, &public, &graph.url(""), &["--memory"], &drain);
+    subscribed.wait_for_log("activity=created").await;
+    subscribed.drain_stderr("listen");
+    graph.set(Mode::Hang);
+    let interrupted = Instant::now();
+    subscribed.interrupt();
+    assert_eq!(exit_code(&mut subscribed).await, 0);
+    let stop = interrupted.elapsed();
+    eprintln!("measured: exit {stop:?} after SIGINT with Graph hanging on DELETE");
+    assert!(stop < Duration::from_secs(5), "{stop:?}");
+    assert_eq!(
+        ids(&base).await.len(),
+        1,
+        "left to expire: Graph never answered"
+    );
+
+    // Graph hangs from the start: the first pass never ends.
+    let silent = silent_server().await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let mut stuck = listen(port, &public, &silent, &["--memory"], &drain);
+    stuck.wait_for_log("listening").await;
+    stuck.drain_stderr("stuck");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let interrupted = Instant::now();
+    stuck.interrupt();
+    assert_eq!(exit_code(&mut stuck).await, 0);
+    let stop = interrupted.elapsed();
+    eprintln!("measured: exit {stop:?} after SIGINT with Graph hanging in a pass");
+    assert!(stop < Duration::from_secs(5), "{stop:?}");
+    emulator.terminate();
+}
+
+/// A second Ctrl-C exits at once, whatever the drain is waiting for (here
+/// a DELETE Graph never answers, with two minutes to drain).
+#[tokio::test]
+async fn a_second_ctrl_c_exits_at_once() {
+    let (emulator, base) = emulate().await;
+    let graph = Relay::start(&base).await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let drain = [("MSGRAPH_WEBHOOKS_DRAIN_SECS", "120")];
+    let mut subscribed = listen(port, &public, &graph.url(""), &["--memory"], &drain);
+    subscribed.wait_for_log("activity=created").await;
+    subscribed.drain_stderr("listen");
+    graph.set(Mode::Hang);
+    subscribed.interrupt();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        subscribed.child.try_wait().unwrap().is_none(),
+        "still waiting for Graph"
+    );
+    let again = Instant::now();
+    subscribed.interrupt();
+    let code = exit_code(&mut subscribed).await;
+    let stop = again.elapsed();
+    eprintln!("measured: exit {stop:?} after the second SIGINT");
+    assert!(stop < Duration::from_secs(2), "{stop:?}");
+    assert_eq!(code, 130);
+    emulator.terminate();
+}
