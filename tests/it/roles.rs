@@ -199,3 +199,28 @@ async fn dead_letters_are_listed_and_replayed_from_the_cli() {
     worker.terminate();
     assert!(worker.child.wait().await.unwrap().success());
 }
+
+/// Each command takes only the flags it uses: a flag that would mean
+/// nothing there is refused, not silently ignored.
+#[test]
+fn flags_that_mean_nothing_on_a_command_are_refused() {
+    use crate::support::cli::BIN;
+
+    for args in [
+        &["work", "--memory"][..],
+        &["work", "--inbox-capacity", "5"],
+        &["dlq", "list", "--memory"],
+        &["dlq", "list", "--dedupe-hours", "5"],
+        &["subscribe", "users:updated", "--inbox-capacity", "5"],
+        &["subscribe", "users:updated", "--dedupe-hours", "5"],
+    ] {
+        let output = std::process::Command::new(BIN)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("unexpected argument"), "{args:?}: {stderr}");
+    }
+}

@@ -7,7 +7,7 @@ use msgraph_webhooks::BoxError;
 use msgraph_webhooks::inbox::EntryId;
 use msgraph_webhooks::notification::Notification;
 
-use crate::store::StoreArgs;
+use crate::store::DlqStoreArgs;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -15,7 +15,7 @@ pub(crate) struct Args {
     command: Command,
 
     #[command(flatten)]
-    store: StoreArgs,
+    store: DlqStoreArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -101,8 +101,9 @@ pub(crate) struct Args {
 /// What the workers do; shared with `work`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkArgs {
-    /// Workers calling the handler (default: twice the cores, at least 4);
-    /// 0 only ingests, leaving the items to `msgraph-webhooks work`.
+    /// Workers calling the handler (default: twice the cores, at least 4).
+    /// With `listen`, 0 only ingests, leaving the items to `msgraph-webhooks
+    /// work`; `work` needs at least 1.
     #[arg(long, env = "MSGRAPH_WEBHOOKS_WORKERS")]
     pub(crate) workers: Option<usize>,
 

@@ -1,4 +1,6 @@
-//! The store flags shared by `listen`, `work` and `dlq`.
+//! The store flags: each command takes those it uses (`listen` all of
+//! them, `work` no memory store, `subscribe` its records' store, `dlq` only
+//! where the store is).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,23 +12,23 @@ use msgraph_webhooks::inbox::{DeadLetters, Inbox, MemoryInbox};
 use msgraph_webhooks::registry::{MemoryRecords, RecordStore};
 use msgraph_webhooks::store::{Lease, MemoryLease, RedisConfig, RedisStore, SqliteStore};
 
-/// Where accepted notifications are kept until handled.
+/// Where the store is: shared by every command that opens one.
 #[derive(Debug, clap::Args)]
-pub(crate) struct StoreArgs {
+pub(crate) struct StoreLocation {
     /// Directory of the embedded durable store (the default store), shared
     /// by every process on this machine that names it [default: the
     /// platform's data directory, e.g. ~/.local/share/msgraph-webhooks]
-    #[arg(long, global = true, env = "MSGRAPH_WEBHOOKS_DATA_DIR", conflicts_with_all = ["redis", "memory"])]
+    #[arg(
+        long,
+        global = true,
+        env = "MSGRAPH_WEBHOOKS_DATA_DIR",
+        conflicts_with = "redis"
+    )]
     data_dir: Option<PathBuf>,
 
     /// Redis URL (e.g. redis://127.0.0.1:6379): inbox, dedupe and dead
     /// letters shared by every instance that names it.
-    #[arg(
-        long,
-        global = true,
-        env = "MSGRAPH_WEBHOOKS_REDIS",
-        conflicts_with = "memory"
-    )]
+    #[arg(long, global = true, env = "MSGRAPH_WEBHOOKS_REDIS")]
     redis: Option<String>,
 
     /// Prefix of every Redis key, so deployments can share one Redis.
@@ -37,45 +39,138 @@ pub(crate) struct StoreArgs {
         env = "MSGRAPH_WEBHOOKS_REDIS_PREFIX"
     )]
     redis_prefix: String,
+}
 
+/// What workers need of the store: `listen` and `work`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConsumerArgs {
     /// Seconds an item may stay claimed by a silent Redis consumer before
     /// another takes it over; longer than your slowest handler.
-    #[arg(
-        long,
-        global = true,
-        default_value_t = 60,
-        env = "MSGRAPH_WEBHOOKS_CLAIM_IDLE_SECS"
-    )]
+    #[arg(long, default_value_t = CLAIM_IDLE_SECS, env = "MSGRAPH_WEBHOOKS_CLAIM_IDLE_SECS")]
     claim_idle_secs: u64,
 
     /// Hours a handled notification is remembered, so Graph's copies of it
     /// are dropped; keep it over Graph's 4-hour retry window.
     #[arg(
         long,
-        global = true,
-        default_value_t = 6,
+        default_value_t = DEDUPE_HOURS,
         value_parser = clap::value_parser!(u64).range(1..=168),
         env = "MSGRAPH_WEBHOOKS_DEDUPE_HOURS"
     )]
     dedupe_hours: u64,
+}
 
-    /// Keep the inbox in memory only: fastest, and lost with the process.
-    #[arg(long, global = true, env = "MSGRAPH_WEBHOOKS_MEMORY")]
+const CLAIM_IDLE_SECS: u64 = 60;
+const DEDUPE_HOURS: u64 = 6;
+
+impl Default for ConsumerArgs {
+    fn default() -> Self {
+        Self {
+            claim_idle_secs: CLAIM_IDLE_SECS,
+            dedupe_hours: DEDUPE_HOURS,
+        }
+    }
+}
+
+/// A store in this process only: `listen` and `subscribe`.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct MemoryArgs {
+    /// Keep everything in memory only: fastest, lost with the process, and
+    /// shared with no other.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_MEMORY", conflicts_with_all = ["data_dir", "redis"])]
     memory: bool,
+}
 
+/// The in-memory inbox's bounds: `listen` only.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CapacityArgs {
     /// What the in-memory inbox holds before answering 503 (with --memory):
     /// a number of items (100000), a size (256MiB; B, KiB, MiB, GiB, KB, MB,
     /// GB), or both (100000,256MiB). Both limits always apply; the one not
     /// given keeps its default.
     #[arg(
         long,
-        global = true,
         value_delimiter = ',',
         default_value = "100000,256MiB",
         value_parser = parse_capacity,
         env = "MSGRAPH_WEBHOOKS_INBOX_CAPACITY"
     )]
     inbox_capacity: Vec<Capacity>,
+}
+
+/// Every store flag: what `listen` takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StoreArgs {
+    #[command(flatten)]
+    location: StoreLocation,
+    #[command(flatten)]
+    consumer: ConsumerArgs,
+    #[command(flatten)]
+    memory: MemoryArgs,
+    #[command(flatten)]
+    capacity: CapacityArgs,
+}
+
+/// The store flags of `work`: no memory store (it would share nothing with
+/// the receivers), no inbox bounds.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkStoreArgs {
+    #[command(flatten)]
+    location: StoreLocation,
+    #[command(flatten)]
+    consumer: ConsumerArgs,
+}
+
+/// The store flags of `subscribe`: where its records and lease live.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RecordStoreArgs {
+    #[command(flatten)]
+    location: StoreLocation,
+    #[command(flatten)]
+    memory: MemoryArgs,
+}
+
+/// The store flags of `dlq`: only where the store is.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DlqStoreArgs {
+    #[command(flatten)]
+    location: StoreLocation,
+}
+
+impl WorkStoreArgs {
+    pub(crate) async fn open(&self) -> Result<Store, BoxError> {
+        open(&self.location, &self.consumer, &MemoryArgs::default(), &[]).await
+    }
+}
+
+impl RecordStoreArgs {
+    pub(crate) async fn open(&self) -> Result<Store, BoxError> {
+        open(&self.location, &ConsumerArgs::default(), &self.memory, &[]).await
+    }
+}
+
+impl DlqStoreArgs {
+    pub(crate) async fn open(&self) -> Result<Store, BoxError> {
+        open(
+            &self.location,
+            &ConsumerArgs::default(),
+            &MemoryArgs::default(),
+            &[],
+        )
+        .await
+    }
+}
+
+impl StoreArgs {
+    pub(crate) async fn open(&self) -> Result<Store, BoxError> {
+        open(
+            &self.location,
+            &self.consumer,
+            &self.memory,
+            &self.capacity.inbox_capacity,
+        )
+        .await
+    }
 }
 
 /// One limit of the in-memory inbox.
@@ -115,12 +210,12 @@ fn parse_capacity(text: &str) -> Result<Capacity, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-impl StoreArgs {
-    /// The in-memory inbox the capacity flags describe.
-    fn memory_inbox(&self) -> MemoryInbox {
+/// The in-memory inbox the capacity flags describe.
+fn memory_inbox(capacities: &[Capacity]) -> MemoryInbox {
+    {
         let mut items = MemoryInbox::DEFAULT_CAPACITY;
         let mut bytes = MemoryInbox::DEFAULT_MAX_BYTES;
-        for capacity in &self.inbox_capacity {
+        for capacity in capacities {
             match *capacity {
                 Capacity::Items(n) => items = n,
                 Capacity::Bytes(n) => bytes = n,
@@ -165,18 +260,23 @@ impl Store {
     }
 }
 
-impl StoreArgs {
-    pub(crate) async fn open(&self) -> Result<Store, BoxError> {
-        let dedupe_ttl = Duration::from_secs(self.dedupe_hours * 3600);
-        if self.dedupe_hours < 4 {
+async fn open(
+    location: &StoreLocation,
+    consumer: &ConsumerArgs,
+    memory: &MemoryArgs,
+    capacities: &[Capacity],
+) -> Result<Store, BoxError> {
+    {
+        let dedupe_ttl = Duration::from_secs(consumer.dedupe_hours * 3600);
+        if consumer.dedupe_hours < 4 {
             tracing::warn!(
-                hours = self.dedupe_hours,
+                hours = consumer.dedupe_hours,
                 "--dedupe-hours is shorter than Graph's 4-hour retry window: late copies are handled again"
             );
         }
-        if self.memory {
+        if memory.memory {
             tracing::warn!("--memory: acknowledged notifications are lost if the process stops");
-            let inbox = Arc::new(self.memory_inbox());
+            let inbox = Arc::new(memory_inbox(capacities));
             return Ok(Store {
                 inbox: inbox.clone(),
                 dedupe: Arc::new(MemoryDedupe::new()),
@@ -188,12 +288,12 @@ impl StoreArgs {
                 lease: Arc::new(MemoryLease::new()),
             });
         }
-        if let Some(url) = &self.redis {
+        if let Some(url) = &location.redis {
             let mut config = RedisConfig::default();
-            config.prefix = self.redis_prefix.clone();
-            config.claim_idle = Duration::from_secs(self.claim_idle_secs);
+            config.prefix = location.redis_prefix.clone();
+            config.claim_idle = Duration::from_secs(consumer.claim_idle_secs);
             let store = Arc::new(RedisStore::connect(url, config).await?);
-            tracing::info!(prefix = %self.redis_prefix, "store: redis");
+            tracing::info!(prefix = %location.redis_prefix, "store: redis");
             return Ok(Store {
                 owner: Some(store.consumer().to_owned()),
                 inbox: store.clone(),
@@ -203,11 +303,11 @@ impl StoreArgs {
                 lease: store,
                 // A silent worker's items are taken over after the claim
                 // timeout; its dedupe claims must not outlive that.
-                dedupe_lease: Duration::from_secs(self.claim_idle_secs),
+                dedupe_lease: Duration::from_secs(consumer.claim_idle_secs),
                 dedupe_ttl,
             });
         }
-        let dir = match &self.data_dir {
+        let dir = match &location.data_dir {
             Some(dir) => dir.clone(),
             None => directories::ProjectDirs::from("", "", "msgraph-webhooks")
                 .map(|dirs| dirs.data_dir().to_path_buf())

@@ -16,7 +16,7 @@ use msgraph_webhooks::tunnel::{DEFAULT_AGENT_API, NgrokAgent};
 use msgraph_webhooks::{BoxError, SubscriptionRegistry};
 
 use crate::rich::Secret;
-use crate::store::StoreArgs;
+use crate::store::RecordStoreArgs;
 
 /// How to reach Graph: shared by every command that talks to it.
 #[derive(Debug, clap::Args)]
@@ -256,7 +256,7 @@ pub(crate) struct Args {
     certificate: Option<String>,
 
     #[command(flatten)]
-    store: StoreArgs,
+    store: RecordStoreArgs,
 
     /// Seconds to delete the subscriptions on SIGINT/SIGTERM; what Graph
     /// has not deleted by then stays until it expires. A second signal

@@ -11,12 +11,12 @@ use msgraph_webhooks::worker::RetryPolicy;
 use msgraph_webhooks::{BoxError, Receiver, SubscriptionRegistry};
 
 use crate::listen::WorkArgs;
-use crate::store::StoreArgs;
+use crate::store::WorkStoreArgs;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     #[command(flatten)]
-    store: StoreArgs,
+    store: WorkStoreArgs,
 
     #[command(flatten)]
     work: WorkArgs,
