@@ -142,3 +142,6 @@ pub use notification::{ChangeType, LifecycleEventType, ResourceKind};
 pub use receiver::{BuildError, Receiver, ReceiverBuilder};
 pub use registry::SubscriptionRegistry;
 pub use secret::ClientState;
+/// The `time` crate, whose `OffsetDateTime` and `Duration` the subscription
+/// API and the emulator's clock take: use these, not `tokio::time`'s.
+pub use time;

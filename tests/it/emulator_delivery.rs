@@ -538,7 +538,10 @@ async fn retries_end_after_four_hours_and_expired_subscriptions_stop() {
         )
         .await;
     assert_eq!(answer.status, 200);
-    graph.emulator.clock().advance(time::Duration::hours(5));
+    graph
+        .emulator
+        .clock()
+        .advance(msgraph_webhooks::time::Duration::hours(5));
     let log = graph
         .emulator
         .wait_for_deliveries(WAIT, |d| {
