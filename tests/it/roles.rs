@@ -224,3 +224,20 @@ fn flags_that_mean_nothing_on_a_command_are_refused() {
         assert!(stderr.contains("unexpected argument"), "{args:?}: {stderr}");
     }
 }
+
+/// Each subcommand's help is about itself: `inspect` and `work` subscribe
+/// to nothing.
+#[test]
+fn help_texts_speak_of_their_own_command() {
+    use crate::support::cli::BIN;
+
+    for command in ["inspect", "work"] {
+        let output = std::process::Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains("--tenant-id"), "{command}: {help}");
+        assert!(!help.contains("--subscribe"), "{command}: {help}");
+    }
+}

@@ -13,6 +13,9 @@ use msgraph_webhooks::{BoxError, ClientState, SubscriptionRegistry};
 use crate::rich::RichArgs;
 
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("tenant_ids", |arg| arg.help(
+    "Accept validation tokens of these tenants only (default: any). Repeatable."
+)))]
 pub(crate) struct Args {
     /// The captured notification body (JSON); `-` reads standard input.
     file: PathBuf,

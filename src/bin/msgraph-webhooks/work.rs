@@ -14,6 +14,9 @@ use crate::listen::WorkArgs;
 use crate::store::WorkStoreArgs;
 
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("tenant_ids", |arg| arg.help(
+    "Accept validation tokens of these tenants only (default: any). Repeatable."
+)))]
 pub(crate) struct Args {
     #[command(flatten)]
     store: WorkStoreArgs,
