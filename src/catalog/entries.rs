@@ -299,12 +299,27 @@ pub(super) static ENTRIES: &[Entry] = &[
         payment_models: PaymentModels::BOnly,
         ..ROW
     },
+    // Microsoft Learn, "Get change notifications for membership changes in
+    // teams and channels", <https://learn.microsoft.com/graph/teams-changenotifications-teammembership>;
+    // the payment models of teams/getAllMembers are on "Create subscription".
+    Entry {
+        kind: ResourceKind::ConversationMember,
+        paths: &["teams/getAllMembers"],
+        about: "members of all teams in an organization",
+        application: &[p("TeamMember.Read.All"), p("TeamMember.ReadWrite.All")],
+        payment_models: PaymentModels::AOrB,
+        ..ROW
+    },
     Entry {
         kind: ResourceKind::ConversationMember,
         paths: &["teams/{id}/members"],
         about: "members of a team",
-        delegated_work: &[p("TeamMember.Read.All")],
-        application: &[p("TeamMember.Read.All")],
+        delegated_work: &[p("TeamMember.Read.All"), p("TeamMember.ReadWrite.All")],
+        application: &[
+            rsc("TeamMember.Read.Group"),
+            p("TeamMember.Read.All"),
+            p("TeamMember.ReadWrite.All"),
+        ],
         ..ROW
     },
     Entry {

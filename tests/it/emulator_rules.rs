@@ -155,6 +155,8 @@ async fn payment_models() {
         "teams/getAllMessages?model=B",
         "appCatalogs/teamsApps/app1/installedToChats/getAllMessages?model=B",
         "chats/getAllMembers?model=A",
+        "teams/getAllMembers?model=B",
+        "teams/getAllMembers",
         "appCatalogs/teamsApps/app1/installedToChats?model=B",
     ] {
         created(
