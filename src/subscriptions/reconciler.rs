@@ -347,8 +347,9 @@ pub enum ResyncReason {
     /// Graph could not deliver some notifications (`missed`).
     Missed,
     /// The subscription was found gone (expired, deleted, `404`), or had to
-    /// be replaced (a new public URL for its lifecycle notifications), and
-    /// was recreated.
+    /// be replaced (a new public URL for its lifecycle notifications, a
+    /// live subscription whose `clientState` the records lost), and was
+    /// recreated.
     Recreated,
 }
 
@@ -1370,10 +1371,13 @@ impl Shared {
                     return Ok(Step::Idle);
                 };
                 let gone = mine.first().map(|m| (m.id.clone(), m.removed_at.is_some()));
+                // The old record stays until its replacement exists: a
+                // create that fails leaves the gap (and its resync) for
+                // the next pass.
+                let (created, replaced) = self.create(declared, &urls, None).await?;
                 if let Some((old, _)) = &gone {
                     self.forget(old).await?;
                 }
-                let created = self.create(declared, &urls).await?;
                 if let Some((old, removed)) = gone {
                     self.emit(Activity::Recreated {
                         key: key.clone(),
@@ -1386,6 +1390,9 @@ impl Shared {
                         ResyncReason::Recreated
                     };
                     self.resync(&key, &created.id, reason).await?;
+                } else if replaced {
+                    self.resync(&key, &created.id, ResyncReason::Recreated)
+                        .await?;
                 }
                 return Ok(Step::Due(created.renew_at));
             }
@@ -1397,9 +1404,12 @@ impl Shared {
             && current.change_type == declared.change_type
             && current.rich == declared.rich;
         if !same_kind || current.urls.lifecycle != urls.lifecycle {
-            // Graph can't update these in place: a new subscription.
+            // Graph can't update these in place: a new subscription, then
+            // the old one deleted (first, if Graph refuses two); its record
+            // stays until the new one exists, so a failed create is a gap
+            // the next pass fills, with a resync.
+            let (created, _) = self.create(declared, &urls, Some(&current.id)).await?;
             self.delete_one(&key, &current.id).await?;
-            let created = self.create(declared, &urls).await?;
             self.emit(Activity::Recreated {
                 key: key.clone(),
                 old: current.id.clone(),
@@ -1435,12 +1445,22 @@ impl Shared {
     }
 
     /// Creates the subscription of `declared`, retrying a failed handshake,
-    /// adopting or replacing a duplicate; stores its record.
-    async fn create(&self, declared: &Declared, urls: &Urls) -> Result<Managed, BoxError> {
+    /// adopting or replacing a duplicate; stores its record. `replacing` is the subscription
+    /// this one replaces: when Graph refuses two, it is deleted then (its
+    /// record stays until the caller forgets it). The flag says a live
+    /// subscription unknown to the records was deleted to make room:
+    /// notifications Graph queued for it are lost, so a resync is due.
+    async fn create(
+        &self,
+        declared: &Declared,
+        urls: &Urls,
+        replacing: Option<&str>,
+    ) -> Result<(Managed, bool), BoxError> {
         let key = declared.key();
         let certificate = self.certificate_for(declared);
         let mut handshakes = 0;
         let mut conflicts = 0;
+        let mut replaced = false;
         loop {
             let now = self.now();
             let client_state = ClientState::random();
@@ -1472,7 +1492,7 @@ impl Shared {
                         key,
                         id: created.id,
                     });
-                    return Ok(managed);
+                    return Ok((managed, replaced));
                 }
                 Err(ClientError::Graph(e)) if e.is_conflict() && conflicts < 2 => {
                     conflicts += 1;
@@ -1482,10 +1502,19 @@ impl Shared {
                     if let Some(ours) = self.recorded(&existing).await?
                         && ours.key == key
                     {
+                        if replacing == Some(existing.as_str()) {
+                            // The one being replaced: Graph keeps one per
+                            // resource, so it goes first.
+                            match self.client.delete(&existing).await {
+                                Ok(()) => continue,
+                                Err(e) if e.is_not_found() => continue,
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
                         // Another instance created it and recorded its clientState.
                         self.store(&ours).await?;
                         self.emit(Activity::Adopted { key, id: existing });
-                        return Ok(ours);
+                        return Ok((ours, replaced));
                     }
                     // Its clientState is unknown (Graph shows null): replace it.
                     match self.client.delete(&existing).await {
@@ -1493,6 +1522,7 @@ impl Shared {
                         Err(e) if e.is_not_found() => {}
                         Err(e) => return Err(e.into()),
                     }
+                    replaced = true;
                     self.emit(Activity::Replaced {
                         key: key.clone(),
                         id: existing,
@@ -1564,8 +1594,8 @@ impl Shared {
                     return Ok(current);
                 }
                 Err(e) if e.is_not_found() => {
+                    let (created, _) = self.create(declared, urls, None).await?;
                     self.forget(&current.id).await?;
-                    let created = self.create(declared, urls).await?;
                     self.emit(Activity::Recreated {
                         key: key.clone(),
                         old: current.id,
@@ -1743,12 +1773,18 @@ impl Shared {
             );
             return Ok(());
         }
-        self.forget(id).await?;
+        // Marked removed, not forgotten: if the create fails (a handshake
+        // failing for a while), the retried event and every pass still
+        // find it, and recreate it with the resync.
+        let mut marked = old.clone();
+        marked.removed_at.get_or_insert(self.now());
+        self.records.put(marked.to_record()).await?;
         let public = self.public_url.borrow().clone();
         let urls = declared
             .urls(public.as_deref())
             .unwrap_or_else(|| old.urls.clone());
-        let created = self.create(&declared, &urls).await?;
+        let (created, _) = self.create(&declared, &urls, None).await?;
+        self.forget(id).await?;
         self.emit(Activity::Recreated {
             key: old.key.clone(),
             old: id.to_owned(),
