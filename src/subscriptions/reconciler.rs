@@ -36,7 +36,25 @@ const MANAGED_BY: &str = "msgraph-webhooks";
 const REAUTHORIZE_GAP: Duration = Duration::minutes(10);
 
 /// Kept under the kind's maximum lifetime, for clock skew with Graph.
-const LIFETIME_MARGIN: Duration = Duration::minutes(1);
+const LIFETIME_MARGIN: Duration = Duration::minutes(5);
+
+/// Kept under the maximum Graph states when it refuses an expiration as too
+/// far: measured by Graph's clock (the time of its answer) only the
+/// request's time in flight is unknown; by ours, any skew is.
+const CLAMP_MARGIN_GRAPH_TIME: Duration = Duration::minutes(1);
+const CLAMP_MARGIN_LOCAL_TIME: Duration = Duration::minutes(30);
+
+/// The latest expiration to ask for after Graph answered `error` (its
+/// "expiration can only be N minutes in the future") to a request sent at
+/// `now` on the manager's clock.
+fn expiration_cap(error: &super::client::GraphError, now: OffsetDateTime) -> OffsetDateTime {
+    let minutes = Duration::minutes(error.max_expiration_minutes().unwrap_or(0));
+    match error.graph_time() {
+        // Graph checks by its own clock: right whatever the skew.
+        Some(graph_now) => graph_now + minutes - CLAMP_MARGIN_GRAPH_TIME,
+        None => now + minutes - CLAMP_MARGIN_LOCAL_TIME,
+    }
+}
 
 /// A random number in `[0, 1)`.
 pub(crate) fn unit_random() -> f64 {
@@ -232,7 +250,7 @@ impl Declared {
     }
 
     /// How long each creation or renewal asks for (default: the longest the
-    /// kind allows, less a minute).
+    /// kind allows, less five minutes for a local clock ahead of Graph's).
     #[must_use]
     pub fn lifetime(mut self, lifetime: Duration) -> Self {
         self.lifetime = Some(lifetime);
@@ -1445,7 +1463,8 @@ impl Shared {
     }
 
     /// Creates the subscription of `declared`, retrying a failed handshake,
-    /// adopting or replacing a duplicate; stores its record. `replacing` is the subscription
+    /// adopting or replacing a duplicate, clamping an expiration Graph
+    /// finds too far; stores its record. `replacing` is the subscription
     /// this one replaces: when Graph refuses two, it is deleted then (its
     /// record stays until the caller forgets it). The flag says a live
     /// subscription unknown to the records was deleted to make room:
@@ -1461,11 +1480,15 @@ impl Shared {
         let mut handshakes = 0;
         let mut conflicts = 0;
         let mut replaced = false;
+        let mut cap: Option<OffsetDateTime> = None;
         loop {
             let now = self.now();
             let client_state = ClientState::random();
-            let request =
+            let mut request =
                 declared.request(urls, certificate.as_ref(), client_state.clone(), now)?;
+            if let Some(cap) = cap {
+                request.expiration = request.expiration.min(cap);
+            }
             match self.client.create(&request).await {
                 Ok(created) => {
                     let managed = Managed {
@@ -1493,6 +1516,12 @@ impl Shared {
                         id: created.id,
                     });
                     return Ok((managed, replaced));
+                }
+                Err(ClientError::Graph(e))
+                    if cap.is_none() && e.max_expiration_minutes().is_some() =>
+                {
+                    cap = Some(expiration_cap(&e, now));
+                    tracing::warn!(%key, error = %e, "graph finds the expiration too far (is the local clock ahead of Graph's?): asking for less");
                 }
                 Err(ClientError::Graph(e)) if e.is_conflict() && conflicts < 2 => {
                     conflicts += 1;
@@ -1566,12 +1595,14 @@ impl Shared {
     ) -> Result<Managed, BoxError> {
         let key = declared.key();
         let mut handshakes = 0;
+        let mut cap: Option<OffsetDateTime> = None;
         loop {
             let now = self.now();
             let max = declared.rules().map_or(declared.lifetime_now(), |r| {
                 r.max_lifetime(declared.rich) - LIFETIME_MARGIN
             });
-            update.expiration = Some(now + declared.lifetime_now().min(max));
+            let expiration = now + declared.lifetime_now().min(max);
+            update.expiration = Some(cap.map_or(expiration, |cap| expiration.min(cap)));
             match self.client.update(&current.id, &update).await {
                 Ok(updated) => {
                     let moved_to = update.notification_url.clone();
@@ -1604,6 +1635,12 @@ impl Shared {
                     self.resync(&key, &created.id, ResyncReason::Recreated)
                         .await?;
                     return Ok(created);
+                }
+                Err(ClientError::Graph(e))
+                    if cap.is_none() && e.max_expiration_minutes().is_some() =>
+                {
+                    cap = Some(expiration_cap(&e, now));
+                    tracing::warn!(%key, error = %e, "graph finds the expiration too far (is the local clock ahead of Graph's?): asking for less");
                 }
                 Err(ClientError::Graph(e))
                     if e.is_handshake_failure()

@@ -1037,6 +1037,70 @@ async fn replacing_an_unknown_live_subscription_resyncs() {
     );
 }
 
+/// The emulator's clock, `by` ahead: a local clock running fast.
+struct Ahead {
+    clock: msgraph_webhooks::emulator::Clock,
+    by: Span,
+}
+
+impl msgraph_webhooks::subscriptions::Clock for Ahead {
+    fn now(&self) -> time::OffsetDateTime {
+        self.clock.now() + self.by
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: time::OffsetDateTime,
+    ) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(self.clock.sleep_until(deadline - self.by))
+    }
+}
+
+#[tokio::test]
+async fn a_local_clock_ahead_of_graphs_still_creates_and_renews() {
+    let rig = Rig::start(
+        Emulator::builder(),
+        vec![Declared::new("users/ada/messages", "created")],
+        |b| b,
+        |_, r| r,
+    )
+    .await;
+    let fast = SubscriptionManager::builder(client(&rig.emulator, rig.spy.url("/v1.0")))
+        .clock(Arc::new(Ahead {
+            clock: rig.emulator.clock().clone(),
+            by: Span::minutes(10),
+        }))
+        .public_url(rig.server.url("/"))
+        .records(rig.records.clone())
+        .registry(rig.registry.clone())
+        .declare(Declared::new("users/ada/messages", "created"))
+        .build()
+        .unwrap();
+    let mut seen = fast.activity();
+    assert!(fast.reconcile().await.unwrap());
+    let id = created(&activity(&mut seen, "created", |a| created(a).is_some()).await).unwrap();
+    assert_eq!(rig.emulator.subscription_ids(), std::slice::from_ref(&id));
+    let expiration = graph(&rig.emulator).get(&id).await.unwrap().expiration;
+    assert!(expiration <= rig.emulator.clock().now() + Span::minutes(10080));
+    assert!(expiration > rig.emulator.clock().now() + Span::minutes(10080 - 5));
+
+    // Its renewal meets the same answer, and is clamped the same way.
+    rig.emulator.clock().advance(Span::days(6));
+    assert!(fast.reconcile().await.unwrap());
+    activity(
+        &mut seen,
+        "renewed",
+        |a| matches!(a, Activity::Renewed { id: renewed, .. } if *renewed == id),
+    )
+    .await;
+    let renewed = graph(&rig.emulator).get(&id).await.unwrap().expiration;
+    assert!(renewed > rig.emulator.clock().now() + Span::minutes(10080 - 5));
+    rig.emulator
+        .fire(&Change::new("users/ada/messages", ChangeType::Created))
+        .unwrap();
+    rig.change_on(&id).await;
+}
+
 #[tokio::test]
 async fn a_mistyped_public_url_leaves_a_gap_that_is_filled_with_a_resync() {
     let rig = Rig::start(
