@@ -354,6 +354,33 @@ impl GraphError {
         .then_some(id)
     }
 
+    /// The maximum Graph states in a `400` "Subscription expiration can
+    /// only be N minutes in the future": the requested expiration was past
+    /// it (often a local clock ahead of Graph's).
+    pub fn max_expiration_minutes(&self) -> Option<i64> {
+        if self.status != 400 {
+            return None;
+        }
+        let message = self.message.to_ascii_lowercase();
+        let rest = message.split("expiration can only be ").nth(1)?;
+        let (minutes, rest) = rest.split_once(' ')?;
+        rest.starts_with("minutes")
+            .then(|| minutes.parse().ok())
+            .flatten()
+            .filter(|m| *m > 0)
+    }
+
+    /// Graph's time when it answered, from the envelope's `innerError.date`
+    /// (UTC, often without a zone) or the `Date` header.
+    pub fn graph_time(&self) -> Option<OffsetDateTime> {
+        use time::format_description::well_known::{Rfc2822, Rfc3339};
+        let date = self.date.as_deref()?.trim();
+        OffsetDateTime::parse(date, &Rfc3339)
+            .or_else(|_| OffsetDateTime::parse(&format!("{date}Z"), &Rfc3339))
+            .or_else(|_| OffsetDateTime::parse(date, &Rfc2822))
+            .ok()
+    }
+
     /// A `400` because the validation handshake with the notification or
     /// lifecycle URL failed (no 200 with the exact token within 10 s):
     /// worth retrying while the endpoint warms up.
@@ -541,7 +568,7 @@ fn graph_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GraphErr
             ),
         request_id: inner("request-id").or_else(|| header("request-id")),
         client_request_id: inner("client-request-id").or_else(|| header("client-request-id")),
-        date: inner("date"),
+        date: inner("date").or_else(|| header("date")),
     }
 }
 
@@ -899,7 +926,21 @@ mod tests {
             r#"{"error":{"code":"InvalidRequest","message":"Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request."}}"#,
         );
         assert!(handshake.is_handshake_failure());
-        assert!(!error(400, r#"{"error":{"code":"ExtensionError","message":"Subscription expiration can only be 10080 minutes in the future."}}"#).is_handshake_failure());
+        let too_far = error(
+            400,
+            r#"{"error":{"code":"ExtensionError","message":"Subscription expiration can only be 10080 minutes in the future.","innerError":{"date":"2026-12-01T12:00:00"}}}"#,
+        );
+        assert!(!too_far.is_handshake_failure());
+        assert_eq!(too_far.max_expiration_minutes(), Some(10080));
+        assert_eq!(
+            too_far.graph_time(),
+            OffsetDateTime::parse(
+                "2026-12-01T12:00:00Z",
+                &time::format_description::well_known::Rfc3339
+            )
+            .ok()
+        );
+        assert_eq!(handshake.max_expiration_minutes(), None);
     }
 
     #[test]

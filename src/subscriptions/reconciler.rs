@@ -36,7 +36,25 @@ const MANAGED_BY: &str = "msgraph-webhooks";
 const REAUTHORIZE_GAP: Duration = Duration::minutes(10);
 
 /// Kept under the kind's maximum lifetime, for clock skew with Graph.
-const LIFETIME_MARGIN: Duration = Duration::minutes(1);
+const LIFETIME_MARGIN: Duration = Duration::minutes(5);
+
+/// Kept under the maximum Graph states when it refuses an expiration as too
+/// far: measured by Graph's clock (the time of its answer) only the
+/// request's time in flight is unknown; by ours, any skew is.
+const CLAMP_MARGIN_GRAPH_TIME: Duration = Duration::minutes(1);
+const CLAMP_MARGIN_LOCAL_TIME: Duration = Duration::minutes(30);
+
+/// The latest expiration to ask for after Graph answered `error` (its
+/// "expiration can only be N minutes in the future") to a request sent at
+/// `now` on the manager's clock.
+fn expiration_cap(error: &super::client::GraphError, now: OffsetDateTime) -> OffsetDateTime {
+    let minutes = Duration::minutes(error.max_expiration_minutes().unwrap_or(0));
+    match error.graph_time() {
+        // Graph checks by its own clock: right whatever the skew.
+        Some(graph_now) => graph_now + minutes - CLAMP_MARGIN_GRAPH_TIME,
+        None => now + minutes - CLAMP_MARGIN_LOCAL_TIME,
+    }
+}
 
 /// A random number in `[0, 1)`.
 pub(crate) fn unit_random() -> f64 {
@@ -232,7 +250,7 @@ impl Declared {
     }
 
     /// How long each creation or renewal asks for (default: the longest the
-    /// kind allows, less a minute).
+    /// kind allows, less five minutes for a local clock ahead of Graph's).
     #[must_use]
     pub fn lifetime(mut self, lifetime: Duration) -> Self {
         self.lifetime = Some(lifetime);
@@ -347,8 +365,9 @@ pub enum ResyncReason {
     /// Graph could not deliver some notifications (`missed`).
     Missed,
     /// The subscription was found gone (expired, deleted, `404`), or had to
-    /// be replaced (a new public URL for its lifecycle notifications), and
-    /// was recreated.
+    /// be replaced (a new public URL for its lifecycle notifications, a
+    /// live subscription whose `clientState` the records lost), and was
+    /// recreated.
     Recreated,
 }
 
@@ -1370,10 +1389,13 @@ impl Shared {
                     return Ok(Step::Idle);
                 };
                 let gone = mine.first().map(|m| (m.id.clone(), m.removed_at.is_some()));
+                // The old record stays until its replacement exists: a
+                // create that fails leaves the gap (and its resync) for
+                // the next pass.
+                let (created, replaced) = self.create(declared, &urls, None).await?;
                 if let Some((old, _)) = &gone {
                     self.forget(old).await?;
                 }
-                let created = self.create(declared, &urls).await?;
                 if let Some((old, removed)) = gone {
                     self.emit(Activity::Recreated {
                         key: key.clone(),
@@ -1386,6 +1408,9 @@ impl Shared {
                         ResyncReason::Recreated
                     };
                     self.resync(&key, &created.id, reason).await?;
+                } else if replaced {
+                    self.resync(&key, &created.id, ResyncReason::Recreated)
+                        .await?;
                 }
                 return Ok(Step::Due(created.renew_at));
             }
@@ -1397,9 +1422,12 @@ impl Shared {
             && current.change_type == declared.change_type
             && current.rich == declared.rich;
         if !same_kind || current.urls.lifecycle != urls.lifecycle {
-            // Graph can't update these in place: a new subscription.
+            // Graph can't update these in place: a new subscription, then
+            // the old one deleted (first, if Graph refuses two); its record
+            // stays until the new one exists, so a failed create is a gap
+            // the next pass fills, with a resync.
+            let (created, _) = self.create(declared, &urls, Some(&current.id)).await?;
             self.delete_one(&key, &current.id).await?;
-            let created = self.create(declared, &urls).await?;
             self.emit(Activity::Recreated {
                 key: key.clone(),
                 old: current.id.clone(),
@@ -1435,17 +1463,32 @@ impl Shared {
     }
 
     /// Creates the subscription of `declared`, retrying a failed handshake,
-    /// adopting or replacing a duplicate; stores its record.
-    async fn create(&self, declared: &Declared, urls: &Urls) -> Result<Managed, BoxError> {
+    /// adopting or replacing a duplicate, clamping an expiration Graph
+    /// finds too far; stores its record. `replacing` is the subscription
+    /// this one replaces: when Graph refuses two, it is deleted then (its
+    /// record stays until the caller forgets it). The flag says a live
+    /// subscription unknown to the records was deleted to make room:
+    /// notifications Graph queued for it are lost, so a resync is due.
+    async fn create(
+        &self,
+        declared: &Declared,
+        urls: &Urls,
+        replacing: Option<&str>,
+    ) -> Result<(Managed, bool), BoxError> {
         let key = declared.key();
         let certificate = self.certificate_for(declared);
         let mut handshakes = 0;
         let mut conflicts = 0;
+        let mut replaced = false;
+        let mut cap: Option<OffsetDateTime> = None;
         loop {
             let now = self.now();
             let client_state = ClientState::random();
-            let request =
+            let mut request =
                 declared.request(urls, certificate.as_ref(), client_state.clone(), now)?;
+            if let Some(cap) = cap {
+                request.expiration = request.expiration.min(cap);
+            }
             match self.client.create(&request).await {
                 Ok(created) => {
                     let managed = Managed {
@@ -1472,7 +1515,13 @@ impl Shared {
                         key,
                         id: created.id,
                     });
-                    return Ok(managed);
+                    return Ok((managed, replaced));
+                }
+                Err(ClientError::Graph(e))
+                    if cap.is_none() && e.max_expiration_minutes().is_some() =>
+                {
+                    cap = Some(expiration_cap(&e, now));
+                    tracing::warn!(%key, error = %e, "graph finds the expiration too far (is the local clock ahead of Graph's?): asking for less");
                 }
                 Err(ClientError::Graph(e)) if e.is_conflict() && conflicts < 2 => {
                     conflicts += 1;
@@ -1482,10 +1531,19 @@ impl Shared {
                     if let Some(ours) = self.recorded(&existing).await?
                         && ours.key == key
                     {
+                        if replacing == Some(existing.as_str()) {
+                            // The one being replaced: Graph keeps one per
+                            // resource, so it goes first.
+                            match self.client.delete(&existing).await {
+                                Ok(()) => continue,
+                                Err(e) if e.is_not_found() => continue,
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
                         // Another instance created it and recorded its clientState.
                         self.store(&ours).await?;
                         self.emit(Activity::Adopted { key, id: existing });
-                        return Ok(ours);
+                        return Ok((ours, replaced));
                     }
                     // Its clientState is unknown (Graph shows null): replace it.
                     match self.client.delete(&existing).await {
@@ -1493,6 +1551,7 @@ impl Shared {
                         Err(e) if e.is_not_found() => {}
                         Err(e) => return Err(e.into()),
                     }
+                    replaced = true;
                     self.emit(Activity::Replaced {
                         key: key.clone(),
                         id: existing,
@@ -1536,12 +1595,14 @@ impl Shared {
     ) -> Result<Managed, BoxError> {
         let key = declared.key();
         let mut handshakes = 0;
+        let mut cap: Option<OffsetDateTime> = None;
         loop {
             let now = self.now();
             let max = declared.rules().map_or(declared.lifetime_now(), |r| {
                 r.max_lifetime(declared.rich) - LIFETIME_MARGIN
             });
-            update.expiration = Some(now + declared.lifetime_now().min(max));
+            let expiration = now + declared.lifetime_now().min(max);
+            update.expiration = Some(cap.map_or(expiration, |cap| expiration.min(cap)));
             match self.client.update(&current.id, &update).await {
                 Ok(updated) => {
                     let moved_to = update.notification_url.clone();
@@ -1564,8 +1625,8 @@ impl Shared {
                     return Ok(current);
                 }
                 Err(e) if e.is_not_found() => {
+                    let (created, _) = self.create(declared, urls, None).await?;
                     self.forget(&current.id).await?;
-                    let created = self.create(declared, urls).await?;
                     self.emit(Activity::Recreated {
                         key: key.clone(),
                         old: current.id,
@@ -1574,6 +1635,12 @@ impl Shared {
                     self.resync(&key, &created.id, ResyncReason::Recreated)
                         .await?;
                     return Ok(created);
+                }
+                Err(ClientError::Graph(e))
+                    if cap.is_none() && e.max_expiration_minutes().is_some() =>
+                {
+                    cap = Some(expiration_cap(&e, now));
+                    tracing::warn!(%key, error = %e, "graph finds the expiration too far (is the local clock ahead of Graph's?): asking for less");
                 }
                 Err(ClientError::Graph(e))
                     if e.is_handshake_failure()
@@ -1743,12 +1810,18 @@ impl Shared {
             );
             return Ok(());
         }
-        self.forget(id).await?;
+        // Marked removed, not forgotten: if the create fails (a handshake
+        // failing for a while), the retried event and every pass still
+        // find it, and recreate it with the resync.
+        let mut marked = old.clone();
+        marked.removed_at.get_or_insert(self.now());
+        self.records.put(marked.to_record()).await?;
         let public = self.public_url.borrow().clone();
         let urls = declared
             .urls(public.as_deref())
             .unwrap_or_else(|| old.urls.clone());
-        let created = self.create(&declared, &urls).await?;
+        let (created, _) = self.create(&declared, &urls, None).await?;
+        self.forget(id).await?;
         self.emit(Activity::Recreated {
             key: old.key.clone(),
             old: id.to_owned(),

@@ -922,3 +922,227 @@ async fn the_router_nested_in_an_axum_app_serves_the_lifecycle_url_too() {
     server.abort();
     workers.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Polls `done` every 50 ms, running a pass first (panics after 20 s).
+async fn pass_until(rig: &Rig, what: &str, done: impl Fn(&Rig) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        rig.manager.reconcile().await.unwrap();
+        if done(rig) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}; ids {:?}, resyncs {:?}",
+            rig.emulator.subscription_ids(),
+            rig.resyncs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_recreate_whose_handshake_fails_keeps_the_record_and_still_resyncs() {
+    let rig = Rig::start(
+        Emulator::builder(),
+        vec![Declared::new("users/ada/messages", "created")],
+        |b| b,
+        |_, r| r,
+    )
+    .await;
+    let gate = Relay::start(&rig.server.url("")).await;
+    rig.url.send(Some(gate.url("/"))).unwrap();
+    let mut seen = rig.manager.activity();
+    assert!(rig.manager.reconcile().await.unwrap());
+    let id = created(&activity(&mut seen, "created", |a| created(a).is_some()).await).unwrap();
+
+    // Graph removes it while the endpoint fails every handshake of the
+    // first recreate (4 attempts).
+    gate.set(Mode::FailHandshakes(4));
+    rig.emulator
+        .lifecycle(&id, &LifecycleEventType::SubscriptionRemoved)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gate.count("POST /?validationToken=") < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the recreate never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Whoever gets there (the retried event or a pass), the subscription
+    // comes back, with the resync of a removal.
+    pass_until(&rig, "recreated with a resync", |rig| {
+        rig.resyncs()
+            .iter()
+            .any(|r| r.reason == ResyncReason::SubscriptionRemoved)
+    })
+    .await;
+    let resync = rig.resyncs().pop().unwrap();
+    assert_eq!(
+        rig.emulator.subscription_ids(),
+        std::slice::from_ref(&resync.subscription_id)
+    );
+    assert_ne!(resync.subscription_id, id);
+    assert!(rig.records.get_many(vec![id]).await.unwrap()[0].is_none());
+    rig.emulator
+        .fire(&Change::new("users/ada/messages", ChangeType::Created))
+        .unwrap();
+    rig.change_on(&resync.subscription_id).await;
+}
+
+#[tokio::test]
+async fn replacing_an_unknown_live_subscription_resyncs() {
+    let rig = Rig::start(
+        Emulator::builder(),
+        vec![Declared::new("users/ada/messages", "created")],
+        |b| b,
+        |_, r| r,
+    )
+    .await;
+    rig.url.send(Some(rig.server.url("/"))).unwrap();
+    // A live subscription of ours whose clientState the records lost (a
+    // `--memory` instance killed): Graph queues notifications for it.
+    let orphan = graph(&rig.emulator)
+        .create(
+            &msgraph_webhooks::subscriptions::NewSubscription::new(
+                "users/ada/messages",
+                "created",
+                rig.server.url("/"),
+                rig.emulator.clock().now() + Span::hours(1),
+            )
+            .client_state(msgraph_webhooks::ClientState::new("lost with the process")),
+        )
+        .await
+        .unwrap();
+    let mut seen = rig.manager.activity();
+    assert!(rig.manager.reconcile().await.unwrap());
+    activity(
+        &mut seen,
+        "replaced",
+        |a| matches!(a, Activity::Replaced { id, .. } if *id == orphan.id),
+    )
+    .await;
+    let new = created(&activity(&mut seen, "created", |a| created(a).is_some()).await).unwrap();
+    assert_eq!(rig.emulator.subscription_ids(), std::slice::from_ref(&new));
+    let resyncs = rig.resyncs();
+    assert_eq!(resyncs.len(), 1, "{resyncs:?}");
+    assert_eq!(
+        (
+            resyncs[0].reason.clone(),
+            resyncs[0].subscription_id.as_str()
+        ),
+        (ResyncReason::Recreated, new.as_str())
+    );
+}
+
+/// The emulator's clock, `by` ahead: a local clock running fast.
+struct Ahead {
+    clock: msgraph_webhooks::emulator::Clock,
+    by: Span,
+}
+
+impl msgraph_webhooks::subscriptions::Clock for Ahead {
+    fn now(&self) -> time::OffsetDateTime {
+        self.clock.now() + self.by
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: time::OffsetDateTime,
+    ) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(self.clock.sleep_until(deadline - self.by))
+    }
+}
+
+#[tokio::test]
+async fn a_local_clock_ahead_of_graphs_still_creates_and_renews() {
+    let rig = Rig::start(
+        Emulator::builder(),
+        vec![Declared::new("users/ada/messages", "created")],
+        |b| b,
+        |_, r| r,
+    )
+    .await;
+    let fast = SubscriptionManager::builder(client(&rig.emulator, rig.spy.url("/v1.0")))
+        .clock(Arc::new(Ahead {
+            clock: rig.emulator.clock().clone(),
+            by: Span::minutes(10),
+        }))
+        .public_url(rig.server.url("/"))
+        .records(rig.records.clone())
+        .registry(rig.registry.clone())
+        .declare(Declared::new("users/ada/messages", "created"))
+        .build()
+        .unwrap();
+    let mut seen = fast.activity();
+    assert!(fast.reconcile().await.unwrap());
+    let id = created(&activity(&mut seen, "created", |a| created(a).is_some()).await).unwrap();
+    assert_eq!(rig.emulator.subscription_ids(), std::slice::from_ref(&id));
+    let expiration = graph(&rig.emulator).get(&id).await.unwrap().expiration;
+    assert!(expiration <= rig.emulator.clock().now() + Span::minutes(10080));
+    assert!(expiration > rig.emulator.clock().now() + Span::minutes(10080 - 5));
+
+    // Its renewal meets the same answer, and is clamped the same way.
+    rig.emulator.clock().advance(Span::days(6));
+    assert!(fast.reconcile().await.unwrap());
+    activity(
+        &mut seen,
+        "renewed",
+        |a| matches!(a, Activity::Renewed { id: renewed, .. } if *renewed == id),
+    )
+    .await;
+    let renewed = graph(&rig.emulator).get(&id).await.unwrap().expiration;
+    assert!(renewed > rig.emulator.clock().now() + Span::minutes(10080 - 5));
+    rig.emulator
+        .fire(&Change::new("users/ada/messages", ChangeType::Created))
+        .unwrap();
+    rig.change_on(&id).await;
+}
+
+#[tokio::test]
+async fn a_mistyped_public_url_leaves_a_gap_that_is_filled_with_a_resync() {
+    let rig = Rig::start(
+        Emulator::builder(),
+        vec![Declared::new("users/ada/messages", "created")],
+        |b| b,
+        |_, r| r,
+    )
+    .await;
+    rig.url.send(Some(rig.server.url("/"))).unwrap();
+    let mut seen = rig.manager.activity();
+    assert!(rig.manager.reconcile().await.unwrap());
+    let id = created(&activity(&mut seen, "created", |a| created(a).is_some()).await).unwrap();
+
+    // A restart with a public URL nothing answers at: its lifecycle URL
+    // differs, so the subscription must be replaced, and the new one's
+    // handshake fails.
+    let nowhere = Relay::start(&rig.server.url("")).await;
+    nowhere.set(Mode::Refuse(404));
+    rig.url.send(Some(nowhere.url("/typo"))).unwrap();
+    assert!(rig.manager.reconcile().await.unwrap());
+    activity(&mut seen, "failed", |a| {
+        matches!(a, Activity::Failed { .. })
+    })
+    .await;
+    assert!(rig.resyncs().is_empty());
+
+    // Fixed: the gap is filled, and the changes it may have missed resynced.
+    rig.url.send(Some(rig.server.url("/again"))).unwrap();
+    pass_until(&rig, "recreated with a resync", |rig| {
+        !rig.resyncs().is_empty()
+    })
+    .await;
+    let resync = rig.resyncs().pop().unwrap();
+    assert_eq!(resync.reason, ResyncReason::Recreated);
+    assert_eq!(
+        rig.emulator.subscription_ids(),
+        std::slice::from_ref(&resync.subscription_id)
+    );
+    assert_ne!(resync.subscription_id, id);
+    rig.emulator
+        .fire(&Change::new("users/ada/messages", ChangeType::Created))
+        .unwrap();
+    rig.change_on(&resync.subscription_id).await;
+}
