@@ -1357,7 +1357,44 @@ impl Shared {
                 }
             }
         }
+        // Records of declarations nobody makes any more (`:created` became
+        // `:created,updated` between `--keep` runs): left alone, Graph would
+        // deliver every change twice until the old one expired.
+        for (key, id) in self.undeclared(&records).await? {
+            tracing::info!(%key, %id, "no live instance declares this subscription any more: deleting it");
+            if let Err(e) = self.delete_one(&key, &id).await {
+                self.emit(Activity::Failed {
+                    key,
+                    error: e.to_string(),
+                });
+                next = next.min(now + self.settings.retry_after_failure);
+            }
+        }
         Ok(Some(next))
+    }
+
+    /// The records whose key no live instance declares: not this one, and
+    /// no other that shares the store (each marks the keys it keeps).
+    async fn undeclared(&self, records: &[Managed]) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stale = Vec::new();
+        let mut checked: HashMap<&str, bool> = HashMap::new();
+        for managed in records {
+            if self.declared(&managed.key).is_some() {
+                continue;
+            }
+            let kept = match checked.get(managed.key.as_str()) {
+                Some(kept) => *kept,
+                None => {
+                    let kept = self.kept_by_anyone(&managed.key).await?;
+                    checked.insert(&managed.key, kept);
+                    kept
+                }
+            };
+            if !kept {
+                stale.push((managed.key.clone(), managed.id.clone()));
+            }
+        }
+        Ok(stale)
     }
 
     async fn reconcile_one(

@@ -485,3 +485,70 @@ async fn listen_follows_the_emulators_scaled_clock() {
     assert_eq!(exit_code(&mut listen).await, 0);
     emulator.terminate();
 }
+
+/// A declaration changed between `--keep` runs: the old subscription is
+/// deleted (and says so), not left to deliver every change twice.
+#[tokio::test]
+async fn a_declaration_changed_between_kept_runs_leaves_one_subscription() {
+    let (emulator, base) = emulate().await;
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut receiver = Process::spawn(
+        &[
+            "listen",
+            "--addr",
+            &addr,
+            "--subscription-records",
+            "--data-dir",
+            dir,
+        ],
+        &[],
+    );
+    receiver.listening_addr().await;
+    receiver.drain_stderr("listen");
+    let run = |change_types: &str| {
+        let mut args: Vec<String> = vec![
+            "subscribe".into(),
+            format!("users/ada@contoso.com/messages:{change_types}"),
+            "--public-url".into(),
+            format!("http://{addr}"),
+            "--data-dir".into(),
+            dir.into(),
+            "--keep".into(),
+        ];
+        args.extend(graph_flags(&base));
+        args
+    };
+    let first = run("created");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let mut subscribe = Process::spawn(&first, &[("MSGRAPH_WEBHOOKS_CLIENT_SECRET", "s3cret")]);
+    subscribe.wait_for_log("activity=created").await;
+    subscribe.terminate();
+    assert_eq!(exit_code(&mut subscribe).await, 0);
+    let old = subscriptions(&base).await;
+    assert_eq!(old.len(), 1, "kept: {old:?}");
+
+    let second = run("created,updated");
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let mut subscribe = Process::spawn(&second, &[("MSGRAPH_WEBHOOKS_CLIENT_SECRET", "s3cret")]);
+    subscribe.wait_for_log("activity=created").await;
+    let line = subscribe.wait_for_log("no live instance declares").await;
+    assert!(line.contains(old[0]["id"].as_str().unwrap()), "{line}");
+    subscribe.drain_stderr("subscribe");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        let live = subscriptions(&base).await;
+        if live.len() == 1 || tokio::time::Instant::now() > deadline {
+            break live;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["changeType"], "created,updated");
+    subscribe.terminate();
+    assert_eq!(exit_code(&mut subscribe).await, 0);
+    receiver.terminate();
+    emulator.terminate();
+}

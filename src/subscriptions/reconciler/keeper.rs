@@ -99,6 +99,11 @@ impl Shared {
         format!("{}/keeps/{key}", self.settings.lease_name)
     }
 
+    /// Whether a live instance (this one or another) declares `key`.
+    pub(super) async fn kept_by_anyone(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(!self.lease.members(&self.group(key)).await?.is_empty())
+    }
+
     /// Marks this instance alive as keeping each declaration.
     async fn join(&self) -> Result<(), StoreError> {
         for declared in &self.declared {
