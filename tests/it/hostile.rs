@@ -277,9 +277,15 @@ async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 async fn headers_and_body_share_one_deadline() {
     let mut config = patient(16);
     config.request_timeout = Duration::from_millis(1500);
-    let (server, _) = start(config).await;
+    // The body's own deadline is far off: only the shared one can answer
+    // 408 while the test waits.
+    let mut limits = msgraph_webhooks::listener::Limits::default();
+    limits.body_timeout = Duration::from_secs(600);
+    let receiver = Receiver::builder(Recorder::default())
+        .client_state(ClientState::new(STATE.to_owned()))
+        .limits(limits);
+    let server = TestServer::start_with(receiver, config).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let started = Instant::now();
     // 1 s of dribbled headers, then a body that never finishes: the
     // deadline counts from the connection, not from the end of the headers.
     for byte in b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n" {
@@ -288,15 +294,9 @@ async fn headers_and_body_share_one_deadline() {
     }
     stream.write_all(b"\r\n{\"value\":").await.unwrap();
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    // Far less than the body's own 10 s after the headers.
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]
