@@ -42,11 +42,13 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         msgraph_webhooks::files::read_capped(&args.file)
             .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
     };
+    let heads = item_heads(&body);
+    let has_encrypted_items = heads.iter().flatten().any(|head| head.encrypted);
     let keys = Arc::new(args.rich.key_ring()?.unwrap_or_else(KeyRing::new));
     let verifier = if args.insecure_skip_token_validation {
         eprintln!("warning: validation tokens are NOT checked (--insecure-skip-token-validation)");
         Verifier::without_token_validation(keys)
-    } else if args.rich.app_ids.is_empty() && !has_encrypted_items(&body) {
+    } else if args.rich.app_ids.is_empty() && !has_encrypted_items {
         // Basic items carry no tokens to check: nothing is skipped.
         Verifier::without_token_validation(keys)
     } else if args.rich.app_ids.is_empty() {
@@ -69,15 +71,15 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let registry = args
         .client_state
         .map(|state| SubscriptionRegistry::with_client_state(ClientState::new(state)));
-    let heads = item_heads(&body);
     let mut all_accepted = true;
     let mut stdout = std::io::stdout().lock();
     for (index, outcome) in outcomes.iter().enumerate() {
         if let Some(registry) = &registry {
             let head = heads.get(index).and_then(Option::as_ref);
             let checked = registry.check(
-                head.and_then(|h| h.0.as_deref()).unwrap_or_default(),
-                head.and_then(|h| h.1.as_deref()),
+                head.and_then(|h| h.subscription_id.as_deref())
+                    .unwrap_or_default(),
+                head.and_then(|h| h.client_state.as_deref()),
             );
             if let Err(reason) = checked {
                 all_accepted = false;
@@ -101,18 +103,16 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     })
 }
 
-/// Whether any item of the body is a rich one (has `encryptedContent`).
-fn has_encrypted_items(body: &[u8]) -> bool {
-    Envelope::parse(body).is_ok_and(|envelope| {
-        envelope
-            .items
-            .iter()
-            .any(|raw| ItemHead::parse(raw).is_some_and(|head| head.is_encrypted()))
-    })
+/// What `inspect` reads of an item before verifying it.
+struct Head {
+    subscription_id: Option<String>,
+    client_state: Option<String>,
+    encrypted: bool,
 }
 
-/// Each item's subscriptionId and clientState, in order.
-fn item_heads(body: &[u8]) -> Vec<Option<(Option<String>, Option<String>)>> {
+/// Each item's head, in order (`None` for an item without one); empty when
+/// the body is not a notification collection (the verifier says so).
+fn item_heads(body: &[u8]) -> Vec<Option<Head>> {
     Envelope::parse(body).map_or_else(
         |_| Vec::new(),
         |envelope| {
@@ -120,11 +120,10 @@ fn item_heads(body: &[u8]) -> Vec<Option<(Option<String>, Option<String>)>> {
                 .items
                 .iter()
                 .map(|raw| {
-                    ItemHead::parse(raw).map(|head| {
-                        (
-                            head.subscription_id.map(|s| s.into_owned()),
-                            head.client_state.map(|s| s.into_owned()),
-                        )
+                    ItemHead::parse(raw).map(|head| Head {
+                        encrypted: head.is_encrypted(),
+                        subscription_id: head.subscription_id.map(|s| s.into_owned()),
+                        client_state: head.client_state.map(|s| s.into_owned()),
                     })
                 })
                 .collect()
