@@ -180,11 +180,17 @@ where
     S: Fn(Request<Tracked>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let builder = Arc::new(builder(config));
     let (per_peer, exempt_loopback) = config.per_peer();
     let connections = Connections::new(config.max_connections, per_peer, exempt_loopback);
     // Tells every connection that shutdown began.
     let (closing, closed) = watch::channel(false);
+    let serving = Serving {
+        builder: Arc::new(builder(config)),
+        service,
+        timeouts: Timeouts::of(config),
+        metrics: metrics.clone(),
+        closed,
+    };
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
     'accept: loop {
@@ -237,16 +243,7 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(drive(
-            stream,
-            peer,
-            slot,
-            builder.clone(),
-            service.clone(),
-            Timeouts::of(config),
-            metrics.clone(),
-            closed.clone(),
-        ));
+        tokio::spawn(drive(stream, peer, slot, serving.clone()));
     }
     drop(listener);
     let _ = closing.send(true);
@@ -311,21 +308,30 @@ impl Timeouts {
     }
 }
 
-/// One connection, from its first bytes to its close.
-#[allow(clippy::too_many_arguments)]
-async fn drive<S, F>(
-    stream: TcpStream,
-    peer: SocketAddr,
-    slot: Slot,
+/// What every connection of one server shares.
+#[derive(Clone)]
+struct Serving<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
     timeouts: Timeouts,
     metrics: Option<Arc<Metrics>>,
-    mut closed: watch::Receiver<bool>,
-) where
+    /// Turns true when shutdown begins.
+    closed: watch::Receiver<bool>,
+}
+
+/// One connection, from its first bytes to its close.
+async fn drive<S, F>(stream: TcpStream, peer: SocketAddr, slot: Slot, serving: Serving<S>)
+where
     S: Fn(Request<Tracked>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let Serving {
+        builder,
+        service,
+        timeouts,
+        metrics,
+        mut closed,
+    } = serving;
     let conn = slot.conn().clone();
     let first = tokio::select! {
         first = sniff::first_bytes(stream, timeouts.first) => first,
