@@ -1,6 +1,6 @@
 //! The subscription manager: keeps a declared set of subscriptions alive.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -829,14 +829,19 @@ impl ManagerBuilder {
         self
     }
 
-    /// The lease's name (`msgraph-webhooks/subscriptions`): managers of
-    /// different declared sets sharing a store need different names.
+    /// What the names of the manager's leases and presence groups start
+    /// with (`msgraph-webhooks/subscriptions`). Each declaration has its
+    /// own lease under it: managers with different declared sets on one
+    /// store each manage theirs, and managers declaring the same
+    /// subscription take turns. Only managers that must not see each other
+    /// at all (two apps with their own Graph credentials on one store)
+    /// need different prefixes.
     pub fn lease_name(mut self, name: impl Into<String>) -> Self {
         self.settings.lease_name = name.into();
         self
     }
 
-    /// How long the lease lasts without being extended (30 s, real time).
+    /// How long a lease lasts without being extended (30 s, real time).
     /// The holder extends it every third of that; when the holder dies,
     /// another instance takes over once it lapses. Also how long a
     /// crashed instance still counts as keeping its subscriptions.
@@ -1059,8 +1064,9 @@ impl SubscriptionManager {
     }
 
     /// One pass now: creates what is missing, renews what is due, follows
-    /// the public URL and the active certificate. Does nothing unless this
-    /// instance holds the lease (`Ok(false)`).
+    /// the public URL and the active certificate, for each declaration
+    /// whose lease this instance holds (or takes now). `Ok(false)` when
+    /// other instances hold them all.
     ///
     /// # Errors
     ///
@@ -1108,7 +1114,7 @@ impl Running {
     }
 
     /// Stops the background task (a pass in progress is abandoned), gives
-    /// the lease up so another instance takes over at once, and with
+    /// the leases up so other instances take over at once, and with
     /// `delete` deletes the declared subscriptions that no other live
     /// instance keeps: the last instance out deletes, the others leave them
     /// to the survivors. Without `delete` they all stay, and a manager
@@ -1155,14 +1161,17 @@ impl Running {
             }
         };
         // Given up even after a timeout (briefly), so a survivor need not
-        // wait for it to lapse.
-        let release = shared
-            .lease
-            .release(&shared.settings.lease_name, &shared.holder);
+        // wait for them to lapse.
+        let release = async {
+            for declared in &shared.declared {
+                shared.release(&declared.key()).await?;
+            }
+            Ok::<(), StoreError>(())
+        };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left.max(std::time::Duration::from_secs(1)), release).await {
             Ok(released) => released?,
-            Err(_) => tracing::warn!("the store did not answer: the lease lapses by itself"),
+            Err(_) => tracing::warn!("the store did not answer: the leases lapse by themselves"),
         }
         result
     }
@@ -1228,16 +1237,6 @@ impl Shared {
 
     fn now(&self) -> OffsetDateTime {
         self.clock.now()
-    }
-
-    async fn hold_lease(&self) -> Result<bool, StoreError> {
-        self.lease
-            .acquire(
-                &self.settings.lease_name,
-                &self.holder,
-                self.settings.lease_ttl,
-            )
-            .await
     }
 
     async fn managed(&self) -> Result<Vec<Managed>, StoreError> {
@@ -1318,29 +1317,37 @@ impl Shared {
         self.declared.iter().find(|d| d.key() == key)
     }
 
-    /// One pass under the lease; `None` when another instance holds it.
+    /// One pass over the declarations whose lease this instance holds;
+    /// `None` when other instances hold them all.
     async fn pass(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let _ops = self.ops.lock().await;
-        if !self.hold_lease().await? {
-            tracing::debug!("another instance holds the subscriptions lease");
-            return Ok(None);
+        let mut mine = Vec::new();
+        for declared in &self.declared {
+            if self.hold(&declared.key()).await? {
+                mine.push(declared);
+            }
         }
         let now = self.now();
         let public = self.public_url.borrow().clone();
         let records = self.managed().await?;
-        let live: Option<HashSet<String>> = match self.client.list().await {
-            Ok(list) => Some(list.into_iter().map(|s| s.id).collect()),
-            Err(e) => {
-                tracing::warn!(error = %e, "listing subscriptions failed; checking by record only");
-                None
+        let live: Option<HashSet<String>> = if mine.is_empty() {
+            None
+        } else {
+            match self.client.list().await {
+                Ok(list) => Some(list.into_iter().map(|s| s.id).collect()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing subscriptions failed; checking by record only");
+                    None
+                }
             }
         };
         let mut next = now + self.settings.check_interval;
-        for declared in &self.declared {
-            if !self.hold_lease().await? {
-                return Ok(None);
-            }
+        for declared in mine.iter().copied() {
             let key = declared.key();
+            if !self.hold(&key).await? {
+                // Lost while the pass ran (a store outage longer than the lease).
+                continue;
+            }
             let mine: Vec<Managed> = records.iter().filter(|m| m.key == key).cloned().collect();
             match self
                 .reconcile_one(declared, mine, live.as_ref(), public.as_deref())
@@ -1360,41 +1367,48 @@ impl Shared {
         // Records of declarations nobody makes any more (`:created` became
         // `:created,updated` between `--keep` runs): left alone, Graph would
         // deliver every change twice until the old one expired.
-        for (key, id) in self.undeclared(&records).await? {
-            tracing::info!(%key, %id, "no live instance declares this subscription any more: deleting it");
-            if let Err(e) = self.delete_one(&key, &id).await {
-                self.emit(Activity::Failed {
-                    key,
-                    error: e.to_string(),
-                });
-                next = next.min(now + self.settings.retry_after_failure);
-            }
+        if self.delete_undeclared(&records).await? {
+            next = next.min(now + self.settings.retry_after_failure);
+        }
+        if mine.is_empty() {
+            return Ok(None);
         }
         Ok(Some(next))
     }
 
-    /// The records whose key no live instance declares: not this one, and
-    /// no other that shares the store (each marks the keys it keeps).
-    async fn undeclared(&self, records: &[Managed]) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stale = Vec::new();
-        let mut checked: HashMap<&str, bool> = HashMap::new();
-        for managed in records {
-            if self.declared(&managed.key).is_some() {
+    /// Deletes the records whose key no live instance declares: not this
+    /// one, and no other that shares the store (each marks the keys it
+    /// keeps). Each under that key's lease, so of several instances one
+    /// deletes, and none while an instance that declares it is starting.
+    /// `true` if a delete failed (tried again on a later pass).
+    async fn delete_undeclared(&self, records: &[Managed]) -> Result<bool, StoreError> {
+        let mut failed = false;
+        let stale: BTreeSet<&str> = records
+            .iter()
+            .map(|m| m.key.as_str())
+            .filter(|key| self.declared(key).is_none())
+            .collect();
+        for key in stale {
+            if self.kept_by_anyone(key).await? || !self.hold(key).await? {
                 continue;
             }
-            let kept = match checked.get(managed.key.as_str()) {
-                Some(kept) => *kept,
-                None => {
-                    let kept = self.kept_by_anyone(&managed.key).await?;
-                    checked.insert(&managed.key, kept);
-                    kept
+            // Read again under the lease: an instance that declares it may
+            // have joined since.
+            if !self.kept_by_anyone(key).await? {
+                for managed in records.iter().filter(|m| m.key == key) {
+                    tracing::info!(%key, id = %managed.id, "no live instance declares this subscription any more: deleting it");
+                    if let Err(e) = self.delete_one(key, &managed.id).await {
+                        self.emit(Activity::Failed {
+                            key: key.to_owned(),
+                            error: e.to_string(),
+                        });
+                        failed = true;
+                    }
                 }
-            };
-            if !kept {
-                stale.push((managed.key.clone(), managed.id.clone()));
             }
+            self.release(key).await?;
         }
-        Ok(stale)
+        Ok(failed)
     }
 
     async fn reconcile_one(
@@ -1835,7 +1849,7 @@ impl Shared {
             self.forget(id).await?;
             return Ok(());
         };
-        if !self.hold_lease().await? {
+        if !self.hold(&old.key).await? {
             // Queued where the holder (or, if it died, whoever takes the
             // lease when it lapses) finds it within seconds.
             let mut queued = old;

@@ -293,3 +293,119 @@ async fn a_second_ctrl_c_exits_at_once() {
     assert_eq!(code, 130);
     emulator.terminate();
 }
+
+/// `subscribe SPEC…` on `store` for the receiver at `public`, kept alive
+/// until stopped, deleting on exit what no live instance keeps.
+fn subscribe(specs: &[&str], public: &str, base: &str, store: &[&str]) -> Process {
+    let mut args: Vec<String> = vec!["subscribe".into()];
+    args.extend(specs.iter().map(|s| (*s).to_owned()));
+    args.extend(["--public-url".into(), public.to_owned()]);
+    args.extend(store.iter().map(|s| (*s).to_owned()));
+    args.extend(graph_flags(base));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Process::spawn(&args, &[("MSGRAPH_WEBHOOKS_CLIENT_SECRET", "s3cret")])
+}
+
+/// The emulator's subscriptions as sorted `resource:changeType` specs,
+/// once they settle at `count` (or after 15 s).
+async fn specs(base: &str, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut now: Vec<String> = subscriptions(base)
+            .await
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}",
+                    s["resource"].as_str().unwrap_or_default(),
+                    s["changeType"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        now.sort();
+        if now.len() == count || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two declaration sets on one data dir (`subscribe A`, `subscribe B C`)
+/// both run; a third instance declaring A waits and says so, takes A over
+/// when A's first instance stops, and the last one out of each deletes.
+#[tokio::test]
+async fn separate_declaration_sets_on_one_store_each_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let store = ["--data-dir", data_dir];
+    let (emulator, base) = emulate().await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let mut receiver = Process::spawn(
+        &[
+            "listen",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--subscription-records",
+            "--data-dir",
+            data_dir,
+        ],
+        &[],
+    );
+    receiver.listening_addr().await;
+    receiver.drain_stderr("listen");
+
+    let mut a = subscribe(&[MAIL], &public, &base, &store);
+    a.wait_for_log("activity=created").await;
+    a.drain_stderr("a");
+    let started = Instant::now();
+    let mut bc = subscribe(&["users:updated", "groups:updated"], &public, &base, &store);
+    bc.wait_for_log("activity=created").await;
+    bc.wait_for_log("activity=created").await;
+    eprintln!(
+        "measured: the second declaration set created both within {:?}",
+        started.elapsed()
+    );
+    bc.drain_stderr("bc");
+    assert_eq!(
+        specs(&base, 3).await,
+        [
+            "groups:updated",
+            "users/ada@contoso.com/messages:created",
+            "users:updated"
+        ]
+    );
+
+    // A second instance of A waits for A's lease, and says so.
+    let mut a2 = subscribe(&[MAIL], &public, &base, &store);
+    let line = a2
+        .wait_for_log("another live instance manages these subscriptions")
+        .await;
+    assert!(
+        line.contains("users/ada@contoso.com/messages|created"),
+        "{line}"
+    );
+    let stopped = Instant::now();
+    a.terminate();
+    assert_eq!(exit_code(&mut a).await, 0);
+    a2.wait_for_log("took the subscriptions lease").await;
+    eprintln!(
+        "measured: the waiting instance took A over {:?} after SIGTERM",
+        stopped.elapsed()
+    );
+    assert_eq!(specs(&base, 3).await.len(), 3, "A left to its survivor");
+
+    // The last one out of each set deletes its own, and only its own.
+    bc.terminate();
+    assert_eq!(exit_code(&mut bc).await, 0);
+    assert_eq!(
+        specs(&base, 1).await,
+        ["users/ada@contoso.com/messages:created"]
+    );
+    a2.terminate();
+    assert_eq!(exit_code(&mut a2).await, 0);
+    assert!(specs(&base, 0).await.is_empty());
+    receiver.terminate();
+    emulator.terminate();
+}
