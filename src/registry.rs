@@ -45,6 +45,36 @@ impl SubscriptionRecord {
             other: serde_json::Map::new(),
         }
     }
+
+    /// The announcement of a subscription being created with
+    /// `client_state`, until `until`: written before the create request,
+    /// removed once the subscription's own record is stored. Graph may
+    /// deliver the first notifications before it answers the create with
+    /// the id; a receiver that finds no record for their subscription looks
+    /// for this one, by the state the items carry.
+    pub fn pending(client_state: ClientState, until: OffsetDateTime) -> Self {
+        Self {
+            id: Self::pending_id(client_state.expose()),
+            client_state: Some(client_state),
+            certificate_id: None,
+            expires_at: Some(until),
+            other: serde_json::Map::from_iter([("pending".to_owned(), true.into())]),
+        }
+    }
+
+    /// The id of the [`pending`](Self::pending) record of a subscription
+    /// being created with the state `client_state` (a hash of it).
+    pub fn pending_id(client_state: &str) -> String {
+        format!("pending:{}", ClientState::fingerprint(client_state))
+    }
+
+    /// Whether this is a [`pending`](Self::pending) record that has not
+    /// expired at `now`.
+    pub fn is_pending_at(&self, now: OffsetDateTime) -> bool {
+        self.id.starts_with("pending:")
+            && self.other.get("pending") == Some(&serde_json::Value::Bool(true))
+            && self.expires_at.is_some_and(|until| until > now)
+    }
 }
 
 /// Where subscription records live, shared by every instance: the durable
@@ -194,6 +224,9 @@ impl RejectReason {
 pub struct SubscriptionRegistry {
     fallback: Fallback,
     records: RwLock<HashMap<String, Registration>>,
+    /// States of subscriptions being created, until when: their first
+    /// items may come before the id is known.
+    expected: RwLock<Vec<(ClientState, std::time::Instant)>>,
     source: Option<Arc<dyn RecordStore>>,
 }
 
@@ -212,6 +245,7 @@ impl SubscriptionRegistry {
         Self {
             fallback: Fallback::Reject,
             records: RwLock::default(),
+            expected: RwLock::default(),
             source: None,
         }
     }
@@ -222,6 +256,7 @@ impl SubscriptionRegistry {
         Self {
             fallback: Fallback::ClientState(client_state),
             records: RwLock::default(),
+            expected: RwLock::default(),
             source: None,
         }
     }
@@ -232,6 +267,7 @@ impl SubscriptionRegistry {
         Self {
             fallback: Fallback::AllowAny,
             records: RwLock::default(),
+            expected: RwLock::default(),
             source: None,
         }
     }
@@ -243,23 +279,26 @@ impl SubscriptionRegistry {
         self
     }
 
-    /// Looks up the subscriptions among `ids` that are not registered yet in
-    /// the record source, and registers those it finds. Does nothing without
-    /// a source.
+    /// Looks up the subscriptions of `items` (each a `subscriptionId` and
+    /// the `clientState` it carries) that are not registered yet in the
+    /// record source, and registers those it finds. A subscription with no
+    /// record yet whose state matches a [pending](SubscriptionRecord::pending)
+    /// one (created a moment ago, perhaps by another instance) is
+    /// registered with that state. Does nothing without a source.
     ///
     /// # Errors
     ///
     /// The source could not be read: authentication is impossible for now.
-    pub async fn refresh(&self, ids: &[&str]) -> Result<(), StoreError> {
+    pub async fn refresh(&self, items: &[(&str, Option<&str>)]) -> Result<(), StoreError> {
         let Some(source) = &self.source else {
             return Ok(());
         };
         let missing: Vec<String> = {
             let records = self.records.read().unwrap_or_else(|e| e.into_inner());
-            let mut missing: Vec<String> = ids
+            let mut missing: Vec<String> = items
                 .iter()
-                .filter(|id| !records.contains_key(**id))
-                .map(|id| (*id).to_owned())
+                .filter(|(id, _)| !records.contains_key(*id))
+                .map(|(id, _)| (*id).to_owned())
                 .collect();
             missing.sort();
             missing.dedup();
@@ -268,15 +307,78 @@ impl SubscriptionRegistry {
         if missing.is_empty() {
             return Ok(());
         }
-        for record in source.get_many(missing).await?.into_iter().flatten() {
-            self.register(
-                record.id.clone(),
-                Registration {
-                    client_state: record.client_state,
-                },
-            );
+        let found = source.get_many(missing.clone()).await?;
+        let mut unknown: Vec<&str> = Vec::new();
+        for (id, record) in missing.iter().zip(found) {
+            match record {
+                // Only a subscription's own record names it: never take a
+                // pending one by an id an item chose.
+                Some(record) if !record.id.starts_with("pending:") => self.register(
+                    record.id.clone(),
+                    Registration {
+                        client_state: record.client_state,
+                    },
+                ),
+                _ => unknown.push(id),
+            }
+        }
+        // Subscriptions created a moment ago: found by their items' state.
+        let mut claims: Vec<(&str, String)> = items
+            .iter()
+            .filter(|(id, _)| unknown.contains(id))
+            .filter_map(|(id, state)| Some((*id, SubscriptionRecord::pending_id((*state)?))))
+            .collect();
+        claims.sort();
+        claims.dedup();
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let ids = claims.iter().map(|(_, pending)| pending.clone()).collect();
+        let now = OffsetDateTime::now_utc();
+        for ((id, _), record) in claims.iter().zip(source.get_many(ids).await?) {
+            if let Some(record) = record.filter(|r| r.is_pending_at(now)) {
+                self.register(
+                    *id,
+                    Registration {
+                        client_state: record.client_state,
+                    },
+                );
+            }
         }
         Ok(())
+    }
+
+    /// Expects the first items of a subscription being created with
+    /// `client_state`, for `within`: until it is registered under its id,
+    /// an unknown subscription whose items carry that state is taken for
+    /// it (and registered). The subscription manager calls this before each
+    /// create; [`registered`](Self::registered) ends it.
+    pub fn expect(&self, client_state: ClientState, within: std::time::Duration) {
+        let now = std::time::Instant::now();
+        let mut expected = self.expected.write().unwrap_or_else(|e| e.into_inner());
+        expected.retain(|(_, until)| *until > now);
+        expected.push((client_state, now + within));
+    }
+
+    /// Stops expecting `client_state` (its subscription is registered, or
+    /// its create failed).
+    pub fn registered(&self, client_state: &ClientState) {
+        self.expected
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(state, _)| state != client_state);
+    }
+
+    /// The expected state `received` matches, if any.
+    fn expected(&self, received: Option<&str>) -> Option<ClientState> {
+        let received = received?;
+        let now = std::time::Instant::now();
+        self.expected
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(state, until)| *until > now && state.matches(received))
+            .map(|(state, _)| state.clone())
     }
 
     /// Whether unknown subscriptions are looked up in a record source.
@@ -307,6 +409,11 @@ impl SubscriptionRegistry {
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
         let expected = match records.get(subscription_id) {
             Some(registration) => registration.client_state.as_ref(),
+            None if let Some(state) = self.expected(client_state) => {
+                drop(records);
+                self.register(subscription_id, Registration::with_client_state(state));
+                return Ok(());
+            }
             None => match &self.fallback {
                 Fallback::Reject => return Err(RejectReason::UnknownSubscription),
                 Fallback::ClientState(state) => Some(state),
@@ -382,5 +489,85 @@ mod tests {
         );
         let open = SubscriptionRegistry::allow_any();
         assert_eq!(open.check("x", None), Ok(()));
+    }
+
+    #[test]
+    fn an_expected_state_admits_the_first_items_of_a_new_subscription() {
+        let registry = SubscriptionRegistry::new();
+        let state = ClientState::random();
+        registry.expect(state.clone(), std::time::Duration::from_secs(60));
+        assert_eq!(
+            registry.check("new", Some("guess")),
+            Err(RejectReason::UnknownSubscription)
+        );
+        assert_eq!(registry.check("new", Some(state.expose())), Ok(()));
+        registry.registered(&state);
+        // Registered under its id on the first item; the expectation is over.
+        assert_eq!(registry.check("new", Some(state.expose())), Ok(()));
+        assert_eq!(
+            registry.check("other", Some(state.expose())),
+            Err(RejectReason::UnknownSubscription)
+        );
+        let late = ClientState::random();
+        registry.expect(late.clone(), std::time::Duration::ZERO);
+        assert_eq!(
+            registry.check("late", Some(late.expose())),
+            Err(RejectReason::UnknownSubscription)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pending_record_admits_items_by_their_state_only() {
+        let records = Arc::new(MemoryRecords::new());
+        let registry = SubscriptionRegistry::new().with_source(records.clone());
+        let state = ClientState::random();
+        let now = OffsetDateTime::now_utc();
+        records
+            .put(SubscriptionRecord::pending(
+                state.clone(),
+                now + time::Duration::minutes(5),
+            ))
+            .await
+            .unwrap();
+        let pending_id = SubscriptionRecord::pending_id(state.expose());
+        // Naming the pending record as the subscription gets nothing.
+        registry
+            .refresh(&[(pending_id.as_str(), Some("guess"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            registry.check(&pending_id, Some("guess")),
+            Err(RejectReason::UnknownSubscription)
+        );
+        registry
+            .refresh(&[("new", Some("guess")), ("other", None)])
+            .await
+            .unwrap();
+        assert_eq!(
+            registry.check("new", Some("guess")),
+            Err(RejectReason::UnknownSubscription)
+        );
+        registry
+            .refresh(&[("new", Some(state.expose()))])
+            .await
+            .unwrap();
+        assert_eq!(registry.check("new", Some(state.expose())), Ok(()));
+
+        let old = ClientState::random();
+        records
+            .put(SubscriptionRecord::pending(
+                old.clone(),
+                now - time::Duration::seconds(1),
+            ))
+            .await
+            .unwrap();
+        registry
+            .refresh(&[("stale", Some(old.expose()))])
+            .await
+            .unwrap();
+        assert_eq!(
+            registry.check("stale", Some(old.expose())),
+            Err(RejectReason::UnknownSubscription)
+        );
     }
 }

@@ -51,6 +51,15 @@ impl ClientState {
         a.ct_eq(&b).into()
     }
 
+    /// A name for the received value `value` that does not reveal it (the
+    /// SHA-256 of it, URL-safe base64): what announces a subscription being
+    /// created with a random state in a store every instance reads, so its
+    /// first items are recognised before Graph has answered with the id.
+    pub(crate) fn fingerprint(value: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(openssl::sha::sha256(value.as_bytes()))
+    }
+
     /// The secret value, for sending it to Graph when creating a subscription.
     pub fn expose(&self) -> &str {
         &self.0

@@ -192,11 +192,11 @@ impl WebhookService {
             .iter()
             .filter_map(|raw| ItemHead::parse(raw))
             .collect();
-        let ids: Vec<&str> = heads
+        let items: Vec<(&str, Option<&str>)> = heads
             .iter()
-            .filter_map(|h| h.subscription_id.as_deref())
+            .filter_map(|h| Some((h.subscription_id.as_deref()?, h.client_state.as_deref())))
             .collect();
-        registry.refresh(&ids).await
+        registry.refresh(&items).await
     }
 
     /// Keeps the items whose subscription and clientState check out; counts

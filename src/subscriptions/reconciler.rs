@@ -35,6 +35,11 @@ const MANAGED_BY: &str = "msgraph-webhooks";
 /// one subscription (Microsoft Learn, "Reduce missing subscriptions and change notifications", <https://learn.microsoft.com/graph/change-notifications-lifecycle-events>).
 const REAUTHORIZE_GAP: Duration = Duration::minutes(10);
 
+/// How long a subscription being created is announced for: its create
+/// (handshake included) answers well within this, and its first items are
+/// recognised by their `clientState` meanwhile.
+const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 /// Kept under the kind's maximum lifetime, for clock skew with Graph.
 const LIFETIME_MARGIN: Duration = Duration::minutes(5);
 
@@ -1367,6 +1372,9 @@ impl Shared {
         // Records of declarations nobody makes any more (`:created` became
         // `:created,updated` between `--keep` runs): left alone, Graph would
         // deliver every change twice until the old one expired.
+        if let Err(e) = self.sweep_pending().await {
+            tracing::warn!(error = %e, "could not sweep expired pending subscription records");
+        }
         if self.delete_undeclared(&records).await? {
             next = next.min(now + self.settings.retry_after_failure);
         }
@@ -1540,11 +1548,13 @@ impl Shared {
             if let Some(cap) = cap {
                 request.expiration = request.expiration.min(cap);
             }
-            match self.client.create(&request).await {
+            self.announce(&client_state).await?;
+            let answer = self.client.create(&request).await;
+            let error = match answer {
                 Ok(created) => {
                     let managed = Managed {
                         id: created.id.clone(),
-                        client_state: Some(client_state),
+                        client_state: Some(client_state.clone()),
                         certificate_id: request.encryption_certificate_id.clone(),
                         expires_at: created.expiration,
                         key: key.clone(),
@@ -1557,7 +1567,9 @@ impl Shared {
                         reauthorized_at: None,
                         removed_at: None,
                     };
-                    if let Err(e) = self.store(&managed).await {
+                    let stored = self.store(&managed).await;
+                    self.withdraw(&client_state).await;
+                    if let Err(e) = stored {
                         // A subscription nobody can authenticate is worse than none.
                         let _ = self.client.delete(&created.id).await;
                         return Err(e.into());
@@ -1568,13 +1580,15 @@ impl Shared {
                     });
                     return Ok((managed, replaced));
                 }
-                Err(ClientError::Graph(e))
-                    if cap.is_none() && e.max_expiration_minutes().is_some() =>
-                {
+                Err(error) => error,
+            };
+            self.withdraw(&client_state).await;
+            match error {
+                ClientError::Graph(e) if cap.is_none() && e.max_expiration_minutes().is_some() => {
                     cap = Some(expiration_cap(&e, now));
                     tracing::warn!(%key, error = %e, "graph finds the expiration too far (is the local clock ahead of Graph's?): asking for less");
                 }
-                Err(ClientError::Graph(e)) if e.is_conflict() && conflicts < 2 => {
+                ClientError::Graph(e) if e.is_conflict() && conflicts < 2 => {
                     conflicts += 1;
                     let Some(existing) = e.conflicting_id().map(str::to_owned) else {
                         return Err(ClientError::Graph(e).into());
@@ -1608,7 +1622,7 @@ impl Shared {
                         id: existing,
                     });
                 }
-                Err(ClientError::Graph(e))
+                ClientError::Graph(e)
                     if e.is_handshake_failure()
                         && handshakes + 1 < self.settings.handshake_retry.max_attempts =>
                 {
@@ -1623,16 +1637,55 @@ impl Shared {
                     );
                     tokio::time::sleep(wait).await;
                 }
-                Err(ClientError::Graph(e)) if e.is_handshake_failure() => {
+                ClientError::Graph(e) if e.is_handshake_failure() => {
                     return Err(format!(
                         "{e}; run `msgraph-webhooks doctor {}` to see why",
                         urls.notification
                     )
                     .into());
                 }
-                Err(e) => return Err(e.into()),
+                e => return Err(e.into()),
             }
         }
+    }
+
+    /// Announces a subscription about to be created with `client_state`,
+    /// to this process's registry and, as a pending record, to every
+    /// instance reading the store: Graph may deliver its first
+    /// notifications before it answers with the id.
+    async fn announce(&self, client_state: &ClientState) -> Result<(), StoreError> {
+        if let Some(registry) = &self.registry {
+            registry.expect(client_state.clone(), PENDING_FOR);
+        }
+        // Real time, as the receivers reading it count (not Graph's clock).
+        let until = OffsetDateTime::now_utc() + PENDING_FOR;
+        self.records
+            .put(SubscriptionRecord::pending(client_state.clone(), until))
+            .await
+    }
+
+    /// Ends an [announcement](Self::announce): the subscription's own record
+    /// is stored, or the create failed. A pending record left behind (a
+    /// crash, the store failing now) expires by itself and is swept.
+    async fn withdraw(&self, client_state: &ClientState) {
+        if let Some(registry) = &self.registry {
+            registry.registered(client_state);
+        }
+        let id = SubscriptionRecord::pending_id(client_state.expose());
+        if let Err(e) = self.records.remove(id).await {
+            tracing::warn!(error = %e, "could not remove a pending subscription record: it expires by itself");
+        }
+    }
+
+    /// Deletes the pending records whose time is over (left by a crash).
+    async fn sweep_pending(&self) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        for record in self.records.all().await? {
+            if record.id.starts_with("pending:") && !record.is_pending_at(now) {
+                self.records.remove(record.id).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Renews `current` (moving or re-keying it with `update`); recreates it

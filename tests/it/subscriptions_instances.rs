@@ -409,3 +409,67 @@ async fn separate_declaration_sets_on_one_store_each_run() {
     receiver.terminate();
     emulator.terminate();
 }
+
+/// Graph delivers a change of a subscription before the creator has the
+/// answer (its `201` held on the way back), to a receiver in another
+/// process that only reads the store: the item is recognised by the
+/// pending record the creator wrote before asking, not dropped as
+/// `unknown_subscription`.
+#[tokio::test]
+async fn items_delivered_before_the_create_answers_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let (emulator, base) = emulate().await;
+    let graph = Relay::start(&base).await;
+    graph.set(Mode::HoldCreated);
+    let port = free_port();
+    let mut receiver = Process::spawn(
+        &[
+            "listen",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--subscription-records",
+            "--data-dir",
+            data_dir,
+        ],
+        &[],
+    );
+    receiver.listening_addr().await;
+    receiver.drain_stderr("listen");
+
+    let mut args: Vec<String> = vec![
+        "subscribe".into(),
+        MAIL.into(),
+        "--public-url".into(),
+        format!("http://127.0.0.1:{port}"),
+        "--data-dir".into(),
+        data_dir.into(),
+    ];
+    let mut flags = graph_flags(&base);
+    let at = flags.iter().position(|f| f == "--graph-url").unwrap();
+    flags[at + 1] = graph.url("/v1.0");
+    args.extend(flags);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut creator = Process::spawn(&args, &[("MSGRAPH_WEBHOOKS_CLIENT_SECRET", "s3cret")]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        if let [id] = ids(&base).await.as_slice() {
+            break id.clone();
+        }
+        assert!(Instant::now() < deadline, "the emulator created it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Graph has it; the creator does not know its id yet.
+    delivered(&base, &mut receiver, &id, "AAMk1").await;
+
+    graph.release();
+    let line = creator.wait_for_log("activity=created").await;
+    assert!(line.contains(&id), "{line}");
+    creator.drain_stderr("subscribe");
+    delivered(&base, &mut receiver, &id, "AAMk2").await;
+    creator.terminate();
+    assert_eq!(exit_code(&mut creator).await, 0);
+    receiver.terminate();
+    emulator.terminate();
+}

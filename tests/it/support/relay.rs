@@ -23,6 +23,10 @@ pub enum Mode {
     FailHandshakes(usize),
     /// Never answer (a Graph that hangs).
     Hang,
+    /// Forward, but hold the answer to a successful `POST` (a create Graph
+    /// has done but not yet told the caller about) until
+    /// [`release`](Relay::release).
+    HoldCreated,
 }
 
 #[derive(Clone)]
@@ -30,6 +34,7 @@ struct RelayState {
     target: Arc<Mutex<String>>,
     mode: Arc<Mutex<Mode>>,
     seen: Arc<Mutex<Vec<String>>>,
+    released: tokio::sync::watch::Sender<bool>,
     client: reqwest::Client,
 }
 
@@ -62,7 +67,7 @@ async fn relay(
                 Some(500)
             }
             Mode::FailHandshakes(_) => None,
-            Mode::Hang => None,
+            Mode::Hang | Mode::HoldCreated => None,
         }
     };
     if matches!(*state.mode.lock().unwrap(), Mode::Hang) {
@@ -73,7 +78,10 @@ async fn relay(
     }
     let mut request = state
         .client
-        .request(method, format!("{}{path}", state.target.lock().unwrap()))
+        .request(
+            method.clone(),
+            format!("{}{path}", state.target.lock().unwrap()),
+        )
         .body(body.to_vec());
     for name in [
         "authorization",
@@ -105,6 +113,11 @@ async fn relay(
         }
     }
     let bytes = answer.bytes().await.unwrap_or_default();
+    let hold = matches!(*state.mode.lock().unwrap(), Mode::HoldCreated);
+    if hold && method == Method::POST && status.is_success() {
+        let mut released = state.released.subscribe();
+        let _ = released.wait_for(|released| *released).await;
+    }
     (status, out, bytes).into_response()
 }
 
@@ -115,6 +128,7 @@ impl Relay {
             target: Arc::new(Mutex::new(target.trim_end_matches('/').to_owned())),
             mode: Arc::new(Mutex::new(Mode::Open)),
             seen: Arc::default(),
+            released: tokio::sync::watch::channel(false).0,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -138,6 +152,11 @@ impl Relay {
     /// Relays to `target` from now on (a load balancer moving to another instance).
     pub fn retarget(&self, target: &str) {
         *self.state.target.lock().unwrap() = target.trim_end_matches('/').to_owned();
+    }
+
+    /// Lets the answers [`Mode::HoldCreated`] holds go, and every later one.
+    pub fn release(&self) {
+        self.state.released.send_replace(true);
     }
 
     pub fn set(&self, mode: Mode) {
