@@ -176,64 +176,79 @@ pub fn handshake_url(url: &url::Url, token: &str) -> url::Url {
 /// Only when `url` is not an absolute http(s) URL; every endpoint failure
 /// is a finding in the report.
 pub async fn diagnose(url: &str, options: &Options) -> Result<Report, String> {
+    let url = http_url(url)?;
+    let mut report = Report::default();
+    check_url(&url, &mut report);
+    let client = probe_client(options)?;
+    let finding = probe_handshake(&client, &url, options).await;
+    let handshake_ok = finding.verdict != Verdict::Fail;
+    report.push(finding);
+    if handshake_ok {
+        report.push(probe_notification(&client, &url, options).await);
+    }
+    Ok(report)
+}
+
+/// Runs only the validation handshake against `url`, as Graph would before
+/// creating or moving a subscription there: the finding of the
+/// `handshake` check.
+///
+/// # Errors
+///
+/// Only when `url` is not an absolute http(s) URL.
+pub async fn handshake(url: &str, options: &Options) -> Result<Finding, String> {
+    let url = http_url(url)?;
+    Ok(probe_handshake(&probe_client(options)?, &url, options).await)
+}
+
+fn http_url(url: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("not an http(s) URL: {url}"));
     }
-    let mut report = Report::default();
-    check_url(&url, &mut report);
+    Ok(url)
+}
 
-    let client = reqwest::Client::builder()
+fn probe_client(options: &Options) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .min_tls_version(reqwest::tls::Version::TLS_1_2)
         .danger_accept_invalid_certs(options.accept_invalid_certs)
         .no_proxy()
         .user_agent("msgraph-webhooks-doctor")
         .build()
-        .map_err(|e| format!("building the HTTP client: {e}"))?;
+        .map_err(|e| format!("building the HTTP client: {e}"))
+}
 
+async fn probe_handshake(client: &reqwest::Client, url: &url::Url, options: &Options) -> Finding {
     let token = validation_token();
     let started = Instant::now();
     let answer = tokio::time::timeout(
         options.handshake_budget,
         client
-            .post(handshake_url(&url, &token))
+            .post(handshake_url(url, &token))
             .header("content-type", "text/plain; charset=utf-8")
             .body("")
             .send(),
     )
     .await;
-    let handshake_ok = match answer {
-        Err(_) => {
-            report.push(finding(
-                "handshake",
-                Verdict::Fail,
-                "timeout",
-                format!(
-                    "no answer within {}: Graph would fail with \"Subscription validation request timed out\"",
-                    rounded(options.handshake_budget)
-                ),
-                Some("answer the handshake without waiting on anything slow; if the endpoint sleeps when idle (serverless, free dynos), keep it warm or move off a cold-starting host"),
-                None,
-            ));
-            false
-        }
-        Ok(Err(e)) => {
-            report.push(transport_failure("handshake", &e, &url));
-            false
-        }
-        Ok(Ok(response)) => {
-            let elapsed = started.elapsed();
-            let finding = judge_handshake(response, &token, elapsed, options).await;
-            let ok = finding.verdict != Verdict::Fail;
-            report.push(finding);
-            ok
-        }
-    };
-    if handshake_ok {
-        report.push(probe_notification(&client, &url, options).await);
+    match answer {
+        Err(_) => finding(
+            "handshake",
+            Verdict::Fail,
+            "timeout",
+            format!(
+                "no answer within {}: Graph would fail with \"Subscription validation request timed out\"",
+                rounded(options.handshake_budget)
+            ),
+            Some(
+                "answer the handshake without waiting on anything slow; if the endpoint sleeps when idle (serverless, free dynos), keep it warm or move off a cold-starting host",
+            ),
+            None,
+        ),
+        Ok(Err(e)) => transport_failure("handshake", &e, url),
+        Ok(Ok(response)) => judge_handshake(response, &token, started.elapsed(), options).await,
     }
-    Ok(report)
 }
 
 /// A duration as a person reads it: `850 ms`, `4.0 s`, `10 s`.

@@ -1598,7 +1598,10 @@ impl Shared {
                     {
                         if replacing == Some(existing.as_str()) {
                             // The one being replaced: Graph keeps one per
-                            // resource, so it goes first.
+                            // resource, so it goes first — but only once
+                            // the new URLs pass the handshake Graph will
+                            // run, or a mistyped URL would leave nothing.
+                            self.probe(urls).await?;
                             match self.client.delete(&existing).await {
                                 Ok(()) => continue,
                                 Err(e) if e.is_not_found() => continue,
@@ -1647,6 +1650,24 @@ impl Shared {
                 e => return Err(e.into()),
             }
         }
+    }
+
+    /// Runs the validation handshake against `urls` as Graph would, before
+    /// a working subscription is deleted to make room for one there.
+    async fn probe(&self, urls: &Urls) -> Result<(), BoxError> {
+        let options = crate::doctor::Options::default();
+        for url in std::iter::once(&urls.notification).chain(&urls.lifecycle) {
+            let finding = crate::doctor::handshake(url, &options).await?;
+            if finding.verdict == crate::doctor::Verdict::Fail {
+                return Err(format!(
+                    "{url} fails the validation handshake ({}): the working subscription \
+                     stays until it passes; run `msgraph-webhooks doctor {url}` to see why",
+                    finding.detail
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Announces a subscription about to be created with `client_state`,

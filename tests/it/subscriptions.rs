@@ -1102,7 +1102,7 @@ async fn a_local_clock_ahead_of_graphs_still_creates_and_renews() {
 }
 
 #[tokio::test]
-async fn a_mistyped_public_url_leaves_a_gap_that_is_filled_with_a_resync() {
+async fn a_mistyped_public_url_keeps_the_subscription_until_a_good_one_replaces_it() {
     let rig = Rig::start(
         Emulator::builder(),
         vec![Declared::new("users/ada/messages", "created")],
@@ -1117,7 +1117,7 @@ async fn a_mistyped_public_url_leaves_a_gap_that_is_filled_with_a_resync() {
 
     // A restart with a public URL nothing answers at: its lifecycle URL
     // differs, so the subscription must be replaced, and the new one's
-    // handshake fails.
+    // handshake would fail: the working one stays.
     let nowhere = Relay::start(&rig.server.url("")).await;
     nowhere.set(Mode::Refuse(404));
     rig.url.send(Some(nowhere.url("/typo"))).unwrap();
@@ -1127,8 +1127,13 @@ async fn a_mistyped_public_url_leaves_a_gap_that_is_filled_with_a_resync() {
     })
     .await;
     assert!(rig.resyncs().is_empty());
+    assert_eq!(rig.emulator.subscription_ids(), std::slice::from_ref(&id));
+    rig.emulator
+        .fire(&Change::new("users/ada/messages", ChangeType::Created))
+        .unwrap();
+    rig.change_on(&id).await;
 
-    // Fixed: the gap is filled, and the changes it may have missed resynced.
+    // Fixed: replaced, and what the move may have missed resynced.
     rig.url.send(Some(rig.server.url("/again"))).unwrap();
     pass_until(&rig, "recreated with a resync", |rig| {
         !rig.resyncs().is_empty()

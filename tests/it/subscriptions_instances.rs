@@ -473,3 +473,53 @@ async fn items_delivered_before_the_create_answers_are_kept() {
     receiver.terminate();
     emulator.terminate();
 }
+
+/// A restart with a mistyped `--public-url` (nothing listens there) leaves
+/// the working subscription in place and says why, instead of deleting it
+/// to make room for one whose handshake then fails.
+#[tokio::test]
+async fn a_mistyped_public_url_keeps_the_working_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let store = ["--data-dir", data_dir, "--keep"];
+    let (emulator, base) = emulate().await;
+    let port = free_port();
+    let mut receiver = Process::spawn(
+        &[
+            "listen",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--subscription-records",
+            "--data-dir",
+            data_dir,
+        ],
+        &[],
+    );
+    receiver.listening_addr().await;
+    receiver.drain_stderr("listen");
+
+    let mut first = subscribe(&[MAIL], &format!("http://127.0.0.1:{port}"), &base, &store);
+    first.wait_for_log("activity=created").await;
+    first.terminate();
+    assert_eq!(exit_code(&mut first).await, 0);
+    let working = ids(&base).await;
+    assert_eq!(working.len(), 1);
+
+    let typo = format!("http://127.0.0.1:{}", free_port());
+    let mut second = subscribe(&[MAIL], &typo, &base, &store);
+    let line = second.wait_for_log("fails the validation handshake").await;
+    assert!(line.contains("the working subscription stays"), "{line}");
+    second.drain_stderr("typo");
+    assert_eq!(ids(&base).await, working, "not deleted");
+    let live = subscriptions(&base).await;
+    assert_eq!(
+        live[0]["notificationUrl"],
+        format!("http://127.0.0.1:{port}/")
+    );
+    delivered(&base, &mut receiver, &working[0], "AAMk1").await;
+    second.terminate();
+    assert_eq!(exit_code(&mut second).await, 0);
+    receiver.terminate();
+    emulator.terminate();
+}
