@@ -1,6 +1,8 @@
-//! Several `listen --subscribe` instances sharing a store, as an operator
-//! runs them: a rolling restart, a crash and restart, and Ctrl-C while
-//! Graph hangs. The real binary against `emulate`.
+//! Subscriptions through ordinary operations, as an operator meets them:
+//! several instances on one store (a rolling restart, a crash and restart,
+//! separate declaration sets), failed and early recreates, a mistyped
+//! public URL, a fast clock, and Ctrl-C while Graph hangs. The real binary
+//! against `emulate`.
 
 use std::time::{Duration, Instant};
 
@@ -112,16 +114,28 @@ fn random_prefix() -> String {
 async fn a_rolling_restart_keeps_the_subscription_and_the_survivor_takes_over() {
     let Some(url) = redis_url() else { return };
     let prefix = random_prefix();
-    let store = ["--redis", url.as_str(), "--redis-prefix", prefix.as_str()];
+    rolling_restart(&["--redis", url.as_str(), "--redis-prefix", prefix.as_str()]).await;
+    crate::durability::cleanup(&url, &prefix).await;
+}
+
+/// The same on one data dir (SQLite) shared by the instances of a machine.
+#[tokio::test]
+async fn a_rolling_restart_on_a_data_dir_keeps_the_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    rolling_restart(&["--data-dir", data_dir.to_str().unwrap()]).await;
+}
+
+async fn rolling_restart(store: &[&str]) {
     let (emulator, base) = emulate().await;
     let (port_a, port_b) = (free_port(), free_port());
     let balancer = Relay::start(&format!("http://127.0.0.1:{port_a}")).await;
     let public = balancer.url("");
 
-    let mut a = listen(port_a, &public, &base, &store, &[]);
+    let mut a = listen(port_a, &public, &base, store, &[]);
     a.wait_for_log("activity=created").await;
     a.drain_stderr("a");
-    let mut b = listen(port_b, &public, &base, &store, &[]);
+    let mut b = listen(port_b, &public, &base, store, &[]);
     b.wait_for_log("listening").await;
     // B marks itself alive as it starts; a moment for the store write.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -151,7 +165,7 @@ async fn a_rolling_restart_keeps_the_subscription_and_the_survivor_takes_over() 
     delivered(&base, &mut b, &second, "AAMk1").await;
 
     // An instance without the lease stops: nothing changes.
-    let mut c = listen(free_port(), &public, &base, &store, &[]);
+    let mut c = listen(free_port(), &public, &base, store, &[]);
     c.wait_for_log("listening").await;
     c.drain_stderr("c");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -165,7 +179,6 @@ async fn a_rolling_restart_keeps_the_subscription_and_the_survivor_takes_over() 
     assert_eq!(exit_code(&mut b).await, 0);
     assert!(ids(&base).await.is_empty(), "deleted by the last instance");
     emulator.terminate();
-    crate::durability::cleanup(&url, &prefix).await;
 }
 
 /// An instance is killed (no cleanup) and restarted on the same data dir
@@ -521,5 +534,144 @@ async fn a_mistyped_public_url_keeps_the_working_subscription() {
     second.terminate();
     assert_eq!(exit_code(&mut second).await, 0);
     receiver.terminate();
+    emulator.terminate();
+}
+
+/// `listen --memory --subscribe` is killed, Graph queues changes for it,
+/// and it restarts knowing nothing: the live subscription whose
+/// `clientState` it lost is replaced, and the replacement reports a resync
+/// (Graph's queued retries for the old one are gone).
+#[tokio::test]
+async fn replacing_an_unknown_live_subscription_reports_a_resync() {
+    let (emulator, base) = emulate().await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let mut first = listen(port, &public, &base, &["--memory"], &[]);
+    first.wait_for_log("activity=created").await;
+    let old = ids(&base).await;
+    assert_eq!(old.len(), 1);
+    first.kill().await;
+    for n in 1..=3 {
+        fire(&base, &format!("users/ada@contoso.com/messages/AAMk{n}")).await;
+    }
+
+    let mut again = listen(port, &public, &base, &["--memory"], &[]);
+    let line = again.wait_for_log("unknown clientState").await;
+    assert!(line.contains(&old[0]), "{line}");
+    let line = again.wait_for_log("changes may have been missed").await;
+    assert!(line.contains("Recreated"), "{line}");
+    again.wait_for_log("activity=resync").await;
+    again.drain_stderr("restarted");
+    let new = replaced(&base, &old[0], Duration::from_secs(15)).await;
+    delivered(&base, &mut again, &new, "AAMk4").await;
+    again.terminate();
+    assert_eq!(exit_code(&mut again).await, 0);
+    emulator.terminate();
+}
+
+/// A clock that reads `ahead` later than the real one, served as the
+/// emulator serves its own (`{"now", "timeScale"}`) for `--graph-clock`.
+async fn fast_clock(ahead: time::Duration) -> String {
+    let app = axum::Router::new().route(
+        "/clock",
+        axum::routing::get(move || async move {
+            let now = time::OffsetDateTime::now_utc() + ahead;
+            axum::Json(json!({
+                "now": now.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "timeScale": 1.0,
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/clock")
+}
+
+/// The manager's clock is two hours ahead of Graph's: Graph refuses the
+/// longest lifetime as too far, the manager asks for what Graph states
+/// (by Graph's clock), and the subscription exists within seconds.
+#[tokio::test]
+async fn a_fast_local_clock_still_gets_a_subscription() {
+    let (emulator, base) = emulate().await;
+    let clock = fast_clock(time::Duration::hours(2)).await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut process = listen(
+        port,
+        &public,
+        &base,
+        &["--memory"],
+        &[("MSGRAPH_WEBHOOKS_GRAPH_CLOCK", clock.as_str())],
+    );
+    process.wait_for_log("expiration too far").await;
+    process.wait_for_log("activity=created").await;
+    eprintln!(
+        "measured: created {:?} after the start with the clock 2 h fast",
+        started.elapsed()
+    );
+    process.drain_stderr("listen");
+    let live = subscriptions(&base).await;
+    assert_eq!(live.len(), 1);
+    let expires = time::OffsetDateTime::parse(
+        live[0]["expirationDateTime"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let most = time::OffsetDateTime::now_utc() + time::Duration::minutes(10080);
+    assert!(expires <= most, "{expires} within Graph's 10080 minutes");
+    assert!(
+        expires > most - time::Duration::minutes(30),
+        "{expires}: close to the longest Graph allows"
+    );
+    delivered(
+        &base,
+        &mut process,
+        live[0]["id"].as_str().unwrap(),
+        "AAMk1",
+    )
+    .await;
+    process.terminate();
+    assert_eq!(exit_code(&mut process).await, 0);
+    emulator.terminate();
+}
+
+/// Graph removes the subscription and the replacement's handshake fails at
+/// first (the endpoint flapping behind its load balancer): the old record
+/// stays until the replacement exists, the replacement comes, and the
+/// resync is reported.
+#[tokio::test]
+async fn a_recreate_whose_handshake_fails_at_first_still_resyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let (emulator, base) = emulate().await;
+    let port = free_port();
+    let front = Relay::start(&format!("http://127.0.0.1:{port}")).await;
+    let mut process = listen(port, &front.url(""), &base, &["--data-dir", data_dir], &[]);
+    process.wait_for_log("activity=created").await;
+    let old = ids(&base).await;
+    assert_eq!(old.len(), 1);
+
+    front.set(Mode::FailHandshakes(2));
+    let removed = Instant::now();
+    remove(&base, &old[0]).await;
+    process
+        .wait_for_log("the validation handshake failed; trying again")
+        .await;
+    let line = process.wait_for_log("changes may have been missed").await;
+    assert!(line.contains("SubscriptionRemoved"), "{line}");
+    eprintln!(
+        "measured: recreated with a resync {:?} after subscriptionRemoved, two handshakes failing",
+        removed.elapsed()
+    );
+    process.drain_stderr("listen");
+    let new = replaced(&base, &old[0], Duration::from_secs(15)).await;
+    delivered(&base, &mut process, &new, "AAMk1").await;
+    process.terminate();
+    assert_eq!(exit_code(&mut process).await, 0);
     emulator.terminate();
 }
