@@ -1,0 +1,498 @@
+//! The storage contracts on the embedded store: inbox, dead letters,
+//! dedupe, subscription records and leases.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use rusqlite::{OptionalExtension as _, params};
+
+use super::ops::{delivery_tokens, ms, parse_id, read_stats};
+use super::writer::{Op, Rows};
+use super::{POLL, SqliteStore, now_ms, unavailable};
+use crate::dedupe::{Claim, Dedupe, DedupeError, DedupeKey};
+use crate::inbox::{
+    Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem,
+};
+use crate::registry::{RecordStore, SubscriptionRecord};
+use crate::store::{Lease, StoreError, member_lease, member_prefix};
+
+impl Inbox for SqliteStore {
+    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>> {
+        Box::pin(async move {
+            let (groups, token_sets) = crate::inbox::token_groups(&items);
+            let mut tokens = token_sets
+                .iter()
+                .map(|t| serde_json::to_vec(t).map(|json| (json, 0)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| unavailable(e.to_string()))?;
+            let items = items
+                .iter()
+                .zip(groups)
+                .map(|(item, group)| {
+                    if let Some(g) = group {
+                        tokens[g].1 += 1;
+                    }
+                    item.to_json(group.is_some())
+                        .map(|payload| (payload, item.received_at_ms, group))
+                        .map_err(|e| unavailable(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let rows = Rows { tokens, items };
+            self.call(|reply| Op::Append(rows, reply))
+                .await
+                .map_err(InboxError::Unavailable)?;
+            self.wake_claimer();
+            Ok(())
+        })
+    }
+
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, InboxError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut swept = false;
+            loop {
+                let appended = self.appended.notified();
+                tokio::pin!(appended);
+                appended.as_mut().enable();
+                self.waking
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                let claimed = self
+                    .call(|reply| Op::Claim(max.max(1), reply))
+                    .await
+                    .map_err(InboxError::Unavailable)?;
+                if claimed.len() >= max {
+                    // Perhaps more are waiting: another claimer's turn.
+                    self.wake_claimer();
+                }
+                if !claimed.is_empty() {
+                    let mut held = self.lock_held();
+                    for c in &claimed {
+                        if let Ok(id) = c.id.0.parse() {
+                            held.insert(id);
+                        }
+                    }
+                    return Ok(claimed);
+                }
+                if !swept && self.sweep().await {
+                    swept = true;
+                    continue;
+                }
+                swept = true;
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Ok(Vec::new());
+                }
+                // In-process appends wake us at once; other processes' are polled.
+                let _ = tokio::time::timeout((deadline - now).min(POLL), appended).await;
+            }
+        })
+    }
+
+    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>> {
+        Box::pin(async move {
+            let id = parse_id(&id)?;
+            let done = self
+                .call(|reply| Op::Complete(vec![id], reply))
+                .await
+                .map_err(InboxError::Unavailable);
+            self.lock_held().remove(&id);
+            done
+        })
+    }
+
+    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), InboxError>> {
+        Box::pin(async move {
+            let ids = ids.iter().map(parse_id).collect::<Result<Vec<_>, _>>()?;
+            let done = self
+                .call(|reply| Op::Complete(ids.clone(), reply))
+                .await
+                .map_err(InboxError::Unavailable);
+            let mut held = self.lock_held();
+            for id in &ids {
+                held.remove(id);
+            }
+            done
+        })
+    }
+
+    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
+        Box::pin(async move {
+            let id = parse_id(&claimed.id)?;
+            let not_before_ms = now_ms().saturating_add(ms(delay));
+            let done = self
+                .call(|reply| Op::Retry {
+                    id,
+                    attempts: claimed.attempts,
+                    not_before_ms,
+                    reply,
+                })
+                .await
+                .map_err(InboxError::Unavailable);
+            self.lock_held().remove(&id);
+            done
+        })
+    }
+
+    fn dead_letter(
+        &self,
+        claimed: Claimed,
+        reason: String,
+    ) -> BoxFuture<'_, Result<(), InboxError>> {
+        Box::pin(async move {
+            let id = parse_id(&claimed.id)?;
+            let done = self
+                .call(|reply| Op::DeadLetter {
+                    id,
+                    attempts: claimed.attempts,
+                    reason,
+                    reply,
+                })
+                .await
+                .map_err(InboxError::Unavailable);
+            self.lock_held().remove(&id);
+            done
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, InboxError>> {
+        let read = self.read(read_stats);
+        Box::pin(async move {
+            let (depth, oldest) = read.await?;
+            let now = now_ms();
+            Ok(InboxStats {
+                depth: u64::try_from(depth).unwrap_or(0),
+                oldest_age: oldest
+                    .map(|t| Duration::from_millis(u64::try_from(now - t).unwrap_or(0))),
+            })
+        })
+    }
+}
+
+impl DeadLetters for SqliteStore {
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, InboxError>> {
+        let read = self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, payload, attempts, reason, dead_at_ms, delivery_id FROM dead_letters
+                 ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit as i64], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, u32>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, Option<i64>>(5)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let tokens = delivery_tokens(conn, rows.iter().filter_map(|row| row.5))?;
+            Ok((rows, tokens))
+        });
+        Box::pin(async move {
+            let (rows, tokens) = read.await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(id, payload, attempts, reason, dead_at_ms, delivery)| {
+                    let tokens = delivery.and_then(|d| tokens.get(&d)).cloned();
+                    let item = StoredItem::from_json(&payload, tokens).ok()?;
+                    Some(DeadLetter {
+                        id: EntryId(id.to_string()),
+                        item,
+                        attempts,
+                        reason,
+                        dead_at_ms,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, InboxError>> {
+        Box::pin(async move {
+            let ids = ids.iter().map(parse_id).collect::<Result<Vec<_>, _>>()?;
+            let moved = self
+                .call(|reply| Op::Replay(ids, reply))
+                .await
+                .map_err(InboxError::Unavailable)?;
+            if moved > 0 {
+                self.appended.notify_waiters();
+            }
+            Ok(moved)
+        })
+    }
+}
+
+/// Dedupe keys being handled in this process: holder and lease end.
+pub(super) type PendingKeys = HashMap<[u8; 32], (String, std::time::Instant)>;
+
+/// Releases `key` if `owner` still holds it.
+pub(super) fn release(pending: &mut PendingKeys, key: &[u8; 32], owner: &str) {
+    if pending.get(key).is_some_and(|(holder, _)| holder == owner) {
+        pending.remove(key);
+    }
+}
+
+/// Dedupe on the embedded store: handled keys are rows of `dedupe_done`
+/// (durable, shared by every process of the data directory); keys being
+/// handled are held in this process's memory. Workers of one process never
+/// handle two copies at once; two processes could, in the rare case that
+/// Graph's copies are claimed by both at the same moment — an extra handler
+/// call, which at-least-once allows — and the pending state costs no disk
+/// write per item.
+impl Dedupe for SqliteStore {
+    fn begin(
+        &self,
+        key: DedupeKey,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Claim, DedupeError>> {
+        let many = self.begin_many(vec![key], owner, lease);
+        Box::pin(async move {
+            many.await?
+                .pop()
+                .ok_or_else(|| DedupeError("no answer for the key".into()))
+        })
+    }
+
+    fn finish(
+        &self,
+        key: DedupeKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+        self.finish_many(vec![key], owner, ttl)
+    }
+
+    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>> {
+        release(&mut self.lock_pending(), &key.0, owner);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn begin_many(
+        &self,
+        keys: Vec<DedupeKey>,
+        owner: &str,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Claim>, DedupeError>> {
+        // Claim first, then look for a handled row: a holder releases its
+        // claim only after its row committed, so one of the two always sees
+        // the other.
+        let now = std::time::Instant::now();
+        let mut claims: Vec<Claim> = {
+            let mut pending = self.lock_pending();
+            keys.iter()
+                .map(|key| match pending.get(&key.0) {
+                    Some((holder, until)) if *until > now && holder != owner => Claim::InProgress,
+                    _ => {
+                        pending.insert(key.0, (owner.to_owned(), now + lease));
+                        Claim::Proceed
+                    }
+                })
+                .collect()
+        };
+        let owner = owner.to_owned();
+        let claimed: Vec<[u8; 32]> = keys
+            .iter()
+            .zip(&claims)
+            .filter(|(_, claim)| **claim == Claim::Proceed)
+            .map(|(key, _)| key.0)
+            .collect();
+        let handled = self.read(move |conn| {
+            let mut find =
+                conn.prepare_cached("SELECT expires_at_ms FROM dedupe_done WHERE key = ?1")?;
+            let now = now_ms();
+            keys.iter()
+                .map(|key| {
+                    find.query_row([&key.0[..]], |row| row.get::<_, i64>(0))
+                        .optional()
+                        .map(|expires| expires.is_some_and(|e| e > now))
+                })
+                .collect::<rusqlite::Result<Vec<bool>>>()
+                .map(|handled| (keys, handled))
+        });
+        Box::pin(async move {
+            let (keys, handled) = match handled.await {
+                Ok(found) => found,
+                Err(e) => {
+                    let mut pending = self.lock_pending();
+                    for key in &claimed {
+                        release(&mut pending, key, &owner);
+                    }
+                    return Err(DedupeError(e.to_string()));
+                }
+            };
+            let mut pending = self.lock_pending();
+            for ((claim, key), handled) in claims.iter_mut().zip(&keys).zip(handled) {
+                if *claim == Claim::Proceed && handled {
+                    *claim = Claim::Duplicate;
+                    release(&mut pending, &key.0, &owner);
+                }
+            }
+            Ok(claims)
+        })
+    }
+
+    fn finish_many(
+        &self,
+        keys: Vec<DedupeKey>,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+        let owner = owner.to_owned();
+        Box::pin(async move {
+            let raw: Vec<[u8; 32]> = keys.iter().map(|k| k.0).collect();
+            let recorded = self
+                .call(|reply| Op::Finish {
+                    keys: raw,
+                    ttl_ms: ms(ttl),
+                    reply,
+                })
+                .await
+                .map_err(DedupeError);
+            // Released only now that the rows are committed (see begin_many).
+            let mut pending = self.lock_pending();
+            for key in &keys {
+                release(&mut pending, &key.0, &owner);
+            }
+            recorded
+        })
+    }
+}
+
+impl RecordStore for SqliteStore {
+    fn get_many(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Option<SubscriptionRecord>>, StoreError>> {
+        let read = self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT record FROM subscriptions WHERE id = ?1")?;
+            ids.iter()
+                .map(|id| {
+                    stmt.query_row([id], |row| row.get::<_, String>(0))
+                        .optional()
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+        Box::pin(async move {
+            let rows = read.await.map_err(|e| StoreError(e.to_string()))?;
+            Ok(rows
+                .into_iter()
+                .map(|row| row.and_then(|json| serde_json::from_str(&json).ok()))
+                .collect())
+        })
+    }
+
+    fn put(&self, record: SubscriptionRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&record).map_err(|e| StoreError(e.to_string()))?;
+            self.call(|reply| Op::PutRecord(record.id.clone(), json, reply))
+                .await
+                .map_err(StoreError)
+        })
+    }
+
+    fn remove(&self, id: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.call(|reply| Op::RemoveRecord(id, reply))
+                .await
+                .map_err(StoreError)
+        })
+    }
+
+    fn all(&self) -> BoxFuture<'_, Result<Vec<SubscriptionRecord>, StoreError>> {
+        let read = self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT record FROM subscriptions ORDER BY id")?;
+            stmt.query_map([], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+        Box::pin(async move {
+            let rows = read.await.map_err(|e| StoreError(e.to_string()))?;
+            Ok(rows
+                .iter()
+                .filter_map(|json| serde_json::from_str(json).ok())
+                .collect())
+        })
+    }
+}
+
+impl Lease for SqliteStore {
+    fn acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        Box::pin(async move {
+            self.call(|reply| Op::Acquire {
+                name,
+                holder,
+                ttl_ms: ms(ttl),
+                reply,
+            })
+            .await
+            .map_err(StoreError)
+        })
+    }
+
+    fn release(&self, name: &str, holder: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        Box::pin(async move {
+            self.call(|reply| Op::Release {
+                name,
+                holder,
+                reply,
+            })
+            .await
+            .map_err(StoreError)
+        })
+    }
+
+    fn expires_in(&self, name: &str) -> BoxFuture<'_, Result<Option<Duration>, StoreError>> {
+        let name = name.to_owned();
+        let read = self.read(move |conn| {
+            conn.prepare_cached("SELECT expires_at_ms FROM leases WHERE name = ?1")?
+                .query_row([name], |row| row.get::<_, i64>(0))
+                .optional()
+        });
+        Box::pin(async move {
+            let expires = read.await.map_err(|e| StoreError(e.to_string()))?;
+            let left = expires.map(|at| at - now_ms()).filter(|left| *left > 0);
+            Ok(left.map(|ms| Duration::from_millis(ms.unsigned_abs())))
+        })
+    }
+
+    fn join(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = member_lease(group, member);
+        let member = member.to_owned();
+        Box::pin(async move { self.acquire(&name, &member, ttl).await.map(|_| ()) })
+    }
+
+    fn leave(&self, group: &str, member: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = member_lease(group, member);
+        let member = member.to_owned();
+        Box::pin(async move { self.release(&name, &member).await })
+    }
+
+    fn members(&self, group: &str) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        let prefix = member_prefix(group);
+        let read = self.read(move |conn| {
+            let now = now_ms();
+            let mut stmt = conn.prepare_cached(
+                "SELECT holder FROM leases WHERE substr(name, 1, length(?1)) = ?1 \
+                 AND expires_at_ms > ?2 ORDER BY holder",
+            )?;
+            stmt.query_map(params![prefix, now], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+        Box::pin(async move { read.await.map_err(|e| StoreError(e.to_string())) })
+    }
+}
