@@ -247,7 +247,7 @@ pub(crate) struct Args {
     subscription: SubscriptionArgs,
 
     /// The local port the ngrok tunnel forwards to (with --public-url ngrok).
-    #[arg(long, default_value_t = 8080, env = "MSGRAPH_WEBHOOKS_PORT")]
+    #[arg(long, default_value_t = 8080, env = "MSGRAPH_WEBHOOKS_NGROK_PORT")]
     port: u16,
 
     /// The certificate rich subscriptions are encrypted to: ID=PATH, PATH a
