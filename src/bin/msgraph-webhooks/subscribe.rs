@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msgraph_webhooks::catalog::{self, PermissionType};
+use msgraph_webhooks::catalog::{self, PermissionType, ResourceDataRule};
 use msgraph_webhooks::crypto::KeyRing;
 use msgraph_webhooks::subscriptions::{
     ClientCredentials, DEFAULT_GRAPH_URL, DEFAULT_TOKEN_URL, Declared, EncryptionCertificate,
@@ -369,6 +369,15 @@ pub(crate) fn permissions(args: &PermissionsArgs) -> Result<ExitCode, BoxError> 
     } else {
         println!("max lifetime: {basic} minutes ({rich} with resource data)");
     }
+    println!(
+        "resource data: {}",
+        match rules.resource_data {
+            ResourceDataRule::Optional => "optional (includeResourceData with a certificate)",
+            ResourceDataRule::AlwaysEncrypted => "always, encrypted (a certificate is required)",
+            ResourceDataRule::NotSupported => "not supported (basic notifications only)",
+            _ => "unknown",
+        }
+    );
     if PermissionType::ALL
         .into_iter()
         .any(|t| resolved.permissions(t).iter().any(|p| p.resource_specific))
