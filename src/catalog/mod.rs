@@ -852,6 +852,21 @@ pub fn parse_change_types(value: &str) -> Result<Vec<ChangeType>, Violation> {
     Ok(out)
 }
 
+/// `changeType` as Graph takes it: the change types comma-separated, each
+/// once, in the order given (`created,updated`).
+pub fn join_change_types(types: &[ChangeType]) -> String {
+    let mut seen: Vec<&ChangeType> = Vec::new();
+    for t in types {
+        if !seen.contains(&t) {
+            seen.push(t);
+        }
+    }
+    seen.iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A resource path and the catalog rows it matches.
 #[derive(Clone, Debug)]
 pub struct Resolved {

@@ -21,7 +21,8 @@ use crate::crypto::DecryptionKey;
 use crate::registry::{MemoryRecords, RecordStore, Registration, SubscriptionRecord};
 use crate::store::{Lease, MemoryLease, StoreError};
 use crate::{
-    BoxError, ClientState, Handler, LifecycleEvent, LifecycleEventType, SubscriptionRegistry,
+    BoxError, ChangeType, ClientState, Handler, LifecycleEvent, LifecycleEventType,
+    SubscriptionRegistry,
 };
 
 mod keeper;
@@ -165,13 +166,7 @@ impl Declared {
         let change_type: String = change_types.into();
         let normalized = catalog::parse_change_types(&change_type).map_or_else(
             |_| change_type.trim().to_owned(),
-            |types| {
-                types
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            },
+            |types| catalog::join_change_types(&types),
         );
         Self {
             key: None,
@@ -312,9 +307,15 @@ impl Declared {
         client_state: ClientState,
         now: OffsetDateTime,
     ) -> Result<NewSubscription, PreflightError> {
+        // An invalid name stays itself (`Unknown`), for pre-flight to refuse
+        // by name.
+        let change_types = self
+            .change_type
+            .split(',')
+            .map(|t| ChangeType::parse(t.trim()));
         let mut new = NewSubscription::new(
             &self.resource,
-            &self.change_type,
+            change_types,
             &urls.notification,
             now + self.lifetime_now(),
         )

@@ -1008,7 +1008,7 @@ async fn replacing_an_unknown_live_subscription_resyncs() {
         .create(
             &msgraph_webhooks::subscriptions::NewSubscription::new(
                 "users/ada/messages",
-                "created",
+                [ChangeType::Created],
                 rig.server.url("/"),
                 rig.emulator.clock().now() + Span::hours(1),
             )

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use msgraph_webhooks::ChangeType;
 use msgraph_webhooks::emulator::Emulator;
 use msgraph_webhooks::subscriptions::preflight::{self, LifetimePolicy, Problem};
 use msgraph_webhooks::subscriptions::{
@@ -124,7 +125,7 @@ async fn crud_and_paging_against_the_emulator() {
             .create(
                 &NewSubscription::new(
                     format!("users/user{n}/messages"),
-                    "created",
+                    [ChangeType::Created],
                     hook.url("/"),
                     now + Span::hours(2),
                 )
@@ -191,7 +192,7 @@ async fn crud_and_paging_against_the_emulator() {
     let duplicate = client
         .create(&NewSubscription::new(
             "users/user1/messages",
-            "created",
+            [ChangeType::Created],
             hook.url("/"),
             now + Span::hours(2),
         ))
@@ -206,7 +207,7 @@ async fn crud_and_paging_against_the_emulator() {
     let refused = client
         .create(&NewSubscription::new(
             "users/someone/messages",
-            "created",
+            [ChangeType::Created],
             hook.url("/"),
             now + Span::hours(2),
         ))
@@ -520,7 +521,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "unknown resource path",
             NewSubscription::new(
                 "me/favouriteColours",
-                "created",
+                [ChangeType::Created],
                 https,
                 now + Span::hours(1),
             ),
@@ -532,7 +533,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
         ),
         (
             "change type not allowed",
-            NewSubscription::new("users", "created", https, now + Span::hours(1)),
+            NewSubscription::new("users", [ChangeType::Created], https, now + Span::hours(1)),
             &[
                 "[change types of the resource]",
                 "'created' is not supported for user",
@@ -543,7 +544,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "rich data without a certificate",
             NewSubscription::new(
                 "chats/getAllMessages",
-                "created",
+                [ChangeType::Created],
                 https,
                 now + Span::minutes(50),
             )
@@ -558,7 +559,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "presence always encrypted",
             NewSubscription::new(
                 "communications/presences/u1",
-                "updated",
+                [ChangeType::Updated],
                 https,
                 now + Span::minutes(50),
             ),
@@ -566,14 +567,19 @@ async fn preflight_rejects_each_violation_without_a_request() {
         ),
         (
             "lifetime over the maximum",
-            NewSubscription::new("users/ada/messages", "created", https, now + Span::days(8)),
+            NewSubscription::new(
+                "users/ada/messages",
+                [ChangeType::Created],
+                https,
+                now + Span::days(8),
+            ),
             &["[maximum lifetime]", "10080 minutes", "clamp the lifetime"],
         ),
         (
             "missing lifecycle URL for a long Teams subscription",
             NewSubscription::new(
                 "chats/getAllMessages",
-                "created",
+                [ChangeType::Created],
                 https,
                 now + Span::hours(3),
             ),
@@ -587,7 +593,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "unsupported payment model",
             NewSubscription::new(
                 "me/chats/getAllMessages?model=A",
-                "created",
+                [ChangeType::Created],
                 https,
                 now + Span::minutes(50),
             ),
@@ -597,7 +603,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "plain http to the internet",
             NewSubscription::new(
                 "users",
-                "updated",
+                [ChangeType::Updated],
                 "http://example.com/",
                 now + Span::hours(1),
             ),
@@ -626,7 +632,12 @@ async fn preflight_rejects_each_violation_without_a_request() {
     );
 
     // Clamping instead of refusing the lifetime.
-    let long = NewSubscription::new("users/ada/messages", "created", https, now + Span::days(30));
+    let long = NewSubscription::new(
+        "users/ada/messages",
+        [ChangeType::Created],
+        https,
+        now + Span::days(30),
+    );
     let clamped = preflight::check(&long, now, LifetimePolicy::Clamp).unwrap();
     assert!(clamped.expiration <= now + Span::minutes(10_080));
     assert!(clamped.expiration >= now + Span::minutes(10_070));
