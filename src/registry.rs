@@ -238,7 +238,7 @@ impl SubscriptionRegistry {
 
     /// Also looks up subscriptions it does not know in `source` (the records
     /// the subscription manager writes, possibly on another instance).
-    pub fn with_source(mut self, source: Arc<dyn RecordStore>) -> Self {
+    pub fn source(mut self, source: Arc<dyn RecordStore>) -> Self {
         self.source = Some(source);
         self
     }

@@ -39,7 +39,7 @@
 //! let tokens = ClientCredentials::new("your-tenant-id", "your-client-id", "your-client-secret");
 //! let client = GraphClient::new(tokens);
 //! let records = Arc::new(MemoryRecords::new());
-//! let registry = Arc::new(SubscriptionRegistry::new().with_source(records.clone()));
+//! let registry = Arc::new(SubscriptionRegistry::new().source(records.clone()));
 //! let manager = SubscriptionManager::builder(client)
 //!     .records(records)
 //!     .lease(Arc::new(MemoryLease::new()))

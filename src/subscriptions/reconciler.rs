@@ -141,9 +141,9 @@ enum LifecycleUrl {
 /// use msgraph_webhooks::subscriptions::Declared;
 ///
 /// let mail = Declared::new("users/ada@contoso.com/messages", "created,updated");
-/// assert_eq!(mail.key(), "users/ada@contoso.com/messages|created,updated");
-/// let chats = Declared::new("chats/getAllMessages", "created").rich(true).with_key("chats");
-/// assert_eq!(chats.key(), "chats");
+/// assert_eq!(mail.stable_key(), "users/ada@contoso.com/messages|created,updated");
+/// let chats = Declared::new("chats/getAllMessages", "created").rich(true).key("chats");
+/// assert_eq!(chats.stable_key(), "chats");
 /// ```
 #[derive(Clone, Debug)]
 pub struct Declared {
@@ -183,7 +183,7 @@ impl Declared {
     }
 
     /// The stable key (default: `resource|changeTypes`).
-    pub fn key(&self) -> String {
+    pub fn stable_key(&self) -> String {
         self.key
             .clone()
             .unwrap_or_else(|| format!("{}|{}", self.resource, self.change_type))
@@ -201,7 +201,7 @@ impl Declared {
 
     /// Sets the stable key.
     #[must_use]
-    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+    pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
     }
@@ -731,7 +731,7 @@ impl ManagerBuilder {
     }
 
     /// The receiver's registry, so new subscriptions are accepted at once
-    /// (it should also read the records: [`SubscriptionRegistry::with_source`]).
+    /// (it should also read the records: [`SubscriptionRegistry::source`]).
     pub fn registry(mut self, registry: Arc<SubscriptionRegistry>) -> Self {
         self.registry = Some(registry);
         self
@@ -863,8 +863,8 @@ impl ManagerBuilder {
             if let Ok(resolved) = catalog::resolve(&d.resource) {
                 d.rules = Some(resolved.rules());
             }
-            if !keys.insert(d.key()) {
-                return Err(BuildError::Duplicate(format!("key '{}'", d.key())));
+            if !keys.insert(d.stable_key()) {
+                return Err(BuildError::Duplicate(format!("key '{}'", d.stable_key())));
             }
             if !combos.insert((d.resource.to_ascii_lowercase(), d.change_type.clone())) {
                 return Err(BuildError::Duplicate(format!(
@@ -876,7 +876,7 @@ impl ManagerBuilder {
                 Some(id) => Some(self.certificates.known.get(id).cloned().ok_or_else(|| {
                     BuildError::Certificate(format!(
                         "{}: certificate '{id}' is not one the manager knows (add it with known_certificate)",
-                        d.key()
+                        d.stable_key()
                     ))
                 })?),
                 None => self.certificates.active.clone(),
@@ -1039,7 +1039,12 @@ impl SubscriptionManager {
     ///
     /// The record store could not be read.
     pub async fn subscriptions(&self) -> Result<Vec<ManagedSubscription>, StoreError> {
-        let keys: HashSet<String> = self.shared.declared.iter().map(Declared::key).collect();
+        let keys: HashSet<String> = self
+            .shared
+            .declared
+            .iter()
+            .map(Declared::stable_key)
+            .collect();
         Ok(self
             .shared
             .managed()
@@ -1316,7 +1321,7 @@ impl Shared {
     }
 
     fn declared(&self, key: &str) -> Option<&Declared> {
-        self.declared.iter().find(|d| d.key() == key)
+        self.declared.iter().find(|d| d.stable_key() == key)
     }
 
     /// One pass under the lease; `None` when another instance holds it.
@@ -1341,7 +1346,7 @@ impl Shared {
             if !self.hold_lease().await? {
                 return Ok(None);
             }
-            let key = declared.key();
+            let key = declared.stable_key();
             let mine: Vec<Managed> = records.iter().filter(|m| m.key == key).cloned().collect();
             match self
                 .reconcile_one(declared, mine, live.as_ref(), public.as_deref())
@@ -1405,7 +1410,7 @@ impl Shared {
         live: Option<&HashSet<String>>,
         public: Option<&str>,
     ) -> Result<Step, BoxError> {
-        let key = declared.key();
+        let key = declared.stable_key();
         let now = self.now();
         // Two records for one key (instances that once raced): keep the
         // newest live one, delete the others.
@@ -1513,7 +1518,7 @@ impl Shared {
         urls: &Urls,
         replacing: Option<&str>,
     ) -> Result<(Managed, bool), BoxError> {
-        let key = declared.key();
+        let key = declared.stable_key();
         let certificate = self.certificate_for(declared);
         let mut handshakes = 0;
         let mut conflicts = 0;
@@ -1631,7 +1636,7 @@ impl Shared {
         mut update: SubscriptionUpdate,
         urls: &Urls,
     ) -> Result<Managed, BoxError> {
-        let key = declared.key();
+        let key = declared.stable_key();
         let mut handshakes = 0;
         let mut cap: Option<OffsetDateTime> = None;
         loop {
@@ -1707,7 +1712,7 @@ impl Shared {
     }
 
     async fn delete_all(&self) -> Result<(), StoreError> {
-        let keys: HashSet<String> = self.declared.iter().map(Declared::key).collect();
+        let keys: HashSet<String> = self.declared.iter().map(Declared::stable_key).collect();
         self.delete_keys(&keys).await
     }
 
@@ -1937,7 +1942,7 @@ mod tests {
     #[test]
     fn change_types_are_normalized_into_the_key() {
         let d = Declared::new(" users ", "Updated, deleted");
-        assert_eq!(d.key(), "users|updated,deleted");
+        assert_eq!(d.stable_key(), "users|updated,deleted");
     }
 
     #[test]

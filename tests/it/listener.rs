@@ -464,8 +464,7 @@ async fn subscriptions_recorded_by_another_instance_are_authenticated() {
     use msgraph_webhooks::registry::{MemoryRecords, RecordStore as _, SubscriptionRecord};
 
     let records = Arc::new(MemoryRecords::new());
-    let registry =
-        Arc::new(msgraph_webhooks::SubscriptionRegistry::new().with_source(records.clone()));
+    let registry = Arc::new(msgraph_webhooks::SubscriptionRegistry::new().source(records.clone()));
     let recorder = Recorder::default();
     let server = TestServer::start(Receiver::builder(recorder.clone()).registry(registry)).await;
     // Recorded after this instance started, as a subscription manager elsewhere would.
@@ -512,8 +511,7 @@ async fn an_unreachable_record_source_answers_503() {
             Box::pin(async { Err(StoreError("connection refused".into())) })
         }
     }
-    let registry =
-        Arc::new(msgraph_webhooks::SubscriptionRegistry::new().with_source(Arc::new(Down)));
+    let registry = Arc::new(msgraph_webhooks::SubscriptionRegistry::new().source(Arc::new(Down)));
     let server = TestServer::start(Receiver::builder(Recorder::default()).registry(registry)).await;
     let reply = post_json(
         &server.url("/"),

@@ -50,7 +50,7 @@ async fn activity(
 
 fn client(emulator: &Emulator, graph_url: String) -> GraphClient {
     let tokens = ClientCredentials::new(emulator.tenant_id(), APP, "a secret")
-        .with_token_url(emulator.token_url(emulator.tenant_id()));
+        .token_url(emulator.token_url(emulator.tenant_id()));
     GraphClient::new(tokens)
         .base_url(graph_url)
         .retry(RetryPolicy::new(3, Duration::from_millis(20)))
@@ -94,7 +94,7 @@ impl Rig {
         let emulator = emulator.start().await.unwrap();
         let spy = Relay::start(emulator.url()).await;
         let records = Arc::new(MemoryRecords::new());
-        let registry = Arc::new(SubscriptionRegistry::new().with_source(records.clone()));
+        let registry = Arc::new(SubscriptionRegistry::new().source(records.clone()));
         let resyncs: Arc<Mutex<Vec<Resync>>> = Arc::default();
         let (url, urls) = watch::channel(None);
         let seen = resyncs.clone();
@@ -709,7 +709,7 @@ fn tunnels(public_url: &str) -> serde_json::Value {
 async fn subscriptions_follow_a_new_ngrok_url() {
     let emulator = Emulator::start().await.unwrap();
     let records = Arc::new(MemoryRecords::new());
-    let registry = Arc::new(SubscriptionRegistry::new().with_source(records.clone()));
+    let registry = Arc::new(SubscriptionRegistry::new().source(records.clone()));
     let first_url = Arc::new(Mutex::new(json!({"tunnels": []})));
     let api = agent(first_url.clone()).await;
     let urls = NgrokAgent::new(api).watch(8080, Duration::from_millis(50));
@@ -856,7 +856,7 @@ async fn a_declaration_graph_would_refuse_is_refused_at_build_without_a_request(
     assert!(clamped.is_ok());
     let error = builder(&emulator, spy.url("/v1.0"))
         .declare(Declared::new("users", "updated"))
-        .declare(Declared::new("users", "updated").with_key("again"))
+        .declare(Declared::new("users", "updated").key("again"))
         .build()
         .unwrap_err();
     assert!(error.to_string().contains("declared twice"), "{error}");
@@ -871,7 +871,7 @@ async fn a_declaration_graph_would_refuse_is_refused_at_build_without_a_request(
 async fn the_router_nested_in_an_axum_app_serves_the_lifecycle_url_too() {
     let emulator = Emulator::builder().start().await.unwrap();
     let records = Arc::new(MemoryRecords::new());
-    let registry = Arc::new(SubscriptionRegistry::new().with_source(records.clone()));
+    let registry = Arc::new(SubscriptionRegistry::new().source(records.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public = format!(
         "http://{}/graph/notifications",

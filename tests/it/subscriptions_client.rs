@@ -113,7 +113,7 @@ async fn crud_and_paging_against_the_emulator() {
     let spy = Relay::start(emulator.url()).await;
     let hook = Hook::start(Answering::After(Duration::ZERO)).await;
     let tokens = ClientCredentials::new(emulator.tenant_id(), APP, "a secret")
-        .with_token_url(emulator.token_url(emulator.tenant_id()));
+        .token_url(emulator.token_url(emulator.tenant_id()));
     let client = GraphClient::new(tokens)
         .base_url(spy.url("/v1.0"))
         .clock(Arc::new(emulator.clock().clone()));
@@ -336,8 +336,8 @@ async fn hostile_answers_are_errors_not_panics() {
     ])
     .await;
     let tokens = ClientCredentials::new("t", "c", "s")
-        .with_token_url(format!("{url}/token"))
-        .with_retry(RetryPolicy::none());
+        .token_url(format!("{url}/token"))
+        .retry(RetryPolicy::none());
     // An outage is said to be one, not blamed on the credentials.
     let outage = tokens.token().await.unwrap_err();
     assert!(
@@ -414,7 +414,7 @@ async fn tokens_are_cached_until_shortly_before_expiry() {
     ])
     .await;
     let tokens = ClientCredentials::new("tenant", "client", "very-secret")
-        .with_token_url(format!("{url}/tenant/oauth2/v2.0/token"));
+        .token_url(format!("{url}/tenant/oauth2/v2.0/token"));
     assert!(!format!("{tokens:?}").contains("very-secret"));
     let first = tokens.token().await.unwrap();
     let second = tokens.token().await.unwrap();
@@ -447,7 +447,7 @@ async fn token_endpoint_refusals_are_explained() {
         json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}).to_string(),
     )])
     .await;
-    let tokens = ClientCredentials::new("t", "c", "wrong").with_token_url(format!("{url}/t/token"));
+    let tokens = ClientCredentials::new("t", "c", "wrong").token_url(format!("{url}/t/token"));
     let client = GraphClient::new(tokens).base_url(format!("{url}/v1.0"));
     match client.get("x").await {
         Err(ClientError::Token(TokenError::Rejected {
@@ -464,11 +464,11 @@ async fn token_endpoint_refusals_are_explained() {
     // Against the emulator's token endpoint: the real flow, and Graph accepts the token.
     let emulator = Emulator::start().await.unwrap();
     let tokens = ClientCredentials::new(emulator.tenant_id(), APP, "s")
-        .with_token_url(emulator.token_url(emulator.tenant_id()));
+        .token_url(emulator.token_url(emulator.tenant_id()));
     let client = GraphClient::new(tokens).base_url(emulator.graph_url());
     assert!(client.list().await.unwrap().is_empty());
     let no_secret = ClientCredentials::new(emulator.tenant_id(), APP, "")
-        .with_token_url(emulator.token_url(emulator.tenant_id()));
+        .token_url(emulator.token_url(emulator.tenant_id()));
     let error = no_secret.token().await.unwrap_err();
     assert!(
         matches!(error, TokenError::Rejected { status: 401, .. }),
@@ -498,7 +498,7 @@ async fn a_refused_token_is_replaced_once() {
         (200, json_ct(), subscription_json("s")),
     ])
     .await;
-    let tokens = ClientCredentials::new("t", "c", "s").with_token_url(format!("{url}/t/token"));
+    let tokens = ClientCredentials::new("t", "c", "s").token_url(format!("{url}/t/token"));
     let client = GraphClient::new(tokens).base_url(format!("{url}/v1.0"));
     assert_eq!(client.get("s").await.unwrap().id, "s");
     let seen = script.seen();

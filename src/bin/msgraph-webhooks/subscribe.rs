@@ -78,7 +78,7 @@ impl GraphArgs {
             "pass the client secret in MSGRAPH_WEBHOOKS_CLIENT_SECRET (or --client-secret)",
         )?;
         let tokens = ClientCredentials::new(tenant, client_id, secret.expose())
-            .with_token_url(self.token_url.replace("{tenant}", tenant));
+            .token_url(self.token_url.replace("{tenant}", tenant));
         Ok(GraphClient::new(tokens).base_url(&self.graph_url))
     }
 }
@@ -293,7 +293,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         .map(load_certificate)
         .transpose()?;
     let store = args.store.open().await?;
-    let registry = Arc::new(SubscriptionRegistry::new().with_source(store.records.clone()));
+    let registry = Arc::new(SubscriptionRegistry::new().source(store.records.clone()));
     let manager = args
         .subscription
         .manager(client, &args.subscriptions, args.port, certificate)?

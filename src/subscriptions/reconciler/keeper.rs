@@ -109,7 +109,7 @@ impl Shared {
         for declared in &self.declared {
             self.lease
                 .join(
-                    &self.group(&declared.key()),
+                    &self.group(&declared.stable_key()),
                     &self.holder,
                     self.settings.lease_ttl,
                 )
@@ -123,7 +123,7 @@ impl Shared {
     pub(super) async fn leave(&self, delete: bool) -> Result<(), StoreError> {
         let mut last = HashSet::new();
         for declared in &self.declared {
-            let key = declared.key();
+            let key = declared.stable_key();
             let group = self.group(&key);
             self.lease.leave(&group, &self.holder).await?;
             // Left first, read second: of instances stopping together, the
