@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use msgraph_webhooks::handler::Event;
+use msgraph_webhooks::handler::HandlerEvent;
 use msgraph_webhooks::inbox::{Inbox, MemoryInbox};
 use msgraph_webhooks::listener::ServerConfig;
 use msgraph_webhooks::worker::RetryPolicy;
@@ -130,7 +130,7 @@ async fn a_basic_notification_reaches_the_handler_typed() {
     );
     assert!(event.data().is_none());
     assert!(event.raw_json().contains("lsgTZMr9KwAAA"));
-    let line = Event::Change(event.clone()).to_json();
+    let line = HandlerEvent::Change(event.clone()).to_json();
     assert_eq!(line["kind"], "change");
     assert_eq!(line["resourceKind"], "message");
     assert_eq!(line["data"], serde_json::Value::Null);

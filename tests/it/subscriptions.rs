@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use msgraph_webhooks::crypto::{KeyRing, generate_certificate};
 use msgraph_webhooks::emulator::{Change, Emulator, EmulatorBuilder};
-use msgraph_webhooks::handler::Event;
+use msgraph_webhooks::handler::HandlerEvent;
 use msgraph_webhooks::registry::{MemoryRecords, RecordStore};
 use msgraph_webhooks::store::{Lease, MemoryLease, SqliteStore};
 use msgraph_webhooks::subscriptions::{
@@ -142,7 +142,7 @@ impl Rig {
         self.recorder
             .wait_until("a change on the subscription", WAIT, |events| {
                 events.iter().any(
-                    |e| matches!(e, Event::Change(c) if c.subscription_id() == subscription_id),
+                    |e| matches!(e, HandlerEvent::Change(c) if c.subscription_id() == subscription_id),
                 )
             })
             .await;
@@ -460,7 +460,7 @@ async fn each_lifecycle_event_triggers_its_action_and_hook() {
                     events
                         .iter()
                         .filter(
-                            |e| matches!(e, Event::Lifecycle(l) if *l.lifecycle_event() == event),
+                            |e| matches!(e, HandlerEvent::Lifecycle(l) if *l.lifecycle_event() == event),
                         )
                         .count()
                         >= n
@@ -650,7 +650,7 @@ async fn rotation_moves_rich_subscriptions_and_old_notifications_still_decrypt()
         .wait_until("both changes", WAIT, |events| {
             events
                 .iter()
-                .filter(|e| matches!(e, Event::Change(_)))
+                .filter(|e| matches!(e, HandlerEvent::Change(_)))
                 .count()
                 >= 2
         })
@@ -658,7 +658,7 @@ async fn rotation_moves_rich_subscriptions_and_old_notifications_still_decrypt()
     let mut by_certificate: Vec<(String, String)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Change(c) => Some((
+            HandlerEvent::Change(c) => Some((
                 c.notification()
                     .encrypted_content
                     .as_ref()
