@@ -138,11 +138,12 @@ enum LifecycleUrl {
 /// across restarts and instances, is the resource and change types.
 ///
 /// ```
+/// use msgraph_webhooks::ChangeType;
 /// use msgraph_webhooks::subscriptions::Declared;
 ///
-/// let mail = Declared::new("users/ada@contoso.com/messages", "created,updated");
+/// let mail = Declared::new("users/ada@contoso.com/messages", [ChangeType::Created, ChangeType::Updated]);
 /// assert_eq!(mail.stable_key(), "users/ada@contoso.com/messages|created,updated");
-/// let chats = Declared::new("chats/getAllMessages", "created").rich(true).key("chats");
+/// let chats = Declared::new("chats/getAllMessages", [ChangeType::Created]).rich(true).key("chats");
 /// assert_eq!(chats.stable_key(), "chats");
 /// ```
 #[derive(Clone, Debug)]
@@ -160,18 +161,19 @@ pub struct Declared {
 }
 
 impl Declared {
-    /// `resource` (a path as in Graph's `resource`) with `change_types`
-    /// (comma-separated `created`, `updated`, `deleted`).
-    pub fn new(resource: impl Into<String>, change_types: impl Into<String>) -> Self {
-        let change_type: String = change_types.into();
-        let normalized = catalog::parse_change_types(&change_type).map_or_else(
-            |_| change_type.trim().to_owned(),
-            |types| catalog::join_change_types(&types),
-        );
+    /// `resource` (a path as in Graph's `resource`) with `change_types`,
+    /// as [`NewSubscription::new`] takes them (each once, in the order
+    /// given). [`catalog::parse_change_types`] reads them from text such as
+    /// `created,updated`.
+    pub fn new(
+        resource: impl Into<String>,
+        change_types: impl IntoIterator<Item = ChangeType>,
+    ) -> Self {
+        let change_types: Vec<ChangeType> = change_types.into_iter().collect();
         Self {
             key: None,
             resource: resource.into().trim().to_owned(),
-            change_type: normalized,
+            change_type: catalog::join_change_types(&change_types),
             rich: false,
             certificate_id: None,
             notification_url: None,
@@ -1881,7 +1883,7 @@ mod tests {
 
     #[test]
     fn derived_urls() {
-        let d = Declared::new("users", "updated");
+        let d = Declared::new("users", [ChangeType::Updated]);
         let urls = d.urls(Some("https://abc.ngrok-free.app")).unwrap();
         assert_eq!(urls.notification, "https://abc.ngrok-free.app/");
         assert_eq!(
@@ -1895,7 +1897,7 @@ mod tests {
             Some("https://example.com/hooks/graph/lifecycle")
         );
         assert!(d.urls(None).is_none());
-        let fixed = Declared::new("users", "updated")
+        let fixed = Declared::new("users", [ChangeType::Updated])
             .notification_url("https://a.example/n")
             .without_lifecycle_url();
         assert_eq!(
@@ -1941,8 +1943,11 @@ mod tests {
 
     #[test]
     fn change_types_are_normalized_into_the_key() {
-        let d = Declared::new(" users ", "Updated, deleted");
+        let types = catalog::parse_change_types("Updated, deleted").unwrap();
+        let d = Declared::new(" users ", types);
         assert_eq!(d.stable_key(), "users|updated,deleted");
+        let twice = Declared::new("users", [ChangeType::Updated, ChangeType::Updated]);
+        assert_eq!(twice.stable_key(), "users|updated");
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl SubscriptionArgs {
                 let (resource, change_types) = spec.rsplit_once(':').ok_or_else(|| {
                     format!("'{spec}': write RESOURCE:CHANGETYPES, e.g. users/ada@contoso.com/messages:created,updated")
                 })?;
-                catalog::parse_change_types(change_types).map_err(|e| {
+                let change_types = catalog::parse_change_types(change_types).map_err(|e| {
                     format!("'{spec}': {e} Write RESOURCE:CHANGETYPES, e.g. users:updated,deleted")
                 })?;
                 let mut declared = Declared::new(resource, change_types).rich(self.rich);
