@@ -71,15 +71,15 @@ pub trait Handler: Send + Sync + 'static {
     /// the contract: an event counts as handled only once its result is `Ok`.
     fn on_batch(
         &self,
-        events: Vec<Event>,
+        events: Vec<HandlerEvent>,
     ) -> impl Future<Output = Vec<Result<(), BoxError>>> + Send {
         async move {
             let mut results = Vec::with_capacity(events.len());
             for event in events {
                 let call = async {
                     match event {
-                        Event::Change(e) => self.on_change(e).await,
-                        Event::Lifecycle(e) => self.on_lifecycle(e).await,
+                        HandlerEvent::Change(e) => self.on_change(e).await,
+                        HandlerEvent::Lifecycle(e) => self.on_lifecycle(e).await,
                     }
                 };
                 let result = match AssertUnwindSafe(call).catch_unwind().await {
@@ -132,7 +132,7 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_batch(
         &self,
-        events: Vec<Event>,
+        events: Vec<HandlerEvent>,
     ) -> impl Future<Output = Vec<Result<(), BoxError>>> + Send {
         (**self).on_batch(events)
     }
@@ -241,14 +241,14 @@ where
     }
 }
 
-/// Adapts a `tower::Service<Event>` into a [`Handler`], so timeouts,
+/// Adapts a `tower::Service<HandlerEvent>` into a [`Handler`], so timeouts,
 /// concurrency limits and tracing layers can wrap the app's code.
 ///
 /// ```
 /// use std::convert::Infallible;
-/// use msgraph_webhooks::handler::{Event, ServiceHandler};
+/// use msgraph_webhooks::handler::{HandlerEvent, ServiceHandler};
 ///
-/// let service = tower::service_fn(|event: Event| async move {
+/// let service = tower::service_fn(|event: HandlerEvent| async move {
 ///     println!("{}", event.to_json());
 ///     Ok::<_, Infallible>(())
 /// });
@@ -267,11 +267,11 @@ impl<S> ServiceHandler<S> {
 
 impl<S> ServiceHandler<S>
 where
-    S: tower_service::Service<Event, Response = ()> + Clone + Send + Sync + 'static,
+    S: tower_service::Service<HandlerEvent, Response = ()> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
 {
-    async fn call(&self, event: Event) -> Result<(), BoxError> {
+    async fn call(&self, event: HandlerEvent) -> Result<(), BoxError> {
         let mut service = self.0.clone();
         std::future::poll_fn(|cx| service.poll_ready(cx))
             .await
@@ -282,19 +282,19 @@ where
 
 impl<S> Handler for ServiceHandler<S>
 where
-    S: tower_service::Service<Event, Response = ()> + Clone + Send + Sync + 'static,
+    S: tower_service::Service<HandlerEvent, Response = ()> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
 {
     fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
-        self.call(Event::Change(event))
+        self.call(HandlerEvent::Change(event))
     }
 
     fn on_lifecycle(
         &self,
         event: LifecycleEvent,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
-        self.call(Event::Lifecycle(event))
+        self.call(HandlerEvent::Lifecycle(event))
     }
 }
 
@@ -510,17 +510,22 @@ impl fmt::Debug for LifecycleEvent {
     }
 }
 
-/// Either kind of event, for handlers that take both alike.
+/// Either kind of event a [`Handler`] is given, for handlers that take both
+/// alike (e.g. a `tower::Service<HandlerEvent>` behind [`ServiceHandler`]).
+///
+/// Named for the handler, so it is not mistaken for a calendar event
+/// ([`resources::Event`](crate::notification::resources::Event),
+/// [`ResourceKind::Event`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
-pub enum Event {
+pub enum HandlerEvent {
     /// A change notification.
     Change(ChangeEvent),
     /// A lifecycle notification.
     Lifecycle(LifecycleEvent),
 }
 
-impl Event {
+impl HandlerEvent {
     /// The event as the one JSON line `msgraph-webhooks listen` prints:
     ///
     /// `{"kind":"change","id":…,"subscriptionId":…,"subscriptionExpirationDateTime":…,"changeType":…,"resource":…,"resourceKind":…,"tenantId":…,"resourceData":{…},"data":{…}|null}`
@@ -548,7 +553,7 @@ impl Event {
 
     fn line(&self) -> Line<'_> {
         match self {
-            Event::Change(e) => Line::Change {
+            HandlerEvent::Change(e) => Line::Change {
                 id: e.id(),
                 subscription_id: e.subscription_id(),
                 subscription_expiration_date_time: e.subscription_expiration().map(Rfc3339At),
@@ -559,7 +564,7 @@ impl Event {
                 resource_data: e.resource_data(),
                 data: e.data(),
             },
-            Event::Lifecycle(e) => Line::Lifecycle {
+            HandlerEvent::Lifecycle(e) => Line::Lifecycle {
                 subscription_id: e.subscription_id(),
                 subscription_expiration_date_time: e.subscription_expiration().map(Rfc3339At),
                 lifecycle_event: e.lifecycle_event(),
@@ -605,7 +610,7 @@ impl serde::Serialize for Rfc3339At {
     }
 }
 
-/// Writes every event as one JSON line ([`Event::to_json`]): the handler
+/// Writes every event as one JSON line ([`HandlerEvent::to_json`]): the handler
 /// behind `msgraph-webhooks listen`.
 ///
 /// A writer thread of its own does the blocking I/O. It writes whatever
@@ -662,7 +667,7 @@ impl JsonLines {
         Self { lines }
     }
 
-    async fn write(&self, event: Event) -> Result<(), BoxError> {
+    async fn write(&self, event: HandlerEvent) -> Result<(), BoxError> {
         let mut lines = Vec::with_capacity(512);
         event.write_json(&mut lines)?;
         lines.push(b'\n');
@@ -685,18 +690,18 @@ impl JsonLines {
 
 impl Handler for JsonLines {
     fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
-        self.write(Event::Change(event))
+        self.write(HandlerEvent::Change(event))
     }
 
     fn on_lifecycle(
         &self,
         event: LifecycleEvent,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
-        self.write(Event::Lifecycle(event))
+        self.write(HandlerEvent::Lifecycle(event))
     }
 
     /// All the batch's lines in one write and one flush.
-    async fn on_batch(&self, events: Vec<Event>) -> Vec<Result<(), BoxError>> {
+    async fn on_batch(&self, events: Vec<HandlerEvent>) -> Vec<Result<(), BoxError>> {
         let mut lines = Vec::with_capacity(512 * events.len());
         let mut results: Vec<Result<(), BoxError>> = Vec::with_capacity(events.len());
         for event in &events {

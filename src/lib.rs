@@ -137,7 +137,7 @@ pub mod worker;
 mod receiver;
 mod secret;
 
-pub use handler::{BoxError, ChangeEvent, Event, Handler, LifecycleEvent, handler_fn};
+pub use handler::{BoxError, ChangeEvent, Handler, HandlerEvent, LifecycleEvent, handler_fn};
 pub use notification::{ChangeType, LifecycleEventType, ResourceKind};
 pub use receiver::{BuildError, Receiver, ReceiverBuilder};
 pub use registry::SubscriptionRegistry;

@@ -274,7 +274,7 @@ impl SubscriptionRegistry {
 
     /// Also looks up subscriptions it does not know in `source` (the records
     /// the subscription manager writes, possibly on another instance).
-    pub fn with_source(mut self, source: Arc<dyn RecordStore>) -> Self {
+    pub fn source(mut self, source: Arc<dyn RecordStore>) -> Self {
         self.source = Some(source);
         self
     }
@@ -519,7 +519,7 @@ mod tests {
     #[tokio::test]
     async fn a_pending_record_admits_items_by_their_state_only() {
         let records = Arc::new(MemoryRecords::new());
-        let registry = SubscriptionRegistry::new().with_source(records.clone());
+        let registry = SubscriptionRegistry::new().source(records.clone());
         let state = ClientState::random();
         let now = OffsetDateTime::now_utc();
         records

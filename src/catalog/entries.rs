@@ -367,6 +367,19 @@ pub(super) static ENTRIES: &[Entry] = &[
         application: &[p("Group.Read.All")],
         ..ROW
     },
+    // Microsoft Learn, "Set up notifications for changes in resource data",
+    // <https://learn.microsoft.com/graph/change-notifications-overview>,
+    // supported resources: "Changes to a specific group: /groups/{id}"; the
+    // permissions are the group row of "Create subscription".
+    Entry {
+        kind: ResourceKind::Group,
+        paths: &["groups/{id}"],
+        about: "one group",
+        delegated_work: &[p("Group.Read.All")],
+        application: &[p("Group.Read.All")],
+        single_resource: true,
+        ..ROW
+    },
     Entry {
         kind: ResourceKind::GroupConversation,
         paths: &["groups/{id}/conversations"],
@@ -504,6 +517,20 @@ pub(super) static ENTRIES: &[Entry] = &[
         delegated_work: &[p("User.Read.All")],
         delegated_personal: &[p("User.Read.All")],
         application: &[p("User.Read.All")],
+        ..ROW
+    },
+    // Microsoft Learn, "Set up notifications for changes in resource data",
+    // <https://learn.microsoft.com/graph/change-notifications-overview>,
+    // supported resources: "Changes to a specific user: /users/{id}"; the
+    // permissions are the user row of "Create subscription".
+    Entry {
+        kind: ResourceKind::User,
+        paths: &["users/{id}"],
+        about: "one user",
+        delegated_work: &[p("User.Read.All")],
+        delegated_personal: &[p("User.Read.All")],
+        application: &[p("User.Read.All")],
+        single_resource: true,
         ..ROW
     },
     Entry {

@@ -223,7 +223,8 @@ pub enum ResourceDataRule {
     /// Notifications always carry encrypted resource data (presence): the
     /// certificate is required on every subscription.
     AlwaysEncrypted,
-    /// Only basic notifications (virtual events): `includeResourceData` is an error.
+    /// Only basic notifications (users, groups, virtual events):
+    /// `includeResourceData` is an error.
     NotSupported,
 }
 
@@ -283,7 +284,8 @@ const OUTLOOK_EVENTS: &[LifecycleEventType] = &[
 ];
 
 /// The rules of a kind: change types (Microsoft Learn, "subscription resource type", <https://learn.microsoft.com/graph/api/resources/subscription>: drive items and lists
-/// `updated` only, users and groups `updated` and `deleted`), maximum
+/// `updated` only, users and groups `updated` and `deleted`; presence
+/// `updated` only), maximum
 /// lifetime (the catalog's lifetime table), resource data, Teams and Outlook
 /// rules, lifecycle support (Microsoft Learn, "Reduce missing subscriptions and change notifications", <https://learn.microsoft.com/graph/change-notifications-lifecycle-events>).
 ///
@@ -311,9 +313,13 @@ pub fn rules(kind: &ResourceKind) -> KindRules {
             max_lifetime_minutes: 42_300,
             ..base
         },
+        // Users and groups are not among the resources with rich
+        // notifications (Microsoft Learn, "Set up change notifications that
+        // include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
         K::User | K::Group => KindRules {
             change_types: UPDATED_DELETED,
             max_lifetime_minutes: 41_760,
+            resource_data: ResourceDataRule::NotSupported,
             ..base
         },
         K::Message | K::Event | K::Contact => KindRules {
@@ -356,7 +362,11 @@ pub fn rules(kind: &ResourceKind) -> KindRules {
             teams: true,
             ..base
         },
+        // Presence changes are `updated` only (Microsoft Learn, "Get change
+        // notifications for presence updates in Microsoft Teams",
+        // <https://learn.microsoft.com/graph/changenotifications-for-presence>).
         K::Presence => KindRules {
+            change_types: UPDATED_ONLY,
             max_lifetime_minutes: 60,
             resource_data: ResourceDataRule::AlwaysEncrypted,
             teams: true,
@@ -840,6 +850,21 @@ pub fn parse_change_types(value: &str) -> Result<Vec<ChangeType>, Violation> {
         }
     }
     Ok(out)
+}
+
+/// `changeType` as Graph takes it: the change types comma-separated, each
+/// once, in the order given (`created,updated`).
+pub fn join_change_types(types: &[ChangeType]) -> String {
+    let mut seen: Vec<&ChangeType> = Vec::new();
+    for t in types {
+        if !seen.contains(&t) {
+            seen.push(t);
+        }
+    }
+    seen.iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A resource path and the catalog rows it matches.

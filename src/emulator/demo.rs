@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{DeliveryKind, DeliveryRecord, Emulator, Outcome};
 use crate::crypto::{KeyRing, generate_certificate};
-use crate::handler::Event;
+use crate::handler::HandlerEvent;
 use crate::listener::ServerConfig;
 use crate::tokens::Jwks;
 use crate::{BoxError, ChangeEvent, ClientState, Handler, LifecycleEvent, Receiver};
@@ -40,22 +40,24 @@ pub struct Summary {
     pub subscriptions: Vec<(String, String, bool)>,
     /// Every delivery attempt the emulator made.
     pub deliveries: Vec<DeliveryRecord>,
-    /// The events the receiver handed over, as [`Event::to_json`] lines.
+    /// The events the receiver handed over, as [`HandlerEvent::to_json`] lines.
     pub events: Vec<Value>,
     /// From start to summary.
     pub elapsed: Duration,
 }
 
 /// Hands every event to the demo's loop.
-struct Forward(mpsc::UnboundedSender<Event>);
+struct Forward(mpsc::UnboundedSender<HandlerEvent>);
 
 impl Handler for Forward {
     async fn on_change(&self, event: ChangeEvent) -> Result<(), BoxError> {
-        self.0.send(Event::Change(event)).map_err(Into::into)
+        self.0.send(HandlerEvent::Change(event)).map_err(Into::into)
     }
 
     async fn on_lifecycle(&self, event: LifecycleEvent) -> Result<(), BoxError> {
-        self.0.send(Event::Lifecycle(event)).map_err(Into::into)
+        self.0
+            .send(HandlerEvent::Lifecycle(event))
+            .map_err(Into::into)
     }
 }
 
@@ -305,7 +307,7 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<Summary, BoxError> {
             }
         };
         print_event(out, &event);
-        if let Event::Lifecycle(lifecycle) = &event {
+        if let HandlerEvent::Lifecycle(lifecycle) = &event {
             let answer = client
                 .post(format!(
                     "{}/subscriptions/{}/reauthorize",
@@ -346,9 +348,9 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<Summary, BoxError> {
     })
 }
 
-fn print_event(out: &mut (dyn Write + Send), event: &Event) {
+fn print_event(out: &mut (dyn Write + Send), event: &HandlerEvent) {
     match event {
-        Event::Change(change) => {
+        HandlerEvent::Change(change) => {
             let detail = match change.data() {
                 Some(data) => format!(
                     "decrypted, validation token verified: {}",
@@ -370,7 +372,7 @@ fn print_event(out: &mut (dyn Write + Send), event: &Event) {
                 change.resource()
             );
         }
-        Event::Lifecycle(lifecycle) => say!(
+        HandlerEvent::Lifecycle(lifecycle) => say!(
             out,
             "event      lifecycle  {} for {}…",
             lifecycle.lifecycle_event(),

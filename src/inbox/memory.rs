@@ -108,7 +108,7 @@ impl MemoryInbox {
     /// Holds at most `max_bytes` of items (their raw JSON, and their
     /// deliveries' tokens once each).
     #[must_use]
-    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
         self.max_bytes = max_bytes;
         self
     }
@@ -405,7 +405,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_byte_capacity_counts_raw_items_and_each_deliverys_tokens_once() {
-        let inbox = MemoryInbox::new(1000).with_max_bytes(10_000);
+        let inbox = MemoryInbox::new(1000).max_bytes(10_000);
         let tokens = ValidationTokens::Tokens(vec!["t".repeat(5_000)].into());
         // 10 items of 100 bytes sharing 5 000 bytes of tokens: 6 000 bytes.
         let delivery = (0..10).map(|_| sized(100, &tokens)).collect();
@@ -434,7 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn dead_letters_keep_to_a_quarter_of_the_byte_capacity() {
-        let inbox = MemoryInbox::new(1000).with_max_bytes(40_000);
+        let inbox = MemoryInbox::new(1000).max_bytes(40_000);
         for _ in 0..5 {
             inbox
                 .append(vec![sized(4_000, &ValidationTokens::Absent)])

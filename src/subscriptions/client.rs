@@ -16,7 +16,8 @@ use time::OffsetDateTime;
 use super::clock::{Clock, SystemClock};
 use super::preflight::{self, LifetimePolicy, PreflightError};
 use super::token::{TokenError, TokenProvider};
-use crate::ClientState;
+use crate::catalog;
+use crate::{ChangeType, ClientState};
 
 /// Graph's v1.0 endpoint.
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com/v1.0";
@@ -138,23 +139,27 @@ pub struct Subscription {
 /// The body of `POST /subscriptions`.
 ///
 /// ```
+/// use msgraph_webhooks::ChangeType;
 /// use msgraph_webhooks::subscriptions::NewSubscription;
 /// use time::{Duration, OffsetDateTime};
 ///
 /// let new = NewSubscription::new(
 ///     "users/ada@contoso.com/messages",
-///     "created,updated",
+///     [ChangeType::Created, ChangeType::Updated],
 ///     "https://example.com/notifications",
 ///     OffsetDateTime::now_utc() + Duration::days(2),
 /// )
 /// .lifecycle_notification_url("https://example.com/lifecycle");
 /// assert_eq!(new.resource, "users/ada@contoso.com/messages");
+/// // On the wire as Graph wants it.
+/// assert_eq!(new.change_type, "created,updated");
 /// ```
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct NewSubscription {
-    /// `changeType`, comma-separated.
+    /// `changeType`: the change types given to [`NewSubscription::new`],
+    /// comma-separated as Graph takes them (`created,updated`).
     pub change_type: String,
     /// `notificationUrl`.
     pub notification_url: String,
@@ -187,15 +192,18 @@ pub struct NewSubscription {
 }
 
 impl NewSubscription {
-    /// A basic subscription.
+    /// A basic subscription to `change_types` of `resource` (each named
+    /// once, in the order given), notified at `notification_url` until
+    /// `expiration`.
     pub fn new(
         resource: impl Into<String>,
-        change_type: impl Into<String>,
+        change_types: impl IntoIterator<Item = ChangeType>,
         notification_url: impl Into<String>,
         expiration: OffsetDateTime,
     ) -> Self {
+        let change_types: Vec<ChangeType> = change_types.into_iter().collect();
         Self {
-            change_type: change_type.into(),
+            change_type: catalog::join_change_types(&change_types),
             notification_url: notification_url.into(),
             resource: resource.into(),
             expiration,
@@ -892,6 +900,23 @@ mod tests {
             &HeaderMap::new(),
             body.as_bytes(),
         )
+    }
+
+    #[test]
+    fn change_types_go_on_the_wire_comma_separated_each_once() {
+        let new = NewSubscription::new(
+            "users",
+            [
+                ChangeType::Updated,
+                ChangeType::Deleted,
+                ChangeType::Updated,
+            ],
+            "https://example.com/",
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let body = serde_json::to_value(&new).unwrap();
+        assert_eq!(body["changeType"], "updated,deleted");
+        assert_eq!(body["resource"], "users");
     }
 
     #[test]

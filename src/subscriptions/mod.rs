@@ -33,19 +33,19 @@
 //! use msgraph_webhooks::registry::MemoryRecords;
 //! use msgraph_webhooks::store::MemoryLease;
 //! use msgraph_webhooks::subscriptions::{ClientCredentials, Declared, GraphClient, SubscriptionManager};
-//! use msgraph_webhooks::{Receiver, SubscriptionRegistry, handler_fn};
+//! use msgraph_webhooks::{ChangeType, Receiver, SubscriptionRegistry, handler_fn};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let tokens = ClientCredentials::new("your-tenant-id", "your-client-id", "your-client-secret");
 //! let client = GraphClient::new(tokens);
 //! let records = Arc::new(MemoryRecords::new());
-//! let registry = Arc::new(SubscriptionRegistry::new().with_source(records.clone()));
+//! let registry = Arc::new(SubscriptionRegistry::new().source(records.clone()));
 //! let manager = SubscriptionManager::builder(client)
 //!     .records(records)
 //!     .lease(Arc::new(MemoryLease::new()))
 //!     .registry(registry.clone())
 //!     .public_url("https://example.ngrok-free.app")
-//!     .declare(Declared::new("users/ada@contoso.com/messages", "created,updated"))
+//!     .declare(Declared::new("users/ada@contoso.com/messages", [ChangeType::Created, ChangeType::Updated]))
 //!     .on_resync(|resync| async move {
 //!         println!("run a delta query for {}", resync.resource);
 //!         Ok(())

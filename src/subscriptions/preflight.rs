@@ -7,13 +7,14 @@
 //!
 //! ```
 //! use msgraph_webhooks::subscriptions::preflight::{self, LifetimePolicy};
+//! use msgraph_webhooks::ChangeType;
 //! use msgraph_webhooks::subscriptions::NewSubscription;
 //! use time::{Duration, OffsetDateTime};
 //!
 //! let now = OffsetDateTime::now_utc();
 //! let new = NewSubscription::new(
 //!     "users/ada@contoso.com/messages",
-//!     "created",
+//!     [ChangeType::Created],
 //!     "https://example.com/notifications",
 //!     now + Duration::days(30),
 //! );

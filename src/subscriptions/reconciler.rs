@@ -21,7 +21,8 @@ use crate::crypto::DecryptionKey;
 use crate::registry::{MemoryRecords, RecordStore, Registration, SubscriptionRecord};
 use crate::store::{Lease, MemoryLease, StoreError};
 use crate::{
-    BoxError, ClientState, Handler, LifecycleEvent, LifecycleEventType, SubscriptionRegistry,
+    BoxError, ChangeType, ClientState, Handler, LifecycleEvent, LifecycleEventType,
+    SubscriptionRegistry,
 };
 
 mod keeper;
@@ -142,12 +143,13 @@ enum LifecycleUrl {
 /// across restarts and instances, is the resource and change types.
 ///
 /// ```
+/// use msgraph_webhooks::ChangeType;
 /// use msgraph_webhooks::subscriptions::Declared;
 ///
-/// let mail = Declared::new("users/ada@contoso.com/messages", "created,updated");
-/// assert_eq!(mail.key(), "users/ada@contoso.com/messages|created,updated");
-/// let chats = Declared::new("chats/getAllMessages", "created").rich(true).with_key("chats");
-/// assert_eq!(chats.key(), "chats");
+/// let mail = Declared::new("users/ada@contoso.com/messages", [ChangeType::Created, ChangeType::Updated]);
+/// assert_eq!(mail.stable_key(), "users/ada@contoso.com/messages|created,updated");
+/// let chats = Declared::new("chats/getAllMessages", [ChangeType::Created]).rich(true).key("chats");
+/// assert_eq!(chats.stable_key(), "chats");
 /// ```
 #[derive(Clone, Debug)]
 pub struct Declared {
@@ -164,24 +166,19 @@ pub struct Declared {
 }
 
 impl Declared {
-    /// `resource` (a path as in Graph's `resource`) with `change_types`
-    /// (comma-separated `created`, `updated`, `deleted`).
-    pub fn new(resource: impl Into<String>, change_types: impl Into<String>) -> Self {
-        let change_type: String = change_types.into();
-        let normalized = catalog::parse_change_types(&change_type).map_or_else(
-            |_| change_type.trim().to_owned(),
-            |types| {
-                types
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            },
-        );
+    /// `resource` (a path as in Graph's `resource`) with `change_types`,
+    /// as [`NewSubscription::new`] takes them (each once, in the order
+    /// given). [`catalog::parse_change_types`] reads them from text such as
+    /// `created,updated`.
+    pub fn new(
+        resource: impl Into<String>,
+        change_types: impl IntoIterator<Item = ChangeType>,
+    ) -> Self {
+        let change_types: Vec<ChangeType> = change_types.into_iter().collect();
         Self {
             key: None,
             resource: resource.into().trim().to_owned(),
-            change_type: normalized,
+            change_type: catalog::join_change_types(&change_types),
             rich: false,
             certificate_id: None,
             notification_url: None,
@@ -193,7 +190,7 @@ impl Declared {
     }
 
     /// The stable key (default: `resource|changeTypes`).
-    pub fn key(&self) -> String {
+    pub fn stable_key(&self) -> String {
         self.key
             .clone()
             .unwrap_or_else(|| format!("{}|{}", self.resource, self.change_type))
@@ -211,7 +208,7 @@ impl Declared {
 
     /// Sets the stable key.
     #[must_use]
-    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+    pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
     }
@@ -317,9 +314,15 @@ impl Declared {
         client_state: ClientState,
         now: OffsetDateTime,
     ) -> Result<NewSubscription, PreflightError> {
+        // An invalid name stays itself (`Unknown`), for pre-flight to refuse
+        // by name.
+        let change_types = self
+            .change_type
+            .split(',')
+            .map(|t| ChangeType::parse(t.trim()));
         let mut new = NewSubscription::new(
             &self.resource,
-            &self.change_type,
+            change_types,
             &urls.notification,
             now + self.lifetime_now(),
         )
@@ -735,7 +738,7 @@ impl ManagerBuilder {
     }
 
     /// The receiver's registry, so new subscriptions are accepted at once
-    /// (it should also read the records: [`SubscriptionRegistry::with_source`]).
+    /// (it should also read the records: [`SubscriptionRegistry::source`]).
     pub fn registry(mut self, registry: Arc<SubscriptionRegistry>) -> Self {
         self.registry = Some(registry);
         self
@@ -872,8 +875,8 @@ impl ManagerBuilder {
             if let Ok(resolved) = catalog::resolve(&d.resource) {
                 d.rules = Some(resolved.rules());
             }
-            if !keys.insert(d.key()) {
-                return Err(BuildError::Duplicate(format!("key '{}'", d.key())));
+            if !keys.insert(d.stable_key()) {
+                return Err(BuildError::Duplicate(format!("key '{}'", d.stable_key())));
             }
             if !combos.insert((d.resource.to_ascii_lowercase(), d.change_type.clone())) {
                 return Err(BuildError::Duplicate(format!(
@@ -885,7 +888,7 @@ impl ManagerBuilder {
                 Some(id) => Some(self.certificates.known.get(id).cloned().ok_or_else(|| {
                     BuildError::Certificate(format!(
                         "{}: certificate '{id}' is not one the manager knows (add it with known_certificate)",
-                        d.key()
+                        d.stable_key()
                     ))
                 })?),
                 None => self.certificates.active.clone(),
@@ -1048,7 +1051,12 @@ impl SubscriptionManager {
     ///
     /// The record store could not be read.
     pub async fn subscriptions(&self) -> Result<Vec<ManagedSubscription>, StoreError> {
-        let keys: HashSet<String> = self.shared.declared.iter().map(Declared::key).collect();
+        let keys: HashSet<String> = self
+            .shared
+            .declared
+            .iter()
+            .map(Declared::stable_key)
+            .collect();
         Ok(self
             .shared
             .managed()
@@ -1169,7 +1177,7 @@ impl Running {
         // wait for them to lapse.
         let release = async {
             for declared in &shared.declared {
-                shared.release(&declared.key()).await?;
+                shared.release(&declared.stable_key()).await?;
             }
             Ok::<(), StoreError>(())
         };
@@ -1319,7 +1327,7 @@ impl Shared {
     }
 
     fn declared(&self, key: &str) -> Option<&Declared> {
-        self.declared.iter().find(|d| d.key() == key)
+        self.declared.iter().find(|d| d.stable_key() == key)
     }
 
     /// One pass over the declarations whose lease this instance holds;
@@ -1328,7 +1336,7 @@ impl Shared {
         let _ops = self.ops.lock().await;
         let mut mine = Vec::new();
         for declared in &self.declared {
-            if self.hold(&declared.key()).await? {
+            if self.hold(&declared.stable_key()).await? {
                 mine.push(declared);
             }
         }
@@ -1348,7 +1356,7 @@ impl Shared {
         };
         let mut next = now + self.settings.check_interval;
         for declared in mine.iter().copied() {
-            let key = declared.key();
+            let key = declared.stable_key();
             if !self.hold(&key).await? {
                 // Lost while the pass ran (a store outage longer than the lease).
                 continue;
@@ -1426,7 +1434,7 @@ impl Shared {
         live: Option<&HashSet<String>>,
         public: Option<&str>,
     ) -> Result<Step, BoxError> {
-        let key = declared.key();
+        let key = declared.stable_key();
         let now = self.now();
         // Two records for one key (instances that once raced): keep the
         // newest live one, delete the others.
@@ -1534,7 +1542,7 @@ impl Shared {
         urls: &Urls,
         replacing: Option<&str>,
     ) -> Result<(Managed, bool), BoxError> {
-        let key = declared.key();
+        let key = declared.stable_key();
         let certificate = self.certificate_for(declared);
         let mut handshakes = 0;
         let mut conflicts = 0;
@@ -1718,7 +1726,7 @@ impl Shared {
         mut update: SubscriptionUpdate,
         urls: &Urls,
     ) -> Result<Managed, BoxError> {
-        let key = declared.key();
+        let key = declared.stable_key();
         let mut handshakes = 0;
         let mut cap: Option<OffsetDateTime> = None;
         loop {
@@ -1794,7 +1802,7 @@ impl Shared {
     }
 
     async fn delete_all(&self) -> Result<(), StoreError> {
-        let keys: HashSet<String> = self.declared.iter().map(Declared::key).collect();
+        let keys: HashSet<String> = self.declared.iter().map(Declared::stable_key).collect();
         self.delete_keys(&keys).await
     }
 
@@ -1963,7 +1971,7 @@ mod tests {
 
     #[test]
     fn derived_urls() {
-        let d = Declared::new("users", "updated");
+        let d = Declared::new("users", [ChangeType::Updated]);
         let urls = d.urls(Some("https://abc.ngrok-free.app")).unwrap();
         assert_eq!(urls.notification, "https://abc.ngrok-free.app/");
         assert_eq!(
@@ -1977,7 +1985,7 @@ mod tests {
             Some("https://example.com/hooks/graph/lifecycle")
         );
         assert!(d.urls(None).is_none());
-        let fixed = Declared::new("users", "updated")
+        let fixed = Declared::new("users", [ChangeType::Updated])
             .notification_url("https://a.example/n")
             .without_lifecycle_url();
         assert_eq!(
@@ -2023,8 +2031,11 @@ mod tests {
 
     #[test]
     fn change_types_are_normalized_into_the_key() {
-        let d = Declared::new(" users ", "Updated, deleted");
-        assert_eq!(d.key(), "users|updated,deleted");
+        let types = catalog::parse_change_types("Updated, deleted").unwrap();
+        let d = Declared::new(" users ", types);
+        assert_eq!(d.stable_key(), "users|updated,deleted");
+        let twice = Declared::new("users", [ChangeType::Updated, ChangeType::Updated]);
+        assert_eq!(twice.stable_key(), "users|updated");
     }
 
     #[test]

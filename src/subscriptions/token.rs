@@ -186,7 +186,7 @@ struct Cached {
 ///
 /// let tokens = ClientCredentials::new("contoso.onmicrosoft.com", "client id", "client secret");
 /// assert_eq!(
-///     tokens.token_url(),
+///     tokens.token_endpoint(),
 ///     "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
 /// );
 /// assert!(!format!("{tokens:?}").contains("client secret"));
@@ -253,14 +253,14 @@ impl ClientCredentials {
 
     /// Another token endpoint (a national cloud, the emulator's).
     #[must_use]
-    pub fn with_token_url(mut self, url: impl Into<String>) -> Self {
+    pub fn token_url(mut self, url: impl Into<String>) -> Self {
         self.token_url = url.into();
         self
     }
 
     /// Another scope than `https://graph.microsoft.com/.default`.
     #[must_use]
-    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = scope.into();
         self
     }
@@ -274,13 +274,13 @@ impl ClientCredentials {
 
     /// Retries of the token request (on `429`, `5xx` and connection errors).
     #[must_use]
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
     }
 
     /// The token endpoint used.
-    pub fn token_url(&self) -> &str {
+    pub fn token_endpoint(&self) -> &str {
         &self.token_url
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::dedupe::{Claim, Dedupe, DedupeKey};
-use crate::handler::{ChangeEvent, Event, Handler, HandlerPanicked, LifecycleEvent};
+use crate::handler::{ChangeEvent, Handler, HandlerEvent, HandlerPanicked, LifecycleEvent};
 use crate::inbox::{Claimed, Inbox};
 use crate::metrics::Metrics;
 use crate::notification::{ChangeNotification, Notification, ValidationTokens};
@@ -204,27 +204,27 @@ impl<H: Handler> Pipeline<H> {
     }
 
     /// The event a prepared item becomes, or its outcome if it has none.
-    fn event(claimed: &Claimed, prepared: Prepared) -> Result<Event, Outcome> {
+    fn event(claimed: &Claimed, prepared: Prepared) -> Result<HandlerEvent, Outcome> {
         match prepared {
             Prepared::Settled(outcome) => Err(outcome),
             Prepared::Change {
                 change,
                 data,
                 received_at,
-            } => Ok(Event::Change(ChangeEvent::new(
+            } => Ok(HandlerEvent::Change(ChangeEvent::new(
                 change,
                 claimed.item.raw.clone(),
                 data,
                 received_at,
                 claimed.attempts,
             ))),
-            Prepared::Lifecycle(event) => Ok(Event::Lifecycle(event)),
+            Prepared::Lifecycle(event) => Ok(HandlerEvent::Lifecycle(event)),
         }
     }
 
     /// Calls the handler once for `events`; a panic fails them all. One
     /// result per event, counted in the metrics.
-    async fn call_batch(&self, events: Vec<Event>) -> Vec<Result<(), String>> {
+    async fn call_batch(&self, events: Vec<HandlerEvent>) -> Vec<Result<(), String>> {
         let n = events.len();
         if n == 0 {
             return Vec::new();

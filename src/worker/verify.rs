@@ -12,7 +12,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::crypto::{DecryptError, Decryptor, KeyRing};
-use crate::handler::{ChangeEvent, Event, LifecycleEvent};
+use crate::handler::{ChangeEvent, HandlerEvent, LifecycleEvent};
 use crate::notification::{
     ChangeNotification, EncryptedContent, Envelope, EnvelopeError, ItemError, Notification,
     ValidationTokens,
@@ -188,7 +188,7 @@ impl Verifier {
     pub async fn inspect(
         &self,
         body: &[u8],
-    ) -> Result<Vec<Result<Event, &'static str>>, EnvelopeError> {
+    ) -> Result<Vec<Result<HandlerEvent, &'static str>>, EnvelopeError> {
         let envelope = Envelope::parse(body)?;
         let now = OffsetDateTime::now_utc();
         let parsed: Vec<Result<Notification, ItemError>> = envelope
@@ -209,13 +209,13 @@ impl Verifier {
             let raw = (*raw).to_owned();
             out.push(match notification {
                 Err(_) => Err("malformed_item"),
-                Ok(Notification::Lifecycle(lifecycle)) => Ok(Event::Lifecycle(
+                Ok(Notification::Lifecycle(lifecycle)) => Ok(HandlerEvent::Lifecycle(
                     LifecycleEvent::new(lifecycle, raw, now, 0),
                 )),
                 Ok(Notification::Change(change)) => match verified.next() {
-                    Some(Ok(data)) => {
-                        Ok(Event::Change(ChangeEvent::new(change, raw, data, now, 0)))
-                    }
+                    Some(Ok(data)) => Ok(HandlerEvent::Change(ChangeEvent::new(
+                        change, raw, data, now, 0,
+                    ))),
                     Some(Err(e)) => Err(e.reason()),
                     None => Err("decrypt_internal_error"),
                 },

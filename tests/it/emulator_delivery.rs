@@ -8,7 +8,7 @@ use msgraph_webhooks::crypto::{KeyRing, generate_certificate};
 use msgraph_webhooks::emulator::{
     Change, DeliveryKind, DeliveryPolicy, Emulator, EndpointState, Outcome, Throttling,
 };
-use msgraph_webhooks::handler::Event;
+use msgraph_webhooks::handler::HandlerEvent;
 use msgraph_webhooks::tokens::Jwks;
 use msgraph_webhooks::tokens::{CHANGE_TRACKING_APP_ID, TokenVersion};
 use msgraph_webhooks::{ChangeType, ClientState, LifecycleEventType, Receiver, ResourceKind};
@@ -27,10 +27,10 @@ async fn subscribe(graph: &Graph, body: &Value) -> String {
     answer.json["id"].as_str().unwrap().to_owned()
 }
 
-fn changes(events: &[Event]) -> usize {
+fn changes(events: &[HandlerEvent]) -> usize {
     events
         .iter()
-        .filter(|e| matches!(e, Event::Change(_)))
+        .filter(|e| matches!(e, HandlerEvent::Change(_)))
         .count()
 }
 
@@ -71,7 +71,7 @@ async fn basic_notifications_reach_the_receiver_batched_per_url() {
         .await;
     let mut ids = Vec::new();
     for event in &events {
-        let Event::Change(change) = event else {
+        let HandlerEvent::Change(change) = event else {
             panic!("{event:?}")
         };
         ids.push(change.subscription_id().to_owned());
@@ -170,9 +170,9 @@ async fn basic_notifications_reach_the_receiver_batched_per_url() {
         .recorder
         .wait_until("the update", WAIT, |e| changes(e) == 3)
         .await;
-    let Some(Event::Change(update)) = events
+    let Some(HandlerEvent::Change(update)) = events
         .iter()
-        .rfind(|e| matches!(e, Event::Change(c) if *c.change_type() == ChangeType::Updated))
+        .rfind(|e| matches!(e, HandlerEvent::Change(c) if *c.change_type() == ChangeType::Updated))
     else {
         panic!("{events:?}")
     };
@@ -242,7 +242,7 @@ async fn lifecycle_notifications_reach_the_lifecycle_url() {
     let kinds: Vec<LifecycleEventType> = events
         .iter()
         .map(|e| match e {
-            Event::Lifecycle(l) => {
+            HandlerEvent::Lifecycle(l) => {
                 assert_eq!(l.subscription_id(), id);
                 l.lifecycle_event().clone()
             }
@@ -475,7 +475,7 @@ async fn a_receiver_answering_503_gets_the_items_later_by_retry() {
         .recorder
         .wait_until("the retried change", WAIT, |e| changes(e) >= 1)
         .await;
-    let Event::Change(change) = &events[0] else {
+    let HandlerEvent::Change(change) = &events[0] else {
         panic!()
     };
     assert_eq!(change.subscription_id(), id);
@@ -592,7 +592,7 @@ async fn reauthorization_required_ahead_of_expiry_until_renewed() {
         .recorder
         .wait_until("reauthorizationRequired", WAIT, |e| !e.is_empty())
         .await;
-    let Event::Lifecycle(notice) = &events[0] else {
+    let HandlerEvent::Lifecycle(notice) = &events[0] else {
         panic!("{events:?}")
     };
     assert_eq!(
@@ -707,7 +707,7 @@ async fn a_slow_receiver_drives_the_throttling_states() {
     receiver
         .recorder
         .wait_until("missed", WAIT, |events| {
-            events.iter().any(|e| matches!(e, Event::Lifecycle(l) if *l.lifecycle_event() == LifecycleEventType::Missed))
+            events.iter().any(|e| matches!(e, HandlerEvent::Lifecycle(l) if *l.lifecycle_event() == LifecycleEventType::Missed))
         })
         .await;
 
@@ -855,7 +855,7 @@ async fn rich_notifications_reach_the_receiver_decrypted_and_verified() {
         let events = recorder
             .wait_until("the decrypted message", WAIT, |e| changes(e) >= 1)
             .await;
-        let Event::Change(change) = &events[0] else {
+        let HandlerEvent::Change(change) = &events[0] else {
             panic!("{events:?}")
         };
         assert_eq!(change.subscription_id(), good);

@@ -287,7 +287,7 @@ async fn encrypted_items_with_tokens_beyond_the_limits_are_dropped_before_the_ac
 #[tokio::test]
 async fn the_memory_inbox_answers_503_at_its_byte_capacity() {
     use msgraph_webhooks::inbox::MemoryInbox;
-    let inbox = Arc::new(MemoryInbox::new(100_000).with_max_bytes(1024 * 1024));
+    let inbox = Arc::new(MemoryInbox::new(100_000).max_bytes(1024 * 1024));
     let receiver = Receiver::builder(Recorder::default())
         .client_state(ClientState::new(STATE))
         .inbox(inbox)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use msgraph_webhooks::handler::Event;
+use msgraph_webhooks::handler::HandlerEvent;
 use msgraph_webhooks::inbox::{Inbox, MemoryInbox};
 use msgraph_webhooks::listener::ServerConfig;
 use msgraph_webhooks::worker::RetryPolicy;
@@ -130,7 +130,7 @@ async fn a_basic_notification_reaches_the_handler_typed() {
     );
     assert!(event.data().is_none());
     assert!(event.raw_json().contains("lsgTZMr9KwAAA"));
-    let line = Event::Change(event.clone()).to_json();
+    let line = HandlerEvent::Change(event.clone()).to_json();
     assert_eq!(line["kind"], "change");
     assert_eq!(line["resourceKind"], "message");
     assert_eq!(line["data"], serde_json::Value::Null);
@@ -464,8 +464,7 @@ async fn subscriptions_recorded_by_another_instance_are_authenticated() {
     use msgraph_webhooks::registry::{MemoryRecords, RecordStore as _, SubscriptionRecord};
 
     let records = Arc::new(MemoryRecords::new());
-    let registry =
-        Arc::new(msgraph_webhooks::SubscriptionRegistry::new().with_source(records.clone()));
+    let registry = Arc::new(msgraph_webhooks::SubscriptionRegistry::new().source(records.clone()));
     let recorder = Recorder::default();
     let server = TestServer::start(Receiver::builder(recorder.clone()).registry(registry)).await;
     // Recorded after this instance started, as a subscription manager elsewhere would.
@@ -512,8 +511,7 @@ async fn an_unreachable_record_source_answers_503() {
             Box::pin(async { Err(StoreError("connection refused".into())) })
         }
     }
-    let registry =
-        Arc::new(msgraph_webhooks::SubscriptionRegistry::new().with_source(Arc::new(Down)));
+    let registry = Arc::new(msgraph_webhooks::SubscriptionRegistry::new().source(Arc::new(Down)));
     let server = TestServer::start(Receiver::builder(Recorder::default()).registry(registry)).await;
     let reply = post_json(
         &server.url("/"),

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod catalog_rows;
+mod cli_env;
 mod doctor;
 mod durability;
 mod emulator_api;

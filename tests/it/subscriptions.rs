@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use msgraph_webhooks::crypto::{KeyRing, generate_certificate};
 use msgraph_webhooks::emulator::{Change, Emulator, EmulatorBuilder};
-use msgraph_webhooks::handler::Event;
+use msgraph_webhooks::handler::HandlerEvent;
 use msgraph_webhooks::registry::{MemoryRecords, RecordStore};
 use msgraph_webhooks::store::{Lease, MemoryLease, SqliteStore};
 use msgraph_webhooks::subscriptions::{
@@ -50,7 +50,7 @@ async fn activity(
 
 fn client(emulator: &Emulator, graph_url: String) -> GraphClient {
     let tokens = ClientCredentials::new(emulator.tenant_id(), APP, "a secret")
-        .with_token_url(emulator.token_url(emulator.tenant_id()));
+        .token_url(emulator.token_url(emulator.tenant_id()));
     GraphClient::new(tokens)
         .base_url(graph_url)
         .retry(RetryPolicy::new(3, Duration::from_millis(20)))
@@ -94,7 +94,7 @@ impl Rig {
         let emulator = emulator.start().await.unwrap();
         let spy = Relay::start(emulator.url()).await;
         let records = Arc::new(MemoryRecords::new());
-        let registry = Arc::new(SubscriptionRegistry::new().with_source(records.clone()));
+        let registry = Arc::new(SubscriptionRegistry::new().source(records.clone()));
         let resyncs: Arc<Mutex<Vec<Resync>>> = Arc::default();
         let (url, urls) = watch::channel(None);
         let seen = resyncs.clone();
@@ -142,7 +142,7 @@ impl Rig {
         self.recorder
             .wait_until("a change on the subscription", WAIT, |events| {
                 events.iter().any(
-                    |e| matches!(e, Event::Change(c) if c.subscription_id() == subscription_id),
+                    |e| matches!(e, HandlerEvent::Change(c) if c.subscription_id() == subscription_id),
                 )
             })
             .await;
@@ -168,8 +168,11 @@ async fn created_once_even_with_two_managers_at_once() {
         .collect();
     let declared = || {
         [
-            Declared::new("users/ada/messages", "created,updated"),
-            Declared::new("users", "updated,deleted"),
+            Declared::new(
+                "users/ada/messages",
+                [ChangeType::Created, ChangeType::Updated],
+            ),
+            Declared::new("users", [ChangeType::Updated, ChangeType::Deleted]),
         ]
     };
     let manager =
@@ -264,7 +267,9 @@ async fn a_conflict_with_our_own_record_is_adopted() {
             .records(records.clone())
             .lease(Arc::new(MemoryLease::new()))
             .public_url(hook.url("/"))
-            .declare(Declared::new("users/ada/messages", "created").without_lifecycle_url())
+            .declare(
+                Declared::new("users/ada/messages", [ChangeType::Created]).without_lifecycle_url(),
+            )
             .build()
             .unwrap()
     };
@@ -303,7 +308,9 @@ async fn a_conflict_with_our_own_record_is_adopted() {
 async fn renewals_keep_subscriptions_alive_across_lifetimes() {
     let rig = Rig::start(
         Emulator::builder().time_scale(60.0),
-        vec![Declared::new("users/ada/messages", "created").lifetime(Span::minutes(60))],
+        vec![
+            Declared::new("users/ada/messages", [ChangeType::Created]).lifetime(Span::minutes(60)),
+        ],
         |b| b,
         |_, r| r,
     )
@@ -368,7 +375,7 @@ async fn renewals_keep_subscriptions_alive_across_lifetimes() {
 async fn a_deleted_subscription_is_recreated() {
     let rig = Rig::start(
         Emulator::builder().time_scale(60.0),
-        vec![Declared::new("users/ada/messages", "created")],
+        vec![Declared::new("users/ada/messages", [ChangeType::Created])],
         // Graph's list is compared with the records every emulated minute (a real second).
         |b| b.check_interval(Span::minutes(1)),
         |_, r| r,
@@ -408,7 +415,9 @@ async fn a_deleted_subscription_is_recreated() {
 async fn a_renewal_that_finds_the_subscription_gone_recreates_it() {
     let rig = Rig::start(
         Emulator::builder(),
-        vec![Declared::new("users/ada/messages", "created").lifetime(Span::minutes(60))],
+        vec![
+            Declared::new("users/ada/messages", [ChangeType::Created]).lifetime(Span::minutes(60)),
+        ],
         |b| b.check_interval(Span::days(1)),
         |_, r| r,
     )
@@ -442,7 +451,7 @@ async fn a_renewal_that_finds_the_subscription_gone_recreates_it() {
 async fn each_lifecycle_event_triggers_its_action_and_hook() {
     let rig = Rig::start(
         Emulator::builder(),
-        vec![Declared::new("users/ada/messages", "created")],
+        vec![Declared::new("users/ada/messages", [ChangeType::Created])],
         |b| b,
         |_, r| r,
     )
@@ -460,7 +469,7 @@ async fn each_lifecycle_event_triggers_its_action_and_hook() {
                     events
                         .iter()
                         .filter(
-                            |e| matches!(e, Event::Lifecycle(l) if *l.lifecycle_event() == event),
+                            |e| matches!(e, HandlerEvent::Lifecycle(l) if *l.lifecycle_event() == event),
                         )
                         .count()
                         >= n
@@ -566,7 +575,7 @@ async fn rotation_moves_rich_subscriptions_and_old_notifications_still_decrypt()
     let tenant = msgraph_webhooks::emulator::DEFAULT_TENANT_ID;
     let rig = Rig::start(
         Emulator::builder(),
-        vec![Declared::new("chats/getAllMessages", "created").rich(true)],
+        vec![Declared::new("chats/getAllMessages", [ChangeType::Created]).rich(true)],
         |b| {
             b.certificate(EncryptionCertificate::new(
                 "cert-2025",
@@ -650,7 +659,7 @@ async fn rotation_moves_rich_subscriptions_and_old_notifications_still_decrypt()
         .wait_until("both changes", WAIT, |events| {
             events
                 .iter()
-                .filter(|e| matches!(e, Event::Change(_)))
+                .filter(|e| matches!(e, HandlerEvent::Change(_)))
                 .count()
                 >= 2
         })
@@ -658,7 +667,7 @@ async fn rotation_moves_rich_subscriptions_and_old_notifications_still_decrypt()
     let mut by_certificate: Vec<(String, String)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Change(c) => Some((
+            HandlerEvent::Change(c) => Some((
                 c.notification()
                     .encrypted_content
                     .as_ref()
@@ -709,7 +718,7 @@ fn tunnels(public_url: &str) -> serde_json::Value {
 async fn subscriptions_follow_a_new_ngrok_url() {
     let emulator = Emulator::start().await.unwrap();
     let records = Arc::new(MemoryRecords::new());
-    let registry = Arc::new(SubscriptionRegistry::new().with_source(records.clone()));
+    let registry = Arc::new(SubscriptionRegistry::new().source(records.clone()));
     let first_url = Arc::new(Mutex::new(json!({"tunnels": []})));
     let api = agent(first_url.clone()).await;
     let urls = NgrokAgent::new(api).watch(8080, Duration::from_millis(50));
@@ -717,8 +726,8 @@ async fn subscriptions_follow_a_new_ngrok_url() {
         .records(records.clone())
         .registry(registry.clone())
         .public_urls(urls)
-        .declare(Declared::new("users/ada/messages", "created"))
-        .declare(Declared::new("users/bob/messages", "created").without_lifecycle_url())
+        .declare(Declared::new("users/ada/messages", [ChangeType::Created]))
+        .declare(Declared::new("users/bob/messages", [ChangeType::Created]).without_lifecycle_url())
         .build()
         .unwrap();
     let (first, second) = (Recorder::default(), Recorder::default());
@@ -808,7 +817,7 @@ async fn a_flaky_handshake_is_retried() {
     gate.set(Mode::FailHandshakes(2));
     let manager = builder(&emulator, emulator.graph_url())
         .public_url(gate.url("/"))
-        .declare(Declared::new("users/ada/messages", "created"))
+        .declare(Declared::new("users/ada/messages", [ChangeType::Created]))
         .build()
         .unwrap();
     let mut seen = manager.activity();
@@ -834,7 +843,7 @@ async fn a_declaration_graph_would_refuse_is_refused_at_build_without_a_request(
     let spy = Relay::start(emulator.url()).await;
     let error = builder(&emulator, spy.url("/v1.0"))
         .public_url("https://example.com/")
-        .declare(Declared::new("chats/getAllMessages", "created").rich(true))
+        .declare(Declared::new("chats/getAllMessages", [ChangeType::Created]).rich(true))
         .build()
         .unwrap_err();
     assert!(
@@ -842,21 +851,21 @@ async fn a_declaration_graph_would_refuse_is_refused_at_build_without_a_request(
         "{error}"
     );
     let error = builder(&emulator, spy.url("/v1.0"))
-        .declare(Declared::new("users/ada/messages", "created").lifetime(Span::days(9)))
+        .declare(Declared::new("users/ada/messages", [ChangeType::Created]).lifetime(Span::days(9)))
         .build()
         .unwrap_err();
     assert!(error.to_string().contains("10080 minutes"), "{error}");
     let clamped = builder(&emulator, spy.url("/v1.0"))
         .declare(
-            Declared::new("users/ada/messages", "created")
+            Declared::new("users/ada/messages", [ChangeType::Created])
                 .lifetime(Span::days(9))
                 .lifetime_policy(msgraph_webhooks::subscriptions::LifetimePolicy::Clamp),
         )
         .build();
     assert!(clamped.is_ok());
     let error = builder(&emulator, spy.url("/v1.0"))
-        .declare(Declared::new("users", "updated"))
-        .declare(Declared::new("users", "updated").with_key("again"))
+        .declare(Declared::new("users", [ChangeType::Updated]))
+        .declare(Declared::new("users", [ChangeType::Updated]).key("again"))
         .build()
         .unwrap_err();
     assert!(error.to_string().contains("declared twice"), "{error}");
@@ -871,7 +880,7 @@ async fn a_declaration_graph_would_refuse_is_refused_at_build_without_a_request(
 async fn the_router_nested_in_an_axum_app_serves_the_lifecycle_url_too() {
     let emulator = Emulator::builder().start().await.unwrap();
     let records = Arc::new(MemoryRecords::new());
-    let registry = Arc::new(SubscriptionRegistry::new().with_source(records.clone()));
+    let registry = Arc::new(SubscriptionRegistry::new().source(records.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public = format!(
         "http://{}/graph/notifications",
@@ -882,7 +891,7 @@ async fn the_router_nested_in_an_axum_app_serves_the_lifecycle_url_too() {
         .lease(Arc::new(MemoryLease::new()))
         .registry(registry.clone())
         .public_url(public.clone())
-        .declare(Declared::new("users/ada/messages", "created"))
+        .declare(Declared::new("users/ada/messages", [ChangeType::Created]))
         .build()
         .unwrap();
     let recorder = Recorder::default();
@@ -945,7 +954,7 @@ async fn pass_until(rig: &Rig, what: &str, done: impl Fn(&Rig) -> bool) {
 async fn a_recreate_whose_handshake_fails_keeps_the_record_and_still_resyncs() {
     let rig = Rig::start(
         Emulator::builder(),
-        vec![Declared::new("users/ada/messages", "created")],
+        vec![Declared::new("users/ada/messages", [ChangeType::Created])],
         |b| b,
         |_, r| r,
     )
@@ -996,7 +1005,7 @@ async fn a_recreate_whose_handshake_fails_keeps_the_record_and_still_resyncs() {
 async fn replacing_an_unknown_live_subscription_resyncs() {
     let rig = Rig::start(
         Emulator::builder(),
-        vec![Declared::new("users/ada/messages", "created")],
+        vec![Declared::new("users/ada/messages", [ChangeType::Created])],
         |b| b,
         |_, r| r,
     )
@@ -1008,7 +1017,7 @@ async fn replacing_an_unknown_live_subscription_resyncs() {
         .create(
             &msgraph_webhooks::subscriptions::NewSubscription::new(
                 "users/ada/messages",
-                "created",
+                [ChangeType::Created],
                 rig.server.url("/"),
                 rig.emulator.clock().now() + Span::hours(1),
             )
@@ -1060,7 +1069,7 @@ impl msgraph_webhooks::subscriptions::Clock for Ahead {
 async fn a_local_clock_ahead_of_graphs_still_creates_and_renews() {
     let rig = Rig::start(
         Emulator::builder(),
-        vec![Declared::new("users/ada/messages", "created")],
+        vec![Declared::new("users/ada/messages", [ChangeType::Created])],
         |b| b,
         |_, r| r,
     )
@@ -1073,7 +1082,7 @@ async fn a_local_clock_ahead_of_graphs_still_creates_and_renews() {
         .public_url(rig.server.url("/"))
         .records(rig.records.clone())
         .registry(rig.registry.clone())
-        .declare(Declared::new("users/ada/messages", "created"))
+        .declare(Declared::new("users/ada/messages", [ChangeType::Created]))
         .build()
         .unwrap();
     let mut seen = fast.activity();
@@ -1105,7 +1114,7 @@ async fn a_local_clock_ahead_of_graphs_still_creates_and_renews() {
 async fn a_mistyped_public_url_keeps_the_subscription_until_a_good_one_replaces_it() {
     let rig = Rig::start(
         Emulator::builder(),
-        vec![Declared::new("users/ada/messages", "created")],
+        vec![Declared::new("users/ada/messages", [ChangeType::Created])],
         |b| b,
         |_, r| r,
     )

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use msgraph_webhooks::ChangeType;
 use msgraph_webhooks::emulator::Emulator;
 use msgraph_webhooks::subscriptions::preflight::{self, LifetimePolicy, Problem};
 use msgraph_webhooks::subscriptions::{
@@ -112,7 +113,7 @@ async fn crud_and_paging_against_the_emulator() {
     let spy = Relay::start(emulator.url()).await;
     let hook = Hook::start(Answering::After(Duration::ZERO)).await;
     let tokens = ClientCredentials::new(emulator.tenant_id(), APP, "a secret")
-        .with_token_url(emulator.token_url(emulator.tenant_id()));
+        .token_url(emulator.token_url(emulator.tenant_id()));
     let client = GraphClient::new(tokens)
         .base_url(spy.url("/v1.0"))
         .clock(Arc::new(emulator.clock().clone()));
@@ -124,7 +125,7 @@ async fn crud_and_paging_against_the_emulator() {
             .create(
                 &NewSubscription::new(
                     format!("users/user{n}/messages"),
-                    "created",
+                    [ChangeType::Created],
                     hook.url("/"),
                     now + Span::hours(2),
                 )
@@ -191,7 +192,7 @@ async fn crud_and_paging_against_the_emulator() {
     let duplicate = client
         .create(&NewSubscription::new(
             "users/user1/messages",
-            "created",
+            [ChangeType::Created],
             hook.url("/"),
             now + Span::hours(2),
         ))
@@ -206,7 +207,7 @@ async fn crud_and_paging_against_the_emulator() {
     let refused = client
         .create(&NewSubscription::new(
             "users/someone/messages",
-            "created",
+            [ChangeType::Created],
             hook.url("/"),
             now + Span::hours(2),
         ))
@@ -335,8 +336,8 @@ async fn hostile_answers_are_errors_not_panics() {
     ])
     .await;
     let tokens = ClientCredentials::new("t", "c", "s")
-        .with_token_url(format!("{url}/token"))
-        .with_retry(RetryPolicy::none());
+        .token_url(format!("{url}/token"))
+        .retry(RetryPolicy::none());
     // An outage is said to be one, not blamed on the credentials.
     let outage = tokens.token().await.unwrap_err();
     assert!(
@@ -413,7 +414,7 @@ async fn tokens_are_cached_until_shortly_before_expiry() {
     ])
     .await;
     let tokens = ClientCredentials::new("tenant", "client", "very-secret")
-        .with_token_url(format!("{url}/tenant/oauth2/v2.0/token"));
+        .token_url(format!("{url}/tenant/oauth2/v2.0/token"));
     assert!(!format!("{tokens:?}").contains("very-secret"));
     let first = tokens.token().await.unwrap();
     let second = tokens.token().await.unwrap();
@@ -446,7 +447,7 @@ async fn token_endpoint_refusals_are_explained() {
         json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}).to_string(),
     )])
     .await;
-    let tokens = ClientCredentials::new("t", "c", "wrong").with_token_url(format!("{url}/t/token"));
+    let tokens = ClientCredentials::new("t", "c", "wrong").token_url(format!("{url}/t/token"));
     let client = GraphClient::new(tokens).base_url(format!("{url}/v1.0"));
     match client.get("x").await {
         Err(ClientError::Token(TokenError::Rejected {
@@ -463,11 +464,11 @@ async fn token_endpoint_refusals_are_explained() {
     // Against the emulator's token endpoint: the real flow, and Graph accepts the token.
     let emulator = Emulator::start().await.unwrap();
     let tokens = ClientCredentials::new(emulator.tenant_id(), APP, "s")
-        .with_token_url(emulator.token_url(emulator.tenant_id()));
+        .token_url(emulator.token_url(emulator.tenant_id()));
     let client = GraphClient::new(tokens).base_url(emulator.graph_url());
     assert!(client.list().await.unwrap().is_empty());
     let no_secret = ClientCredentials::new(emulator.tenant_id(), APP, "")
-        .with_token_url(emulator.token_url(emulator.tenant_id()));
+        .token_url(emulator.token_url(emulator.tenant_id()));
     let error = no_secret.token().await.unwrap_err();
     assert!(
         matches!(error, TokenError::Rejected { status: 401, .. }),
@@ -497,7 +498,7 @@ async fn a_refused_token_is_replaced_once() {
         (200, json_ct(), subscription_json("s")),
     ])
     .await;
-    let tokens = ClientCredentials::new("t", "c", "s").with_token_url(format!("{url}/t/token"));
+    let tokens = ClientCredentials::new("t", "c", "s").token_url(format!("{url}/t/token"));
     let client = GraphClient::new(tokens).base_url(format!("{url}/v1.0"));
     assert_eq!(client.get("s").await.unwrap().id, "s");
     let seen = script.seen();
@@ -520,7 +521,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "unknown resource path",
             NewSubscription::new(
                 "me/favouriteColours",
-                "created",
+                [ChangeType::Created],
                 https,
                 now + Span::hours(1),
             ),
@@ -532,7 +533,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
         ),
         (
             "change type not allowed",
-            NewSubscription::new("users", "created", https, now + Span::hours(1)),
+            NewSubscription::new("users", [ChangeType::Created], https, now + Span::hours(1)),
             &[
                 "[change types of the resource]",
                 "'created' is not supported for user",
@@ -543,7 +544,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "rich data without a certificate",
             NewSubscription::new(
                 "chats/getAllMessages",
-                "created",
+                [ChangeType::Created],
                 https,
                 now + Span::minutes(50),
             )
@@ -558,7 +559,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "presence always encrypted",
             NewSubscription::new(
                 "communications/presences/u1",
-                "updated",
+                [ChangeType::Updated],
                 https,
                 now + Span::minutes(50),
             ),
@@ -566,14 +567,19 @@ async fn preflight_rejects_each_violation_without_a_request() {
         ),
         (
             "lifetime over the maximum",
-            NewSubscription::new("users/ada/messages", "created", https, now + Span::days(8)),
+            NewSubscription::new(
+                "users/ada/messages",
+                [ChangeType::Created],
+                https,
+                now + Span::days(8),
+            ),
             &["[maximum lifetime]", "10080 minutes", "clamp the lifetime"],
         ),
         (
             "missing lifecycle URL for a long Teams subscription",
             NewSubscription::new(
                 "chats/getAllMessages",
-                "created",
+                [ChangeType::Created],
                 https,
                 now + Span::hours(3),
             ),
@@ -587,7 +593,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "unsupported payment model",
             NewSubscription::new(
                 "me/chats/getAllMessages?model=A",
-                "created",
+                [ChangeType::Created],
                 https,
                 now + Span::minutes(50),
             ),
@@ -597,7 +603,7 @@ async fn preflight_rejects_each_violation_without_a_request() {
             "plain http to the internet",
             NewSubscription::new(
                 "users",
-                "updated",
+                [ChangeType::Updated],
                 "http://example.com/",
                 now + Span::hours(1),
             ),
@@ -626,7 +632,12 @@ async fn preflight_rejects_each_violation_without_a_request() {
     );
 
     // Clamping instead of refusing the lifetime.
-    let long = NewSubscription::new("users/ada/messages", "created", https, now + Span::days(30));
+    let long = NewSubscription::new(
+        "users/ada/messages",
+        [ChangeType::Created],
+        https,
+        now + Span::days(30),
+    );
     let clamped = preflight::check(&long, now, LifetimePolicy::Clamp).unwrap();
     assert!(clamped.expiration <= now + Span::minutes(10_080));
     assert!(clamped.expiration >= now + Span::minutes(10_070));

@@ -28,19 +28,23 @@ enum Command {
 struct NewArgs {
     /// Directory to write into (created if missing; existing files are not
     /// overwritten).
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_OUT")]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_CERT_OUT")]
     out: PathBuf,
 
     /// Subject common name of the certificate.
-    #[arg(long, default_value = "msgraph-webhooks", env = "MSGRAPH_WEBHOOKS_CN")]
+    #[arg(
+        long,
+        default_value = "msgraph-webhooks",
+        env = "MSGRAPH_WEBHOOKS_CERT_CN"
+    )]
     cn: String,
 
     /// RSA key size, 2048 to 4096.
-    #[arg(long, default_value_t = 2048, env = "MSGRAPH_WEBHOOKS_BITS")]
+    #[arg(long, default_value_t = 2048, env = "MSGRAPH_WEBHOOKS_CERT_BITS")]
     bits: u32,
 
     /// Days the certificate is valid.
-    #[arg(long, default_value_t = 365, env = "MSGRAPH_WEBHOOKS_DAYS")]
+    #[arg(long, default_value_t = 365, env = "MSGRAPH_WEBHOOKS_CERT_DAYS")]
     days: u32,
 }
 

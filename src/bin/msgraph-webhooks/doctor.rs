@@ -12,7 +12,7 @@ pub(crate) struct Args {
     url: String,
 
     /// Print the report as JSON.
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_JSON")]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_DOCTOR_JSON")]
     json: bool,
 
     /// The clientState to put in the probe notification.
@@ -32,7 +32,7 @@ pub(crate) struct Args {
     ack_budget_secs: f64,
 
     /// Accept an untrusted TLS certificate (Graph would not).
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_INSECURE")]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_DOCTOR_INSECURE")]
     insecure: bool,
 }
 

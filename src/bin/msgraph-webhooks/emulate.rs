@@ -16,49 +16,65 @@ pub(crate) enum Version {
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:4000", env = "MSGRAPH_WEBHOOKS_ADDR")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:4000",
+        env = "MSGRAPH_WEBHOOKS_EMULATOR_ADDR"
+    )]
     addr: SocketAddr,
 
     /// The tenant of tokens issued for `common`, `organizations` or a domain.
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_TENANT_ID")]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_TENANT_ID")]
     tenant_id: Option<String>,
 
     /// Application permissions clients get from the token endpoint
     /// (comma-separated); default: every application permission of the catalog.
-    #[arg(long, value_delimiter = ',', env = "MSGRAPH_WEBHOOKS_APP_PERMISSIONS")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "MSGRAPH_WEBHOOKS_EMULATOR_APP_PERMISSIONS"
+    )]
     app_permissions: Option<Vec<String>>,
 
     /// Emulated seconds per real second for retries, throttling windows,
     /// expirations and reauthorization notices (3600: an hour per second).
-    #[arg(long, default_value_t = 1.0, env = "MSGRAPH_WEBHOOKS_TIME_SCALE")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        env = "MSGRAPH_WEBHOOKS_EMULATOR_TIME_SCALE"
+    )]
     time_scale: f64,
 
     /// How much faster than Graph's the timeouts run (10: 3 s becomes 300 ms).
-    #[arg(long, default_value_t = 1.0, env = "MSGRAPH_WEBHOOKS_TIMEOUT_SCALE")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        env = "MSGRAPH_WEBHOOKS_EMULATOR_TIMEOUT_SCALE"
+    )]
     timeout_scale: f64,
 
     /// The claim set of validation tokens.
-    #[arg(long, value_enum, default_value_t = Version::V1, env = "MSGRAPH_WEBHOOKS_TOKEN_VERSION")]
+    #[arg(long, value_enum, default_value_t = Version::V1, env = "MSGRAPH_WEBHOOKS_EMULATOR_TOKEN_VERSION")]
     token_version: Version,
 
     /// Send `validationTokens: null` for this tenant's rich notifications (repeatable).
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_MISCONFIGURED_TENANT")]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_MISCONFIGURED_TENANT")]
     misconfigured_tenant: Vec<String>,
 
     /// Accept http:// notification URLs on any host, not only loopback.
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_ALLOW_HTTP")]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_ALLOW_HTTP")]
     allow_http: bool,
 
     /// A drive item id that is a file, not a folder (repeatable).
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_DRIVE_FILE")]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_DRIVE_FILE")]
     drive_file: Vec<String>,
 
     /// A user without a Copilot licence (repeatable).
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_COPILOT_UNLICENSED_USER")]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_COPILOT_UNLICENSED_USER")]
     copilot_unlicensed_user: Vec<String>,
 
     /// The tenant has no Copilot licences.
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_NO_COPILOT_TENANT_LICENSE")]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_NO_COPILOT_TENANT_LICENSE")]
     no_copilot_tenant_license: bool,
 }
 

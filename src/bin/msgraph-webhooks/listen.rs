@@ -156,7 +156,7 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
         tracing::info!("authenticating each item by its subscription's record in the store");
     }
     let registry = Arc::new(if from_records {
-        registry.with_source(records.clone())
+        registry.source(records.clone())
     } else {
         registry
     });

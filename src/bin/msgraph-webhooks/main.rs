@@ -8,6 +8,7 @@ mod demo;
 mod dlq;
 mod doctor;
 mod emulate;
+mod env_vars;
 mod inspect;
 mod listen;
 mod rich;
@@ -18,13 +19,16 @@ mod work;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 /// Receive Microsoft Graph change notifications.
 ///
-/// Every flag can also be set with an environment variable
-/// MSGRAPH_WEBHOOKS_<FLAG> (e.g. MSGRAPH_WEBHOOKS_CLIENT_STATE); keep secrets there.
+/// Every flag can also be set with an environment variable, named in its
+/// help: MSGRAPH_WEBHOOKS_<FLAG> (e.g. MSGRAPH_WEBHOOKS_CLIENT_STATE), with
+/// the command in front for the flags of emulate, cert and doctor
+/// (MSGRAPH_WEBHOOKS_EMULATOR_ADDR, MSGRAPH_WEBHOOKS_CERT_OUT,
+/// MSGRAPH_WEBHOOKS_DOCTOR_JSON). Keep secrets there.
 #[derive(Debug, Parser)]
 #[command(name = "msgraph-webhooks", version, about, long_about)]
 struct Cli {
@@ -71,7 +75,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (command, deprecated) = env_vars::accept_deprecated_names(Cli::command());
+    let matches = command.get_matches();
+    let cli = Cli::from_arg_matches(&matches)
+        .map_err(|e| e.format(&mut Cli::command()))
+        .unwrap_or_else(|e| e.exit());
     // The demo's story is on stdout; its servers' routine logs would only interleave.
     let level = if matches!(cli.command, Command::Demo(_)) {
         "warn"
@@ -79,6 +87,7 @@ fn main() -> ExitCode {
         "info"
     };
     init_tracing(cli.log_format, level);
+    env_vars::warn_deprecated(&matches, &deprecated);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

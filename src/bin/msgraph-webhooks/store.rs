@@ -221,7 +221,7 @@ fn memory_inbox(capacities: &[Capacity]) -> MemoryInbox {
                 Capacity::Bytes(n) => bytes = n,
             }
         }
-        MemoryInbox::new(items).with_max_bytes(bytes)
+        MemoryInbox::new(items).max_bytes(bytes)
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msgraph_webhooks::catalog::{self, PermissionType};
+use msgraph_webhooks::catalog::{self, PermissionType, ResourceDataRule};
 use msgraph_webhooks::crypto::KeyRing;
 use msgraph_webhooks::subscriptions::{
     ClientCredentials, DEFAULT_GRAPH_URL, DEFAULT_TOKEN_URL, Declared, EncryptionCertificate,
@@ -78,7 +78,7 @@ impl GraphArgs {
             "pass the client secret in MSGRAPH_WEBHOOKS_CLIENT_SECRET (or --client-secret)",
         )?;
         let tokens = ClientCredentials::new(tenant, client_id, secret.expose())
-            .with_token_url(self.token_url.replace("{tenant}", tenant));
+            .token_url(self.token_url.replace("{tenant}", tenant));
         Ok(GraphClient::new(tokens).base_url(&self.graph_url))
     }
 }
@@ -150,7 +150,7 @@ impl SubscriptionArgs {
                 let (resource, change_types) = spec.rsplit_once(':').ok_or_else(|| {
                     format!("'{spec}': write RESOURCE:CHANGETYPES, e.g. users/ada@contoso.com/messages:created,updated")
                 })?;
-                catalog::parse_change_types(change_types).map_err(|e| {
+                let change_types = catalog::parse_change_types(change_types).map_err(|e| {
                     format!("'{spec}': {e} Write RESOURCE:CHANGETYPES, e.g. users:updated,deleted")
                 })?;
                 let mut declared = Declared::new(resource, change_types).rich(self.rich);
@@ -247,7 +247,7 @@ pub(crate) struct Args {
     subscription: SubscriptionArgs,
 
     /// The local port the ngrok tunnel forwards to (with --public-url ngrok).
-    #[arg(long, default_value_t = 8080, env = "MSGRAPH_WEBHOOKS_PORT")]
+    #[arg(long, default_value_t = 8080, env = "MSGRAPH_WEBHOOKS_NGROK_PORT")]
     port: u16,
 
     /// The certificate rich subscriptions are encrypted to: ID=PATH, PATH a
@@ -293,7 +293,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         .map(load_certificate)
         .transpose()?;
     let store = args.store.open().await?;
-    let registry = Arc::new(SubscriptionRegistry::new().with_source(store.records.clone()));
+    let registry = Arc::new(SubscriptionRegistry::new().source(store.records.clone()));
     let manager = args
         .subscription
         .manager(client, &args.subscriptions, args.port, certificate)?
@@ -369,6 +369,15 @@ pub(crate) fn permissions(args: &PermissionsArgs) -> Result<ExitCode, BoxError> 
     } else {
         println!("max lifetime: {basic} minutes ({rich} with resource data)");
     }
+    println!(
+        "resource data: {}",
+        match rules.resource_data {
+            ResourceDataRule::Optional => "optional (includeResourceData with a certificate)",
+            ResourceDataRule::AlwaysEncrypted => "always, encrypted (a certificate is required)",
+            ResourceDataRule::NotSupported => "not supported (basic notifications only)",
+            _ => "unknown",
+        }
+    );
     if PermissionType::ALL
         .into_iter()
         .any(|t| resolved.permissions(t).iter().any(|p| p.resource_specific))

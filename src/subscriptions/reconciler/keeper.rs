@@ -27,7 +27,11 @@ const LEASE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 pub(super) async fn keep(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let beat = shared.settings.lease_ttl / 3;
     let tick = beat.min(LEASE_POLL);
-    let keys: Vec<String> = shared.declared.iter().map(super::Declared::key).collect();
+    let keys: Vec<String> = shared
+        .declared
+        .iter()
+        .map(super::Declared::stable_key)
+        .collect();
     // Key → when this instance last extended its lease.
     let mut held: HashMap<String, Instant> = HashMap::new();
     let mut waiting: BTreeSet<String> = BTreeSet::new();
@@ -166,7 +170,7 @@ impl Shared {
         for declared in &self.declared {
             self.lease
                 .join(
-                    &self.group(&declared.key()),
+                    &self.group(&declared.stable_key()),
                     &self.holder,
                     self.settings.lease_ttl,
                 )
@@ -180,7 +184,7 @@ impl Shared {
     pub(super) async fn leave(&self, delete: bool) -> Result<(), StoreError> {
         let mut last = HashSet::new();
         for declared in &self.declared {
-            let key = declared.key();
+            let key = declared.stable_key();
             let group = self.group(&key);
             self.lease.leave(&group, &self.holder).await?;
             // Left first, read second: of instances stopping together, the

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use msgraph_webhooks::handler::Event;
+use msgraph_webhooks::handler::HandlerEvent;
 use msgraph_webhooks::listener::ServerConfig;
 use msgraph_webhooks::{BoxError, ChangeEvent, Handler, LifecycleEvent, Receiver, ReceiverBuilder};
 use tokio::sync::{Notify, oneshot};
@@ -23,12 +23,12 @@ use tokio::task::JoinHandle;
 /// A handler that records every event it gets.
 #[derive(Clone, Default)]
 pub struct Recorder {
-    events: Arc<Mutex<Vec<Event>>>,
+    events: Arc<Mutex<Vec<HandlerEvent>>>,
     arrived: Arc<Notify>,
 }
 
 impl Recorder {
-    pub fn events(&self) -> Vec<Event> {
+    pub fn events(&self) -> Vec<HandlerEvent> {
         self.events.lock().unwrap().clone()
     }
 
@@ -36,7 +36,7 @@ impl Recorder {
         self.events()
             .into_iter()
             .filter_map(|e| match e {
-                Event::Change(c) => Some(c),
+                HandlerEvent::Change(c) => Some(c),
                 _ => None,
             })
             .collect()
@@ -46,14 +46,14 @@ impl Recorder {
         self.events()
             .into_iter()
             .filter_map(|e| match e {
-                Event::Lifecycle(l) => Some(l),
+                HandlerEvent::Lifecycle(l) => Some(l),
                 _ => None,
             })
             .collect()
     }
 
     /// Waits until at least `n` events arrived (panics after 10 s).
-    pub async fn wait_for(&self, n: usize) -> Vec<Event> {
+    pub async fn wait_for(&self, n: usize) -> Vec<HandlerEvent> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let notified = self.arrived.notified();
@@ -75,8 +75,8 @@ impl Recorder {
         &self,
         what: &str,
         within: Duration,
-        done: impl Fn(&[Event]) -> bool,
-    ) -> Vec<Event> {
+        done: impl Fn(&[HandlerEvent]) -> bool,
+    ) -> Vec<HandlerEvent> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let notified = self.arrived.notified();
@@ -98,7 +98,7 @@ impl Recorder {
         self.changes()
     }
 
-    fn push(&self, event: Event) {
+    fn push(&self, event: HandlerEvent) {
         self.events.lock().unwrap().push(event);
         self.arrived.notify_waiters();
     }
@@ -106,12 +106,12 @@ impl Recorder {
 
 impl Handler for Recorder {
     async fn on_change(&self, event: ChangeEvent) -> Result<(), BoxError> {
-        self.push(Event::Change(event));
+        self.push(HandlerEvent::Change(event));
         Ok(())
     }
 
     async fn on_lifecycle(&self, event: LifecycleEvent) -> Result<(), BoxError> {
-        self.push(Event::Lifecycle(event));
+        self.push(HandlerEvent::Lifecycle(event));
         Ok(())
     }
 }
