@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use super::{Claim, Dedupe, DedupeError, DedupeKey};
+use super::{Claim, Dedupe, DedupeKey};
+use crate::store::StoreError;
 
 /// How many handled keys [`MemoryDedupe::new`] remembers at most (each
 /// costs on the order of 150 bytes: the key, its entry and its place in
@@ -103,7 +104,7 @@ impl Dedupe for MemoryDedupe {
         key: DedupeKey,
         owner: &str,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Claim, DedupeError>> {
+    ) -> BoxFuture<'_, Result<Claim, StoreError>> {
         let claim = self.with(&key, |State { keys, .. }, now| {
             let claim = match keys.get(&key) {
                 Some(Entry::Done { until }) if *until > now => return Claim::Duplicate,
@@ -129,14 +130,14 @@ impl Dedupe for MemoryDedupe {
         key: DedupeKey,
         _owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with(&key, |state, now| {
             state.mark(key, now + ttl, now, self.max_per_shard);
         });
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>> {
+    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with(&key, |State { keys, .. }, _| {
             if matches!(keys.get(&key), Some(Entry::Claimed { owner: o, .. }) if o == owner) {
                 keys.remove(&key);

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use crate::store::StoreError;
+
 use crate::notification::ChangeNotification;
 
 pub use memory::{DEFAULT_MAX_KEYS, MemoryDedupe};
@@ -88,18 +90,6 @@ pub enum Claim {
     InProgress,
 }
 
-/// A dedupe store failure. The item is retried later.
-#[derive(Debug)]
-pub struct DedupeError(pub String);
-
-impl fmt::Display for DedupeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "dedupe store: {}", self.0)
-    }
-}
-
-impl std::error::Error for DedupeError {}
-
 /// Where handled keys are remembered.
 pub trait Dedupe: Send + Sync + 'static {
     /// Claims `key` for `owner` for `lease`, unless it is handled or claimed.
@@ -108,7 +98,7 @@ pub trait Dedupe: Send + Sync + 'static {
         key: DedupeKey,
         owner: &str,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Claim, DedupeError>>;
+    ) -> BoxFuture<'_, Result<Claim, StoreError>>;
 
     /// Marks `key` handled, remembered for `ttl`.
     fn finish(
@@ -116,10 +106,10 @@ pub trait Dedupe: Send + Sync + 'static {
         key: DedupeKey,
         owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), DedupeError>>;
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Releases `owner`'s claim on `key` so a retry can run.
-    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>>;
+    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// [`begin`](Self::begin) for several keys; the answers in order.
     /// Stores override it to do it in one round trip.
@@ -128,7 +118,7 @@ pub trait Dedupe: Send + Sync + 'static {
         keys: Vec<DedupeKey>,
         owner: &str,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Claim>, DedupeError>> {
+    ) -> BoxFuture<'_, Result<Vec<Claim>, StoreError>> {
         let owner = owner.to_owned();
         Box::pin(async move {
             let mut claims = Vec::with_capacity(keys.len());
@@ -145,7 +135,7 @@ pub trait Dedupe: Send + Sync + 'static {
         keys: Vec<DedupeKey>,
         owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         let owner = owner.to_owned();
         Box::pin(async move {
             for key in keys {

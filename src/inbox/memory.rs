@@ -7,9 +7,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{
-    Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem, unix_ms,
-};
+use super::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem, unix_ms};
+use crate::store::StoreError;
 
 /// A bounded in-memory inbox.
 ///
@@ -17,7 +16,7 @@ use super::{
 /// it for tests, or where losing acknowledged notifications is acceptable.
 /// It holds at most a number of items and a number of bytes (the items' raw
 /// JSON and their deliveries' tokens, each counted once); when full,
-/// `append` fails with [`InboxError::Full`] and Graph is told to retry.
+/// `append` fails with [`StoreError::Full`] and Graph is told to retry.
 #[derive(Debug)]
 pub struct MemoryInbox {
     capacity: usize,
@@ -142,35 +141,35 @@ impl MemoryInbox {
     }
 
     /// Ends a claim, the item staying held (a retry).
-    fn unclaim(&self, state: &mut State, id: &EntryId) -> Result<(), InboxError> {
+    fn unclaim(&self, state: &mut State, id: &EntryId) -> Result<(), StoreError> {
         if state.claimed.remove(id) {
             Ok(())
         } else {
-            Err(InboxError::Unavailable(format!("item {id} is not claimed")))
+            Err(StoreError::unavailable(format!("item {id} is not claimed")))
         }
     }
 
     /// Ends a claim and lets the item go (completed or dead).
-    fn release(&self, state: &mut State, id: &EntryId) -> Result<(), InboxError> {
+    fn release(&self, state: &mut State, id: &EntryId) -> Result<(), StoreError> {
         if state.claimed.remove(id) {
             let bytes = state.held.remove(id).unwrap_or(0);
             state.bytes -= bytes;
             Ok(())
         } else {
-            Err(InboxError::Unavailable(format!("item {id} is not claimed")))
+            Err(StoreError::unavailable(format!("item {id} is not claimed")))
         }
     }
 }
 
 impl Inbox for MemoryInbox {
-    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>> {
         let charges = charges(&items);
         let bytes: usize = charges.iter().sum();
         let mut state = self.lock();
         let result = if state.depth() + items.len() > self.capacity
             || state.bytes + bytes > self.max_bytes
         {
-            Err(InboxError::Full)
+            Err(StoreError::Full)
         } else {
             state.bytes += bytes;
             for (item, charge) in items.into_iter().zip(charges) {
@@ -190,7 +189,7 @@ impl Inbox for MemoryInbox {
         Box::pin(std::future::ready(result))
     }
 
-    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, InboxError>> {
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
         Box::pin(async move {
             let deadline = Instant::now() + wait;
             loop {
@@ -227,13 +226,13 @@ impl Inbox for MemoryInbox {
         })
     }
 
-    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), StoreError>> {
         let mut state = self.lock();
         let result = self.release(&mut state, &id);
         Box::pin(std::future::ready(result))
     }
 
-    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
         let result = {
             let mut state = self.lock();
             self.unclaim(&mut state, &claimed.id).map(|()| {
@@ -255,7 +254,7 @@ impl Inbox for MemoryInbox {
         &self,
         claimed: Claimed,
         reason: String,
-    ) -> BoxFuture<'_, Result<(), InboxError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         let mut state = self.lock();
         let result = self.release(&mut state, &claimed.id).map(|()| {
             state.dead_bytes += claimed.item.byte_len();
@@ -274,7 +273,7 @@ impl Inbox for MemoryInbox {
         Box::pin(std::future::ready(result))
     }
 
-    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, InboxError>> {
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
         let state = self.lock();
         let now = unix_ms(SystemTime::now());
         let oldest = state
@@ -310,7 +309,7 @@ fn charges(items: &[StoredItem]) -> Vec<usize> {
 }
 
 impl DeadLetters for MemoryInbox {
-    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, InboxError>> {
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, StoreError>> {
         let letters = self
             .lock()
             .dead
@@ -327,7 +326,7 @@ impl DeadLetters for MemoryInbox {
         Box::pin(std::future::ready(Ok(letters)))
     }
 
-    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, InboxError>> {
+    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, StoreError>> {
         let moved = {
             let mut state = self.lock();
             let dead = std::mem::take(&mut state.dead);
@@ -368,7 +367,7 @@ mod tests {
         inbox.append(vec![item(1), item(2)]).await.unwrap();
         assert!(matches!(
             inbox.append(vec![item(3), item(4)]).await,
-            Err(InboxError::Full)
+            Err(StoreError::Full)
         ));
         let batch = inbox.claim(10, Duration::ZERO).await.unwrap();
         assert_eq!(batch.len(), 2);
@@ -414,7 +413,7 @@ mod tests {
             inbox
                 .append(vec![sized(4_001, &ValidationTokens::Absent)])
                 .await,
-            Err(InboxError::Full)
+            Err(StoreError::Full)
         ));
         inbox
             .append(vec![sized(4_000, &ValidationTokens::Absent)])

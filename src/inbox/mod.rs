@@ -11,6 +11,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
+
+use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -161,49 +163,24 @@ pub struct InboxStats {
     pub oldest_age: Option<Duration>,
 }
 
-/// Why the inbox refused or failed an operation.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum InboxError {
-    /// The inbox is at capacity. The listener answers `503` with `Retry-After`.
-    Full,
-    /// The store cannot take writes now (disk full, I/O error, server
-    /// unreachable). The listener answers `503`.
-    Unavailable(String),
-    /// The inbox is shutting down.
-    Closed,
-}
-
-impl fmt::Display for InboxError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            InboxError::Full => f.write_str("inbox is full"),
-            InboxError::Unavailable(why) => write!(f, "inbox store unavailable: {why}"),
-            InboxError::Closed => f.write_str("inbox is closed"),
-        }
-    }
-}
-
-impl std::error::Error for InboxError {}
-
 /// Where accepted items wait for the workers.
 ///
 /// `append` must not return `Ok` before the items are as durable as the
 /// implementation promises: the listener answers `202` right after it.
 pub trait Inbox: Send + Sync + 'static {
     /// Stores items; all of them or none.
-    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>>;
+    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Claims up to `max` ready items, waiting up to `wait` for at least one.
     /// Returns an empty batch when none arrived in time.
-    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, InboxError>>;
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
 
     /// Removes a processed item.
-    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>>;
+    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Removes several processed items. Stores override it to do it in one
     /// round trip.
-    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             for id in ids {
                 self.complete(id).await?;
@@ -215,17 +192,17 @@ pub trait Inbox: Send + Sync + 'static {
     /// Makes a claimed item ready again after `delay`, storing
     /// `claimed.attempts` as its count of failed attempts (the caller
     /// increments it for a failure, and leaves it for a deferral).
-    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>>;
+    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Moves an item that failed too often out of the way, with the last error.
     fn dead_letter(
         &self,
         claimed: Claimed,
         reason: String,
-    ) -> BoxFuture<'_, Result<(), InboxError>>;
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Depth and age, for `/metrics`.
-    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, InboxError>>;
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>>;
 }
 
 /// An item that failed too often, kept for inspection and replay.
@@ -248,11 +225,11 @@ pub struct DeadLetter {
 /// the inbox once the cause is fixed.
 pub trait DeadLetters: Send + Sync + 'static {
     /// Up to `limit` dead letters, oldest first.
-    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, InboxError>>;
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, StoreError>>;
 
     /// Moves the given dead letters (all of them when `ids` is empty) back
     /// into the inbox with their attempt count reset; returns how many moved.
-    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, InboxError>>;
+    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, StoreError>>;
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> i64 {

@@ -21,7 +21,7 @@ use http_body::Body;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 
 use crate::handler::BoxError;
-use crate::inbox::{Inbox, InboxError, StoredItem};
+use crate::inbox::{Inbox, StoredItem};
 use crate::metrics::Metrics;
 use crate::notification::{Envelope, ItemClass, ItemHead, ValidationTokens};
 use crate::registry::{RejectReason, SubscriptionRegistry};
@@ -137,7 +137,7 @@ impl WebhookService {
         if let Err(e) = self.refresh_registry(&envelope).await {
             // Without the records nothing can be authenticated: let Graph retry.
             tracing::warn!(error = %e, "subscription records unavailable; answering 503");
-            return Rejection::Inbox(InboxError::Unavailable(e.to_string())).into();
+            return Rejection::Inbox(StoreError::unavailable(e.to_string())).into();
         }
         let accepted = self.authenticate(&envelope);
         if accepted.is_empty() {

@@ -7,8 +7,8 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use crate::inbox::InboxError;
 use crate::notification::EnvelopeError;
+use crate::store::StoreError;
 
 /// What the endpoint answers.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub(crate) enum Rejection {
     /// Not a notification collection.
     Envelope(EnvelopeError),
     /// The inbox could not store the items: Graph should retry.
-    Inbox(InboxError),
+    Inbox(StoreError),
 }
 
 /// Seconds Graph is asked to wait when the inbox cannot take items.
@@ -57,7 +57,7 @@ impl Answer {
                 Rejection::BodyError => "body_error",
                 Rejection::Envelope(EnvelopeError::NotJson) => "not_json",
                 Rejection::Envelope(_) => "not_an_envelope",
-                Rejection::Inbox(InboxError::Full) => "inbox_full",
+                Rejection::Inbox(StoreError::Full) => "inbox_full",
                 Rejection::Inbox(_) => "inbox_unavailable",
             },
         }

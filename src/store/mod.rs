@@ -13,27 +13,17 @@ mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+mod error;
+
+pub use error::StoreError;
 #[cfg(feature = "redis")]
 pub use redis::{RedisConfig, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
-use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-
-/// A store failure outside the inbox (records, leases).
-#[derive(Debug)]
-pub struct StoreError(pub String);
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "store: {}", self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 /// A named lease, so that among several instances only one does a job (the
 /// subscription manager's renewals, say).

@@ -499,16 +499,16 @@ async fn an_unreachable_record_source_answers_503() {
             &self,
             _: Vec<String>,
         ) -> BoxFuture<'_, Result<Vec<Option<SubscriptionRecord>>, StoreError>> {
-            Box::pin(async { Err(StoreError("connection refused".into())) })
+            Box::pin(async { Err(StoreError::unavailable("connection refused")) })
         }
         fn put(&self, _: SubscriptionRecord) -> BoxFuture<'_, Result<(), StoreError>> {
-            Box::pin(async { Err(StoreError("connection refused".into())) })
+            Box::pin(async { Err(StoreError::unavailable("connection refused")) })
         }
         fn remove(&self, _: String) -> BoxFuture<'_, Result<(), StoreError>> {
-            Box::pin(async { Err(StoreError("connection refused".into())) })
+            Box::pin(async { Err(StoreError::unavailable("connection refused")) })
         }
         fn all(&self) -> BoxFuture<'_, Result<Vec<SubscriptionRecord>, StoreError>> {
-            Box::pin(async { Err(StoreError("connection refused".into())) })
+            Box::pin(async { Err(StoreError::unavailable("connection refused")) })
         }
     }
     let registry = Arc::new(msgraph_webhooks::SubscriptionRegistry::new().source(Arc::new(Down)));

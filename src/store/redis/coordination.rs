@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use redis::AsyncCommands as _;
 
-use super::{RedisStore, now_ms, store_error};
+use super::{RedisStore, now_ms, unavailable};
 use crate::registry::{RecordStore, SubscriptionRecord};
 use crate::store::{Lease, StoreError};
 
@@ -24,7 +24,7 @@ impl RecordStore for RedisStore {
                 .arg(&ids)
                 .query_async(&mut conn)
                 .await
-                .map_err(store_error)?;
+                .map_err(unavailable)?;
             Ok(found
                 .into_iter()
                 .map(|json| json.and_then(|j| serde_json::from_str(&j).ok()))
@@ -34,11 +34,11 @@ impl RecordStore for RedisStore {
 
     fn put(&self, record: SubscriptionRecord) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let json = serde_json::to_string(&record).map_err(store_error)?;
+            let json = serde_json::to_string(&record).map_err(unavailable)?;
             let mut conn = self.conn.clone();
             conn.hset::<_, _, _, ()>(self.key("subscriptions"), &record.id, json)
                 .await
-                .map_err(store_error)
+                .map_err(unavailable)
         })
     }
 
@@ -47,7 +47,7 @@ impl RecordStore for RedisStore {
             let mut conn = self.conn.clone();
             conn.hdel::<_, _, ()>(self.key("subscriptions"), id)
                 .await
-                .map_err(store_error)
+                .map_err(unavailable)
         })
     }
 
@@ -57,7 +57,7 @@ impl RecordStore for RedisStore {
             let all: Vec<String> = conn
                 .hvals(self.key("subscriptions"))
                 .await
-                .map_err(store_error)?;
+                .map_err(unavailable)?;
             Ok(all
                 .iter()
                 .filter_map(|j| serde_json::from_str(j).ok())
@@ -85,7 +85,7 @@ impl Lease for RedisStore {
                 .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
                 .invoke_async(&mut conn)
                 .await
-                .map_err(store_error)?;
+                .map_err(unavailable)?;
             Ok(held == 1)
         })
     }
@@ -102,7 +102,7 @@ impl Lease for RedisStore {
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(|_| ())
-                .map_err(store_error)
+                .map_err(unavailable)
         })
     }
 
@@ -111,7 +111,7 @@ impl Lease for RedisStore {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             // -2: no such key; -1: no expiry (never written so by us).
-            let left: i64 = conn.pttl(key).await.map_err(store_error)?;
+            let left: i64 = conn.pttl(key).await.map_err(unavailable)?;
             Ok((left > 0).then(|| Duration::from_millis(left.unsigned_abs())))
         })
     }
@@ -137,7 +137,7 @@ impl Lease for RedisStore {
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(|_| ())
-                .map_err(store_error)
+                .map_err(unavailable)
         })
     }
 
@@ -149,7 +149,7 @@ impl Lease for RedisStore {
             conn.zrem::<_, _, i64>(key, member)
                 .await
                 .map(|_| ())
-                .map_err(store_error)
+                .map_err(unavailable)
         })
     }
 
@@ -160,7 +160,7 @@ impl Lease for RedisStore {
             let mut live: Vec<String> = conn
                 .zrangebyscore(key, format!("({}", now_ms()), "+inf")
                 .await
-                .map_err(store_error)?;
+                .map_err(unavailable)?;
             live.sort();
             Ok(live)
         })

@@ -6,7 +6,8 @@ use futures_util::future::BoxFuture;
 use redis::AsyncCommands as _;
 
 use super::RedisStore;
-use crate::dedupe::{Claim, Dedupe, DedupeError, DedupeKey};
+use crate::dedupe::{Claim, Dedupe, DedupeKey};
+use crate::store::StoreError;
 
 impl Dedupe for RedisStore {
     fn begin(
@@ -14,7 +15,7 @@ impl Dedupe for RedisStore {
         key: DedupeKey,
         owner: &str,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Claim, DedupeError>> {
+    ) -> BoxFuture<'_, Result<Claim, StoreError>> {
         let mine = format!("p:{owner}");
         Box::pin(async move {
             let key = self.dedupe_key(&key);
@@ -27,14 +28,14 @@ impl Dedupe for RedisStore {
                 .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1))
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| DedupeError(e.to_string()))?;
+                .map_err(|e| StoreError::unavailable(e.to_string()))?;
             if set.is_some() {
                 return Ok(Claim::Proceed);
             }
             let current: Option<String> = conn
                 .get(&key)
                 .await
-                .map_err(|e| DedupeError(e.to_string()))?;
+                .map_err(|e| StoreError::unavailable(e.to_string()))?;
             Ok(match current.as_deref() {
                 Some("d") => Claim::Duplicate,
                 Some(holder) if holder == mine => Claim::Proceed,
@@ -49,7 +50,7 @@ impl Dedupe for RedisStore {
         key: DedupeKey,
         _owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             redis::cmd("SET")
@@ -59,7 +60,7 @@ impl Dedupe for RedisStore {
                 .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
                 .query_async::<()>(&mut conn)
                 .await
-                .map_err(|e| DedupeError(e.to_string()))
+                .map_err(|e| StoreError::unavailable(e.to_string()))
         })
     }
 
@@ -68,7 +69,7 @@ impl Dedupe for RedisStore {
         keys: Vec<DedupeKey>,
         owner: &str,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Claim>, DedupeError>> {
+    ) -> BoxFuture<'_, Result<Vec<Claim>, StoreError>> {
         let mine = format!("p:{owner}");
         Box::pin(async move {
             if keys.is_empty() {
@@ -91,7 +92,7 @@ impl Dedupe for RedisStore {
             let answers: Vec<(Option<String>, Option<String>)> = pipe
                 .query_async::<Vec<redis::Value>>(&mut conn)
                 .await
-                .map_err(|e| DedupeError(e.to_string()))?
+                .map_err(|e| StoreError::unavailable(e.to_string()))?
                 .chunks(2)
                 .map(|pair| {
                     let set = redis::from_redis_value::<Option<String>>(pair[0].clone())
@@ -121,7 +122,7 @@ impl Dedupe for RedisStore {
         keys: Vec<DedupeKey>,
         _owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(());
@@ -139,11 +140,11 @@ impl Dedupe for RedisStore {
             let mut conn = self.conn.clone();
             pipe.query_async::<()>(&mut conn)
                 .await
-                .map_err(|e| DedupeError(e.to_string()))
+                .map_err(|e| StoreError::unavailable(e.to_string()))
         })
     }
 
-    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>> {
+    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let mine = format!("p:{owner}");
         Box::pin(async move {
             let mut conn = self.conn.clone();
@@ -154,7 +155,7 @@ impl Dedupe for RedisStore {
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(|_| ())
-                .map_err(|e| DedupeError(e.to_string()))
+                .map_err(|e| StoreError::unavailable(e.to_string()))
         })
     }
 }

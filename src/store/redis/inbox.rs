@@ -7,12 +7,11 @@ use redis::AsyncCommands as _;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
 use super::{GROUP, RedisStore, now_ms, random_id, stream_time_ms, unavailable};
-use crate::inbox::{
-    Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem,
-};
+use crate::inbox::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem};
+use crate::store::StoreError;
 
 impl Inbox for RedisStore {
-    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             pipe.atomic();
@@ -50,7 +49,7 @@ impl Inbox for RedisStore {
         })
     }
 
-    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, InboxError>> {
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
         Box::pin(async move {
             self.ensure_group().await?;
             let taken_over = self.housekeeping().await?;
@@ -85,11 +84,11 @@ impl Inbox for RedisStore {
         })
     }
 
-    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), StoreError>> {
         self.complete_many(vec![id])
     }
 
-    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             if ids.is_empty() {
                 return Ok(());
@@ -108,7 +107,7 @@ impl Inbox for RedisStore {
         })
     }
 
-    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
             let mut conn = self.conn.clone();
@@ -133,7 +132,7 @@ impl Inbox for RedisStore {
         &self,
         claimed: Claimed,
         reason: String,
-    ) -> BoxFuture<'_, Result<(), InboxError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             self.scripts
@@ -152,7 +151,7 @@ impl Inbox for RedisStore {
         })
     }
 
-    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, InboxError>> {
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let (len, delayed, first): (u64, u64, StreamRangeReply) = redis::pipe()
@@ -181,7 +180,7 @@ impl Inbox for RedisStore {
 }
 
 impl DeadLetters for RedisStore {
-    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, InboxError>> {
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let range: StreamRangeReply = conn
@@ -209,7 +208,7 @@ impl DeadLetters for RedisStore {
         })
     }
 
-    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, InboxError>> {
+    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let dead = self.key("dead");

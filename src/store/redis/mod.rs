@@ -31,10 +31,10 @@ use std::time::{Duration, SystemTime};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId};
 
-use super::StoreError;
 use crate::dedupe::DedupeKey;
-use crate::inbox::{Claimed, EntryId, InboxError, StoredItem, unix_ms};
+use crate::inbox::{Claimed, EntryId, StoredItem, unix_ms};
 use crate::notification::ValidationTokens;
+use crate::store::StoreError;
 
 mod coordination;
 mod dedupe;
@@ -100,8 +100,8 @@ impl std::fmt::Debug for RedisStore {
             .finish_non_exhaustive()
     }
 }
-fn unavailable(e: impl std::fmt::Display) -> InboxError {
-    InboxError::Unavailable(format!("redis: {e}"))
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::unavailable(format!("redis: {e}"))
 }
 
 fn now_ms() -> i64 {
@@ -116,7 +116,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// The URL is not a Redis URL.
-    pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, InboxError> {
+    pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -172,7 +172,7 @@ impl RedisStore {
 
     /// Creates the consumer group (from the start of the stream, so items
     /// appended before any worker existed are delivered) once per process.
-    async fn ensure_group(&self) -> Result<(), InboxError> {
+    async fn ensure_group(&self) -> Result<(), StoreError> {
         self.group_ready
             .get_or_try_init(|| async {
                 let mut conn = self.conn.clone();
@@ -208,7 +208,7 @@ impl RedisStore {
         true
     }
 
-    async fn housekeeping(&self) -> Result<Vec<Claimed>, InboxError> {
+    async fn housekeeping(&self) -> Result<Vec<Claimed>, StoreError> {
         let mut conn = self.conn.clone();
         if self.due(|h| &mut h.moved_at, Duration::from_millis(200)) {
             let _: i64 = self
@@ -253,7 +253,7 @@ impl RedisStore {
     async fn delivery_tokens(
         &self,
         entries: &[StreamId],
-    ) -> Result<HashMap<String, ValidationTokens>, InboxError> {
+    ) -> Result<HashMap<String, ValidationTokens>, StoreError> {
         let mut ids: Vec<String> = entries.iter().filter_map(|e| e.get("d")).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -282,7 +282,7 @@ impl RedisStore {
     }
 
     /// Stream entries as claimed items, with their deliveries' tokens.
-    async fn entries(&self, entries: &[StreamId]) -> Result<Vec<Claimed>, InboxError> {
+    async fn entries(&self, entries: &[StreamId]) -> Result<Vec<Claimed>, StoreError> {
         let tokens = self.delivery_tokens(entries).await?;
         Ok(entries
             .iter()
@@ -327,10 +327,6 @@ fn random_id() -> String {
 
 fn stream_time_ms(id: &str) -> Option<i64> {
     id.split('-').next()?.parse().ok()
-}
-
-fn store_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("redis: {e}"))
 }
 
 #[cfg(test)]

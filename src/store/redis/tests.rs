@@ -281,6 +281,6 @@ async fn an_unreachable_redis_fails_fast() {
         .unwrap();
     assert!(matches!(
         store.append(vec![item(1)]).await,
-        Err(InboxError::Unavailable(_))
+        Err(StoreError::Unavailable(_))
     ));
 }

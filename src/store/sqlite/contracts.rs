@@ -10,15 +10,14 @@ use rusqlite::{OptionalExtension as _, params};
 use super::ops::{delivery_tokens, ms, parse_id, read_stats};
 use super::writer::{Op, Rows};
 use super::{POLL, SqliteStore, now_ms, unavailable};
-use crate::dedupe::{Claim, Dedupe, DedupeError, DedupeKey};
-use crate::inbox::{
-    Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxError, InboxStats, StoredItem,
-};
+use crate::dedupe::{Claim, Dedupe, DedupeKey};
+use crate::inbox::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem};
 use crate::registry::{RecordStore, SubscriptionRecord};
-use crate::store::{Lease, StoreError, member_lease, member_prefix};
+use crate::store::StoreError;
+use crate::store::{Lease, member_lease, member_prefix};
 
 impl Inbox for SqliteStore {
-    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let (groups, token_sets) = crate::inbox::token_groups(&items);
             let mut tokens = token_sets
@@ -41,13 +40,13 @@ impl Inbox for SqliteStore {
             let rows = Rows { tokens, items };
             self.call(|reply| Op::Append(rows, reply))
                 .await
-                .map_err(InboxError::Unavailable)?;
+                .map_err(StoreError::unavailable)?;
             self.wake_claimer();
             Ok(())
         })
     }
 
-    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, InboxError>> {
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + wait;
             let mut swept = false;
@@ -60,7 +59,7 @@ impl Inbox for SqliteStore {
                 let claimed = self
                     .call(|reply| Op::Claim(max.max(1), reply))
                     .await
-                    .map_err(InboxError::Unavailable)?;
+                    .map_err(StoreError::unavailable)?;
                 if claimed.len() >= max {
                     // Perhaps more are waiting: another claimer's turn.
                     self.wake_claimer();
@@ -89,25 +88,25 @@ impl Inbox for SqliteStore {
         })
     }
 
-    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let id = parse_id(&id)?;
             let done = self
                 .call(|reply| Op::Complete(vec![id], reply))
                 .await
-                .map_err(InboxError::Unavailable);
+                .map_err(StoreError::unavailable);
             self.lock_held().remove(&id);
             done
         })
     }
 
-    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn complete_many(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let ids = ids.iter().map(parse_id).collect::<Result<Vec<_>, _>>()?;
             let done = self
                 .call(|reply| Op::Complete(ids.clone(), reply))
                 .await
-                .map_err(InboxError::Unavailable);
+                .map_err(StoreError::unavailable);
             let mut held = self.lock_held();
             for id in &ids {
                 held.remove(id);
@@ -116,7 +115,7 @@ impl Inbox for SqliteStore {
         })
     }
 
-    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let id = parse_id(&claimed.id)?;
             let not_before_ms = now_ms().saturating_add(ms(delay));
@@ -128,7 +127,7 @@ impl Inbox for SqliteStore {
                     reply,
                 })
                 .await
-                .map_err(InboxError::Unavailable);
+                .map_err(StoreError::unavailable);
             self.lock_held().remove(&id);
             done
         })
@@ -138,7 +137,7 @@ impl Inbox for SqliteStore {
         &self,
         claimed: Claimed,
         reason: String,
-    ) -> BoxFuture<'_, Result<(), InboxError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let id = parse_id(&claimed.id)?;
             let done = self
@@ -149,13 +148,13 @@ impl Inbox for SqliteStore {
                     reply,
                 })
                 .await
-                .map_err(InboxError::Unavailable);
+                .map_err(StoreError::unavailable);
             self.lock_held().remove(&id);
             done
         })
     }
 
-    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, InboxError>> {
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
         let read = self.read(read_stats);
         Box::pin(async move {
             let (depth, oldest) = read.await?;
@@ -170,7 +169,7 @@ impl Inbox for SqliteStore {
 }
 
 impl DeadLetters for SqliteStore {
-    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, InboxError>> {
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, StoreError>> {
         let read = self.read(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT id, payload, attempts, reason, dead_at_ms, delivery_id FROM dead_letters
@@ -210,13 +209,13 @@ impl DeadLetters for SqliteStore {
         })
     }
 
-    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, InboxError>> {
+    fn replay(&self, ids: Vec<EntryId>) -> BoxFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move {
             let ids = ids.iter().map(parse_id).collect::<Result<Vec<_>, _>>()?;
             let moved = self
                 .call(|reply| Op::Replay(ids, reply))
                 .await
-                .map_err(InboxError::Unavailable)?;
+                .map_err(StoreError::unavailable)?;
             if moved > 0 {
                 self.appended.notify_waiters();
             }
@@ -248,12 +247,12 @@ impl Dedupe for SqliteStore {
         key: DedupeKey,
         owner: &str,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Claim, DedupeError>> {
+    ) -> BoxFuture<'_, Result<Claim, StoreError>> {
         let many = self.begin_many(vec![key], owner, lease);
         Box::pin(async move {
             many.await?
                 .pop()
-                .ok_or_else(|| DedupeError("no answer for the key".into()))
+                .ok_or_else(|| StoreError::unavailable("no answer for the key"))
         })
     }
 
@@ -262,11 +261,11 @@ impl Dedupe for SqliteStore {
         key: DedupeKey,
         owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         self.finish_many(vec![key], owner, ttl)
     }
 
-    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), DedupeError>> {
+    fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         release(&mut self.lock_pending(), &key.0, owner);
         Box::pin(std::future::ready(Ok(())))
     }
@@ -276,7 +275,7 @@ impl Dedupe for SqliteStore {
         keys: Vec<DedupeKey>,
         owner: &str,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Claim>, DedupeError>> {
+    ) -> BoxFuture<'_, Result<Vec<Claim>, StoreError>> {
         // Claim first, then look for a handled row: a holder releases its
         // claim only after its row committed, so one of the two always sees
         // the other.
@@ -321,7 +320,7 @@ impl Dedupe for SqliteStore {
                     for key in &claimed {
                         release(&mut pending, key, &owner);
                     }
-                    return Err(DedupeError(e.to_string()));
+                    return Err(StoreError::unavailable(e.to_string()));
                 }
             };
             let mut pending = self.lock_pending();
@@ -340,7 +339,7 @@ impl Dedupe for SqliteStore {
         keys: Vec<DedupeKey>,
         owner: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), DedupeError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         let owner = owner.to_owned();
         Box::pin(async move {
             let raw: Vec<[u8; 32]> = keys.iter().map(|k| k.0).collect();
@@ -351,7 +350,7 @@ impl Dedupe for SqliteStore {
                     reply,
                 })
                 .await
-                .map_err(DedupeError);
+                .map_err(StoreError::unavailable);
             // Released only now that the rows are committed (see begin_many).
             let mut pending = self.lock_pending();
             for key in &keys {
@@ -377,7 +376,9 @@ impl RecordStore for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()
         });
         Box::pin(async move {
-            let rows = read.await.map_err(|e| StoreError(e.to_string()))?;
+            let rows = read
+                .await
+                .map_err(|e| StoreError::unavailable(e.to_string()))?;
             Ok(rows
                 .into_iter()
                 .map(|row| row.and_then(|json| serde_json::from_str(&json).ok()))
@@ -387,10 +388,11 @@ impl RecordStore for SqliteStore {
 
     fn put(&self, record: SubscriptionRecord) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let json = serde_json::to_string(&record).map_err(|e| StoreError(e.to_string()))?;
+            let json = serde_json::to_string(&record)
+                .map_err(|e| StoreError::unavailable(e.to_string()))?;
             self.call(|reply| Op::PutRecord(record.id.clone(), json, reply))
                 .await
-                .map_err(StoreError)
+                .map_err(StoreError::unavailable)
         })
     }
 
@@ -398,7 +400,7 @@ impl RecordStore for SqliteStore {
         Box::pin(async move {
             self.call(|reply| Op::RemoveRecord(id, reply))
                 .await
-                .map_err(StoreError)
+                .map_err(StoreError::unavailable)
         })
     }
 
@@ -409,7 +411,9 @@ impl RecordStore for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()
         });
         Box::pin(async move {
-            let rows = read.await.map_err(|e| StoreError(e.to_string()))?;
+            let rows = read
+                .await
+                .map_err(|e| StoreError::unavailable(e.to_string()))?;
             Ok(rows
                 .iter()
                 .filter_map(|json| serde_json::from_str(json).ok())
@@ -434,7 +438,7 @@ impl Lease for SqliteStore {
                 reply,
             })
             .await
-            .map_err(StoreError)
+            .map_err(StoreError::unavailable)
         })
     }
 
@@ -447,7 +451,7 @@ impl Lease for SqliteStore {
                 reply,
             })
             .await
-            .map_err(StoreError)
+            .map_err(StoreError::unavailable)
         })
     }
 
@@ -459,7 +463,9 @@ impl Lease for SqliteStore {
                 .optional()
         });
         Box::pin(async move {
-            let expires = read.await.map_err(|e| StoreError(e.to_string()))?;
+            let expires = read
+                .await
+                .map_err(|e| StoreError::unavailable(e.to_string()))?;
             let left = expires.map(|at| at - now_ms()).filter(|left| *left > 0);
             Ok(left.map(|ms| Duration::from_millis(ms.unsigned_abs())))
         })
@@ -493,6 +499,9 @@ impl Lease for SqliteStore {
             stmt.query_map(params![prefix, now], |row| row.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         });
-        Box::pin(async move { read.await.map_err(|e| StoreError(e.to_string())) })
+        Box::pin(async move {
+            read.await
+                .map_err(|e| StoreError::unavailable(e.to_string()))
+        })
     }
 }

@@ -31,7 +31,8 @@ use rusqlite::Connection;
 use tokio::sync::{Notify, oneshot};
 
 use super::files;
-use crate::inbox::{InboxError, unix_ms};
+use crate::inbox::unix_ms;
+use crate::store::StoreError;
 
 mod contracts;
 mod ops;
@@ -97,7 +98,7 @@ impl SqliteStore {
     /// # Errors
     ///
     /// The directory or database cannot be created or opened.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, InboxError> {
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         let consumers = dir.join(CONSUMERS);
         files::private_dir(&dir, |name| name == CONSUMERS || name.starts_with(DATABASE))
@@ -180,8 +181,8 @@ impl SqliteStore {
     ///
     /// # Errors
     ///
-    /// [`InboxError::Unavailable`] with SQLite's findings when the database is damaged.
-    pub async fn integrity_check(&self) -> Result<(), InboxError> {
+    /// [`StoreError::Unavailable`] with SQLite's findings when the database is damaged.
+    pub async fn integrity_check(&self) -> Result<(), StoreError> {
         let findings = self
             .read(|conn| {
                 let mut stmt = conn.prepare("PRAGMA integrity_check")?;
@@ -303,7 +304,7 @@ impl SqliteStore {
     fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> BoxFuture<'static, Result<T, InboxError>> {
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
         let reader = self.reader.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
@@ -316,8 +317,8 @@ impl SqliteStore {
     }
 }
 
-fn unavailable(why: impl Into<String>) -> InboxError {
-    InboxError::Unavailable(why.into())
+fn unavailable(why: impl Into<String>) -> StoreError {
+    StoreError::unavailable(why.into())
 }
 
 fn random_id() -> String {

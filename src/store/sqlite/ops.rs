@@ -8,8 +8,9 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::now_ms;
 use super::writer::{Done, Op};
-use crate::inbox::{Claimed, EntryId, InboxError, StoredItem};
+use crate::inbox::{Claimed, EntryId, StoredItem};
 use crate::notification::ValidationTokens;
+use crate::store::StoreError;
 
 /// The tokens of each delivery of `ids` (read once each), shared by its items.
 pub(super) fn delivery_tokens(
@@ -279,9 +280,9 @@ pub(super) fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Res
     })
 }
 
-pub(super) fn parse_id(id: &EntryId) -> Result<i64, InboxError> {
+pub(super) fn parse_id(id: &EntryId) -> Result<i64, StoreError> {
     id.0.parse()
-        .map_err(|_| InboxError::Unavailable(format!("not an item id of this store: {id}")))
+        .map_err(|_| StoreError::unavailable(format!("not an item id of this store: {id}")))
 }
 
 pub(super) fn ms(d: Duration) -> i64 {

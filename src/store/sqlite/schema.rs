@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::ops::release_claims_of;
 use super::unavailable;
-use crate::inbox::InboxError;
+use crate::store::StoreError;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS items (
@@ -68,7 +68,7 @@ CREATE TRIGGER IF NOT EXISTS items_removed AFTER DELETE ON items
 BEGIN UPDATE counters SET n = n - 1 WHERE name = 'depth'; END;
 ";
 
-pub(super) fn connect(path: &Path, writer: bool) -> Result<Connection, InboxError> {
+pub(super) fn connect(path: &Path, writer: bool) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;

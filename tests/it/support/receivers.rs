@@ -10,10 +10,9 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
 use futures_util::future::BoxFuture;
-use msgraph_webhooks::inbox::{
-    Claimed, EntryId, Inbox, InboxError, InboxStats, MemoryInbox, StoredItem,
-};
+use msgraph_webhooks::inbox::{Claimed, EntryId, Inbox, InboxStats, MemoryInbox, StoredItem};
 use msgraph_webhooks::listener::WebhookService;
+use msgraph_webhooks::store::StoreError;
 use msgraph_webhooks::worker::Workers;
 use msgraph_webhooks::{ClientState, Receiver};
 
@@ -35,26 +34,26 @@ impl FlakyInbox {
 }
 
 impl Inbox for FlakyInbox {
-    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>> {
         let refuse = self
             .refusals
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if refuse {
-            return Box::pin(async { Err(InboxError::Unavailable("refused by the test".into())) });
+            return Box::pin(async { Err(StoreError::unavailable("refused by the test")) });
         }
         self.inner.append(items)
     }
 
-    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, InboxError>> {
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
         self.inner.claim(max, wait)
     }
 
-    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), StoreError>> {
         self.inner.complete(id)
     }
 
-    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), InboxError>> {
+    fn retry(&self, claimed: Claimed, delay: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
         self.inner.retry(claimed, delay)
     }
 
@@ -62,11 +61,11 @@ impl Inbox for FlakyInbox {
         &self,
         claimed: Claimed,
         reason: String,
-    ) -> BoxFuture<'_, Result<(), InboxError>> {
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         self.inner.dead_letter(claimed, reason)
     }
 
-    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, InboxError>> {
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
         self.inner.stats()
     }
 }
