@@ -44,9 +44,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::net::TcpListener;
 
-use crate::inbox::Inbox;
 use crate::listener::{ServerConfig, Tracked, plain};
 use crate::metrics::Metrics;
+use crate::store::Inbox;
 
 /// The admin endpoints as a `tower::Service`. Built by
 /// [`Receiver::admin_service`](crate::Receiver::admin_service), or from

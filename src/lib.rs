@@ -85,9 +85,7 @@
 //! | [`listener`] | the endpoint: handshake, limits, request path, standalone hyper server |
 //! | [`notification`] | the envelope, typed change/lifecycle items, [`ResourceKind`], typed resources |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
-//! | [`inbox`] | the ack boundary: where accepted items wait for the workers |
-//! | [`store`] | durable backends of the inbox, dedupe and records: SQLite, Redis |
-//! | [`dedupe`] | which changes were handled already |
+//! | [`store`] | every storage contract (inbox — the ack boundary —, dead letters, dedupe, subscription records, leases), its one error, and the backends: memory, SQLite, Redis |
 //! | [`worker`] | behind the ack: claim, verify rich items, build events, call the handler, retry |
 //! | [`tokens`] | validation tokens of rich notifications: JWKS, RS256, claims |
 //! | [`crypto`] | key ring, decryption of rich notifications, certificate generation |
@@ -117,13 +115,11 @@
 pub mod admin;
 pub mod catalog;
 pub mod crypto;
-pub mod dedupe;
 pub mod doctor;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod files;
 pub mod handler;
-pub mod inbox;
 pub mod listener;
 pub mod metrics;
 pub mod notification;

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::inbox::InboxStats;
+use crate::store::InboxStats;
 
 type Label = [(&'static str, &'static str); 1];
 

@@ -11,12 +11,12 @@ use tokio::net::TcpListener;
 use crate::ClientState;
 use crate::admin::AdminService;
 use crate::crypto::KeyRing;
-use crate::dedupe::{Dedupe, MemoryDedupe};
 use crate::handler::Handler;
-use crate::inbox::{Inbox, MemoryInbox};
 use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
 use crate::metrics::Metrics;
 use crate::registry::SubscriptionRegistry;
+use crate::store::{Dedupe, MemoryDedupe};
+use crate::store::{Inbox, MemoryInbox};
 use crate::tokens::{Jwks, TokenValidator};
 use crate::worker::{Pipeline, RetryPolicy, Verifier, Workers};
 
@@ -153,8 +153,8 @@ impl Receiver<()> {
             registry: None,
             inbox: None,
             dedupe: None,
-            dedupe_ttl: crate::dedupe::DEFAULT_TTL,
-            dedupe_lease: crate::dedupe::DEFAULT_LEASE,
+            dedupe_ttl: crate::store::DEDUPE_TTL,
+            dedupe_lease: crate::store::DEDUPE_LEASE,
             dedupe_owner: None,
             metrics: None,
             limits: Limits::default(),

@@ -21,11 +21,11 @@ use http_body::Body;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 
 use crate::handler::BoxError;
-use crate::inbox::{Inbox, StoredItem};
 use crate::metrics::Metrics;
 use crate::notification::{Envelope, ItemClass, ItemHead, ValidationTokens};
 use crate::registry::{RejectReason, SubscriptionRegistry};
 use crate::store::StoreError;
+use crate::store::{Inbox, StoredItem};
 use handshake::Handshake;
 use response::{Answer, Rejection};
 

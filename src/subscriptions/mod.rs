@@ -30,7 +30,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use msgraph_webhooks::registry::MemoryRecords;
+//! use msgraph_webhooks::store::MemoryRecords;
 //! use msgraph_webhooks::store::MemoryLease;
 //! use msgraph_webhooks::subscriptions::{ClientCredentials, Declared, GraphClient, SubscriptionManager};
 //! use msgraph_webhooks::{ChangeType, Receiver, SubscriptionRegistry, handler_fn};
@@ -66,7 +66,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`SubscriptionRecord`]: crate::registry::SubscriptionRecord
+//! [`SubscriptionRecord`]: crate::store::SubscriptionRecord
 //! [`SubscriptionRegistry`]: crate::SubscriptionRegistry
 
 mod client;

@@ -18,8 +18,9 @@ use super::lifecycle::Lifecycle;
 use super::preflight::{self, LifetimePolicy, PreflightError};
 use crate::catalog::{self, KindRules, ResourceDataRule};
 use crate::crypto::DecryptionKey;
-use crate::registry::{MemoryRecords, RecordStore, Registration, SubscriptionRecord};
+use crate::registry::Registration;
 use crate::store::{Lease, MemoryLease, StoreError};
+use crate::store::{MemoryRecords, RecordStore, SubscriptionRecord};
 use crate::{
     BoxError, ChangeType, ClientState, Handler, LifecycleEvent, LifecycleEventType,
     SubscriptionRegistry,

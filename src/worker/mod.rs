@@ -14,11 +14,11 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::dedupe::{Claim, Dedupe, DedupeKey};
 use crate::handler::{ChangeEvent, Handler, HandlerEvent, HandlerPanicked, LifecycleEvent};
-use crate::inbox::{Claimed, Inbox};
 use crate::metrics::Metrics;
 use crate::notification::{ChangeNotification, Notification, ValidationTokens};
+use crate::store::{Claim, Dedupe, DedupeKey};
+use crate::store::{Claimed, Inbox};
 
 pub use verify::{Verifier, VerifyError};
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msgraph_webhooks::inbox::DeadLetters as _;
+use msgraph_webhooks::store::DeadLetters as _;
 use msgraph_webhooks::store::SqliteStore;
 use msgraph_webhooks::{ClientState, Receiver};
 
@@ -210,7 +210,7 @@ async fn a_deliverys_tokens_are_stored_once_not_once_per_item() {
         body.len()
     );
     // All 400 items are there, each with the delivery's tokens.
-    let claimed = msgraph_webhooks::inbox::Inbox::claim(&*store, 1000, Duration::ZERO)
+    let claimed = msgraph_webhooks::store::Inbox::claim(&*store, 1000, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 400);
@@ -258,7 +258,7 @@ async fn encrypted_items_with_tokens_beyond_the_limits_are_dropped_before_the_ac
         2
     );
     // The basic items stay (they need no tokens), without the tokens.
-    let claimed = msgraph_webhooks::inbox::Inbox::claim(&*store, 10, Duration::ZERO)
+    let claimed = msgraph_webhooks::store::Inbox::claim(&*store, 10, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);
@@ -277,7 +277,7 @@ async fn encrypted_items_with_tokens_beyond_the_limits_are_dropped_before_the_ac
         post_json(&server.url("/"), body.to_string()).await.status,
         202
     );
-    let claimed = msgraph_webhooks::inbox::Inbox::claim(&*store, 10, Duration::ZERO)
+    let claimed = msgraph_webhooks::store::Inbox::claim(&*store, 10, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -286,7 +286,7 @@ async fn encrypted_items_with_tokens_beyond_the_limits_are_dropped_before_the_ac
 
 #[tokio::test]
 async fn the_memory_inbox_answers_503_at_its_byte_capacity() {
-    use msgraph_webhooks::inbox::MemoryInbox;
+    use msgraph_webhooks::store::MemoryInbox;
     let inbox = Arc::new(MemoryInbox::new(100_000).max_bytes(1024 * 1024));
     let receiver = Receiver::builder(Recorder::default())
         .client_state(ClientState::new(STATE))

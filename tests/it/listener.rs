@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use msgraph_webhooks::handler::HandlerEvent;
-use msgraph_webhooks::inbox::{Inbox, MemoryInbox};
 use msgraph_webhooks::listener::ServerConfig;
+use msgraph_webhooks::store::{Inbox, MemoryInbox};
 use msgraph_webhooks::worker::RetryPolicy;
 use msgraph_webhooks::{
     BoxError, ChangeEvent, ChangeType, ClientState, LifecycleEventType, Receiver, ResourceKind,
@@ -461,7 +461,8 @@ async fn the_service_mounts_as_an_axum_route() {
 
 #[tokio::test]
 async fn subscriptions_recorded_by_another_instance_are_authenticated() {
-    use msgraph_webhooks::registry::{MemoryRecords, RecordStore as _, SubscriptionRecord};
+    use msgraph_webhooks::store::RecordStore as _;
+    use msgraph_webhooks::store::{MemoryRecords, SubscriptionRecord};
 
     let records = Arc::new(MemoryRecords::new());
     let registry = Arc::new(msgraph_webhooks::SubscriptionRegistry::new().source(records.clone()));
@@ -490,8 +491,8 @@ async fn subscriptions_recorded_by_another_instance_are_authenticated() {
 #[tokio::test]
 async fn an_unreachable_record_source_answers_503() {
     use futures_util::future::BoxFuture;
-    use msgraph_webhooks::registry::{RecordStore, SubscriptionRecord};
     use msgraph_webhooks::store::StoreError;
+    use msgraph_webhooks::store::{RecordStore, SubscriptionRecord};
 
     struct Down;
     impl RecordStore for Down {

@@ -4,8 +4,8 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use msgraph_webhooks::BoxError;
-use msgraph_webhooks::inbox::EntryId;
 use msgraph_webhooks::notification::Notification;
+use msgraph_webhooks::store::EntryId;
 
 use crate::store::DlqStoreArgs;
 

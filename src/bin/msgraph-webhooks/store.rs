@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msgraph_webhooks::BoxError;
-use msgraph_webhooks::dedupe::{Dedupe, MemoryDedupe};
-use msgraph_webhooks::inbox::{DeadLetters, Inbox, MemoryInbox};
-use msgraph_webhooks::registry::{MemoryRecords, RecordStore};
+use msgraph_webhooks::store::{DeadLetters, Inbox, MemoryInbox};
+use msgraph_webhooks::store::{Dedupe, MemoryDedupe};
 use msgraph_webhooks::store::{Lease, MemoryLease, RedisConfig, RedisStore, SqliteStore};
+use msgraph_webhooks::store::{MemoryRecords, RecordStore};
 
 /// Where the store is: shared by every command that opens one.
 #[derive(Debug, clap::Args)]
@@ -282,7 +282,7 @@ async fn open(
                 dedupe: Arc::new(MemoryDedupe::new()),
                 dead_letters: Some(inbox),
                 owner: None,
-                dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
+                dedupe_lease: msgraph_webhooks::store::DEDUPE_LEASE,
                 dedupe_ttl,
                 records: Arc::new(MemoryRecords::new()),
                 lease: Arc::new(MemoryLease::new()),
@@ -325,7 +325,7 @@ async fn open(
             dead_letters: Some(store.clone()),
             records: store.clone(),
             lease: store,
-            dedupe_lease: msgraph_webhooks::dedupe::DEFAULT_LEASE,
+            dedupe_lease: msgraph_webhooks::store::DEDUPE_LEASE,
             dedupe_ttl,
         })
     }

@@ -6,8 +6,8 @@ use futures_util::future::BoxFuture;
 use redis::AsyncCommands as _;
 
 use super::RedisStore;
-use crate::dedupe::{Claim, Dedupe, DedupeKey};
 use crate::store::StoreError;
+use crate::store::{Claim, Dedupe, DedupeKey};
 
 impl Dedupe for RedisStore {
     fn begin(

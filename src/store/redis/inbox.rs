@@ -7,8 +7,8 @@ use redis::AsyncCommands as _;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
 use super::{GROUP, RedisStore, now_ms, random_id, stream_time_ms, unavailable};
-use crate::inbox::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem};
 use crate::store::StoreError;
+use crate::store::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem};
 
 impl Inbox for RedisStore {
     fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -16,7 +16,7 @@ impl Inbox for RedisStore {
             let mut pipe = redis::pipe();
             pipe.atomic();
             let inbox = self.key("inbox");
-            let (groups, token_sets) = crate::inbox::token_groups(&items);
+            let (groups, token_sets) = crate::store::token_groups(&items);
             let deliveries: Vec<String> = token_sets.iter().map(|_| random_id()).collect();
             for (g, tokens) in token_sets.iter().enumerate() {
                 let refs = groups.iter().filter(|group| **group == Some(g)).count();

@@ -31,10 +31,10 @@ use std::time::{Duration, SystemTime};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId};
 
-use crate::dedupe::DedupeKey;
-use crate::inbox::{Claimed, EntryId, StoredItem, unix_ms};
 use crate::notification::ValidationTokens;
+use crate::store::DedupeKey;
 use crate::store::StoreError;
+use crate::store::{Claimed, EntryId, StoredItem, unix_ms};
 
 mod coordination;
 mod dedupe;
@@ -71,8 +71,8 @@ impl Default for RedisConfig {
 }
 
 /// The Redis store. Implements every storage contract:
-/// [`Inbox`](crate::inbox::Inbox), [`DeadLetters`](crate::inbox::DeadLetters),
-/// [`Dedupe`](crate::dedupe::Dedupe), [`RecordStore`](crate::registry::RecordStore)
+/// [`Inbox`](crate::store::Inbox), [`DeadLetters`](crate::store::DeadLetters),
+/// [`Dedupe`](crate::store::Dedupe), [`RecordStore`](crate::store::RecordStore)
 /// and [`Lease`](super::Lease).
 pub struct RedisStore {
     config: RedisConfig,

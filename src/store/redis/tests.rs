@@ -1,11 +1,11 @@
 use redis::AsyncCommands as _;
 
 use super::*;
-use crate::dedupe::{Claim, Dedupe, DedupeKey};
-use crate::inbox::{DeadLetters, Inbox, StoredItem};
 use crate::notification::ValidationTokens;
-use crate::registry::{RecordStore, SubscriptionRecord};
 use crate::store::Lease;
+use crate::store::{Claim, Dedupe, DedupeKey};
+use crate::store::{DeadLetters, Inbox, StoredItem};
+use crate::store::{RecordStore, SubscriptionRecord};
 
 /// The Redis of `MSGRAPH_WEBHOOKS_REDIS_URL`, or `None` (and a note) when unset.
 pub(crate) fn redis_url() -> Option<String> {

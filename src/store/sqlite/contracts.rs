@@ -10,16 +10,16 @@ use rusqlite::{OptionalExtension as _, params};
 use super::ops::{delivery_tokens, ms, parse_id, read_stats};
 use super::writer::{Op, Rows};
 use super::{POLL, SqliteStore, now_ms, unavailable};
-use crate::dedupe::{Claim, Dedupe, DedupeKey};
-use crate::inbox::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem};
-use crate::registry::{RecordStore, SubscriptionRecord};
 use crate::store::StoreError;
+use crate::store::{Claim, Dedupe, DedupeKey};
+use crate::store::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem};
 use crate::store::{Lease, member_lease, member_prefix};
+use crate::store::{RecordStore, SubscriptionRecord};
 
 impl Inbox for SqliteStore {
     fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let (groups, token_sets) = crate::inbox::token_groups(&items);
+            let (groups, token_sets) = crate::store::token_groups(&items);
             let mut tokens = token_sets
                 .iter()
                 .map(|t| serde_json::to_vec(t).map(|json| (json, 0)))

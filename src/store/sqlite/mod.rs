@@ -31,8 +31,8 @@ use rusqlite::Connection;
 use tokio::sync::{Notify, oneshot};
 
 use super::files;
-use crate::inbox::unix_ms;
 use crate::store::StoreError;
+use crate::store::unix_ms;
 
 mod contracts;
 mod ops;
@@ -55,8 +55,8 @@ const SWEEP: Duration = Duration::from_secs(2);
 const STALE_CLAIM: Duration = Duration::from_secs(30);
 
 /// The embedded durable store. Implements every storage contract:
-/// [`Inbox`](crate::inbox::Inbox), [`DeadLetters`](crate::inbox::DeadLetters),
-/// [`Dedupe`](crate::dedupe::Dedupe), [`RecordStore`](crate::registry::RecordStore)
+/// [`Inbox`](crate::store::Inbox), [`DeadLetters`](crate::store::DeadLetters),
+/// [`Dedupe`](crate::store::Dedupe), [`RecordStore`](crate::store::RecordStore)
 /// and [`Lease`](super::Lease).
 ///
 /// ```no_run

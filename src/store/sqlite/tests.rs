@@ -4,11 +4,11 @@ use rusqlite::params;
 
 use super::ops::STATS_SQL;
 use super::*;
-use crate::dedupe::{Claim, Dedupe, DedupeKey};
-use crate::inbox::{Claimed, DeadLetters, Inbox, StoredItem};
 use crate::notification::ValidationTokens;
-use crate::registry::{RecordStore, SubscriptionRecord};
 use crate::store::Lease;
+use crate::store::{Claim, Dedupe, DedupeKey};
+use crate::store::{Claimed, DeadLetters, Inbox, StoredItem};
+use crate::store::{RecordStore, SubscriptionRecord};
 
 fn item(n: u32) -> StoredItem {
     let raw = serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap();

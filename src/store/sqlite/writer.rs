@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::ops::apply;
 use super::{SWEEP, now_ms};
-use crate::inbox::Claimed;
+use crate::store::Claimed;
 
 /// Urgent operations (appends: someone waits to answer 202) the writer takes
 /// into one transaction at most.

@@ -10,9 +10,9 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
 use futures_util::future::BoxFuture;
-use msgraph_webhooks::inbox::{Claimed, EntryId, Inbox, InboxStats, MemoryInbox, StoredItem};
 use msgraph_webhooks::listener::WebhookService;
 use msgraph_webhooks::store::StoreError;
+use msgraph_webhooks::store::{Claimed, EntryId, Inbox, InboxStats, MemoryInbox, StoredItem};
 use msgraph_webhooks::worker::Workers;
 use msgraph_webhooks::{ClientState, Receiver};
 

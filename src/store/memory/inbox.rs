@@ -7,8 +7,9 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem, unix_ms};
-use crate::store::StoreError;
+use crate::store::{
+    Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoreError, StoredItem, unix_ms,
+};
 
 /// A bounded in-memory inbox.
 ///
@@ -293,7 +294,7 @@ impl Inbox for MemoryInbox {
 /// The bytes each item counts for: its raw JSON, and its share of its
 /// delivery's tokens (which its items hold together, once).
 fn charges(items: &[StoredItem]) -> Vec<usize> {
-    let (groups, token_sets) = super::token_groups(items);
+    let (groups, token_sets) = crate::store::token_groups(items);
     let mut members = vec![0usize; token_sets.len()];
     for g in groups.iter().flatten() {
         members[*g] += 1;

@@ -15,18 +15,14 @@
 //! marked done after the handler succeeded (`finish`, kept for the TTL), and
 //! released when the handler failed (`abandon`), so the retry runs.
 
-mod memory;
-
 use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::store::StoreError;
+use super::StoreError;
 
 use crate::notification::ChangeNotification;
-
-pub use memory::{DEFAULT_MAX_KEYS, MemoryDedupe};
 
 /// How long handled keys are remembered by default: 6 hours, Graph's 4-hour
 /// retry window with room to spare.

@@ -4,8 +4,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use super::{Claim, Dedupe, DedupeKey};
-use crate::store::StoreError;
+use crate::store::{Claim, Dedupe, DedupeKey, StoreError};
 
 /// How many handled keys [`MemoryDedupe::new`] remembers at most (each
 /// costs on the order of 150 bytes: the key, its entry and its place in

@@ -5,20 +5,16 @@
 //! [`MemoryInbox`] is bounded and in-process: what it holds is lost with the
 //! process. It suits tests and embedding where the app accepts that.
 
-mod memory;
-
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
-use crate::store::StoreError;
+use super::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::notification::ValidationTokens;
-
-pub use memory::MemoryInbox;
 
 /// One authenticated item as stored behind the ack: its raw JSON, exactly as
 /// received, and the `validationTokens` of the delivery it came in.
