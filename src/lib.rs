@@ -31,6 +31,11 @@
 //! }
 //! ```
 //!
+//! This receiver keeps accepted items in memory ([`store::MemoryInbox`]):
+//! what it acknowledged but has not handled yet is lost if the process
+//! stops. Give it a durable [`store::Backend`] (e.g. [`store::Backend::sqlite`])
+//! with [`ReceiverBuilder::backend`] to keep every acknowledged item.
+//!
 //! To mount the endpoint in an axum app instead, take
 //! [`Receiver::service`] (a `tower::Service`) as a route and run
 //! [`Receiver::spawn_workers`]; `examples/axum_route.rs` shows both.

@@ -15,8 +15,7 @@ use crate::handler::Handler;
 use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
 use crate::metrics::Metrics;
 use crate::registry::SubscriptionRegistry;
-use crate::store::{Dedupe, MemoryDedupe};
-use crate::store::{Inbox, MemoryInbox};
+use crate::store::{Backend, Dedupe, Inbox, MemoryDedupe, MemoryInbox};
 use crate::tokens::{Jwks, TokenValidator};
 use crate::worker::{Pipeline, RetryPolicy, Verifier, Workers};
 
@@ -181,8 +180,26 @@ impl<H: Handler> ReceiverBuilder<H> {
         self
     }
 
+    /// Uses `backend` for the inbox and dedupe, with its dedupe claim owner
+    /// and lease: what [`inbox`](Self::inbox), [`dedupe`](Self::dedupe),
+    /// [`dedupe_owner`](Self::dedupe_owner) and
+    /// [`dedupe_lease`](Self::dedupe_lease) set one by one, without the
+    /// invariants to remember. The default is in memory, and what it holds is
+    /// lost with the process: give a durable backend (e.g.
+    /// [`Backend::sqlite`]) to keep every acknowledged notification.
+    pub fn backend(mut self, backend: &Backend) -> Self {
+        self = self
+            .inbox(backend.inbox())
+            .dedupe(backend.dedupe())
+            .dedupe_lease(backend.dedupe_lease());
+        match backend.owner() {
+            Some(owner) => self.dedupe_owner(owner),
+            None => self,
+        }
+    }
+
     /// Stores accepted items here (default: a [`MemoryInbox`] of 100 000 items
-    /// and 256 MiB).
+    /// and 256 MiB, lost with the process).
     pub fn inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
         self.inbox = Some(inbox);
         self

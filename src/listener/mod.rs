@@ -24,8 +24,7 @@ use crate::handler::BoxError;
 use crate::metrics::Metrics;
 use crate::notification::{Envelope, ItemClass, ItemHead, ValidationTokens};
 use crate::registry::{RejectReason, SubscriptionRegistry};
-use crate::store::StoreError;
-use crate::store::{Inbox, StoredItem};
+use crate::store::{Inbox, StoreError, StoredItem};
 use handshake::Handshake;
 use response::{Answer, Rejection};
 

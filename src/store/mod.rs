@@ -11,7 +11,9 @@
 //!   read by every instance's receiver;
 //! - [`Lease`]: which instance does a job, and which instances are alive.
 //!
-//! Every one answers a failure with [`StoreError`].
+//! Every one answers a failure with [`StoreError`]. A [`Backend`] holds one
+//! backend's implementations of all five, wired as they must be used
+//! together: give it to [`ReceiverBuilder::backend`](crate::ReceiverBuilder::backend).
 //!
 //! The backends:
 //!
@@ -22,6 +24,9 @@
 //! - [`RedisStore`] (feature `redis`): streams and a consumer group, for
 //!   several instances behind a load balancer.
 
+mod backend;
+#[cfg(test)]
+mod contract;
 mod dedupe;
 mod error;
 #[cfg(feature = "sqlite")]
@@ -35,6 +40,7 @@ mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use backend::Backend;
 pub use dedupe::{
     Claim, DEFAULT_LEASE as DEDUPE_LEASE, DEFAULT_TTL as DEDUPE_TTL, Dedupe, DedupeKey,
 };

@@ -41,9 +41,7 @@ enum Command {
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let store = args.store.open().await?;
-    let dead = store
-        .dead_letters
-        .ok_or("this store keeps no dead letters")?;
+    let dead = store.backend.dead_letters();
     match args.command {
         Command::List { limit } => {
             let mut out = std::io::stdout().lock();

@@ -151,7 +151,7 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
         }
     };
     let store = args.store.open().await?;
-    let (records, lease) = (store.records.clone(), store.lease.clone());
+    let (records, lease) = (store.backend.records(), store.backend.lease());
     if args.subscription_records {
         tracing::info!("authenticating each item by its subscription's record in the store");
     }

@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msgraph_webhooks::BoxError;
-use msgraph_webhooks::store::{DeadLetters, Inbox, MemoryInbox};
-use msgraph_webhooks::store::{Dedupe, MemoryDedupe};
-use msgraph_webhooks::store::{Lease, MemoryLease, RedisConfig, RedisStore, SqliteStore};
-use msgraph_webhooks::store::{MemoryRecords, RecordStore};
+use msgraph_webhooks::store::{Backend, MemoryInbox, RedisConfig, RedisStore, SqliteStore};
 
 /// Where the store is: shared by every command that opens one.
 #[derive(Debug, clap::Args)]
@@ -227,19 +224,9 @@ fn memory_inbox(capacities: &[Capacity]) -> MemoryInbox {
 
 /// An opened store.
 pub(crate) struct Store {
-    pub(crate) inbox: Arc<dyn Inbox>,
-    pub(crate) dedupe: Arc<dyn Dedupe>,
-    pub(crate) dead_letters: Option<Arc<dyn DeadLetters>>,
-    /// The process's name in the store, for its dedupe claims.
-    pub(crate) owner: Option<String>,
-    /// How long a dedupe claim lasts.
-    pub(crate) dedupe_lease: Duration,
+    pub(crate) backend: Backend,
     /// How long a handled key is remembered.
     pub(crate) dedupe_ttl: Duration,
-    /// Where subscription records live.
-    pub(crate) records: Arc<dyn RecordStore>,
-    /// The lease that makes one instance the subscription manager.
-    pub(crate) lease: Arc<dyn Lease>,
 }
 
 impl Store {
@@ -248,15 +235,7 @@ impl Store {
         self,
         builder: msgraph_webhooks::ReceiverBuilder<H>,
     ) -> msgraph_webhooks::ReceiverBuilder<H> {
-        let builder = builder
-            .inbox(self.inbox)
-            .dedupe(self.dedupe)
-            .dedupe_lease(self.dedupe_lease)
-            .dedupe_ttl(self.dedupe_ttl);
-        match self.owner {
-            Some(owner) => builder.dedupe_owner(owner),
-            None => builder,
-        }
+        builder.backend(&self.backend).dedupe_ttl(self.dedupe_ttl)
     }
 }
 
@@ -276,16 +255,9 @@ async fn open(
         }
         if memory.memory {
             tracing::warn!("--memory: acknowledged notifications are lost if the process stops");
-            let inbox = Arc::new(memory_inbox(capacities));
             return Ok(Store {
-                inbox: inbox.clone(),
-                dedupe: Arc::new(MemoryDedupe::new()),
-                dead_letters: Some(inbox),
-                owner: None,
-                dedupe_lease: msgraph_webhooks::store::DEDUPE_LEASE,
+                backend: Backend::memory(memory_inbox(capacities)),
                 dedupe_ttl,
-                records: Arc::new(MemoryRecords::new()),
-                lease: Arc::new(MemoryLease::new()),
             });
         }
         if let Some(url) = &location.redis {
@@ -295,15 +267,7 @@ async fn open(
             let store = Arc::new(RedisStore::connect(url, config).await?);
             tracing::info!(prefix = %location.redis_prefix, "store: redis");
             return Ok(Store {
-                owner: Some(store.consumer().to_owned()),
-                inbox: store.clone(),
-                dedupe: store.clone(),
-                dead_letters: Some(store.clone()),
-                records: store.clone(),
-                lease: store,
-                // A silent worker's items are taken over after the claim
-                // timeout; its dedupe claims must not outlive that.
-                dedupe_lease: Duration::from_secs(consumer.claim_idle_secs),
+                backend: Backend::redis(store),
                 dedupe_ttl,
             });
         }
@@ -319,13 +283,7 @@ async fn open(
         );
         tracing::info!(path = %store.path().display(), "store: embedded");
         Ok(Store {
-            owner: Some(store.consumer().to_owned()),
-            inbox: store.clone(),
-            dedupe: store.clone(),
-            dead_letters: Some(store.clone()),
-            records: store.clone(),
-            lease: store,
-            dedupe_lease: msgraph_webhooks::store::DEDUPE_LEASE,
+            backend: Backend::sqlite(store),
             dedupe_ttl,
         })
     }

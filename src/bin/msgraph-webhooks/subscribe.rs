@@ -293,12 +293,12 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         .map(load_certificate)
         .transpose()?;
     let store = args.store.open().await?;
-    let registry = Arc::new(SubscriptionRegistry::new().source(store.records.clone()));
+    let registry = Arc::new(SubscriptionRegistry::new().source(store.backend.records()));
     let manager = args
         .subscription
         .manager(client, &args.subscriptions, args.port, certificate)?
-        .records(store.records.clone())
-        .lease(store.lease.clone())
+        .records(store.backend.records())
+        .lease(store.backend.lease())
         .registry(registry)
         .build()?;
     let mut activity = manager.activity();

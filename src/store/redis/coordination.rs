@@ -6,8 +6,7 @@ use futures_util::future::BoxFuture;
 use redis::AsyncCommands as _;
 
 use super::{RedisStore, now_ms, unavailable};
-use crate::store::{Lease, StoreError};
-use crate::store::{RecordStore, SubscriptionRecord};
+use crate::store::{Lease, RecordStore, StoreError, SubscriptionRecord};
 
 impl RecordStore for RedisStore {
     fn get_many(

@@ -6,8 +6,7 @@ use futures_util::future::BoxFuture;
 use redis::AsyncCommands as _;
 
 use super::RedisStore;
-use crate::store::StoreError;
-use crate::store::{Claim, Dedupe, DedupeKey};
+use crate::store::{Claim, Dedupe, DedupeKey, StoreError};
 
 impl Dedupe for RedisStore {
     fn begin(

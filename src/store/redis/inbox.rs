@@ -7,8 +7,9 @@ use redis::AsyncCommands as _;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
 use super::{GROUP, RedisStore, now_ms, random_id, stream_time_ms, unavailable};
-use crate::store::StoreError;
-use crate::store::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem};
+use crate::store::{
+    Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoreError, StoredItem,
+};
 
 impl Inbox for RedisStore {
     fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>> {

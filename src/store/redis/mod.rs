@@ -32,9 +32,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId};
 
 use crate::notification::ValidationTokens;
-use crate::store::DedupeKey;
-use crate::store::StoreError;
-use crate::store::{Claimed, EntryId, StoredItem, unix_ms};
+use crate::store::{Claimed, DedupeKey, EntryId, StoreError, StoredItem, unix_ms};
 
 mod coordination;
 mod dedupe;
@@ -143,10 +141,15 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// This process's consumer name in the group. Give it to
-    /// [`ReceiverBuilder::dedupe_owner`](crate::ReceiverBuilder::dedupe_owner).
+    /// This process's consumer name in the group (what
+    /// [`Backend::redis`](super::Backend::redis) holds dedupe claims under).
     pub fn consumer(&self) -> &str {
         &self.consumer
+    }
+
+    /// How long a silent consumer keeps its claims ([`RedisConfig::claim_idle`]).
+    pub fn claim_idle(&self) -> std::time::Duration {
+        self.config.claim_idle
     }
 
     fn key(&self, name: &str) -> String {

@@ -2,10 +2,7 @@ use redis::AsyncCommands as _;
 
 use super::*;
 use crate::notification::ValidationTokens;
-use crate::store::Lease;
-use crate::store::{Claim, Dedupe, DedupeKey};
 use crate::store::{DeadLetters, Inbox, StoredItem};
-use crate::store::{RecordStore, SubscriptionRecord};
 
 /// The Redis of `MSGRAPH_WEBHOOKS_REDIS_URL`, or `None` (and a note) when unset.
 pub(crate) fn redis_url() -> Option<String> {
@@ -182,95 +179,6 @@ fn store_clone(store: &RedisStore) -> RedisStore {
         housekeeping: Mutex::default(),
         scripts: Scripts::new(),
     }
-}
-
-#[tokio::test]
-async fn dedupe_with_set_nx() {
-    let Some(url) = redis_url() else { return };
-    let store = store(&url).await;
-    let key = DedupeKey([5; 32]);
-    let lease = Duration::from_secs(60);
-    assert_eq!(store.begin(key, "a", lease).await.unwrap(), Claim::Proceed);
-    assert_eq!(
-        store.begin(key, "b", lease).await.unwrap(),
-        Claim::InProgress
-    );
-    store.abandon(key, "b").await.unwrap();
-    assert_eq!(
-        store.begin(key, "b", lease).await.unwrap(),
-        Claim::InProgress
-    );
-    store.abandon(key, "a").await.unwrap();
-    assert_eq!(store.begin(key, "b", lease).await.unwrap(), Claim::Proceed);
-    store
-        .finish(key, "b", Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.begin(key, "a", lease).await.unwrap(),
-        Claim::Duplicate
-    );
-    cleanup(&store).await;
-}
-
-#[tokio::test]
-async fn records_and_leases() {
-    let Some(url) = redis_url() else { return };
-    let a = store(&url).await;
-    let b = RedisStore {
-        consumer: random_id(),
-        ..store_clone(&a)
-    };
-    a.put(SubscriptionRecord::new(
-        "sub-1",
-        Some(crate::ClientState::new("s")),
-    ))
-    .await
-    .unwrap();
-    let found = b
-        .get_many(vec!["sub-1".into(), "nope".into()])
-        .await
-        .unwrap();
-    assert!(
-        found[0]
-            .as_ref()
-            .unwrap()
-            .client_state
-            .as_ref()
-            .unwrap()
-            .matches("s")
-    );
-    assert!(found[1].is_none());
-    assert_eq!(b.all().await.unwrap().len(), 1);
-    a.remove("sub-1".into()).await.unwrap();
-    assert!(b.all().await.unwrap().is_empty());
-
-    let ttl = Duration::from_secs(60);
-    assert!(a.acquire("leader", "a", ttl).await.unwrap());
-    assert!(!b.acquire("leader", "b", ttl).await.unwrap());
-    assert!(
-        a.acquire("leader", "a", ttl).await.unwrap(),
-        "the holder renews"
-    );
-    b.release("leader", "b").await.unwrap();
-    assert!(
-        !b.acquire("leader", "b", ttl).await.unwrap(),
-        "only the holder releases"
-    );
-    a.release("leader", "a").await.unwrap();
-    assert!(b.acquire("leader", "b", ttl).await.unwrap());
-    let left = a.expires_in("leader").await.unwrap().unwrap();
-    assert!(left <= ttl && left > Duration::from_secs(50), "{left:?}");
-    assert_eq!(a.expires_in("nobody").await.unwrap(), None);
-
-    a.join("g", "a", ttl).await.unwrap();
-    b.join("g", "b", ttl).await.unwrap();
-    b.join("g2", "c", ttl).await.unwrap();
-    b.join("g", "gone", Duration::ZERO).await.unwrap();
-    assert_eq!(b.members("g").await.unwrap(), ["a", "b"]);
-    a.leave("g", "a").await.unwrap();
-    assert_eq!(a.members("g").await.unwrap(), ["b"]);
-    cleanup(&a).await;
 }
 
 #[tokio::test]

@@ -10,11 +10,10 @@ use rusqlite::{OptionalExtension as _, params};
 use super::ops::{delivery_tokens, ms, parse_id, read_stats};
 use super::writer::{Op, Rows};
 use super::{POLL, SqliteStore, now_ms, unavailable};
-use crate::store::StoreError;
-use crate::store::{Claim, Dedupe, DedupeKey};
-use crate::store::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem};
-use crate::store::{Lease, member_lease, member_prefix};
-use crate::store::{RecordStore, SubscriptionRecord};
+use crate::store::{
+    Claim, Claimed, DeadLetter, DeadLetters, Dedupe, DedupeKey, EntryId, Inbox, InboxStats, Lease,
+    RecordStore, StoreError, StoredItem, SubscriptionRecord, member_lease, member_prefix,
+};
 
 impl Inbox for SqliteStore {
     fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -31,8 +31,7 @@ use rusqlite::Connection;
 use tokio::sync::{Notify, oneshot};
 
 use super::files;
-use crate::store::StoreError;
-use crate::store::unix_ms;
+use crate::store::{StoreError, unix_ms};
 
 mod contracts;
 mod ops;

@@ -9,8 +9,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use super::now_ms;
 use super::writer::{Done, Op};
 use crate::notification::ValidationTokens;
-use crate::store::StoreError;
-use crate::store::{Claimed, EntryId, StoredItem};
+use crate::store::{Claimed, EntryId, StoreError, StoredItem};
 
 /// The tokens of each delivery of `ids` (read once each), shared by its items.
 pub(super) fn delivery_tokens(

@@ -5,10 +5,7 @@ use rusqlite::params;
 use super::ops::STATS_SQL;
 use super::*;
 use crate::notification::ValidationTokens;
-use crate::store::Lease;
-use crate::store::{Claim, Dedupe, DedupeKey};
-use crate::store::{Claimed, DeadLetters, Inbox, StoredItem};
-use crate::store::{RecordStore, SubscriptionRecord};
+use crate::store::{Claim, Claimed, DeadLetters, Dedupe, DedupeKey, Inbox, StoredItem};
 
 fn item(n: u32) -> StoredItem {
     let raw = serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap();
@@ -75,39 +72,6 @@ async fn claims_of_a_consumer_without_a_lock_file_are_released_on_open() {
 }
 
 #[tokio::test]
-async fn retry_dead_letter_and_replay() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
-    store.append(vec![item(7), item(8)]).await.unwrap();
-    let mut batch = store.claim(2, Duration::ZERO).await.unwrap();
-    let mut later = batch.remove(1);
-    later.attempts = 1;
-    store.retry(later, Duration::from_secs(3600)).await.unwrap();
-    let mut dead = batch.remove(0);
-    dead.attempts = 5;
-    store
-        .dead_letter(dead, "handler error: boom".into())
-        .await
-        .unwrap();
-    assert!(
-        store.claim(10, Duration::ZERO).await.unwrap().is_empty(),
-        "the retry waits an hour"
-    );
-    let letters = store.list(10).await.unwrap();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(
-        (letters[0].attempts, letters[0].reason.as_str()),
-        (5, "handler error: boom")
-    );
-    assert_eq!(store.replay(vec![letters[0].id.clone()]).await.unwrap(), 1);
-    assert!(store.list(10).await.unwrap().is_empty());
-    let again = store.claim(10, Duration::ZERO).await.unwrap();
-    assert_eq!(again.len(), 1);
-    assert_eq!((n(&again[0]), again[0].attempts), (7, 0));
-    assert_eq!(store.stats().await.unwrap().depth, 2);
-}
-
-#[tokio::test]
 async fn dedupe_states_persist() {
     let dir = tempfile::tempdir().unwrap();
     let key = DedupeKey([9; 32]);
@@ -145,66 +109,6 @@ async fn dedupe_states_persist() {
         store.begin(other, "f", lease).await.unwrap(),
         Claim::InProgress
     );
-}
-
-#[tokio::test]
-async fn records_and_leases() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = SqliteStore::open(dir.path()).unwrap();
-    let b = SqliteStore::open(dir.path()).unwrap();
-    let mut record = SubscriptionRecord::new("sub-1", Some(crate::ClientState::new("s")));
-    record.other.insert("key".into(), "mail".into());
-    a.put(record).await.unwrap();
-    let found = b
-        .get_many(vec!["sub-1".into(), "nope".into()])
-        .await
-        .unwrap();
-    assert!(
-        found[0]
-            .as_ref()
-            .unwrap()
-            .client_state
-            .as_ref()
-            .unwrap()
-            .matches("s")
-    );
-    assert_eq!(found[0].as_ref().unwrap().other["key"], "mail");
-    assert!(found[1].is_none());
-    assert_eq!(b.all().await.unwrap().len(), 1);
-    a.remove("sub-1".into()).await.unwrap();
-    assert!(b.all().await.unwrap().is_empty());
-
-    let ttl = Duration::from_secs(60);
-    assert!(a.acquire("leader", "a", ttl).await.unwrap());
-    assert!(!b.acquire("leader", "b", ttl).await.unwrap());
-    assert!(
-        a.acquire("leader", "a", ttl).await.unwrap(),
-        "the holder renews"
-    );
-    b.release("leader", "b").await.unwrap();
-    assert!(
-        !b.acquire("leader", "b", ttl).await.unwrap(),
-        "only the holder releases"
-    );
-    a.release("leader", "a").await.unwrap();
-    assert!(b.acquire("leader", "b", ttl).await.unwrap());
-    assert!(b.acquire("short", "b", Duration::ZERO).await.unwrap());
-    assert!(
-        a.acquire("short", "a", ttl).await.unwrap(),
-        "an expired lease is free"
-    );
-    let left = a.expires_in("short").await.unwrap().unwrap();
-    assert!(left <= ttl && left > Duration::from_secs(50), "{left:?}");
-    assert_eq!(a.expires_in("nobody").await.unwrap(), None);
-
-    a.join("g", "a", ttl).await.unwrap();
-    b.join("g", "b", ttl).await.unwrap();
-    b.join("g2", "c", ttl).await.unwrap();
-    b.join("g", "gone", Duration::ZERO).await.unwrap();
-    assert_eq!(b.members("g").await.unwrap(), ["a", "b"]);
-    a.join("g", "a", ttl).await.unwrap();
-    a.leave("g", "a").await.unwrap();
-    assert_eq!(a.members("g").await.unwrap(), ["b"]);
 }
 
 fn deliveries(store: &SqliteStore) -> i64 {
