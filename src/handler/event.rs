@@ -226,8 +226,8 @@ impl fmt::Debug for LifecycleEvent {
     }
 }
 
-/// Either kind of event a [`Handler`] is given, for handlers that take both
-/// alike (e.g. a `tower::Service<HandlerEvent>` behind [`ServiceHandler`]).
+/// Either kind of event a [`Handler`](super::Handler) is given, for handlers that take both
+/// alike (e.g. a `tower::Service<HandlerEvent>` behind [`ServiceHandler`](super::ServiceHandler)).
 ///
 /// Named for the handler, so it is not mistaken for a calendar event
 /// ([`resources::Event`](crate::notification::resources::Event),
