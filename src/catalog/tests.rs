@@ -1,6 +1,9 @@
 use time::macros::datetime;
 
+use time::OffsetDateTime;
+
 use super::*;
+use crate::notification::{ChangeType, ResourceKind};
 
 const NOW: OffsetDateTime = datetime!(2026-05-01 12:00 UTC);
 
