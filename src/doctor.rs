@@ -28,7 +28,7 @@ pub struct Options {
     /// Time allowed for a notification answer (Graph: 3 s).
     pub ack_budget: Duration,
     /// The `clientState` put in the probe notification.
-    pub client_state: String,
+    pub client_state: crate::ClientState,
     /// Accept TLS certificates that are not trusted (for local endpoints
     /// with a self-signed certificate; Graph would not).
     pub accept_invalid_certs: bool,
@@ -39,7 +39,7 @@ impl Default for Options {
         Self {
             handshake_budget: HANDSHAKE_BUDGET,
             ack_budget: ACK_BUDGET,
-            client_state: "msgraph-webhooks-doctor".to_owned(),
+            client_state: crate::ClientState::new("msgraph-webhooks-doctor"),
             accept_invalid_certs: false,
         }
     }
@@ -277,7 +277,7 @@ fn check_url(url: &url::Url, report: &mut Report) {
             Verdict::Warn,
             "not_public",
             format!("{} is not reachable from Microsoft's cloud", url.host_str().unwrap_or_default()),
-            Some(&format!("expose the port with a tunnel (ngrok http {port}) and give Graph the public https URL; `--public-url ngrok` finds it for you")),
+            Some(&format!("expose the port with a tunnel (ngrok http {port}) and give Graph the public https URL; the CLI's `--public-url ngrok`, or `tunnel::NgrokAgent` in a Rust app, finds it for you")),
             None,
         ));
     } else if url.scheme() == "http" {
@@ -491,7 +491,7 @@ async fn probe_notification(
         "subscriptionExpirationDateTime": expires
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
-        "clientState": options.client_state,
+        "clientState": options.client_state.expose(),
         "changeType": "updated",
         "resource": "doctor/probe",
         "tenantId": "00000000-0000-0000-0000-000000000000",

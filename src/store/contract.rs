@@ -92,7 +92,7 @@ async fn inbox_and_dead_letters(a: &Backend, b: &Backend) {
 /// only, and once finished its copies are duplicates.
 async fn dedupe(a: &Backend) {
     let dedupe = a.dedupe();
-    let key = DedupeKey([5; 32]);
+    let key = DedupeKey::from_bytes([5; 32]);
     let lease = Duration::from_secs(60);
     assert_eq!(dedupe.begin(key, "a", lease).await.unwrap(), Claim::Proceed);
     assert_eq!(
@@ -115,7 +115,7 @@ async fn dedupe(a: &Backend) {
         dedupe.begin(key, "a", lease).await.unwrap(),
         Claim::Duplicate
     );
-    let other = DedupeKey([6; 32]);
+    let other = DedupeKey::from_bytes([6; 32]);
     assert_eq!(
         dedupe
             .begin_many(vec![key, other], "c", lease)

@@ -33,7 +33,7 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
 
 /// The dedupe key of a change item: a SHA-256 digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct DedupeKey(pub [u8; 32]);
+pub struct DedupeKey([u8; 32]);
 
 impl fmt::Debug for DedupeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,6 +66,16 @@ impl DedupeKey {
             field(etag.as_bytes());
         }
         Some(Self(hasher.finish()))
+    }
+
+    /// A key from its 32 bytes, as a store reads it back.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key's 32 bytes, as a store writes them.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 
     /// Lower-case hex, for stores that key by text.

@@ -129,7 +129,19 @@ impl fmt::Debug for StoredItem {
 
 /// The inbox's name for a stored item.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct EntryId(pub String);
+pub struct EntryId(String);
+
+impl EntryId {
+    /// The id a store gave an item (or an id a user typed, to look one up).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as the store wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for EntryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

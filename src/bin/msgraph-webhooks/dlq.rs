@@ -60,7 +60,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
                     _ => serde_json::json!({}),
                 };
                 let line = serde_json::json!({
-                    "id": letter.id.0,
+                    "id": letter.id.as_str(),
                     "deadAtMs": letter.dead_at_ms,
                     "attempts": letter.attempts,
                     "reason": letter.reason,
@@ -79,7 +79,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
             // (an empty list would mean all of them).
             let (mut moved, mut unknown) = (0, Vec::new());
             for id in ids {
-                match dead.replay(vec![EntryId(id.clone())]).await? {
+                match dead.replay(vec![EntryId::new(id.clone())]).await? {
                     0 => unknown.push(id),
                     n => moved += n,
                 }

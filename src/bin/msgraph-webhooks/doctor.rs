@@ -17,7 +17,7 @@ pub(crate) struct Args {
 
     /// The clientState to put in the probe notification.
     #[arg(long, env = "MSGRAPH_WEBHOOKS_CLIENT_STATE", hide_env_values = true)]
-    client_state: Option<String>,
+    client_state: Option<crate::rich::Secret>,
 
     /// Seconds allowed for the handshake (Graph allows 10).
     #[arg(
@@ -42,7 +42,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     options.ack_budget = Duration::try_from_secs_f64(args.ack_budget_secs)?;
     options.accept_invalid_certs = args.insecure;
     if let Some(state) = args.client_state {
-        options.client_state = state;
+        options.client_state = msgraph_webhooks::ClientState::new(state.expose());
     }
     let report = doctor::diagnose(&args.url, &options).await?;
     if args.json {

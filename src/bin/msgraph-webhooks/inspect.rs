@@ -26,7 +26,7 @@ pub(crate) struct Args {
     /// Also check each item's clientState against this one (constant time);
     /// items with another are rejected as client_state_mismatch.
     #[arg(long, env = "MSGRAPH_WEBHOOKS_CLIENT_STATE", hide_env_values = true)]
-    client_state: Option<String>,
+    client_state: Option<crate::rich::Secret>,
 
     /// Decrypt without checking the validation tokens, e.g. for a capture
     /// whose tokens have expired. Anybody can forge what this accepts.
@@ -70,7 +70,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     };
     let registry = args
         .client_state
-        .map(|state| SubscriptionRegistry::with_client_state(ClientState::new(state)));
+        .map(|state| SubscriptionRegistry::with_client_state(ClientState::new(state.expose())));
     let mut all_accepted = true;
     let mut stdout = std::io::stdout().lock();
     for (index, outcome) in outcomes.iter().enumerate() {

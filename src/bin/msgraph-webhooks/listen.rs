@@ -25,7 +25,7 @@ pub(crate) struct Args {
     /// The clientState your subscriptions were created with; items with any
     /// other value are dropped (and still answered 202).
     #[arg(long, env = "MSGRAPH_WEBHOOKS_CLIENT_STATE", hide_env_values = true)]
-    client_state: Option<String>,
+    client_state: Option<crate::rich::Secret>,
 
     /// Accept items whatever their clientState. Anybody who can reach the port
     /// can then inject notifications: for local experiments only.
@@ -133,7 +133,9 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
         args.allow_any_client_state,
         from_records,
     ) {
-        (Some(state), _, _) => SubscriptionRegistry::with_client_state(ClientState::new(state)),
+        (Some(state), _, _) => {
+            SubscriptionRegistry::with_client_state(ClientState::new(state.expose()))
+        }
         (None, true, _) => {
             tracing::warn!("--allow-any-client-state: notifications are not authenticated");
             SubscriptionRegistry::allow_any()

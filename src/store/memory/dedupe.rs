@@ -64,7 +64,7 @@ impl MemoryDedupe {
     }
 
     fn with<T>(&self, key: &DedupeKey, f: impl FnOnce(&mut State, Instant) -> T) -> T {
-        let shard = &self.shards[usize::from(key.0[0]) % SHARDS];
+        let shard = &self.shards[usize::from(key.as_bytes()[0]) % SHARDS];
         let mut state = shard.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Claims whose holder vanished (a cancelled task) expire with their
@@ -153,7 +153,7 @@ mod tests {
     #[tokio::test]
     async fn claim_finish_abandon() {
         let store = MemoryDedupe::new();
-        let key = DedupeKey([1; 32]);
+        let key = DedupeKey::from_bytes([1; 32]);
         let lease = Duration::from_secs(60);
         assert_eq!(store.begin(key, "a", lease).await.unwrap(), Claim::Proceed);
         assert_eq!(
@@ -176,7 +176,7 @@ mod tests {
             store.begin(key, "a", lease).await.unwrap(),
             Claim::Duplicate
         );
-        let expired = DedupeKey([2; 32]);
+        let expired = DedupeKey::from_bytes([2; 32]);
         store.begin(expired, "a", Duration::ZERO).await.unwrap();
         assert_eq!(
             store.begin(expired, "b", lease).await.unwrap(),
@@ -192,7 +192,7 @@ mod tests {
         let key = |n: u8| {
             let mut key = [0; 32];
             key[1] = n;
-            DedupeKey(key)
+            DedupeKey::from_bytes(key)
         };
         let (lease, ttl) = (Duration::from_secs(60), Duration::from_secs(3600));
         for n in 1..=5u8 {
@@ -229,7 +229,7 @@ mod tests {
         for n in 1..=100u8 {
             let mut key = [7; 32];
             key[1] = n;
-            let key = DedupeKey(key);
+            let key = DedupeKey::from_bytes(key);
             store.begin(key, "a", lease).await.unwrap();
             store.finish(key, "a", Duration::ZERO).await.unwrap();
         }

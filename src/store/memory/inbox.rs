@@ -175,7 +175,7 @@ impl Inbox for MemoryInbox {
             state.bytes += bytes;
             for (item, charge) in items.into_iter().zip(charges) {
                 state.next_id += 1;
-                let id = EntryId(state.next_id.to_string());
+                let id = EntryId::new(state.next_id.to_string());
                 state.held.insert(id.clone(), charge);
                 state.ready.push_back(Claimed {
                     id,
@@ -446,7 +446,7 @@ mod tests {
         let kept: Vec<String> = inbox
             .dead_letters()
             .iter()
-            .map(|(c, _)| c.id.0.clone())
+            .map(|(c, _)| c.id.as_str().to_owned())
             .collect();
         assert_eq!(kept, ["4", "5"], "the newest within 10 000 bytes");
         assert_eq!(inbox.replay(Vec::new()).await.unwrap(), 2);

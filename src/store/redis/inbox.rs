@@ -98,7 +98,7 @@ impl Inbox for RedisStore {
             let mut invocation = self.scripts.complete.key(self.key("inbox"));
             invocation.arg(GROUP).arg(self.delivery_prefix());
             for id in &ids {
-                invocation.arg(&id.0);
+                invocation.arg(id.as_str());
             }
             invocation
                 .invoke_async::<i64>(&mut conn)
@@ -118,7 +118,7 @@ impl Inbox for RedisStore {
                 .key(self.key("inbox"))
                 .key(self.key("delayed"))
                 .arg(GROUP)
-                .arg(&claimed.id.0)
+                .arg(claimed.id.as_str())
                 .arg(claimed.attempts)
                 .arg(due)
                 .arg(random_id())
@@ -141,7 +141,7 @@ impl Inbox for RedisStore {
                 .key(self.key("inbox"))
                 .key(self.key("dead"))
                 .arg(GROUP)
-                .arg(&claimed.id.0)
+                .arg(claimed.id.as_str())
                 .arg(claimed.attempts)
                 .arg(reason)
                 .arg(now_ms())
@@ -198,7 +198,7 @@ impl DeadLetters for RedisStore {
                         .get::<String>("d")
                         .map(|d| tokens.get(&d).cloned().unwrap_or_default());
                     Some(DeadLetter {
-                        id: EntryId(e.id.clone()),
+                        id: EntryId::new(e.id.clone()),
                         item: StoredItem::from_json(&payload, tokens).ok()?,
                         attempts: e.get("a").unwrap_or(0),
                         reason: e.get("r").unwrap_or_default(),
@@ -220,7 +220,7 @@ impl DeadLetters for RedisStore {
                 let mut found = Vec::new();
                 for id in &ids {
                     let range: StreamRangeReply = conn
-                        .xrange(&dead, &id.0, &id.0)
+                        .xrange(&dead, id.as_str(), id.as_str())
                         .await
                         .map_err(unavailable)?;
                     found.extend(range.ids);

@@ -305,7 +305,7 @@ impl RedisStore {
             .map(|d| tokens.get(&d).cloned().unwrap_or_default());
         match StoredItem::from_json(&payload, tokens) {
             Ok(item) => Some(Claimed {
-                id: EntryId(entry.id.clone()),
+                id: EntryId::new(entry.id.clone()),
                 item,
                 attempts,
             }),

@@ -66,7 +66,7 @@ impl Inbox for SqliteStore {
                 if !claimed.is_empty() {
                     let mut held = self.lock_held();
                     for c in &claimed {
-                        if let Ok(id) = c.id.0.parse() {
+                        if let Ok(id) = c.id.as_str().parse() {
                             held.insert(id);
                         }
                     }
@@ -197,7 +197,7 @@ impl DeadLetters for SqliteStore {
                     let tokens = delivery.and_then(|d| tokens.get(&d)).cloned();
                     let item = StoredItem::from_json(&payload, tokens).ok()?;
                     Some(DeadLetter {
-                        id: EntryId(id.to_string()),
+                        id: EntryId::new(id.to_string()),
                         item,
                         attempts,
                         reason,
@@ -265,7 +265,7 @@ impl Dedupe for SqliteStore {
     }
 
     fn abandon(&self, key: DedupeKey, owner: &str) -> BoxFuture<'_, Result<(), StoreError>> {
-        release(&mut self.lock_pending(), &key.0, owner);
+        release(&mut self.lock_pending(), key.as_bytes(), owner);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -282,10 +282,10 @@ impl Dedupe for SqliteStore {
         let mut claims: Vec<Claim> = {
             let mut pending = self.lock_pending();
             keys.iter()
-                .map(|key| match pending.get(&key.0) {
+                .map(|key| match pending.get(key.as_bytes()) {
                     Some((holder, until)) if *until > now && holder != owner => Claim::InProgress,
                     _ => {
-                        pending.insert(key.0, (owner.to_owned(), now + lease));
+                        pending.insert(*key.as_bytes(), (owner.to_owned(), now + lease));
                         Claim::Proceed
                     }
                 })
@@ -296,7 +296,7 @@ impl Dedupe for SqliteStore {
             .iter()
             .zip(&claims)
             .filter(|(_, claim)| **claim == Claim::Proceed)
-            .map(|(key, _)| key.0)
+            .map(|(key, _)| *key.as_bytes())
             .collect();
         let handled = self.read(move |conn| {
             let mut find =
@@ -304,7 +304,7 @@ impl Dedupe for SqliteStore {
             let now = now_ms();
             keys.iter()
                 .map(|key| {
-                    find.query_row([&key.0[..]], |row| row.get::<_, i64>(0))
+                    find.query_row([&key.as_bytes()[..]], |row| row.get::<_, i64>(0))
                         .optional()
                         .map(|expires| expires.is_some_and(|e| e > now))
                 })
@@ -326,7 +326,7 @@ impl Dedupe for SqliteStore {
             for ((claim, key), handled) in claims.iter_mut().zip(&keys).zip(handled) {
                 if *claim == Claim::Proceed && handled {
                     *claim = Claim::Duplicate;
-                    release(&mut pending, &key.0, &owner);
+                    release(&mut pending, key.as_bytes(), &owner);
                 }
             }
             Ok(claims)
@@ -341,7 +341,7 @@ impl Dedupe for SqliteStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let owner = owner.to_owned();
         Box::pin(async move {
-            let raw: Vec<[u8; 32]> = keys.iter().map(|k| k.0).collect();
+            let raw: Vec<[u8; 32]> = keys.iter().map(|k| *k.as_bytes()).collect();
             let recorded = self
                 .call(|reply| Op::Finish {
                     keys: raw,
@@ -353,7 +353,7 @@ impl Dedupe for SqliteStore {
             // Released only now that the rows are committed (see begin_many).
             let mut pending = self.lock_pending();
             for key in &keys {
-                release(&mut pending, &key.0, &owner);
+                release(&mut pending, key.as_bytes(), &owner);
             }
             recorded
         })

@@ -128,7 +128,7 @@ pub(super) fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Res
                 let tokens = delivery.and_then(|d| tokens.get(&d)).cloned();
                 match StoredItem::from_json(&payload, tokens) {
                     Ok(item) => claimed.push(Claimed {
-                        id: EntryId(id.to_string()),
+                        id: EntryId::new(id.to_string()),
                         item,
                         attempts,
                     }),
@@ -280,7 +280,8 @@ pub(super) fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Res
 }
 
 pub(super) fn parse_id(id: &EntryId) -> Result<i64, StoreError> {
-    id.0.parse()
+    id.as_str()
+        .parse()
         .map_err(|_| StoreError::unavailable(format!("not an item id of this store: {id}")))
 }
 

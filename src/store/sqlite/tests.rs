@@ -74,7 +74,7 @@ async fn claims_of_a_consumer_without_a_lock_file_are_released_on_open() {
 #[tokio::test]
 async fn dedupe_states_persist() {
     let dir = tempfile::tempdir().unwrap();
-    let key = DedupeKey([9; 32]);
+    let key = DedupeKey::from_bytes([9; 32]);
     let lease = Duration::from_secs(60);
     {
         let store = SqliteStore::open(dir.path()).unwrap();
@@ -93,7 +93,7 @@ async fn dedupe_states_persist() {
         store.begin(key, "c", lease).await.unwrap(),
         Claim::Duplicate
     );
-    let other = DedupeKey([3; 32]);
+    let other = DedupeKey::from_bytes([3; 32]);
     assert_eq!(
         store.begin(other, "c", lease).await.unwrap(),
         Claim::Proceed
