@@ -107,13 +107,14 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `cli` | yes | the `msgraph-webhooks` binary (clap, tracing-subscriber); implies `emulator` |
-//! | `emulator` | via `cli` | [`emulator`]: a local Graph that creates subscriptions by the [`catalog`]'s rules and delivers notifications (axum); implies `axum` |
-//! | `axum` | via `emulator` | `Receiver::router()`: the endpoint, its lifecycle path and health as an axum `Router` to nest in an app |
-//! | `sqlite` | via `cli` | [`store::SqliteStore`]: the embedded durable store |
-//! | `redis` | via `cli` | `store::RedisStore`: the store for several instances |
+//! | `sqlite` | yes | [`store::SqliteStore`]: the embedded durable store (SQLite, bundled) |
+//! | `redis` | no | `store::RedisStore`: the store for several instances |
+//! | `axum` | no | `Receiver::router()`: the endpoint, its lifecycle path and health as an axum `Router` to nest in an app |
+//! | `emulator` | no | `emulator`: a local Graph that creates subscriptions by the [`catalog`]'s rules and delivers notifications (axum); implies `axum` |
 //!
-//! Library users who don't want the CLI's dependencies turn off default features.
+//! The command-line tool is a package of its own (`msgraph-webhooks-cli`,
+//! in the repository's `cli/`), so none of its dependencies (clap, a log
+//! subscriber) reach a library user.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -404,7 +404,7 @@ mod tests {
     #[test]
     fn dotnet_sdk_vector_decrypts_to_hello_world() {
         let vector: Value = serde_json::from_str(include_str!(
-            "../../tests/data/dotnet-sdk-rich-notification.json"
+            "../../testdata/dotnet-sdk-rich-notification.json"
         ))
         .unwrap();
         let p12 = STANDARD

@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn thumbprint_of_the_dotnet_vector_certificate() {
         let vector: serde_json::Value = serde_json::from_str(include_str!(
-            "../../tests/data/dotnet-sdk-rich-notification.json"
+            "../../testdata/dotnet-sdk-rich-notification.json"
         ))
         .unwrap();
         let der = STANDARD

@@ -28,8 +28,10 @@ pub const SUBSCRIPTION: &str = "76222963-cc7b-42d2-882d-8aaa69cb2ba3";
 
 /// The .NET SDK vector: its key (PKCS#12, password `rich`) and content.
 pub fn dotnet_vector() -> (Vec<u8>, EncryptedContent) {
-    let vector: Value =
-        serde_json::from_str(include_str!("../../data/dotnet-sdk-rich-notification.json")).unwrap();
+    let vector: Value = serde_json::from_str(include_str!(
+        "../../../../testdata/dotnet-sdk-rich-notification.json"
+    ))
+    .unwrap();
     let p12 = STANDARD
         .decode(vector["pkcs12_base64"].as_str().unwrap())
         .unwrap();

@@ -865,7 +865,7 @@ async fn listen_prints_decrypted_data_and_drops_tampered_items() {
 
 #[test]
 fn the_committed_dev_key_matches_its_readme() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs");
     let key = DecryptionKey::from_file(&root.join("dev.pem"), None).unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     assert!(

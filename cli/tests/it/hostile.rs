@@ -382,7 +382,7 @@ fn oversized_key_jwks_and_capture_files_are_refused() {
             "--addr",
             "127.0.0.1:0",
             "--key",
-            "k=certs/dev.pem",
+            concat!("k=", env!("CARGO_MANIFEST_DIR"), "/../certs/dev.pem"),
             "--app-id",
             "a",
             "--jwks",
