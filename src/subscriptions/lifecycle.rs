@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use super::reconciler::SubscriptionManager;
+use super::manager::SubscriptionManager;
 use crate::{BoxError, ChangeEvent, Handler, LifecycleEvent};
 
 /// The app's handler with lifecycle automation in front; see

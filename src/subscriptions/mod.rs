@@ -72,8 +72,8 @@
 mod client;
 mod clock;
 mod lifecycle;
+mod manager;
 pub mod preflight;
-mod reconciler;
 mod token;
 
 pub use client::{
@@ -82,11 +82,11 @@ pub use client::{
 };
 pub use clock::{Clock, RemoteClock, SystemClock};
 pub use lifecycle::Lifecycle;
-pub use preflight::{LifetimePolicy, PreflightError};
-pub use reconciler::{
+pub use manager::{
     Activity, BuildError, Declared, EncryptionCertificate, ManagedSubscription, ManagerBuilder,
     Resync, ResyncReason, Running, SubscriptionManager,
 };
+pub use preflight::{LifetimePolicy, PreflightError};
 pub use token::{
     AccessToken, ClientCredentials, ClientSecret, DEFAULT_TOKEN_URL, GRAPH_SCOPE, StaticToken,
     TokenError, TokenProvider,
