@@ -71,21 +71,24 @@
 
 mod client;
 mod clock;
+mod error;
+mod http;
 mod lifecycle;
 mod manager;
+mod model;
 pub mod preflight;
 mod token;
 
-pub use client::{
-    ClientError, DEFAULT_GRAPH_URL, GraphClient, GraphError, NewSubscription, RetryPolicy,
-    Subscription, SubscriptionUpdate,
-};
+pub use client::{DEFAULT_GRAPH_URL, GraphClient};
 pub use clock::{Clock, RemoteClock, SystemClock};
+pub use error::{ClientError, GraphError};
+pub use http::RetryPolicy;
 pub use lifecycle::Lifecycle;
 pub use manager::{
     Activity, BuildError, Declared, EncryptionCertificate, ManagedSubscription, ManagerBuilder,
     Resync, ResyncReason, Running, SubscriptionManager,
 };
+pub use model::{NewSubscription, Subscription, SubscriptionUpdate};
 pub use preflight::{LifetimePolicy, PreflightError};
 pub use token::{
     AccessToken, ClientCredentials, ClientSecret, DEFAULT_TOKEN_URL, GRAPH_SCOPE, StaticToken,

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 
 use time::{Duration, OffsetDateTime};
 
-use super::client::NewSubscription;
+use super::model::NewSubscription;
 use crate::catalog::{self, MIN_LIFETIME, Request, Violation};
 
 /// What to do with an expiration beyond the kind's maximum lifetime.
@@ -183,10 +183,7 @@ fn loopback(url: &url::Url) -> bool {
 
 fn check_url(field: &'static str, value: &str) -> Option<Problem> {
     let why = match url::Url::parse(value.trim()) {
-        Err(_) => format!(
-            "'{}' is not an absolute URL",
-            crate::subscriptions::client::clean(value)
-        ),
+        Err(_) => format!("'{}' is not an absolute URL", super::http::clean(value)),
         Ok(url) if url.host().is_none() => "has no host".to_owned(),
         Ok(url) if url.scheme() == "https" => return None,
         Ok(url) if url.scheme() == "http" && loopback(&url) => return None,
@@ -241,7 +238,7 @@ pub fn check(
         Err(violation) => {
             problems.insert(0, Problem::Catalog(violation));
             return Err(PreflightError {
-                resource: crate::subscriptions::client::clean(&out.resource),
+                resource: super::http::clean(&out.resource),
                 problems,
             });
         }
@@ -270,7 +267,7 @@ pub fn check(
         Ok(out)
     } else {
         Err(PreflightError {
-            resource: crate::subscriptions::client::clean(&out.resource),
+            resource: super::http::clean(&out.resource),
             problems,
         })
     }

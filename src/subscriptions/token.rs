@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::client::{RetryPolicy, clean, read_limited, retry_after};
+use super::http::{RetryPolicy, clean, read_limited, retry_after};
 
 /// The token endpoint of Microsoft Entra ID; `{tenant}` stands for the tenant
 /// id or domain.

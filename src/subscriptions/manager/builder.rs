@@ -11,8 +11,9 @@ use tokio::sync::{Notify, broadcast, watch};
 use crate::catalog::{self};
 use crate::registry::{MemoryRecords, RecordStore};
 use crate::store::{Lease, MemoryLease};
-use crate::subscriptions::client::{GraphClient, RetryPolicy};
+use crate::subscriptions::client::GraphClient;
 use crate::subscriptions::clock::Clock;
+use crate::subscriptions::http::RetryPolicy;
 use crate::subscriptions::preflight::PreflightError;
 use crate::{BoxError, ClientState, SubscriptionRegistry};
 

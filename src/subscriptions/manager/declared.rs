@@ -7,7 +7,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::catalog::{self, KindRules, ResourceDataRule};
 use crate::crypto::DecryptionKey;
-use crate::subscriptions::client::NewSubscription;
+use crate::subscriptions::model::NewSubscription;
 use crate::subscriptions::preflight::{self, LifetimePolicy, PreflightError};
 use crate::{ChangeType, ClientState};
 

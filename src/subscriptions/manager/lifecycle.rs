@@ -1,7 +1,7 @@
 //! Acting on lifecycle notifications: reauthorize, recreate a removed
 //! subscription, resync after missed notifications.
 
-use crate::subscriptions::client::SubscriptionUpdate;
+use crate::subscriptions::model::SubscriptionUpdate;
 use crate::{BoxError, LifecycleEvent, LifecycleEventType};
 
 use super::{Activity, REAUTHORIZE_GAP, ResyncReason, Shared};

@@ -7,7 +7,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::registry::SubscriptionRecord;
 use crate::store::StoreError;
-use crate::subscriptions::client::{ClientError, GraphError, SubscriptionUpdate};
+use crate::subscriptions::error::{ClientError, GraphError};
+use crate::subscriptions::model::SubscriptionUpdate;
 use crate::{BoxError, ClientState};
 
 use super::{Activity, Declared, LIFETIME_MARGIN, Managed, Resync, ResyncReason, Shared, Urls};
