@@ -134,6 +134,7 @@ pub mod tokens;
 pub mod tunnel;
 pub mod worker;
 
+mod random;
 mod receiver;
 mod secret;
 

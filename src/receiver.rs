@@ -326,7 +326,7 @@ impl<H: Handler> ReceiverBuilder<H> {
                 dedupe: Some(self.dedupe.unwrap_or_else(|| Arc::new(MemoryDedupe::new()))),
                 owner: self
                     .dedupe_owner
-                    .unwrap_or_else(|| crate::ClientState::random().expose().to_owned()),
+                    .unwrap_or_else(|| crate::random::hex_id(16)),
                 dedupe_ttl: self.dedupe_ttl,
                 dedupe_lease: self.dedupe_lease,
                 verifier,

@@ -35,22 +35,6 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// A random GUID-shaped id, for `client-request-id`.
-fn request_id() -> String {
-    let mut bytes = [0u8; 16];
-    // Invariant: OpenSSL's CSPRNG fails only without an OS entropy source.
-    openssl::rand::rand_bytes(&mut bytes).expect("the OS random source is available");
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
-}
-
 #[derive(Deserialize)]
 struct Page {
     value: Vec<Subscription>,
@@ -289,7 +273,7 @@ impl GraphClient {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, HeaderMap, Bytes), ClientError> {
         let retry = &self.inner.retry;
-        let client_request_id = request_id();
+        let client_request_id = crate::random::uuid();
         let mut attempt = 0;
         let mut refreshed = false;
         loop {

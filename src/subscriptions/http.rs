@@ -59,7 +59,7 @@ impl RetryPolicy {
             .base_delay
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
             .min(self.max_delay);
-        step.mul_f64(1.0 - 0.25 * super::manager::unit_random())
+        step.mul_f64(1.0 - 0.25 * crate::random::unit())
     }
 }
 

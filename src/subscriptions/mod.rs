@@ -73,7 +73,6 @@ mod client;
 mod clock;
 mod error;
 mod http;
-mod lifecycle;
 mod manager;
 mod model;
 pub mod preflight;
@@ -83,10 +82,9 @@ pub use client::{DEFAULT_GRAPH_URL, GraphClient};
 pub use clock::{Clock, RemoteClock, SystemClock};
 pub use error::{ClientError, GraphError};
 pub use http::RetryPolicy;
-pub use lifecycle::Lifecycle;
 pub use manager::{
-    Activity, BuildError, Declared, EncryptionCertificate, ManagedSubscription, ManagerBuilder,
-    Resync, ResyncReason, Running, SubscriptionManager,
+    Activity, BuildError, Declared, EncryptionCertificate, Lifecycle, ManagedSubscription,
+    ManagerBuilder, Resync, ResyncReason, Running, SubscriptionManager,
 };
 pub use model::{NewSubscription, Subscription, SubscriptionUpdate};
 pub use preflight::{LifetimePolicy, PreflightError};

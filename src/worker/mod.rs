@@ -62,12 +62,7 @@ impl RetryPolicy {
             .initial_delay
             .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
             .min(self.max_delay);
-        let mut byte = [0u8; 1];
-        let jitter = match openssl::rand::rand_bytes(&mut byte) {
-            Ok(()) => f64::from(byte[0]) / 1024.0,
-            Err(_) => 0.0,
-        };
-        exp.mul_f64(1.0 + jitter)
+        exp.mul_f64(1.0 + 0.25 * crate::random::unit())
     }
 }
 

@@ -22,7 +22,7 @@ use crate::catalog::{self, PermissionType, Request, Resolved, Violation};
 use crate::emulator::Core;
 use crate::emulator::delivery::{DeliveryKind, DeliveryRecord, EndpointState, Outcome};
 use crate::emulator::handshake::{self, HandshakeError};
-use crate::emulator::identity::{TokenInfo, random_id};
+use crate::emulator::identity::TokenInfo;
 use crate::emulator::store::{Certificate, Subscription, parse_time};
 use crate::notification::ResourceKind;
 
@@ -334,7 +334,7 @@ pub(super) async fn create(
     tenant_rules(&core, &resolved)?;
 
     let subscription = Subscription {
-        id: random_id(),
+        id: crate::random::uuid(),
         resource: resource.trim().to_owned(),
         path: resolved.path().clone(),
         entry: accepted.entry,

@@ -300,7 +300,7 @@ impl ManagerBuilder {
                 activity,
                 wake: Notify::new(),
                 ops: tokio::sync::Mutex::new(()),
-                holder: format!("manager-{}", ClientState::random().expose()),
+                holder: format!("manager-{}", crate::random::hex_id(16)),
                 settings: self.settings,
             }),
         })

@@ -1,10 +1,51 @@
-//! Acting on lifecycle notifications: reauthorize, recreate a removed
+//! Acting on lifecycle notifications: a [`Handler`] wrapper in front of
+//! the app's, and what it does: reauthorize, recreate a removed
 //! subscription, resync after missed notifications.
 
-use crate::subscriptions::model::SubscriptionUpdate;
-use crate::{BoxError, LifecycleEvent, LifecycleEventType};
+use std::future::Future;
 
-use super::{Activity, REAUTHORIZE_GAP, ResyncReason, Shared};
+use crate::subscriptions::model::SubscriptionUpdate;
+use crate::{BoxError, ChangeEvent, Handler, LifecycleEvent, LifecycleEventType};
+
+use super::{Activity, REAUTHORIZE_GAP, ResyncReason, Shared, SubscriptionManager};
+
+/// The app's handler with lifecycle automation in front; see
+/// [`SubscriptionManager::handler`].
+///
+/// - `reauthorizationRequired` → reauthorize, or a renewing update when the
+///   renewal is due anyway; never both within 10 minutes;
+/// - `subscriptionRemoved` → recreate, then the resync hook;
+/// - `missed` → the resync hook.
+///
+/// Then the event goes on to the app's `on_lifecycle`. If the action fails
+/// the event fails, and the pipeline retries it with backoff.
+#[derive(Debug)]
+pub struct Lifecycle<H> {
+    inner: H,
+    manager: SubscriptionManager,
+}
+
+impl<H> Lifecycle<H> {
+    pub(super) fn new(inner: H, manager: SubscriptionManager) -> Self {
+        Self { inner, manager }
+    }
+
+    /// The app's handler.
+    pub fn inner(&self) -> &H {
+        &self.inner
+    }
+}
+
+impl<H: Handler> Handler for Lifecycle<H> {
+    fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.inner.on_change(event)
+    }
+
+    async fn on_lifecycle(&self, event: LifecycleEvent) -> Result<(), BoxError> {
+        self.manager.on_lifecycle(&event).await?;
+        self.inner.on_lifecycle(event).await
+    }
+}
 
 impl Shared {
     pub(super) async fn on_lifecycle(&self, event: &LifecycleEvent) -> Result<(), BoxError> {

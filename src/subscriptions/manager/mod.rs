@@ -11,7 +11,6 @@ use tokio::task::JoinHandle;
 
 use super::client::GraphClient;
 use super::clock::Clock;
-use super::lifecycle::Lifecycle;
 use crate::registry::RecordStore;
 use crate::store::{Lease, StoreError};
 use crate::{BoxError, Handler, LifecycleEvent, SubscriptionRegistry};
@@ -30,6 +29,7 @@ use builder::{Certificates, Settings};
 use declared::Urls;
 pub use declared::{Declared, EncryptionCertificate};
 use keeper::keep;
+pub use lifecycle::Lifecycle;
 pub use record::ManagedSubscription;
 use record::{Managed, rfc3339};
 
@@ -39,14 +39,6 @@ const REAUTHORIZE_GAP: Duration = Duration::minutes(10);
 
 /// Kept under the kind's maximum lifetime, for clock skew with Graph.
 const LIFETIME_MARGIN: Duration = Duration::minutes(5);
-
-/// A random number in `[0, 1)`.
-pub(crate) fn unit_random() -> f64 {
-    let mut bytes = [0u8; 8];
-    // Invariant: OpenSSL's CSPRNG fails only without an OS entropy source.
-    openssl::rand::rand_bytes(&mut bytes).expect("the OS random source is available");
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
 
 type ResyncHook = Arc<dyn Fn(Resync) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
@@ -361,24 +353,12 @@ impl Shared {
 
     fn renew_at(&self, now: OffsetDateTime, expires_at: OffsetDateTime) -> OffsetDateTime {
         let lifetime = (expires_at - now).max(Duration::ZERO);
-        let share = self.settings.renew_fraction * (1.0 - self.settings.jitter * unit_random());
+        let share =
+            self.settings.renew_fraction * (1.0 - self.settings.jitter * crate::random::unit());
         now + lifetime * share
     }
 
     fn declared(&self, key: &str) -> Option<&Declared> {
         self.declared.iter().find(|d| d.stable_key() == key)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unit_random_is_in_range() {
-        for _ in 0..1000 {
-            let r = unit_random();
-            assert!((0.0..1.0).contains(&r));
-        }
     }
 }
