@@ -116,6 +116,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod clock;
 pub mod crypto;
 pub mod dedupe;
 pub mod doctor;

@@ -12,12 +12,12 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::clock::{Clock, SystemClock};
 use super::error::{ClientError, graph_error};
 use super::http::{RetryPolicy, clean, read_limited, retry_after};
 use super::model::{NewSubscription, Subscription, SubscriptionUpdate};
 use super::preflight::{self, LifetimePolicy};
 use super::token::TokenProvider;
+use crate::clock::{Clock, SystemClock};
 
 /// Graph's v1.0 endpoint.
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com/v1.0";

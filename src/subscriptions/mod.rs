@@ -70,16 +70,15 @@
 //! [`SubscriptionRegistry`]: crate::SubscriptionRegistry
 
 mod client;
-mod clock;
 mod error;
 mod http;
 mod manager;
 mod model;
 pub mod preflight;
+mod remote_clock;
 mod token;
 
 pub use client::{DEFAULT_GRAPH_URL, GraphClient};
-pub use clock::{Clock, RemoteClock, SystemClock};
 pub use error::{ClientError, GraphError};
 pub use http::RetryPolicy;
 pub use manager::{
@@ -88,6 +87,7 @@ pub use manager::{
 };
 pub use model::{NewSubscription, Subscription, SubscriptionUpdate};
 pub use preflight::{LifetimePolicy, PreflightError};
+pub use remote_clock::RemoteClock;
 pub use token::{
     AccessToken, ClientCredentials, ClientSecret, DEFAULT_TOKEN_URL, GRAPH_SCOPE, StaticToken,
     TokenError, TokenProvider,

@@ -1052,7 +1052,7 @@ struct Ahead {
     by: Span,
 }
 
-impl msgraph_webhooks::subscriptions::Clock for Ahead {
+impl msgraph_webhooks::clock::Clock for Ahead {
     fn now(&self) -> time::OffsetDateTime {
         self.clock.now() + self.by
     }

@@ -9,10 +9,10 @@ use time::Duration;
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::catalog::{self};
+use crate::clock::Clock;
 use crate::registry::{MemoryRecords, RecordStore};
 use crate::store::{Lease, MemoryLease};
 use crate::subscriptions::client::GraphClient;
-use crate::subscriptions::clock::Clock;
 use crate::subscriptions::http::RetryPolicy;
 use crate::subscriptions::preflight::PreflightError;
 use crate::{BoxError, ClientState, SubscriptionRegistry};

@@ -10,7 +10,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::client::GraphClient;
-use super::clock::Clock;
+use crate::clock::Clock;
 use crate::registry::RecordStore;
 use crate::store::{Lease, StoreError};
 use crate::{BoxError, Handler, LifecycleEvent, SubscriptionRegistry};
