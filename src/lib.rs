@@ -129,6 +129,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notification;
 pub mod registry;
+pub mod retry;
 pub mod store;
 pub mod subscriptions;
 pub mod tokens;

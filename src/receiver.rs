@@ -17,8 +17,9 @@ use crate::inbox::{Inbox, MemoryInbox};
 use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
 use crate::metrics::Metrics;
 use crate::registry::SubscriptionRegistry;
+use crate::retry::RetryPolicy;
 use crate::tokens::{Jwks, TokenValidator};
-use crate::worker::{Pipeline, RetryPolicy, Verifier, Workers};
+use crate::worker::{Pipeline, Verifier, Workers};
 
 /// A Graph notification receiver: the endpoint, its inbox and the workers
 /// that call the handler.

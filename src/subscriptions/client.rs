@@ -13,11 +13,12 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::error::{ClientError, graph_error};
-use super::http::{RetryPolicy, clean, read_limited, retry_after};
+use super::http::{clean, read_limited, retry_after};
 use super::model::{NewSubscription, Subscription, SubscriptionUpdate};
 use super::preflight::{self, LifetimePolicy};
 use super::token::TokenProvider;
 use crate::clock::{Clock, SystemClock};
+use crate::retry::RetryPolicy;
 
 /// Graph's v1.0 endpoint.
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com/v1.0";
@@ -87,7 +88,7 @@ impl GraphClient {
                     .unwrap_or_default(),
                 base: DEFAULT_GRAPH_URL.to_owned(),
                 tokens: Arc::new(tokens),
-                retry: RetryPolicy::default(),
+                retry: RetryPolicy::requests(),
                 clock: Arc::new(SystemClock),
             }),
         }

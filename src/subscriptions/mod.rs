@@ -80,7 +80,6 @@ mod token;
 
 pub use client::{DEFAULT_GRAPH_URL, GraphClient};
 pub use error::{ClientError, GraphError};
-pub use http::RetryPolicy;
 pub use manager::{
     Activity, BuildError, Declared, EncryptionCertificate, Lifecycle, ManagedSubscription,
     ManagerBuilder, Resync, ResyncReason, Running, SubscriptionManager,

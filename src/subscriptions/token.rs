@@ -9,7 +9,8 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::http::{RetryPolicy, clean, read_limited, retry_after};
+use super::http::{clean, read_limited, retry_after};
+use crate::retry::RetryPolicy;
 
 /// The token endpoint of Microsoft Entra ID; `{tenant}` stands for the tenant
 /// id or domain.
@@ -242,7 +243,7 @@ impl ClientCredentials {
             secret: secret.into(),
             scope: GRAPH_SCOPE.to_owned(),
             refresh_before: Duration::from_secs(5 * 60),
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::requests(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()

@@ -19,52 +19,9 @@ use crate::handler::{ChangeEvent, Handler, HandlerEvent, HandlerPanicked, Lifecy
 use crate::inbox::{Claimed, Inbox};
 use crate::metrics::Metrics;
 use crate::notification::{ChangeNotification, Notification, ValidationTokens};
+use crate::retry::RetryPolicy;
 
 pub use verify::{Verifier, VerifyError};
-
-/// How failed handler calls are retried before an item is dead-lettered.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included. After the last failure the item
-    /// is dead-lettered.
-    pub max_attempts: u32,
-    /// Delay before the second attempt; doubles with each failure.
-    pub initial_delay: Duration,
-    /// Upper bound of the delay.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            initial_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(300),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// A policy with `max_attempts` attempts, starting at `initial_delay`.
-    pub fn new(max_attempts: u32, initial_delay: Duration) -> Self {
-        Self {
-            max_attempts: max_attempts.max(1),
-            initial_delay,
-            ..Self::default()
-        }
-    }
-
-    /// The delay after `failures` failed attempts: exponential, capped, with
-    /// up to 25 % random jitter so retries of a burst spread out.
-    pub fn delay(&self, failures: u32) -> Duration {
-        let exp = self
-            .initial_delay
-            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
-            .min(self.max_delay);
-        exp.mul_f64(1.0 + 0.25 * crate::random::unit())
-    }
-}
 
 /// What became of one claimed item.
 #[derive(Debug)]
@@ -418,7 +375,7 @@ impl<H: Handler> Pipeline<H> {
                         }
                         inbox.dead_letter(claimed, reason.clone()).await
                     } else {
-                        let delay = self.retry.delay(failures);
+                        let delay = self.retry.backoff(failures);
                         tracing::warn!(%id, failures, ?delay, %reason, "processing failed; will retry");
                         inbox.retry(claimed, delay).await
                     }

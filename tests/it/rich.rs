@@ -526,7 +526,7 @@ async fn transient_jwks_failures_are_retried_then_succeed() {
                 .unwrap()
                 .min_refresh_interval(Duration::ZERO),
         )
-        .retry(msgraph_webhooks::worker::RetryPolicy::new(
+        .retry(msgraph_webhooks::retry::RetryPolicy::new(
             10,
             Duration::from_millis(20),
         ))

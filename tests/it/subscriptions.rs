@@ -9,10 +9,11 @@ use msgraph_webhooks::crypto::{KeyRing, generate_certificate};
 use msgraph_webhooks::emulator::{Change, Emulator, EmulatorBuilder};
 use msgraph_webhooks::handler::HandlerEvent;
 use msgraph_webhooks::registry::{MemoryRecords, RecordStore};
+use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::store::{Lease, MemoryLease, SqliteStore};
 use msgraph_webhooks::subscriptions::{
     Activity, ClientCredentials, Declared, EncryptionCertificate, GraphClient, Lifecycle,
-    ManagerBuilder, Resync, ResyncReason, RetryPolicy, StaticToken, SubscriptionManager,
+    ManagerBuilder, Resync, ResyncReason, StaticToken, SubscriptionManager,
 };
 use msgraph_webhooks::tokens::Jwks;
 use msgraph_webhooks::tunnel::NgrokAgent;

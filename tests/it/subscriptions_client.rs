@@ -12,10 +12,11 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use msgraph_webhooks::ChangeType;
 use msgraph_webhooks::emulator::Emulator;
+use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::subscriptions::preflight::{self, LifetimePolicy, Problem};
 use msgraph_webhooks::subscriptions::{
-    ClientCredentials, ClientError, GraphClient, NewSubscription, RetryPolicy, StaticToken,
-    SubscriptionUpdate, TokenError, TokenProvider,
+    ClientCredentials, ClientError, GraphClient, NewSubscription, StaticToken, SubscriptionUpdate,
+    TokenError, TokenProvider,
 };
 use serde_json::json;
 use time::{Duration as Span, OffsetDateTime};

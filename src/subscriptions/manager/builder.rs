@@ -11,9 +11,9 @@ use tokio::sync::{Notify, broadcast, watch};
 use crate::catalog::{self};
 use crate::clock::Clock;
 use crate::registry::{MemoryRecords, RecordStore};
+use crate::retry::RetryPolicy;
 use crate::store::{Lease, MemoryLease};
 use crate::subscriptions::client::GraphClient;
-use crate::subscriptions::http::RetryPolicy;
 use crate::subscriptions::preflight::PreflightError;
 use crate::{BoxError, ClientState, SubscriptionRegistry};
 
