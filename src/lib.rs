@@ -142,7 +142,7 @@ mod secret;
 
 pub use handler::{BoxError, ChangeEvent, Handler, HandlerEvent, LifecycleEvent, handler_fn};
 pub use notification::{ChangeType, LifecycleEventType, ResourceKind};
-pub use receiver::{BuildError, Receiver, ReceiverBuilder};
+pub use receiver::{Receiver, ReceiverBuildError, ReceiverBuilder};
 pub use registry::SubscriptionRegistry;
 pub use secret::ClientState;
 /// The `time` crate, whose `OffsetDateTime` and `Duration` the subscription

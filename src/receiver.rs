@@ -88,13 +88,13 @@ struct RichSettings {
 }
 
 impl RichSettings {
-    fn verifier(self) -> Result<Option<Verifier>, BuildError> {
+    fn verifier(self) -> Result<Option<Verifier>, ReceiverBuildError> {
         let Some(keys) = self.keys else {
             return Ok(None);
         };
         let validator = match self.validator {
             Some(validator) => validator,
-            None if self.app_ids.is_empty() => return Err(BuildError::NoAppIds),
+            None if self.app_ids.is_empty() => return Err(ReceiverBuildError::NoAppIds),
             None => TokenValidator::new(self.jwks.unwrap_or_else(Jwks::microsoft), self.app_ids)
                 .tenant_ids(self.tenant_ids),
         };
@@ -114,7 +114,7 @@ impl<H> fmt::Debug for ReceiverBuilder<H> {
 /// Why a [`Receiver`] could not be built.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum BuildError {
+pub enum ReceiverBuildError {
     /// Neither a `clientState` nor a registry was given, so nothing would tell
     /// Graph's notifications from anybody's POST. Set
     /// [`ReceiverBuilder::client_state`] or [`ReceiverBuilder::registry`]
@@ -125,20 +125,20 @@ pub enum BuildError {
     NoAppIds,
 }
 
-impl fmt::Display for BuildError {
+impl fmt::Display for ReceiverBuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BuildError::NoAuthentication => f.write_str(
+            ReceiverBuildError::NoAuthentication => f.write_str(
                 "no clientState or subscription registry configured: notifications could not be authenticated",
             ),
-            BuildError::NoAppIds => f.write_str(
+            ReceiverBuildError::NoAppIds => f.write_str(
                 "decryption keys but no app id configured: validation tokens could not be checked",
             ),
         }
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for ReceiverBuildError {}
 
 /// Default number of workers: enough to keep every core busy with RSA while
 /// others wait on I/O in handlers.
@@ -304,10 +304,10 @@ impl<H: Handler> ReceiverBuilder<H> {
     ///
     /// # Errors
     ///
-    /// [`BuildError::NoAuthentication`] when no client state or registry was
-    /// set; [`BuildError::NoAppIds`] for a key ring without app ids.
-    pub fn build(self) -> Result<Receiver<H>, BuildError> {
-        let registry = self.registry.ok_or(BuildError::NoAuthentication)?;
+    /// [`ReceiverBuildError::NoAuthentication`] when no client state or registry was
+    /// set; [`ReceiverBuildError::NoAppIds`] for a key ring without app ids.
+    pub fn build(self) -> Result<Receiver<H>, ReceiverBuildError> {
+        let registry = self.registry.ok_or(ReceiverBuildError::NoAuthentication)?;
         let verifier = self.rich.verifier()?.map(Arc::new);
         let metrics = self.metrics.unwrap_or_default();
         let inbox = self

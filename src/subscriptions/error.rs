@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::preflight::PreflightError;
-use super::token::TokenError;
+use super::token::AuthError;
 
 use super::http::clean;
 
@@ -121,7 +121,7 @@ pub enum ClientError {
     /// Graph answered with an error.
     Graph(GraphError),
     /// No access token.
-    Token(TokenError),
+    Token(AuthError),
     /// Graph could not be reached (after the retries).
     Transport(String),
     /// Graph's answer could not be read as what was asked for.

@@ -81,13 +81,13 @@ mod token;
 pub use client::{DEFAULT_GRAPH_URL, GraphClient};
 pub use error::{ClientError, GraphError};
 pub use manager::{
-    Activity, BuildError, Declared, EncryptionCertificate, Lifecycle, ManagedSubscription,
+    Activity, Declared, EncryptionCertificate, Lifecycle, ManagedSubscription, ManagerBuildError,
     ManagerBuilder, Resync, ResyncReason, Running, SubscriptionManager,
 };
 pub use model::{NewSubscription, Subscription, SubscriptionUpdate};
 pub use preflight::{LifetimePolicy, PreflightError};
 pub use remote_clock::RemoteClock;
 pub use token::{
-    AccessToken, ClientCredentials, ClientSecret, DEFAULT_TOKEN_URL, GRAPH_SCOPE, StaticToken,
-    TokenError, TokenProvider,
+    AccessToken, AuthError, ClientCredentials, ClientSecret, DEFAULT_TOKEN_URL, GRAPH_SCOPE,
+    StaticToken, TokenProvider,
 };

@@ -398,7 +398,10 @@ async fn without_keys_encrypted_items_are_rejected() {
         .key_ring(ring(&[&cert]))
         .build()
         .unwrap_err();
-    assert!(matches!(error, msgraph_webhooks::BuildError::NoAppIds));
+    assert!(matches!(
+        error,
+        msgraph_webhooks::ReceiverBuildError::NoAppIds
+    ));
 }
 
 /// A JWKS served over HTTP on 127.0.0.1 whose document can be swapped and

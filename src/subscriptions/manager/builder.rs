@@ -41,7 +41,7 @@ pub(super) struct Settings {
 /// Why a manager could not be built.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum BuildError {
+pub enum ManagerBuildError {
     /// A declared subscription breaks catalog rules.
     Preflight(PreflightError),
     /// Two declarations share a key, or a resource and change types (Graph
@@ -52,17 +52,17 @@ pub enum BuildError {
     Certificate(String),
 }
 
-impl fmt::Display for BuildError {
+impl fmt::Display for ManagerBuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BuildError::Preflight(e) => e.fmt(f),
-            BuildError::Duplicate(what) => write!(f, "declared twice: {what}"),
-            BuildError::Certificate(why) => f.write_str(why),
+            ManagerBuildError::Preflight(e) => e.fmt(f),
+            ManagerBuildError::Duplicate(what) => write!(f, "declared twice: {what}"),
+            ManagerBuildError::Certificate(why) => f.write_str(why),
         }
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for ManagerBuildError {}
 
 /// Configures a [`SubscriptionManager`]; see [`SubscriptionManager::builder`].
 #[must_use]
@@ -229,9 +229,9 @@ impl ManagerBuilder {
     ///
     /// # Errors
     ///
-    /// [`BuildError`]: a declaration Graph would refuse (nothing is sent),
+    /// [`ManagerBuildError`]: a declaration Graph would refuse (nothing is sent),
     /// declared twice, or without its certificate.
-    pub fn build(self) -> Result<SubscriptionManager, BuildError> {
+    pub fn build(self) -> Result<SubscriptionManager, ManagerBuildError> {
         let clock = self.clock.unwrap_or_else(|| self.client.clock_handle());
         let client = self.client.clock(clock.clone());
         let now = clock.now();
@@ -243,17 +243,20 @@ impl ManagerBuilder {
                 d.rules = Some(resolved.rules());
             }
             if !keys.insert(d.stable_key()) {
-                return Err(BuildError::Duplicate(format!("key '{}'", d.stable_key())));
+                return Err(ManagerBuildError::Duplicate(format!(
+                    "key '{}'",
+                    d.stable_key()
+                )));
             }
             if !combos.insert((d.resource.to_ascii_lowercase(), d.change_type.clone())) {
-                return Err(BuildError::Duplicate(format!(
+                return Err(ManagerBuildError::Duplicate(format!(
                     "'{}' with change types '{}'",
                     d.resource, d.change_type
                 )));
             }
             let certificate = match &d.certificate_id {
                 Some(id) => Some(self.certificates.known.get(id).cloned().ok_or_else(|| {
-                    BuildError::Certificate(format!(
+                    ManagerBuildError::Certificate(format!(
                         "{}: certificate '{id}' is not one the manager knows (add it with known_certificate)",
                         d.stable_key()
                     ))
@@ -272,7 +275,7 @@ impl ManagerBuilder {
                 ClientState::new("preflight"),
                 now,
             )
-            .map_err(BuildError::Preflight)?;
+            .map_err(ManagerBuildError::Preflight)?;
             declared.push(d);
         }
         let (public_url, fixed) = match (self.public_url, self.fixed_url) {

@@ -24,8 +24,8 @@ mod reconcile;
 mod record;
 
 pub use activity::{Activity, Resync, ResyncReason};
-pub use builder::{BuildError, ManagerBuilder};
 use builder::{Certificates, Settings};
+pub use builder::{ManagerBuildError, ManagerBuilder};
 use declared::Urls;
 pub use declared::{Declared, EncryptionCertificate};
 use keeper::keep;
