@@ -35,6 +35,7 @@
 //! );
 //! ```
 
+mod endpoint;
 mod entries;
 mod path;
 
@@ -44,6 +45,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::notification::{ChangeType, LifecycleEventType, ResourceKind};
 
+pub use endpoint::{EndpointError, check_endpoint};
 pub use path::{PathError, ResourcePath};
 
 /// Expirations closer than this are raised to now + 45 minutes.
