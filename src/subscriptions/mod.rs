@@ -85,7 +85,6 @@ pub use manager::{
     ManagerBuilder, Resync, ResyncReason, Running, SubscriptionManager,
 };
 pub use model::{NewSubscription, Subscription, SubscriptionUpdate};
-pub use preflight::{LifetimePolicy, PreflightError};
 pub use remote_clock::RemoteClock;
 pub use token::{
     AccessToken, AuthError, ClientCredentials, ClientSecret, DEFAULT_TOKEN_URL, GRAPH_SCOPE,

@@ -860,7 +860,7 @@ async fn a_declaration_graph_would_refuse_is_refused_at_build_without_a_request(
         .declare(
             Declared::new("users/ada/messages", [ChangeType::Created])
                 .lifetime(Span::days(9))
-                .lifetime_policy(msgraph_webhooks::subscriptions::LifetimePolicy::Clamp),
+                .lifetime_policy(msgraph_webhooks::subscriptions::preflight::LifetimePolicy::Clamp),
         )
         .build();
     assert!(clamped.is_ok());
