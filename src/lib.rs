@@ -81,7 +81,7 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`catalog`] | what `POST /subscriptions` accepts: paths, kinds, permissions, lifetimes, rules |
+//! | [`catalog`] | what `POST /subscriptions` accepts: paths, kinds, permissions, lifetimes, rules, the notification URL rule |
 //! | [`listener`] | the endpoint: handshake, limits, request path, standalone hyper server |
 //! | [`notification`] | the envelope, typed change/lifecycle items, [`ResourceKind`], typed resources |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
@@ -94,11 +94,14 @@
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
 //! | [`admin`] | the admin address: `/metrics`, never on the notification port |
-//! | [`subscriptions`] | Graph client, pre-flight checks, and a manager that keeps declared subscriptions alive |
+//! | [`subscriptions`] | Graph client (model, errors, HTTP, app tokens), pre-flight checks, and a manager (builder, declared, activity, records, the reconcile pass, lifecycle actions, leases) that keeps declared subscriptions alive |
 //! | [`emulator`] | (feature `emulator`) a local Graph: subscriptions API, identity endpoints, handshake, delivery |
 //! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
 //! | [`tunnel`] | find (and follow) the public URL of a local ngrok tunnel |
 //! | [`files`] | bounded reads of the files a user names (keys, JWKS, captures) |
+//! | [`clock`] | the one [`Clock`](clock::Clock) trait and the system clock: token checks and the manager run on it; tests and the emulator inject theirs |
+//! | [`retry`] | the one [`RetryPolicy`](retry::RetryPolicy): exponential backoff with jitter, for handler failures and Graph requests |
+//! | `random` (private) | every random byte: ids, jitter, keys (client states come from [`ClientState::random`]) |
 //!
 //! # Features
 //!
