@@ -1,8 +1,8 @@
 //! Behind the ack: workers claim items from the inbox, turn each into a
 //! verified event, call the handler, and complete, retry or dead-letter it.
-//! Rich notifications are verified and decrypted here ([`verify`]).
+//! Rich notifications are verified and decrypted here ([`Verifier`]).
 
-pub mod verify;
+mod verify;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
