@@ -145,19 +145,9 @@ fn finding(
 
 /// The token Graph sends, in Graph's words, with a fresh request id.
 pub fn validation_token() -> String {
-    let mut bytes = [0u8; 16];
-    // Invariant: the OS random source is available (see ClientState::random).
-    openssl::rand::rand_bytes(&mut bytes).expect("the OS random source is available");
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!(
-        "Validation: Testing client application reachability for subscription Request-Id: {}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
+        "Validation: Testing client application reachability for subscription Request-Id: {}",
+        crate::random::uuid()
     )
 }
 

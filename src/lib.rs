@@ -86,7 +86,7 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`catalog`] | what `POST /subscriptions` accepts: paths, kinds, permissions, lifetimes, rules |
+//! | [`catalog`] | what `POST /subscriptions` accepts: paths, kinds, permissions, lifetimes, rules, the notification URL rule |
 //! | [`listener`] | the endpoint: handshake, limits, request path, standalone hyper server |
 //! | [`notification`] | the envelope, typed change/lifecycle items, [`ResourceKind`], typed resources |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
@@ -97,11 +97,14 @@
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
 //! | [`admin`] | the admin address: `/metrics`, never on the notification port |
-//! | [`subscriptions`] | Graph client, pre-flight checks, and a manager that keeps declared subscriptions alive |
+//! | [`subscriptions`] | Graph client (model, errors, HTTP, app tokens), pre-flight checks, and a manager (builder, declared, activity, records, the reconcile pass, lifecycle actions, leases) that keeps declared subscriptions alive |
 //! | [`emulator`] | (feature `emulator`) a local Graph: subscriptions API, identity endpoints, handshake, delivery |
 //! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
 //! | [`tunnel`] | find (and follow) the public URL of a local ngrok tunnel |
 //! | [`files`] | bounded reads of the files a user names (keys, JWKS, captures) |
+//! | [`clock`] | the one [`Clock`](clock::Clock) trait and the system clock: token checks and the manager run on it; tests and the emulator inject theirs |
+//! | [`retry`] | the one [`RetryPolicy`](retry::RetryPolicy): exponential backoff with jitter, for handler failures and Graph requests |
+//! | `random` (private) | every random byte: ids, jitter, keys (client states come from [`ClientState::random`]) |
 //!
 //! # Features
 //!
@@ -120,6 +123,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod clock;
 pub mod crypto;
 pub mod doctor;
 #[cfg(feature = "emulator")]
@@ -130,18 +134,20 @@ pub mod listener;
 pub mod metrics;
 pub mod notification;
 pub mod registry;
+pub mod retry;
 pub mod store;
 pub mod subscriptions;
 pub mod tokens;
 pub mod tunnel;
 pub mod worker;
 
+mod random;
 mod receiver;
 mod secret;
 
 pub use handler::{BoxError, ChangeEvent, Handler, HandlerEvent, LifecycleEvent, handler_fn};
 pub use notification::{ChangeType, LifecycleEventType, ResourceKind};
-pub use receiver::{BuildError, Receiver, ReceiverBuilder};
+pub use receiver::{Receiver, ReceiverBuildError, ReceiverBuilder};
 pub use registry::SubscriptionRegistry;
 pub use secret::ClientState;
 /// The `time` crate, whose `OffsetDateTime` and `Duration` the subscription

@@ -15,9 +15,10 @@ use crate::handler::Handler;
 use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
 use crate::metrics::Metrics;
 use crate::registry::SubscriptionRegistry;
+use crate::retry::RetryPolicy;
 use crate::store::{Backend, Dedupe, Inbox, MemoryDedupe, MemoryInbox};
 use crate::tokens::{Jwks, TokenValidator};
-use crate::worker::{Pipeline, RetryPolicy, Verifier, Workers};
+use crate::worker::{Pipeline, Verifier, Workers};
 
 /// A Graph notification receiver: the endpoint, its inbox and the workers
 /// that call the handler.
@@ -86,13 +87,13 @@ struct RichSettings {
 }
 
 impl RichSettings {
-    fn verifier(self) -> Result<Option<Verifier>, BuildError> {
+    fn verifier(self) -> Result<Option<Verifier>, ReceiverBuildError> {
         let Some(keys) = self.keys else {
             return Ok(None);
         };
         let validator = match self.validator {
             Some(validator) => validator,
-            None if self.app_ids.is_empty() => return Err(BuildError::NoAppIds),
+            None if self.app_ids.is_empty() => return Err(ReceiverBuildError::NoAppIds),
             None => TokenValidator::new(self.jwks.unwrap_or_else(Jwks::microsoft), self.app_ids)
                 .tenant_ids(self.tenant_ids),
         };
@@ -112,7 +113,7 @@ impl<H> fmt::Debug for ReceiverBuilder<H> {
 /// Why a [`Receiver`] could not be built.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum BuildError {
+pub enum ReceiverBuildError {
     /// Neither a `clientState` nor a registry was given, so nothing would tell
     /// Graph's notifications from anybody's POST. Set
     /// [`ReceiverBuilder::client_state`] or [`ReceiverBuilder::registry`]
@@ -123,20 +124,20 @@ pub enum BuildError {
     NoAppIds,
 }
 
-impl fmt::Display for BuildError {
+impl fmt::Display for ReceiverBuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BuildError::NoAuthentication => f.write_str(
+            ReceiverBuildError::NoAuthentication => f.write_str(
                 "no clientState or subscription registry configured: notifications could not be authenticated",
             ),
-            BuildError::NoAppIds => f.write_str(
+            ReceiverBuildError::NoAppIds => f.write_str(
                 "decryption keys but no app id configured: validation tokens could not be checked",
             ),
         }
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for ReceiverBuildError {}
 
 /// Default number of workers: enough to keep every core busy with RSA while
 /// others wait on I/O in handlers.
@@ -320,10 +321,10 @@ impl<H: Handler> ReceiverBuilder<H> {
     ///
     /// # Errors
     ///
-    /// [`BuildError::NoAuthentication`] when no client state or registry was
-    /// set; [`BuildError::NoAppIds`] for a key ring without app ids.
-    pub fn build(self) -> Result<Receiver<H>, BuildError> {
-        let registry = self.registry.ok_or(BuildError::NoAuthentication)?;
+    /// [`ReceiverBuildError::NoAuthentication`] when no client state or registry was
+    /// set; [`ReceiverBuildError::NoAppIds`] for a key ring without app ids.
+    pub fn build(self) -> Result<Receiver<H>, ReceiverBuildError> {
+        let registry = self.registry.ok_or(ReceiverBuildError::NoAuthentication)?;
         let verifier = self.rich.verifier()?.map(Arc::new);
         let metrics = self.metrics.unwrap_or_default();
         let inbox = self
@@ -343,7 +344,7 @@ impl<H: Handler> ReceiverBuilder<H> {
                 dedupe: Some(self.dedupe.unwrap_or_else(|| Arc::new(MemoryDedupe::new()))),
                 owner: self
                     .dedupe_owner
-                    .unwrap_or_else(|| crate::ClientState::random().expose().to_owned()),
+                    .unwrap_or_else(|| crate::random::hex_id(16)),
                 dedupe_ttl: self.dedupe_ttl,
                 dedupe_lease: self.dedupe_lease,
                 verifier,

@@ -35,9 +35,7 @@ impl ClientState {
     /// the kind the subscription manager gives each subscription it creates.
     pub fn random() -> Self {
         let mut bytes = [0u8; 24];
-        // Invariant: OpenSSL's CSPRNG only fails when the OS has no entropy source,
-        // and then nothing in this crate can work.
-        openssl::rand::rand_bytes(&mut bytes).expect("the OS random source is available");
+        crate::random::fill(&mut bytes);
         Self::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use msgraph_webhooks::handler::JsonLines;
 use msgraph_webhooks::listener::ServerConfig;
+use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::subscriptions::SubscriptionManager;
-use msgraph_webhooks::worker::RetryPolicy;
 use msgraph_webhooks::{
     BoxError, ClientState, Handler, Receiver, ReceiverBuilder, SubscriptionRegistry,
 };

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use msgraph_webhooks::catalog::{self, PermissionType, ResourceDataRule};
 use msgraph_webhooks::crypto::KeyRing;
+use msgraph_webhooks::subscriptions::preflight::LifetimePolicy;
 use msgraph_webhooks::subscriptions::{
     ClientCredentials, DEFAULT_GRAPH_URL, DEFAULT_TOKEN_URL, Declared, EncryptionCertificate,
-    GraphClient, LifetimePolicy, ManagerBuilder, SubscriptionManager,
+    GraphClient, ManagerBuilder, SubscriptionManager,
 };
 use msgraph_webhooks::tunnel::{DEFAULT_AGENT_API, NgrokAgent};
 use msgraph_webhooks::{BoxError, SubscriptionRegistry};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use msgraph_webhooks::admin;
 use msgraph_webhooks::handler::JsonLines;
-use msgraph_webhooks::worker::RetryPolicy;
+use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::{BoxError, Receiver, SubscriptionRegistry};
 
 use crate::listen::WorkArgs;

@@ -8,7 +8,9 @@ use std::sync::LazyLock;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
-use msgraph_webhooks::tokens::{Clock, Jwks, TokenValidator};
+use msgraph_webhooks::clock::Clock;
+use msgraph_webhooks::time::OffsetDateTime;
+use msgraph_webhooks::tokens::{Jwks, TokenValidator};
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
@@ -16,8 +18,8 @@ use openssl::sign::Signer;
 
 struct Fixed;
 impl Clock for Fixed {
-    fn now(&self) -> i64 {
-        1_800_000_000
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("in range")
     }
 }
 

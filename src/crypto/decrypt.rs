@@ -535,9 +535,9 @@ mod tests {
         // sizes, one context reused throughout as a batch does.
         let mut key = [0u8; 32];
         for len in 0..300 {
-            openssl::rand::rand_bytes(&mut key).unwrap();
+            crate::random::fill(&mut key);
             let mut message = vec![0u8; len];
-            openssl::rand::rand_bytes(&mut message).unwrap();
+            crate::random::fill(&mut message);
             assert_eq!(
                 contexts.hmac_sha256(&key, &message).unwrap().to_vec(),
                 openssl_hmac_sha256(&key, &message),

@@ -48,6 +48,19 @@ impl fmt::Debug for Clock {
     }
 }
 
+/// The crate's clock, so a manager (or a token validator) runs on emulated
+/// time: the emulator's [`now`](Clock::now) and
+/// [`sleep_until`](Clock::sleep_until).
+impl crate::clock::Clock for Clock {
+    fn now(&self) -> OffsetDateTime {
+        Clock::now(self)
+    }
+
+    fn sleep_until(&self, deadline: OffsetDateTime) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(Clock::sleep_until(self, deadline))
+    }
+}
+
 /// Longest single real wait; a wait is re-planned after it anyway.
 const MAX_REAL_WAIT: StdDuration = StdDuration::from_secs(3600);
 

@@ -43,7 +43,7 @@ pub fn encrypt_resource(
     resource_json: &[u8],
 ) -> Result<EncryptedContent, ErrorStack> {
     let mut key = Zeroizing::new([0u8; 32]);
-    openssl::rand::rand_bytes(key.as_mut())?;
+    crate::random::fill(key.as_mut());
     let ciphertext = encrypt(
         Cipher::aes_256_cbc(),
         key.as_ref(),

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::Url;
 
-use super::identity::random_id;
-
 /// Why a validation request failed; `Display` is Graph's message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum HandshakeError {
@@ -49,7 +47,7 @@ const MAX_BODY: usize = 16 * 1024;
 pub(crate) fn new_token() -> String {
     format!(
         "Validation: Testing client application reachability for subscription Request-Id: {}",
-        random_id()
+        crate::random::uuid()
     )
 }
 

@@ -69,17 +69,6 @@ pub(crate) fn derived_id(namespace: &str, parts: &[&str]) -> String {
         .to_string()
 }
 
-/// A random v4 UUID from OpenSSL's generator.
-pub(crate) fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    // Invariant: OpenSSL's CSPRNG fails only without an OS entropy source.
-    openssl::rand::rand_bytes(&mut bytes).expect("the OS random source is available");
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .hyphenated()
-        .to_string()
-}
-
 /// The object id of the user `username` signs in as in `tenant`.
 pub fn user_object_id(tenant: &str, username: &str) -> String {
     derived_id("user", &[tenant, username])
@@ -195,7 +184,7 @@ impl Identity {
             "sub": sp,
             "roles": roles,
             "tid": tenant,
-            "uti": random_id(),
+            "uti": crate::random::uuid(),
             "ver": "1.0",
         }))
     }
@@ -223,7 +212,7 @@ impl Identity {
             "tid": tenant,
             "upn": username,
             "unique_name": username,
-            "uti": random_id(),
+            "uti": crate::random::uuid(),
             "ver": "1.0",
         }))
     }
@@ -285,12 +274,12 @@ impl Identity {
                 "aud": audience,
                 "iss": issuer(TokenVersion::V1, tenant),
                 "iat": now, "nbf": now, "exp": exp,
-                "aio": random_id(),
+                "aio": crate::random::uuid(),
                 "appid": CHANGE_TRACKING_APP_ID,
                 "appidacr": "2",
                 "idp": issuer(TokenVersion::V1, tenant),
                 "tid": tenant,
-                "uti": random_id(),
+                "uti": crate::random::uuid(),
                 "ver": "1.0",
             }),
             TokenVersion::V2 => {
@@ -299,14 +288,14 @@ impl Identity {
                     "aud": audience,
                     "iss": issuer(TokenVersion::V2, tenant),
                     "iat": now, "nbf": now, "exp": exp,
-                    "aio": random_id(),
+                    "aio": crate::random::uuid(),
                     "azp": CHANGE_TRACKING_APP_ID,
                     "azpacr": "2",
                     "oid": oid,
-                    "rh": random_id(),
+                    "rh": crate::random::uuid(),
                     "sub": oid,
                     "tid": tenant,
-                    "uti": random_id(),
+                    "uti": crate::random::uuid(),
                     "ver": "2.0",
                 })
             }
@@ -424,6 +413,6 @@ mod tests {
         assert_eq!(a, user_object_id("t", "ada@contoso.com"));
         assert_ne!(a, user_object_id("t", "bob@contoso.com"));
         assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 5);
-        assert_ne!(random_id(), random_id());
+        assert_ne!(crate::random::uuid(), crate::random::uuid());
     }
 }

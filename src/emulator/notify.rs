@@ -7,7 +7,6 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::encrypt::encrypt_resource;
-use super::identity::random_id;
 use super::store::{Subscription, graph_time};
 use crate::catalog::ResourcePath;
 use crate::notification::{ChangeType, LifecycleEventType, ResourceKind};
@@ -279,7 +278,7 @@ pub(crate) fn change_items(
     let path_id = (target == Target::Beneath)
         .then(|| last_key(&change.resource))
         .flatten();
-    let id = data_id.or(path_id).unwrap_or_else(random_id);
+    let id = data_id.or(path_id).unwrap_or_else(crate::random::uuid);
     let resource = item_resource(subscription, change, target, &id);
     let outlook = subscription.entry.rules().outlook;
     let resource_data = if *subscription.kind() == ResourceKind::DriveItem {
@@ -297,7 +296,7 @@ pub(crate) fn change_items(
             .and_then(|d| d.get("@odata.etag"))
             .cloned();
         if let Some(etag) =
-            etag.or_else(|| outlook.then(|| json!(format!("W/\"{}\"", random_id()))))
+            etag.or_else(|| outlook.then(|| json!(format!("W/\"{}\"", crate::random::uuid()))))
         {
             data.insert("@odata.etag".to_owned(), etag);
         }
@@ -321,7 +320,7 @@ pub(crate) fn change_items(
     for payload in payloads {
         let mut item = Map::new();
         if outlook {
-            item.insert("id".to_owned(), json!(random_id()));
+            item.insert("id".to_owned(), json!(crate::random::uuid()));
         }
         item.insert("subscriptionId".to_owned(), json!(subscription.id));
         item.insert(

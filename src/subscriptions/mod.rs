@@ -70,24 +70,23 @@
 //! [`SubscriptionRegistry`]: crate::SubscriptionRegistry
 
 mod client;
-mod clock;
-mod lifecycle;
+mod error;
+mod http;
+mod manager;
+mod model;
 pub mod preflight;
-mod reconciler;
+mod remote_clock;
 mod token;
 
-pub use client::{
-    ClientError, DEFAULT_GRAPH_URL, GraphClient, GraphError, NewSubscription, RetryPolicy,
-    Subscription, SubscriptionUpdate,
+pub use client::{DEFAULT_GRAPH_URL, GraphClient};
+pub use error::{ClientError, GraphError};
+pub use manager::{
+    Activity, Declared, EncryptionCertificate, Lifecycle, ManagedSubscription, ManagerBuildError,
+    ManagerBuilder, Resync, ResyncReason, Running, SubscriptionManager,
 };
-pub use clock::{Clock, RemoteClock, SystemClock};
-pub use lifecycle::Lifecycle;
-pub use preflight::{LifetimePolicy, PreflightError};
-pub use reconciler::{
-    Activity, BuildError, Declared, EncryptionCertificate, ManagedSubscription, ManagerBuilder,
-    Resync, ResyncReason, Running, SubscriptionManager,
-};
+pub use model::{NewSubscription, Subscription, SubscriptionUpdate};
+pub use remote_clock::RemoteClock;
 pub use token::{
-    AccessToken, ClientCredentials, ClientSecret, DEFAULT_TOKEN_URL, GRAPH_SCOPE, StaticToken,
-    TokenError, TokenProvider,
+    AccessToken, AuthError, ClientCredentials, ClientSecret, DEFAULT_TOKEN_URL, GRAPH_SCOPE,
+    StaticToken, TokenProvider,
 };

@@ -27,12 +27,11 @@
 //! ```
 
 use std::fmt;
-use std::net::IpAddr;
 
 use time::{Duration, OffsetDateTime};
 
-use super::client::NewSubscription;
-use crate::catalog::{self, MIN_LIFETIME, Request, Violation};
+use super::model::NewSubscription;
+use crate::catalog::{self, EndpointError, MIN_LIFETIME, Request, Violation};
 
 /// What to do with an expiration beyond the kind's maximum lifetime.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -170,30 +169,14 @@ impl fmt::Display for PreflightError {
 
 impl std::error::Error for PreflightError {}
 
-fn loopback(url: &url::Url) -> bool {
-    url.host_str().is_some_and(|host| {
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    })
-}
-
+/// The catalog's [endpoint rule](catalog::check_endpoint), as a problem.
 fn check_url(field: &'static str, value: &str) -> Option<Problem> {
-    let why = match url::Url::parse(value.trim()) {
-        Err(_) => format!(
-            "'{}' is not an absolute URL",
-            crate::subscriptions::client::clean(value)
-        ),
-        Ok(url) if url.host().is_none() => "has no host".to_owned(),
-        Ok(url) if url.scheme() == "https" => return None,
-        Ok(url) if url.scheme() == "http" && loopback(&url) => return None,
-        Ok(url) => format!(
-            "is {}://, and Graph delivers only to https:// URLs",
-            url.scheme()
-        ),
+    let why = match catalog::check_endpoint(value, false) {
+        Ok(_) => return None,
+        Err(EndpointError::NotAbsolute) => {
+            format!("'{}' is not an absolute URL", super::http::clean(value))
+        }
+        Err(other) => other.to_string(),
     };
     Some(Problem::Url { field, why })
 }
@@ -241,7 +224,7 @@ pub fn check(
         Err(violation) => {
             problems.insert(0, Problem::Catalog(violation));
             return Err(PreflightError {
-                resource: crate::subscriptions::client::clean(&out.resource),
+                resource: super::http::clean(&out.resource),
                 problems,
             });
         }
@@ -270,7 +253,7 @@ pub fn check(
         Ok(out)
     } else {
         Err(PreflightError {
-            resource: crate::subscriptions::client::clean(&out.resource),
+            resource: super::http::clean(&out.resource),
             problems,
         })
     }

@@ -9,7 +9,8 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::client::{RetryPolicy, clean, read_limited, retry_after};
+use super::http::{clean, read_limited, retry_after};
+use crate::retry::RetryPolicy;
 
 /// The token endpoint of Microsoft Entra ID; `{tenant}` stands for the tenant
 /// id or domain.
@@ -78,10 +79,12 @@ impl From<String> for ClientSecret {
     }
 }
 
-/// Why no token could be had.
+/// Why no access token for Graph could be had (acquiring the app's token;
+/// checking the validation tokens of rich notifications fails with
+/// [`tokens::TokenError`](crate::tokens::TokenError) instead).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum TokenError {
+pub enum AuthError {
     /// The token endpoint refused: a wrong client id or secret, an unknown
     /// tenant, a scope the app may not have. Carries the endpoint's OAuth
     /// `error` and `error_description`.
@@ -108,10 +111,10 @@ pub enum TokenError {
     InvalidResponse(String),
 }
 
-impl fmt::Display for TokenError {
+impl fmt::Display for AuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TokenError::Rejected {
+            AuthError::Rejected {
                 status,
                 error,
                 description,
@@ -119,25 +122,25 @@ impl fmt::Display for TokenError {
                 f,
                 "the token endpoint refused ({status} {error}): {description}; check --tenant-id, --client-id and --client-secret"
             ),
-            TokenError::Unavailable { status, attempts } => write!(
+            AuthError::Unavailable { status, attempts } => write!(
                 f,
                 "the token endpoint is unavailable ({status} after {attempts} attempt(s)): \
                  an outage or throttling on its side, not your credentials; trying again later"
             ),
-            TokenError::Transport(why) => write!(f, "the token endpoint is unreachable: {why}"),
-            TokenError::InvalidResponse(why) => {
+            AuthError::Transport(why) => write!(f, "the token endpoint is unreachable: {why}"),
+            AuthError::InvalidResponse(why) => {
                 write!(f, "the token endpoint answered no token: {why}")
             }
         }
     }
 }
 
-impl std::error::Error for TokenError {}
+impl std::error::Error for AuthError {}
 
 /// Gives the bearer token for Graph requests.
 pub trait TokenProvider: Send + Sync + 'static {
     /// A token valid for at least a little while.
-    fn token(&self) -> BoxFuture<'_, Result<AccessToken, TokenError>>;
+    fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>>;
 
     /// Forgets a cached token that Graph refused (`401`), so the next
     /// [`token`](Self::token) fetches a new one.
@@ -145,7 +148,7 @@ pub trait TokenProvider: Send + Sync + 'static {
 }
 
 impl<T: TokenProvider + ?Sized> TokenProvider for Arc<T> {
-    fn token(&self) -> BoxFuture<'_, Result<AccessToken, TokenError>> {
+    fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         (**self).token()
     }
 
@@ -166,7 +169,7 @@ impl StaticToken {
 }
 
 impl TokenProvider for StaticToken {
-    fn token(&self) -> BoxFuture<'_, Result<AccessToken, TokenError>> {
+    fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         Box::pin(std::future::ready(Ok(self.0.clone())))
     }
 }
@@ -242,7 +245,7 @@ impl ClientCredentials {
             secret: secret.into(),
             scope: GRAPH_SCOPE.to_owned(),
             refresh_before: Duration::from_secs(5 * 60),
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::requests(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -284,7 +287,7 @@ impl ClientCredentials {
         &self.token_url
     }
 
-    async fn fetch(&self) -> Result<(AccessToken, Duration), TokenError> {
+    async fn fetch(&self) -> Result<(AccessToken, Duration), AuthError> {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
             .append_pair("client_id", &self.client_id)
@@ -310,7 +313,7 @@ impl ClientCredentials {
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                     continue;
                 }
-                Err(e) => return Err(TokenError::Transport(clean(&e.to_string()))),
+                Err(e) => return Err(AuthError::Transport(clean(&e.to_string()))),
             };
             let status = response.status();
             if (status.as_u16() == 429 || status.is_server_error())
@@ -323,14 +326,14 @@ impl ClientCredentials {
                 continue;
             }
             if status.as_u16() == 429 || status.is_server_error() {
-                return Err(TokenError::Unavailable {
+                return Err(AuthError::Unavailable {
                     status: status.as_u16(),
                     attempts: attempt,
                 });
             }
             let bytes = read_limited(response, MAX_TOKEN_BODY)
                 .await
-                .map_err(TokenError::Transport)?;
+                .map_err(AuthError::Transport)?;
             if !status.is_success() {
                 let parsed: Option<OauthError> = serde_json::from_slice(&bytes).ok();
                 let (error, description) = parsed.map_or_else(
@@ -342,17 +345,17 @@ impl ClientCredentials {
                     },
                     |e| (clean(&e.error), clean(&e.error_description)),
                 );
-                return Err(TokenError::Rejected {
+                return Err(AuthError::Rejected {
                     status: status.as_u16(),
                     error,
                     description,
                 });
             }
             let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|_| {
-                TokenError::InvalidResponse("not a JSON object with access_token".to_owned())
+                AuthError::InvalidResponse("not a JSON object with access_token".to_owned())
             })?;
             if answer.access_token.is_empty() {
-                return Err(TokenError::InvalidResponse(
+                return Err(AuthError::InvalidResponse(
                     "access_token is empty".to_owned(),
                 ));
             }
@@ -372,7 +375,7 @@ impl ClientCredentials {
 }
 
 impl TokenProvider for ClientCredentials {
-    fn token(&self) -> BoxFuture<'_, Result<AccessToken, TokenError>> {
+    fn token(&self) -> BoxFuture<'_, Result<AccessToken, AuthError>> {
         Box::pin(async move {
             let mut cache = self.cache.lock().await;
             if let Some(cached) = cache.as_ref()

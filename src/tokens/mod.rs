@@ -21,6 +21,5 @@ mod validate;
 pub use jwks::{Jwks, JwksError, MICROSOFT_JWKS_URL};
 pub use provider::install as install_jwt_provider;
 pub use validate::{
-    CHANGE_TRACKING_APP_ID, Clock, SystemClock, TokenError, TokenValidator, TokenVersion,
-    VerifiedToken,
+    CHANGE_TRACKING_APP_ID, TokenError, TokenValidator, TokenVersion, VerifiedToken,
 };

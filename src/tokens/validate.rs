@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use super::jwks::{Jwks, Lookup};
+use crate::clock::{Clock, SystemClock};
 use crate::notification::ValidationTokens;
 
 /// The app id of "Microsoft Graph Change Tracking", the publisher of every
@@ -22,22 +23,6 @@ pub const CHANGE_TRACKING_APP_ID: &str = "0bf30f3b-4a52-48df-9a82-234910c4a086";
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Verified tokens kept at most.
 const CACHE_CAPACITY: usize = 10_000;
-
-/// The current time, injectable so tests can freeze it.
-pub trait Clock: Send + Sync + 'static {
-    /// Seconds since the Unix epoch.
-    fn now(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> i64 {
-        time::OffsetDateTime::now_utc().unix_timestamp()
-    }
-}
 
 /// Why the validation tokens of a delivery do not vouch for an item.
 ///
@@ -323,7 +308,7 @@ impl TokenValidator {
     ///
     /// [`TokenError`] naming the first check that failed.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, TokenError> {
-        let now = self.clock.now();
+        let now = self.clock.now().unix_timestamp();
         let digest = openssl::sha::sha256(token.as_bytes());
         if let Some(cached) = self.cached(&digest) {
             self.check_lifetime(cached.not_before, cached.expires_at, now)?;
@@ -485,8 +470,9 @@ mod tests {
 
     struct FixedClock(AtomicI64);
     impl Clock for FixedClock {
-        fn now(&self) -> i64 {
-            self.0.load(Ordering::SeqCst)
+        fn now(&self) -> time::OffsetDateTime {
+            time::OffsetDateTime::from_unix_timestamp(self.0.load(Ordering::SeqCst))
+                .expect("the test's times are in range")
         }
     }
 

@@ -1,8 +1,8 @@
 //! Behind the ack: workers claim items from the inbox, turn each into a
 //! verified event, call the handler, and complete, retry or dead-letter it.
-//! Rich notifications are verified and decrypted here ([`verify`]).
+//! Rich notifications are verified and decrypted here ([`Verifier`]).
 
-pub mod verify;
+mod verify;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -17,59 +17,10 @@ use tokio::task::JoinSet;
 use crate::handler::{ChangeEvent, Handler, HandlerEvent, HandlerPanicked, LifecycleEvent};
 use crate::metrics::Metrics;
 use crate::notification::{ChangeNotification, Notification, ValidationTokens};
-use crate::store::{Claim, Dedupe, DedupeKey};
-use crate::store::{Claimed, Inbox};
+use crate::retry::RetryPolicy;
+use crate::store::{Claim, Claimed, Dedupe, DedupeKey, Inbox};
 
 pub use verify::{Verifier, VerifyError};
-
-/// How failed handler calls are retried before an item is dead-lettered.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included. After the last failure the item
-    /// is dead-lettered.
-    pub max_attempts: u32,
-    /// Delay before the second attempt; doubles with each failure.
-    pub initial_delay: Duration,
-    /// Upper bound of the delay.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            initial_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(300),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// A policy with `max_attempts` attempts, starting at `initial_delay`.
-    pub fn new(max_attempts: u32, initial_delay: Duration) -> Self {
-        Self {
-            max_attempts: max_attempts.max(1),
-            initial_delay,
-            ..Self::default()
-        }
-    }
-
-    /// The delay after `failures` failed attempts: exponential, capped, with
-    /// up to 25 % random jitter so retries of a burst spread out.
-    pub fn delay(&self, failures: u32) -> Duration {
-        let exp = self
-            .initial_delay
-            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
-            .min(self.max_delay);
-        let mut byte = [0u8; 1];
-        let jitter = match openssl::rand::rand_bytes(&mut byte) {
-            Ok(()) => f64::from(byte[0]) / 1024.0,
-            Err(_) => 0.0,
-        };
-        exp.mul_f64(1.0 + jitter)
-    }
-}
 
 /// What became of one claimed item.
 #[derive(Debug)]
@@ -423,7 +374,7 @@ impl<H: Handler> Pipeline<H> {
                         }
                         inbox.dead_letter(claimed, reason.clone()).await
                     } else {
-                        let delay = self.retry.delay(failures);
+                        let delay = self.retry.backoff(failures);
                         tracing::warn!(%id, failures, ?delay, %reason, "processing failed; will retry");
                         inbox.retry(claimed, delay).await
                     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use msgraph_webhooks::handler::HandlerEvent;
 use msgraph_webhooks::listener::ServerConfig;
+use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::store::{Inbox, MemoryInbox};
-use msgraph_webhooks::worker::RetryPolicy;
 use msgraph_webhooks::{
     BoxError, ChangeEvent, ChangeType, ClientState, LifecycleEventType, Receiver, ResourceKind,
     handler_fn,

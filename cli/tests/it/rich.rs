@@ -398,7 +398,10 @@ async fn without_keys_encrypted_items_are_rejected() {
         .key_ring(ring(&[&cert]))
         .build()
         .unwrap_err();
-    assert!(matches!(error, msgraph_webhooks::BuildError::NoAppIds));
+    assert!(matches!(
+        error,
+        msgraph_webhooks::ReceiverBuildError::NoAppIds
+    ));
 }
 
 /// A JWKS served over HTTP on 127.0.0.1 whose document can be swapped and
@@ -526,7 +529,7 @@ async fn transient_jwks_failures_are_retried_then_succeed() {
                 .unwrap()
                 .min_refresh_interval(Duration::ZERO),
         )
-        .retry(msgraph_webhooks::worker::RetryPolicy::new(
+        .retry(msgraph_webhooks::retry::RetryPolicy::new(
             10,
             Duration::from_millis(20),
         ))

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::store::DeadLetters as _;
 use msgraph_webhooks::store::SqliteStore;
-use msgraph_webhooks::worker::RetryPolicy;
 use msgraph_webhooks::{BoxError, ClientState, Receiver, handler_fn};
 
 use crate::support::cli::Process;

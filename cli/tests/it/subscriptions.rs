@@ -8,11 +8,12 @@ use std::time::Duration;
 use msgraph_webhooks::crypto::{KeyRing, generate_certificate};
 use msgraph_webhooks::emulator::{Change, Emulator, EmulatorBuilder};
 use msgraph_webhooks::handler::HandlerEvent;
+use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::store::{Lease, MemoryLease, SqliteStore};
 use msgraph_webhooks::store::{MemoryRecords, RecordStore};
 use msgraph_webhooks::subscriptions::{
     Activity, ClientCredentials, Declared, EncryptionCertificate, GraphClient, Lifecycle,
-    ManagerBuilder, Resync, ResyncReason, RetryPolicy, StaticToken, SubscriptionManager,
+    ManagerBuilder, Resync, ResyncReason, StaticToken, SubscriptionManager,
 };
 use msgraph_webhooks::tokens::Jwks;
 use msgraph_webhooks::tunnel::NgrokAgent;
@@ -859,7 +860,7 @@ async fn a_declaration_graph_would_refuse_is_refused_at_build_without_a_request(
         .declare(
             Declared::new("users/ada/messages", [ChangeType::Created])
                 .lifetime(Span::days(9))
-                .lifetime_policy(msgraph_webhooks::subscriptions::LifetimePolicy::Clamp),
+                .lifetime_policy(msgraph_webhooks::subscriptions::preflight::LifetimePolicy::Clamp),
         )
         .build();
     assert!(clamped.is_ok());
@@ -1052,7 +1053,7 @@ struct Ahead {
     by: Span,
 }
 
-impl msgraph_webhooks::subscriptions::Clock for Ahead {
+impl msgraph_webhooks::clock::Clock for Ahead {
     fn now(&self) -> time::OffsetDateTime {
         self.clock.now() + self.by
     }

@@ -12,10 +12,11 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use msgraph_webhooks::ChangeType;
 use msgraph_webhooks::emulator::Emulator;
+use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::subscriptions::preflight::{self, LifetimePolicy, Problem};
 use msgraph_webhooks::subscriptions::{
-    ClientCredentials, ClientError, GraphClient, NewSubscription, RetryPolicy, StaticToken,
-    SubscriptionUpdate, TokenError, TokenProvider,
+    AuthError, ClientCredentials, ClientError, GraphClient, NewSubscription, StaticToken,
+    SubscriptionUpdate, TokenProvider,
 };
 use serde_json::json;
 use time::{Duration as Span, OffsetDateTime};
@@ -341,7 +342,7 @@ async fn hostile_answers_are_errors_not_panics() {
     // An outage is said to be one, not blamed on the credentials.
     let outage = tokens.token().await.unwrap_err();
     assert!(
-        matches!(outage, TokenError::Unavailable { status: 503, .. }),
+        matches!(outage, AuthError::Unavailable { status: 503, .. }),
         "{outage:?}"
     );
     assert!(!outage.to_string().contains("--client-secret"), "{outage}");
@@ -351,15 +352,15 @@ async fn hostile_answers_are_errors_not_panics() {
     );
     assert!(matches!(
         tokens.token().await,
-        Err(TokenError::InvalidResponse(_))
+        Err(AuthError::InvalidResponse(_))
     ));
     assert!(matches!(
         tokens.token().await,
-        Err(TokenError::InvalidResponse(_))
+        Err(AuthError::InvalidResponse(_))
     ));
     assert!(matches!(
         tokens.token().await,
-        Err(TokenError::Rejected { status: 400, .. })
+        Err(AuthError::Rejected { status: 400, .. })
     ));
     assert_eq!(
         tokens.token().await.unwrap().secret(),
@@ -450,7 +451,7 @@ async fn token_endpoint_refusals_are_explained() {
     let tokens = ClientCredentials::new("t", "c", "wrong").token_url(format!("{url}/t/token"));
     let client = GraphClient::new(tokens).base_url(format!("{url}/v1.0"));
     match client.get("x").await {
-        Err(ClientError::Token(TokenError::Rejected {
+        Err(ClientError::Token(AuthError::Rejected {
             status,
             error,
             description,
@@ -471,7 +472,7 @@ async fn token_endpoint_refusals_are_explained() {
         .token_url(emulator.token_url(emulator.tenant_id()));
     let error = no_secret.token().await.unwrap_err();
     assert!(
-        matches!(error, TokenError::Rejected { status: 401, .. }),
+        matches!(error, AuthError::Rejected { status: 401, .. }),
         "{error:?}"
     );
 }

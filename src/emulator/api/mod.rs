@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use super::Core;
-use super::identity::{TokenInfo, random_id};
+use super::identity::TokenInfo;
 use super::store::graph_time;
 use crate::catalog::Violation;
 
@@ -181,7 +181,7 @@ fn client_request_id(headers: &HeaderMap) -> Option<String> {
 /// Gives every answer `request-id` and `client-request-id` headers, and
 /// renders errors in Graph's envelope.
 async fn envelope(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
-    let request_id = random_id();
+    let request_id = crate::random::uuid();
     let client_id = client_request_id(request.headers()).unwrap_or_else(|| request_id.clone());
     let mut response = next.run(request).await;
     if let Some(error) = response.extensions_mut().remove::<ErrorBody>() {

@@ -1,7 +1,6 @@
 //! `/v1.0/subscriptions` (and `/beta/…`): create, list, get, update, delete,
 //! reauthorize, with the catalog's rules and the handshake inside the call.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -18,11 +17,13 @@ use serde_json::{Value, json};
 
 use super::{ApiVersion, GraphError, authenticate};
 use crate::ClientState;
-use crate::catalog::{self, PermissionType, Request, Resolved, Violation};
+use crate::catalog::{
+    self, EndpointError, PermissionType, Request, Resolved, Violation, check_endpoint,
+};
 use crate::emulator::Core;
 use crate::emulator::delivery::{DeliveryKind, DeliveryRecord, EndpointState, Outcome};
 use crate::emulator::handshake::{self, HandshakeError};
-use crate::emulator::identity::{TokenInfo, random_id};
+use crate::emulator::identity::TokenInfo;
 use crate::emulator::store::{Certificate, Subscription, parse_time};
 use crate::notification::ResourceKind;
 
@@ -89,43 +90,20 @@ fn required<'a>(value: Option<&'a String>, name: &str) -> Result<&'a str, GraphE
         })
 }
 
-fn loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// A notification or lifecycle URL: absolute, HTTPS (or HTTP to loopback).
+/// A notification or lifecycle URL by the catalog's
+/// [endpoint rule](crate::catalog::check_endpoint), in Graph's words.
 fn endpoint_url(core: &Core, value: &str, field: &str) -> Result<Url, GraphError> {
-    let url = Url::parse(value.trim()).map_err(|_| {
-        GraphError::invalid(format!("{field} '{value}' is not a valid absolute URL."))
-    })?;
-    match url.scheme() {
-        "https" => {}
-        "http" if core.config.allow_http || loopback(&url) => {}
-        "eventhub" | "eventgrid" => {
-            return Err(GraphError::invalid(format!(
+    check_endpoint(value, core.config.allow_http).map_err(|e| match e {
+        EndpointError::Scheme(scheme) if scheme == "eventhub" || scheme == "eventgrid" => {
+            GraphError::invalid(format!(
                 "{field}: Event Hubs and Event Grid delivery are not emulated; use an https:// URL (http:// for loopback)."
-            )));
+            ))
         }
-        _ => {
-            return Err(GraphError::invalid(format!(
-                "{field} must be an https:// URL (http:// is accepted for loopback addresses)."
-            )));
-        }
-    }
-    if url.host().is_none() {
-        return Err(GraphError::invalid(format!(
-            "{field} '{value}' is not a valid absolute URL."
-        )));
-    }
-    Ok(url)
+        EndpointError::Scheme(_) => GraphError::invalid(format!(
+            "{field} must be an https:// URL (http:// is accepted for loopback addresses)."
+        )),
+        _ => GraphError::invalid(format!("{field} '{value}' is not a valid absolute URL.")),
+    })
 }
 
 /// `encryptionCertificate`: base64 DER of an X.509 certificate with an RSA
@@ -334,7 +312,7 @@ pub(super) async fn create(
     tenant_rules(&core, &resolved)?;
 
     let subscription = Subscription {
-        id: random_id(),
+        id: crate::random::uuid(),
         resource: resource.trim().to_owned(),
         path: resolved.path().clone(),
         entry: accepted.entry,
