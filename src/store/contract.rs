@@ -229,10 +229,7 @@ async fn redis_keeps_every_contract() {
         return;
     };
     let config = RedisConfig {
-        prefix: format!(
-            "msgraph-webhooks-contract-{}",
-            crate::ClientState::random().expose()
-        ),
+        prefix: format!("msgraph-webhooks-contract-{}", crate::random::hex_id(12)),
         ..RedisConfig::default()
     };
     let prefix = config.prefix.clone();

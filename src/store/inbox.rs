@@ -50,6 +50,7 @@ impl StoredItem {
 
 /// What a durable store writes of an item whose tokens it keeps apart (in
 /// a record of the delivery): [`StoredItem`]'s fields but the tokens.
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 #[derive(Serialize)]
 struct Untokened<'a> {
     #[serde(rename = "item")]
@@ -58,6 +59,7 @@ struct Untokened<'a> {
     received_at_ms: i64,
 }
 
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 impl StoredItem {
     /// The item as JSON, without its tokens when `tokens_apart` (the store
     /// keeps them with the delivery); read back with [`from_json`](Self::from_json).
@@ -84,7 +86,9 @@ impl StoredItem {
         }
         Ok(item)
     }
+}
 
+impl StoredItem {
     /// Bytes the item holds: its raw JSON, and its tokens.
     pub(crate) fn byte_len(&self) -> usize {
         self.raw.get().len() + self.validation_tokens.byte_len()

@@ -322,10 +322,7 @@ impl RedisStore {
 }
 
 fn random_id() -> String {
-    let mut bytes = [0u8; 12];
-    // Invariant: the OS random source is available (see ClientState::random).
-    openssl::rand::rand_bytes(&mut bytes).expect("the OS random source is available");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::random::hex_id(12)
 }
 
 fn stream_time_ms(id: &str) -> Option<i64> {

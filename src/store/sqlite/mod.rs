@@ -321,10 +321,7 @@ fn unavailable(why: impl Into<String>) -> StoreError {
 }
 
 fn random_id() -> String {
-    let mut bytes = [0u8; 12];
-    // Invariant: the OS random source is available (see ClientState::random).
-    openssl::rand::rand_bytes(&mut bytes).expect("the OS random source is available");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::random::hex_id(12)
 }
 
 fn now_ms() -> i64 {
