@@ -129,7 +129,7 @@ async fn dedupe(a: &Backend) {
 /// owner keeps beside them.
 async fn records(a: &Backend, b: &Backend) {
     let mut record = SubscriptionRecord::new("sub-1", Some(ClientState::new("s")));
-    record.other.insert("key".into(), "mail".into());
+    record.owner.insert("key".into(), "mail".into());
     a.records().put(record).await.unwrap();
     let found = b
         .records()
@@ -138,7 +138,7 @@ async fn records(a: &Backend, b: &Backend) {
         .unwrap();
     let first = found[0].as_ref().unwrap();
     assert!(first.client_state.as_ref().unwrap().matches("s"));
-    assert_eq!(first.other["key"], "mail");
+    assert_eq!(first.owner["key"], "mail");
     assert!(found[1].is_none());
     assert_eq!(b.records().all().await.unwrap().len(), 1);
     a.records().remove("sub-1".into()).await.unwrap();

@@ -25,10 +25,14 @@ pub struct SubscriptionRecord {
     /// When it expires.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
-    /// Whatever else its owner keeps (the subscription manager's declared
-    /// key, resource, URLs…).
+    /// A [`pending`](Self::pending) announcement, not a subscription's own record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pending: bool,
+    /// What the subscription manager keeps beside it (its declared key,
+    /// resource, URLs, renewal times), in its own typed form: opaque to
+    /// stores, which keep the record as it serializes.
     #[serde(flatten)]
-    pub other: serde_json::Map<String, serde_json::Value>,
+    pub(crate) owner: serde_json::Map<String, serde_json::Value>,
 }
 
 impl SubscriptionRecord {
@@ -39,7 +43,8 @@ impl SubscriptionRecord {
             client_state,
             certificate_id: None,
             expires_at: None,
-            other: serde_json::Map::new(),
+            pending: false,
+            owner: serde_json::Map::new(),
         }
     }
 
@@ -55,7 +60,8 @@ impl SubscriptionRecord {
             client_state: Some(client_state),
             certificate_id: None,
             expires_at: Some(until),
-            other: serde_json::Map::from_iter([("pending".to_owned(), true.into())]),
+            pending: true,
+            owner: serde_json::Map::new(),
         }
     }
 
@@ -69,7 +75,7 @@ impl SubscriptionRecord {
     /// expired at `now`.
     pub fn is_pending_at(&self, now: OffsetDateTime) -> bool {
         self.id.starts_with("pending:")
-            && self.other.get("pending") == Some(&serde_json::Value::Bool(true))
+            && self.pending
             && self.expires_at.is_some_and(|until| until > now)
     }
 }

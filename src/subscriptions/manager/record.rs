@@ -1,7 +1,8 @@
 //! A managed subscription as its [`SubscriptionRecord`] holds it, and the
 //! manager's reads and writes of the records.
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -17,10 +18,6 @@ const MANAGED_BY: &str = "msgraph-webhooks";
 
 pub(super) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
-}
-
-pub(super) fn parse_time(value: Option<&Value>) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(value?.as_str()?, &Rfc3339).ok()
 }
 
 /// A subscription this manager keeps, as its record says.
@@ -43,31 +40,70 @@ pub(super) struct Managed {
     pub(super) removed_at: Option<OffsetDateTime>,
 }
 
+/// What the manager keeps in a record beside Graph's fields, as it is
+/// written (camelCase, times as RFC 3339).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Kept {
+    managed_by: String,
+    key: String,
+    resource: String,
+    change_type: String,
+    #[serde(default)]
+    rich: bool,
+    notification_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lifecycle_notification_url: Option<String>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    renew_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    renewed_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    reauthorized_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    removed_at: Option<OffsetDateTime>,
+}
+
 impl Managed {
     pub(super) fn from_record(record: &SubscriptionRecord) -> Option<Self> {
-        let other = &record.other;
-        if other.get("managedBy").and_then(Value::as_str) != Some(MANAGED_BY) {
+        let kept: Kept = serde_json::from_value(Value::Object(record.owner.clone())).ok()?;
+        if kept.managed_by != MANAGED_BY {
             return None;
         }
-        let text = |name: &str| other.get(name).and_then(Value::as_str).map(str::to_owned);
         let expires_at = record.expires_at?;
         Some(Self {
             id: record.id.clone(),
             client_state: record.client_state.clone(),
             certificate_id: record.certificate_id.clone(),
             expires_at,
-            key: text("key")?,
-            resource: text("resource")?,
-            change_type: text("changeType")?,
-            rich: other.get("rich").and_then(Value::as_bool).unwrap_or(false),
+            key: kept.key,
+            resource: kept.resource,
+            change_type: kept.change_type,
+            rich: kept.rich,
             urls: Urls {
-                notification: text("notificationUrl")?,
-                lifecycle: text("lifecycleNotificationUrl"),
+                notification: kept.notification_url,
+                lifecycle: kept.lifecycle_notification_url,
             },
-            renew_at: parse_time(other.get("renewAt")).unwrap_or(expires_at),
-            renewed_at: parse_time(other.get("renewedAt")),
-            reauthorized_at: parse_time(other.get("reauthorizedAt")),
-            removed_at: parse_time(other.get("removedAt")),
+            renew_at: kept.renew_at.unwrap_or(expires_at),
+            renewed_at: kept.renewed_at,
+            reauthorized_at: kept.reauthorized_at,
+            removed_at: kept.removed_at,
         })
     }
 
@@ -75,25 +111,23 @@ impl Managed {
         let mut record = SubscriptionRecord::new(self.id.clone(), self.client_state.clone());
         record.certificate_id = self.certificate_id.clone();
         record.expires_at = Some(self.expires_at);
-        let other = &mut record.other;
-        other.insert("managedBy".into(), json!(MANAGED_BY));
-        other.insert("key".into(), json!(self.key));
-        other.insert("resource".into(), json!(self.resource));
-        other.insert("changeType".into(), json!(self.change_type));
-        other.insert("rich".into(), json!(self.rich));
-        other.insert("notificationUrl".into(), json!(self.urls.notification));
-        if let Some(url) = &self.urls.lifecycle {
-            other.insert("lifecycleNotificationUrl".into(), json!(url));
-        }
-        other.insert("renewAt".into(), json!(rfc3339(self.renew_at)));
-        if let Some(t) = self.renewed_at {
-            other.insert("renewedAt".into(), json!(rfc3339(t)));
-        }
-        if let Some(t) = self.reauthorized_at {
-            other.insert("reauthorizedAt".into(), json!(rfc3339(t)));
-        }
-        if let Some(t) = self.removed_at {
-            other.insert("removedAt".into(), json!(rfc3339(t)));
+        let kept = Kept {
+            managed_by: MANAGED_BY.to_owned(),
+            key: self.key.clone(),
+            resource: self.resource.clone(),
+            change_type: self.change_type.clone(),
+            rich: self.rich,
+            notification_url: self.urls.notification.clone(),
+            lifecycle_notification_url: self.urls.lifecycle.clone(),
+            renew_at: Some(self.renew_at),
+            renewed_at: self.renewed_at,
+            reauthorized_at: self.reauthorized_at,
+            removed_at: self.removed_at,
+        };
+        // Invariant: a struct of strings, booleans and formatted times
+        // always serializes to a JSON object.
+        if let Ok(Value::Object(fields)) = serde_json::to_value(kept) {
+            record.owner = fields;
         }
         record
     }
@@ -221,5 +255,32 @@ mod tests {
         assert!(again.client_state.unwrap().matches("state"));
         assert!((again.renew_at - managed.renew_at).abs() < Duration::seconds(1));
         assert!(Managed::from_record(&SubscriptionRecord::new("x", None)).is_none());
+    }
+
+    /// A record as earlier versions stored it (SQLite rows, Redis hashes
+    /// outlive an upgrade) reads the same, and is written back the same.
+    #[test]
+    fn records_keep_their_stored_form() {
+        let stored = r#"{"id":"s-1","clientState":"state","certificateId":null,"expiresAt":"2026-12-08T10:00:00Z","managedBy":"msgraph-webhooks","key":"users|updated","resource":"users","changeType":"updated","rich":false,"notificationUrl":"https://a/","lifecycleNotificationUrl":"https://a/lifecycle","renewAt":"2026-12-05T10:00:00Z","renewedAt":"2026-12-01T10:00:00Z"}"#;
+        let record: SubscriptionRecord = serde_json::from_str(stored).unwrap();
+        let managed = Managed::from_record(&record).unwrap();
+        assert_eq!(managed.key, "users|updated");
+        assert_eq!(
+            managed.urls.lifecycle.as_deref(),
+            Some("https://a/lifecycle")
+        );
+        assert_eq!(rfc3339(managed.renew_at), "2026-12-05T10:00:00Z");
+        assert!(managed.reauthorized_at.is_none() && managed.removed_at.is_none());
+        let again: Value = serde_json::to_value(managed.to_record()).unwrap();
+        let before: Value = serde_json::from_str(stored).unwrap();
+        for (name, value) in before.as_object().unwrap() {
+            if value.is_null() {
+                continue;
+            }
+            assert_eq!(&again[name], value, "{name}");
+        }
+        let pending = SubscriptionRecord::pending(ClientState::new("x"), managed.expires_at);
+        assert_eq!(serde_json::to_value(&pending).unwrap()["pending"], true);
+        assert!(Managed::from_record(&pending).is_none());
     }
 }
