@@ -153,12 +153,11 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
         }
     };
     let store = args.store.open().await?;
-    let (records, lease) = (store.backend.records(), store.backend.lease());
     if args.subscription_records {
         tracing::info!("authenticating each item by its subscription's record in the store");
     }
     let registry = Arc::new(if from_records {
-        registry.source(records.clone())
+        registry.source(store.backend.records())
     } else {
         registry
     });
@@ -184,8 +183,7 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
     let manager = args
         .subscription
         .manager(client, &args.subscribe, args.addr.port(), certificate)?
-        .records(records)
-        .lease(lease)
+        .backend(&store.backend)
         .registry(registry.clone())
         .build()?;
     let builder = store.configure(Receiver::builder(manager.handler(JsonLines::stdout())));

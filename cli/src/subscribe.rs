@@ -1,7 +1,6 @@
 //! `msgraph-webhooks subscribe`, `permissions`, and the Graph access and
 //! subscription flags `subscribe` and `listen --subscribe` share.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -268,22 +267,8 @@ pub(crate) struct Args {
 
 fn load_certificate(spec: &str) -> Result<EncryptionCertificate, BoxError> {
     let (id, path) = spec.split_once('=').ok_or("--certificate: write ID=PATH")?;
-    let path = PathBuf::from(path);
-    let bytes = std::fs::read(&path)
-        .map_err(|e| format!("--certificate {id}=…: {}: {e}", path.display()))?;
-    let x509 = openssl::x509::X509::from_pem(&bytes)
-        .or_else(|_| openssl::x509::X509::from_der(&bytes))
-        .map_err(|_| {
-            format!(
-                "--certificate {id}=…: {} holds no certificate",
-                path.display()
-            )
-        })?;
-    let der = x509.to_der()?;
-    Ok(EncryptionCertificate::new(
-        id,
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der),
-    ))
+    EncryptionCertificate::from_file(id, std::path::Path::new(path))
+        .map_err(|e| format!("--certificate {id}=…: {e}").into())
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
@@ -298,8 +283,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let manager = args
         .subscription
         .manager(client, &args.subscriptions, args.port, certificate)?
-        .records(store.backend.records())
-        .lease(store.backend.lease())
+        .backend(&store.backend)
         .registry(registry)
         .build()?;
     let mut activity = manager.activity();

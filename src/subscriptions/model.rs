@@ -1,6 +1,8 @@
 //! The subscription resource as Graph takes and returns it: what is
 //! created, what an update changes, what comes back.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -148,17 +150,11 @@ impl NewSubscription {
         self
     }
 
-    /// Asks for resource data, encrypted to this certificate (base64 DER) with this id.
+    /// Asks for resource data, encrypted to `certificate`.
     #[must_use]
-    pub fn rich(
-        mut self,
-        certificate_id: impl Into<String>,
-        certificate: impl Into<String>,
-    ) -> Self {
+    pub fn rich(mut self, certificate: &EncryptionCertificate) -> Self {
         self.include_resource_data = true;
-        self.encryption_certificate_id = Some(certificate_id.into());
-        self.encryption_certificate = Some(certificate.into());
-        self
+        self.encryption_certificate(certificate)
     }
 
     /// Sets `includeResourceData` alone (a pre-flight check refuses it
@@ -171,13 +167,9 @@ impl NewSubscription {
 
     /// Sets the certificate without `includeResourceData` (presence needs it always).
     #[must_use]
-    pub fn encryption_certificate(
-        mut self,
-        certificate_id: impl Into<String>,
-        certificate: impl Into<String>,
-    ) -> Self {
-        self.encryption_certificate_id = Some(certificate_id.into());
-        self.encryption_certificate = Some(certificate.into());
+    pub fn encryption_certificate(mut self, certificate: &EncryptionCertificate) -> Self {
+        self.encryption_certificate_id = Some(certificate.id().to_owned());
+        self.encryption_certificate = Some(certificate.certificate().to_owned());
         self
     }
 }
@@ -223,14 +215,83 @@ impl SubscriptionUpdate {
 
     /// Also moves the subscription to another certificate.
     #[must_use]
-    pub fn certificate(
-        mut self,
-        certificate_id: impl Into<String>,
-        certificate: impl Into<String>,
-    ) -> Self {
-        self.encryption_certificate_id = Some(certificate_id.into());
-        self.encryption_certificate = Some(certificate.into());
+    pub fn certificate(mut self, certificate: &EncryptionCertificate) -> Self {
+        self.encryption_certificate_id = Some(certificate.id().to_owned());
+        self.encryption_certificate = Some(certificate.certificate().to_owned());
         self
+    }
+}
+
+/// The certificate rich subscriptions are encrypted to: an id of the app's
+/// choosing and the certificate as base64 DER (public; the private key
+/// stays in the receiver's [`KeyRing`](crate::crypto::KeyRing)).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionCertificate {
+    id: String,
+    certificate: String,
+}
+
+impl fmt::Debug for EncryptionCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptionCertificate")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EncryptionCertificate {
+    /// A certificate given as base64 DER (what `cert new` prints).
+    pub fn new(id: impl Into<String>, base64_der: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            certificate: base64_der.into(),
+        }
+    }
+
+    /// The certificate of a decryption key, under the id the key ring knows it by.
+    ///
+    /// # Errors
+    ///
+    /// OpenSSL failing to encode the certificate.
+    pub fn from_key(
+        id: impl Into<String>,
+        key: &crate::crypto::DecryptionKey,
+    ) -> Result<Self, openssl::error::ErrorStack> {
+        let der = key.certificate().to_der()?;
+        Ok(Self::new(
+            id,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der),
+        ))
+    }
+
+    /// The certificate in a PEM or DER file, under `id`.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read (or is over 16 MiB), or holds no certificate.
+    pub fn from_file(id: impl Into<String>, path: &std::path::Path) -> Result<Self, String> {
+        let bytes =
+            crate::files::read_capped(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let x509 = openssl::x509::X509::from_pem(&bytes)
+            .or_else(|_| openssl::x509::X509::from_der(&bytes))
+            .map_err(|_| format!("{} holds no certificate", path.display()))?;
+        let der = x509
+            .to_der()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self::new(
+            id,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der),
+        ))
+    }
+
+    /// The `encryptionCertificateId`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The `encryptionCertificate`: base64 DER.
+    pub fn certificate(&self) -> &str {
+        &self.certificate
     }
 }
 

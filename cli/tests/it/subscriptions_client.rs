@@ -642,7 +642,9 @@ async fn preflight_rejects_each_violation_without_a_request() {
     let clamped = preflight::check(&long, now, LifetimePolicy::Clamp).unwrap();
     assert!(clamped.expiration <= now + Span::minutes(10_080));
     assert!(clamped.expiration >= now + Span::minutes(10_070));
-    let rich = long.clone().rich("c", "Y2VydA==");
+    let rich = long
+        .clone()
+        .rich(&msgraph_webhooks::subscriptions::EncryptionCertificate::new("c", "Y2VydA=="));
     let clamped = preflight::check(&rich, now, LifetimePolicy::Clamp).unwrap_err();
     assert!(
         clamped

@@ -90,6 +90,12 @@ impl fmt::Debug for ManagerBuilder {
 }
 
 impl ManagerBuilder {
+    /// Keeps the records and takes the leases in `backend`'s store: what
+    /// [`records`](Self::records) and [`lease`](Self::lease) set one by one.
+    pub fn backend(self, backend: &crate::store::Backend) -> Self {
+        self.records(backend.records()).lease(backend.lease())
+    }
+
     /// Where the records go: the store every instance's registry reads
     /// (default: process memory).
     pub fn records(mut self, records: Arc<dyn RecordStore>) -> Self {
@@ -97,7 +103,7 @@ impl ManagerBuilder {
         self
     }
 
-    /// The lease that makes one instance the one that creates and renews
+    /// The leases and presence of the instances that share the records
     /// (default: process memory, for a single instance).
     pub fn lease(mut self, lease: Arc<dyn Lease>) -> Self {
         self.lease = Some(lease);
@@ -132,7 +138,7 @@ impl ManagerBuilder {
     pub fn certificate(mut self, certificate: EncryptionCertificate) -> Self {
         self.certificates
             .known
-            .insert(certificate.id.clone(), certificate.clone());
+            .insert(certificate.id().to_owned(), certificate.clone());
         self.certificates.active = Some(certificate);
         self
     }
@@ -141,7 +147,7 @@ impl ManagerBuilder {
     pub fn known_certificate(mut self, certificate: EncryptionCertificate) -> Self {
         self.certificates
             .known
-            .insert(certificate.id.clone(), certificate);
+            .insert(certificate.id().to_owned(), certificate);
         self
     }
 

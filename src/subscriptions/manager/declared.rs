@@ -1,70 +1,14 @@
 //! What the app declares: the subscriptions it wants, where their
 //! notifications go, and the certificate rich ones are encrypted to.
 
-use std::fmt;
-
 use time::{Duration, OffsetDateTime};
 
 use crate::catalog::{self, KindRules, ResourceDataRule};
-use crate::crypto::DecryptionKey;
-use crate::subscriptions::model::NewSubscription;
+use crate::subscriptions::model::{EncryptionCertificate, NewSubscription};
 use crate::subscriptions::preflight::{self, LifetimePolicy, PreflightError};
 use crate::{ChangeType, ClientState};
 
 use super::LIFETIME_MARGIN;
-
-/// The certificate rich subscriptions are encrypted to: an id of the app's
-/// choosing and the certificate as base64 DER (public; the private key
-/// stays in the receiver's [`KeyRing`](crate::crypto::KeyRing)).
-#[derive(Clone, PartialEq, Eq)]
-pub struct EncryptionCertificate {
-    pub(super) id: String,
-    pub(super) certificate: String,
-}
-
-impl fmt::Debug for EncryptionCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EncryptionCertificate")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EncryptionCertificate {
-    /// A certificate given as base64 DER (what `cert new` prints).
-    pub fn new(id: impl Into<String>, base64_der: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            certificate: base64_der.into(),
-        }
-    }
-
-    /// The certificate of a decryption key, under the id the key ring knows it by.
-    ///
-    /// # Errors
-    ///
-    /// OpenSSL failing to encode the certificate.
-    pub fn from_key(
-        id: impl Into<String>,
-        key: &DecryptionKey,
-    ) -> Result<Self, openssl::error::ErrorStack> {
-        let der = key.certificate().to_der()?;
-        Ok(Self::new(
-            id,
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der),
-        ))
-    }
-
-    /// The `encryptionCertificateId`.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The `encryptionCertificate`: base64 DER.
-    pub fn certificate(&self) -> &str {
-        &self.certificate
-    }
-}
 
 /// Where lifecycle notifications of a declared subscription go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,7 +221,7 @@ impl Declared {
         if self.needs_certificate()
             && let Some(certificate) = certificate
         {
-            new = new.encryption_certificate(certificate.id(), certificate.certificate());
+            new = new.encryption_certificate(certificate);
         }
         preflight::check(&new, now, self.lifetime_policy)
     }

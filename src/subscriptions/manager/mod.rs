@@ -23,11 +23,12 @@ mod lifecycle;
 mod reconcile;
 mod record;
 
+pub use super::model::EncryptionCertificate;
 pub use activity::{Activity, Resync, ResyncReason};
 use builder::{Certificates, Settings};
 pub use builder::{ManagerBuildError, ManagerBuilder};
+pub use declared::Declared;
 use declared::Urls;
-pub use declared::{Declared, EncryptionCertificate};
 use keeper::keep;
 pub use lifecycle::Lifecycle;
 pub use record::ManagedSubscription;
@@ -127,7 +128,7 @@ impl SubscriptionManager {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             certificates
                 .known
-                .insert(certificate.id.clone(), certificate.clone());
+                .insert(certificate.id().to_owned(), certificate.clone());
             certificates.active = Some(certificate);
         }
         self.wake();

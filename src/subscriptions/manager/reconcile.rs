@@ -227,7 +227,7 @@ impl Shared {
             && let Some(certificate) = self.certificate_for(declared)
             && current.certificate_id.as_deref() != Some(certificate.id())
         {
-            update = update.certificate(certificate.id(), certificate.certificate());
+            update = update.certificate(&certificate);
         }
         let changed = update.notification_url.is_some() || update.encryption_certificate.is_some();
         if !changed && now < current.renew_at {
