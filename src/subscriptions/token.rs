@@ -120,7 +120,7 @@ impl fmt::Display for AuthError {
                 description,
             } => write!(
                 f,
-                "the token endpoint refused ({status} {error}): {description}; check --tenant-id, --client-id and --client-secret"
+                "the token endpoint refused ({status} {error}): {description}; check the tenant id, the client id and the client secret"
             ),
             AuthError::Unavailable { status, attempts } => write!(
                 f,
