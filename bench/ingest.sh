@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ingest requests per second and ack latency of `msgraph-webhooks listen`
 # with the in-memory, embedded durable and Redis inboxes, against a bare hyper
-# server measured in the same run (benches/ingest.rs); prints Markdown tables.
+# server measured in the same run (cli/benches/ingest.rs); prints Markdown tables.
 # Two passes: the whole pipeline (listen's workers handle every item and
 # print it, on the same cores), and ingest only (`--workers 0`: the items
 # wait in the store for `msgraph-webhooks work`). The Redis rows need

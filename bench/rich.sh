@@ -3,7 +3,7 @@
 # all cores) against `openssl speed -multi <cores> rsa2048`, measured in the
 # same run; prints Markdown tables. Runs with the in-memory inbox and with
 # listen's default embedded durable store (BENCH_STORE=memory|sqlite picks
-# one); BENCH_ITEMS, BENCH_ROUNDS and BENCH_BATCH tune it (benches/rich.rs).
+# one); BENCH_ITEMS, BENCH_ROUNDS and BENCH_BATCH tune it (cli/benches/rich.rs).
 # Talks to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
