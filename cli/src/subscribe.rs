@@ -363,6 +363,18 @@ pub(crate) fn permissions(args: &PermissionsArgs) -> Result<ExitCode, BoxError> 
             _ => "unknown",
         }
     );
+    match catalog::delta(resolved.path()) {
+        catalog::Delta::Query(query) => {
+            println!("delta query: {query}");
+            let (delegated, application) = query.permissions;
+            println!(
+                "delta permissions: {delegated} (delegated), {application} (application); {}",
+                query.source
+            );
+        }
+        catalog::Delta::None(why) => println!("delta query: none ({why})"),
+        _ => {}
+    }
     if PermissionType::ALL
         .into_iter()
         .any(|t| resolved.permissions(t).iter().any(|p| p.resource_specific))

@@ -36,6 +36,7 @@
 //! ```
 
 mod check;
+mod delta;
 mod endpoint;
 mod entries;
 mod model;
@@ -48,6 +49,7 @@ use time::Duration;
 pub use check::{
     Accepted, Caller, Request, Resolved, join_change_types, parse_change_types, resolve,
 };
+pub use delta::{Delta, DeltaQuery, delta};
 pub use endpoint::{EndpointError, check_endpoint};
 pub use model::{Entry, PaymentModel, PaymentModels, Permission, PermissionType, entries};
 pub use path::{PathError, ResourcePath};

@@ -118,6 +118,49 @@ async fn permissions_names_the_kind_and_least_privileged_permissions() {
     );
 }
 
+/// `permissions` says which delta query resyncs a resource, or why none does.
+#[tokio::test]
+async fn permissions_shows_the_delta_query_or_why_there_is_none() {
+    let run = |resource: &'static str| async move {
+        let output = tokio::process::Command::new(BIN)
+            .args(["permissions", resource])
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{resource}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let cases = [
+        (
+            "me/mailFolders('Inbox')/messages",
+            "delta query: GET me/mailFolders('Inbox')/messages/delta",
+        ),
+        ("users", "delta query: GET users/delta"),
+        (
+            "users/ada@contoso.com/events",
+            "delta query: GET users/ada@contoso.com/calendarView/delta (with startDateTime",
+        ),
+        ("drives/b!x/root", "delta query: GET drives/b!x/root/delta"),
+        (
+            "users/ada@contoso.com/messages",
+            "delta query: none (messages have a delta query per mail folder only",
+        ),
+        (
+            "communications/callRecords",
+            "delta query: none (Graph has no delta query for this kind of resource)",
+        ),
+    ];
+    for (resource, line) in cases {
+        let stdout = run(resource).await;
+        assert!(stdout.contains(line), "{line:?} in {stdout}");
+    }
+    let stdout = run("me/mailFolders('Inbox')/messages").await;
+    assert!(
+        stdout.contains("delta permissions: Mail.ReadBasic (delegated), Mail.ReadBasic.All (application); https://learn.microsoft.com/graph/api/message-delta"),
+        "{stdout}"
+    );
+}
+
 /// The README's local test: emulator in one terminal, `listen --subscribe`
 /// in another; events arrive; Ctrl-C deletes the subscription.
 #[tokio::test]
