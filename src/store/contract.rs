@@ -219,37 +219,16 @@ async fn sqlite_keeps_every_contract() {
 async fn redis_keeps_every_contract() {
     use std::sync::Arc;
 
+    use super::redis::tests::{cleanup, redis_url};
     use super::{RedisConfig, RedisStore};
 
-    let Some(url) = std::env::var("MSGRAPH_WEBHOOKS_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!("skipped: MSGRAPH_WEBHOOKS_REDIS_URL is not set (Redis tests need it)");
-        return;
-    };
+    let Some(url) = redis_url() else { return };
     let config = RedisConfig {
         prefix: format!("msgraph-webhooks-contract-{}", crate::random::hex_id(12)),
         ..RedisConfig::default()
     };
-    let prefix = config.prefix.clone();
-    let a = Backend::redis(Arc::new(
-        RedisStore::connect(&url, config.clone()).await.unwrap(),
-    ));
-    let b = Backend::redis(Arc::new(RedisStore::connect(&url, config).await.unwrap()));
-    all(&a, &b).await;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    let a = Arc::new(RedisStore::connect(&url, config.clone()).await.unwrap());
+    let b = Arc::new(RedisStore::connect(&url, config).await.unwrap());
+    all(&Backend::redis(a.clone()), &Backend::redis(b)).await;
+    cleanup(&a).await;
 }

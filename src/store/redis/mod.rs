@@ -330,4 +330,4 @@ fn stream_time_ms(id: &str) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

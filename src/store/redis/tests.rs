@@ -24,7 +24,8 @@ async fn store(url: &str) -> RedisStore {
     RedisStore::connect(url, config).await.unwrap()
 }
 
-async fn cleanup(store: &RedisStore) {
+/// Deletes every key of `store`'s prefix.
+pub(crate) async fn cleanup(store: &RedisStore) {
     let mut conn = store.conn.clone();
     let keys: Vec<String> = conn
         .keys(format!("{}:*", store.config.prefix))

@@ -57,7 +57,10 @@ impl Shared {
         }
         let now = self.now();
         let public = self.public_url.borrow().clone();
-        let records = self.managed().await?;
+        // Read once: the managed subscriptions, and the pending
+        // announcements a crash left behind.
+        let stored = self.records.all().await?;
+        let records: Vec<Managed> = stored.iter().filter_map(Managed::from_record).collect();
         let live: Option<HashSet<String>> = if mine.is_empty() {
             None
         } else {
@@ -95,7 +98,7 @@ impl Shared {
         // Records of declarations nobody makes any more (`:created` became
         // `:created,updated` between `--keep` runs): left alone, Graph would
         // deliver every change twice until the old one expired.
-        if let Err(e) = self.sweep_pending().await {
+        if let Err(e) = self.sweep_pending(stored).await {
             tracing::warn!(error = %e, "could not sweep expired pending subscription records");
         }
         if self.delete_undeclared(&records).await? {
@@ -422,9 +425,12 @@ impl Shared {
     }
 
     /// Deletes the pending records whose time is over (left by a crash).
-    pub(super) async fn sweep_pending(&self) -> Result<(), StoreError> {
+    pub(super) async fn sweep_pending(
+        &self,
+        stored: Vec<SubscriptionRecord>,
+    ) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
-        for record in self.records.all().await? {
+        for record in stored {
             if record.id.starts_with("pending:") && !record.is_pending_at(now) {
                 self.records.remove(record.id).await?;
             }
