@@ -9,8 +9,8 @@ use super::RedisStore;
 #[cfg(feature = "sqlite")]
 use super::SqliteStore;
 use super::{
-    DEDUPE_LEASE, DeadLetters, Dedupe, Inbox, Lease, MemoryDedupe, MemoryInbox, MemoryLease,
-    MemoryRecords, RecordStore,
+    Cursors, DEDUPE_LEASE, DeadLetters, Dedupe, Inbox, Lease, MemoryCursors, MemoryDedupe,
+    MemoryInbox, MemoryLease, MemoryRecords, RecordStore,
 };
 
 /// A store's inbox, dead letters, dedupe, subscription records and lease,
@@ -39,6 +39,7 @@ pub struct Backend {
     dead_letters: Arc<dyn DeadLetters>,
     dedupe: Arc<dyn Dedupe>,
     records: Arc<dyn RecordStore>,
+    cursors: Arc<dyn Cursors>,
     lease: Arc<dyn Lease>,
     owner: Option<String>,
     dedupe_lease: Duration,
@@ -65,6 +66,7 @@ impl Backend {
             dead_letters: inbox,
             dedupe: Arc::new(MemoryDedupe::new()),
             records: Arc::new(MemoryRecords::new()),
+            cursors: Arc::new(MemoryCursors::new()),
             lease: Arc::new(MemoryLease::new()),
             owner: None,
             dedupe_lease: DEDUPE_LEASE,
@@ -83,6 +85,7 @@ impl Backend {
             dead_letters: store.clone(),
             dedupe: store.clone(),
             records: store.clone(),
+            cursors: Arc::new(MemoryCursors::new()),
             lease: store,
             dedupe_lease: DEDUPE_LEASE,
             kind: "sqlite",
@@ -102,6 +105,7 @@ impl Backend {
             dead_letters: store.clone(),
             dedupe: store.clone(),
             records: store.clone(),
+            cursors: Arc::new(MemoryCursors::new()),
             lease: store,
             kind: "redis",
         }
@@ -125,6 +129,11 @@ impl Backend {
     /// The subscription manager's records, read by every receiver.
     pub fn records(&self) -> Arc<dyn RecordStore> {
         self.records.clone()
+    }
+
+    /// The delta cursors of resyncs, shared like the records.
+    pub fn cursors(&self) -> Arc<dyn Cursors> {
+        self.cursors.clone()
     }
 
     /// The leases and presence of the instances sharing the store.

@@ -27,6 +27,7 @@
 mod backend;
 #[cfg(test)]
 mod contract;
+mod cursors;
 mod dedupe;
 mod error;
 #[cfg(feature = "sqlite")]
@@ -41,6 +42,7 @@ mod redis;
 mod sqlite;
 
 pub use backend::Backend;
+pub use cursors::{CursorProgress, Cursors, DeltaCursor};
 pub use dedupe::{
     Claim, DEFAULT_LEASE as DEDUPE_LEASE, DEFAULT_TTL as DEDUPE_TTL, Dedupe, DedupeKey,
 };
@@ -51,7 +53,8 @@ pub use lease::Lease;
 #[cfg(feature = "sqlite")]
 pub(crate) use lease::{member_lease, member_prefix};
 pub use memory::{
-    DEFAULT_MAX_KEYS as DEDUPE_MAX_KEYS, MemoryDedupe, MemoryInbox, MemoryLease, MemoryRecords,
+    DEFAULT_MAX_KEYS as DEDUPE_MAX_KEYS, MemoryCursors, MemoryDedupe, MemoryInbox, MemoryLease,
+    MemoryRecords,
 };
 pub use records::{RecordStore, SubscriptionRecord};
 #[cfg(feature = "redis")]
