@@ -273,6 +273,18 @@ impl GraphClient {
         url: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, HeaderMap, Bytes), ClientError> {
+        self.send_with(method, url, body, &[], MAX_BODY).await
+    }
+
+    /// [`send`](Self::send) with extra headers and another body limit.
+    pub(super) async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&'static str, String)],
+        limit: usize,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), ClientError> {
         let retry = &self.inner.retry;
         let client_request_id = crate::random::uuid();
         let mut attempt = 0;
@@ -292,6 +304,9 @@ impl GraphClient {
                 .bearer_auth(token.secret())
                 .header("accept", "application/json")
                 .header("client-request-id", &client_request_id);
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
             if let Some(body) = &body {
                 request = request
                     .header("content-type", "application/json")
@@ -324,7 +339,7 @@ impl GraphClient {
                 continue;
             }
             let headers = response.headers().clone();
-            let bytes = read_limited(response, MAX_BODY)
+            let bytes = read_limited(response, limit)
                 .await
                 .map_err(ClientError::Transport)?;
             if status.is_success() {
@@ -336,7 +351,7 @@ impl GraphClient {
 }
 
 /// `scheme://host:port` of a URL.
-fn origin(url: &str) -> Option<String> {
+pub(super) fn origin(url: &str) -> Option<String> {
     let url = url::Url::parse(url).ok()?;
     Some(format!(
         "{}://{}:{}",

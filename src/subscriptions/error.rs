@@ -31,6 +31,9 @@ pub struct GraphError {
     pub client_request_id: Option<String>,
     /// When Graph answered.
     pub date: Option<String>,
+    /// The `Location` header: where a delta query starts over after a
+    /// sync reset (`410 Gone`).
+    pub location: Option<String>,
 }
 
 impl GraphError {
@@ -211,6 +214,7 @@ pub(super) fn graph_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) 
         request_id: inner("request-id").or_else(|| header("request-id")),
         client_request_id: inner("client-request-id").or_else(|| header("client-request-id")),
         date: inner("date").or_else(|| header("date")),
+        location: header("location"),
     }
 }
 

@@ -70,6 +70,7 @@
 //! [`SubscriptionRegistry`]: crate::SubscriptionRegistry
 
 mod client;
+mod delta;
 mod error;
 mod http;
 mod manager;
@@ -79,6 +80,7 @@ mod remote_clock;
 mod token;
 
 pub use client::{DEFAULT_GRAPH_URL, GraphClient};
+pub use delta::{DeltaError, DeltaItem, DeltaNext, DeltaOptions, DeltaPage, DeltaStart, Removed};
 pub use error::{ClientError, GraphError};
 pub use manager::{
     Activity, Declared, EncryptionCertificate, Lifecycle, ManagedSubscription, ManagerBuildError,
