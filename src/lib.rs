@@ -134,6 +134,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notification;
 pub mod registry;
+pub mod resync;
 pub mod retry;
 pub mod store;
 pub mod subscriptions;

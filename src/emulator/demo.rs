@@ -378,6 +378,13 @@ fn print_event(out: &mut (dyn Write + Send), event: &HandlerEvent) {
             lifecycle.lifecycle_event(),
             short(lifecycle.subscription_id())
         ),
+        HandlerEvent::Resync(resync) => say!(
+            out,
+            "event      resync     {} {} ({})",
+            resync.removed().map_or("changed", |r| r.as_str()),
+            resync.id(),
+            resync.reason()
+        ),
     }
 }
 

@@ -13,6 +13,8 @@ use crate::notification::{
     ChangeNotification, ChangeType, LifecycleEventType, LifecycleNotification, ResourceData,
     ResourceKind,
 };
+use crate::resync::{ResyncItem, ResyncReason};
+use crate::subscriptions::Removed;
 
 /// A verified change notification.
 ///
@@ -226,6 +228,103 @@ impl fmt::Debug for LifecycleEvent {
     }
 }
 
+/// A change a delta query returned when resyncing a resource: the item as
+/// Graph returned it, whether it was removed, why the resync ran and the
+/// cursor it came from.
+///
+/// Cheap to clone. `Debug` leaves out the data.
+#[derive(Clone)]
+pub struct ResyncEvent {
+    inner: Arc<ResyncInner>,
+}
+
+struct ResyncInner {
+    item: ResyncItem,
+    removed: Option<Removed>,
+    data: Value,
+    received_at: OffsetDateTime,
+    attempt: u32,
+}
+
+impl ResyncEvent {
+    pub(crate) fn new(
+        item: ResyncItem,
+        data: Value,
+        received_at: OffsetDateTime,
+        attempt: u32,
+    ) -> Self {
+        let removed = item.removed.as_deref().map(|reason| match reason {
+            "deleted" => Removed::Deleted,
+            "changed" => Removed::Changed,
+            other => Removed::Other(other.to_owned()),
+        });
+        Self {
+            inner: Arc::new(ResyncInner {
+                item,
+                removed,
+                data,
+                received_at,
+                attempt,
+            }),
+        }
+    }
+
+    /// Why the resync ran.
+    pub fn reason(&self) -> &ResyncReason {
+        &self.inner.item.resync.reason
+    }
+
+    /// The subscription resource resynced (e.g.
+    /// `users/ada/mailFolders('Inbox')/messages`).
+    pub fn resource(&self) -> &str {
+        &self.inner.item.resync.resource
+    }
+
+    /// The key of the delta cursor the item came from.
+    pub fn cursor(&self) -> &str {
+        &self.inner.item.resync.cursor
+    }
+
+    /// The item's id.
+    pub fn id(&self) -> &str {
+        &self.inner.item.id
+    }
+
+    /// Whether, and why, the item was removed; `None` for a created or
+    /// updated item.
+    pub fn removed(&self) -> Option<&Removed> {
+        self.inner.removed.as_ref()
+    }
+
+    /// The item as the delta query returned it (for an update, at least the
+    /// changed properties; for a removal, its id and `@removed`).
+    pub fn data(&self) -> &Value {
+        &self.inner.data
+    }
+
+    /// When the page carrying it was stored.
+    pub fn received_at(&self) -> OffsetDateTime {
+        self.inner.received_at
+    }
+
+    /// How many earlier attempts to handle it failed.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+}
+
+impl fmt::Debug for ResyncEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResyncEvent")
+            .field("reason", self.reason())
+            .field("resource", &self.resource())
+            .field("id", &self.id())
+            .field("removed", &self.removed())
+            .field("data", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
 /// Either kind of event a [`Handler`](super::Handler) is given, for handlers that take both
 /// alike (e.g. a `tower::Service<HandlerEvent>` behind [`ServiceHandler`](super::ServiceHandler)).
 ///
@@ -239,13 +338,16 @@ pub enum HandlerEvent {
     Change(ChangeEvent),
     /// A lifecycle notification.
     Lifecycle(LifecycleEvent),
+    /// A change a delta query returned when resyncing.
+    Resync(ResyncEvent),
 }
 
 impl HandlerEvent {
     /// The event as the one JSON line `msgraph-webhooks listen` prints:
     ///
     /// `{"kind":"change","id":…,"subscriptionId":…,"subscriptionExpirationDateTime":…,"changeType":…,"resource":…,"resourceKind":…,"tenantId":…,"resourceData":{…},"data":{…}|null}`
-    /// or `{"kind":"lifecycle","subscriptionId":…,"subscriptionExpirationDateTime":…,"lifecycleEvent":…,"tenantId":…}`.
+    /// or `{"kind":"lifecycle","subscriptionId":…,"subscriptionExpirationDateTime":…,"lifecycleEvent":…,"tenantId":…}`
+    /// or `{"kind":"resync","reason":"missed|removed|recreated|startup|periodic|trigger|requested","resource":…,"id":…,"removed":null|"deleted"|"changed","data":{…},"cursor":…}`.
     ///
     /// `id` is the notification's own id (`null` when Graph sent none): the
     /// key a downstream consumer deduplicates by.
@@ -286,6 +388,14 @@ impl HandlerEvent {
                 lifecycle_event: e.lifecycle_event(),
                 tenant_id: e.tenant_id(),
             },
+            HandlerEvent::Resync(e) => Line::Resync {
+                reason: e.reason().as_str(),
+                resource: e.resource(),
+                id: e.id(),
+                removed: e.removed().map(Removed::as_str),
+                data: e.data(),
+                cursor: e.cursor(),
+            },
         }
     }
 }
@@ -314,6 +424,14 @@ enum Line<'a> {
         subscription_expiration_date_time: Option<Rfc3339At>,
         lifecycle_event: &'a LifecycleEventType,
         tenant_id: Option<&'a str>,
+    },
+    Resync {
+        reason: &'a str,
+        resource: &'a str,
+        id: &'a str,
+        removed: Option<&'a str>,
+        data: &'a Value,
+        cursor: &'a str,
     },
 }
 

@@ -1,6 +1,6 @@
 //! The handler behind `msgraph-webhooks listen`: every event as a JSON line.
 
-use super::{BoxError, ChangeEvent, Handler, HandlerEvent, LifecycleEvent};
+use super::{BoxError, ChangeEvent, Handler, HandlerEvent, LifecycleEvent, ResyncEvent};
 
 /// Writes every event as one JSON line ([`HandlerEvent::to_json`]): the handler
 /// behind `msgraph-webhooks listen`.
@@ -90,6 +90,10 @@ impl Handler for JsonLines {
         event: LifecycleEvent,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         self.write(HandlerEvent::Lifecycle(event))
+    }
+
+    fn on_resync(&self, event: ResyncEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.write(HandlerEvent::Resync(event))
     }
 
     /// All the batch's lines in one write and one flush.

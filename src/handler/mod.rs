@@ -15,7 +15,7 @@ use futures_util::FutureExt as _;
 mod event;
 mod json_lines;
 
-pub use event::{ChangeEvent, HandlerEvent, LifecycleEvent};
+pub use event::{ChangeEvent, HandlerEvent, LifecycleEvent, ResyncEvent};
 pub use json_lines::JsonLines;
 
 /// A boxed error a handler may return.
@@ -59,6 +59,19 @@ pub trait Handler: Send + Sync + 'static {
         }
     }
 
+    /// Called for each change a delta query returned when resyncing (see
+    /// [`resync`](crate::resync)). By default it fails, so that resynced
+    /// changes an app does not handle end in the dead letters, with this
+    /// reason, rather than vanish: implement it where resync is on.
+    fn on_resync(&self, event: ResyncEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async move {
+            let _ = event;
+            Err(BoxError::from(
+                "this handler does not take resync events: implement Handler::on_resync",
+            ))
+        }
+    }
+
     /// Called with the events of one claimed batch; answers one result per
     /// event, in order. The default calls [`on_change`](Self::on_change) and
     /// [`on_lifecycle`](Self::on_lifecycle) one by one, a panic in one of
@@ -76,6 +89,7 @@ pub trait Handler: Send + Sync + 'static {
                     match event {
                         HandlerEvent::Change(e) => self.on_change(e).await,
                         HandlerEvent::Lifecycle(e) => self.on_lifecycle(e).await,
+                        HandlerEvent::Resync(e) => self.on_resync(e).await,
                     }
                 };
                 let result = match AssertUnwindSafe(call).catch_unwind().await {
@@ -124,6 +138,10 @@ impl<H: Handler> Handler for Arc<H> {
         event: LifecycleEvent,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).on_lifecycle(event)
+    }
+
+    fn on_resync(&self, event: ResyncEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).on_resync(event)
     }
 
     fn on_batch(
@@ -291,5 +309,9 @@ where
         event: LifecycleEvent,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         self.call(HandlerEvent::Lifecycle(event))
+    }
+
+    fn on_resync(&self, event: ResyncEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.call(HandlerEvent::Resync(event))
     }
 }

@@ -68,6 +68,22 @@ impl DedupeKey {
         Some(Self(hasher.finish()))
     }
 
+    /// The key of a resynced item: its cursor, id, removal and content, so
+    /// a replay of the same state is a duplicate and a later state is not.
+    pub fn for_resync(cursor: &str, id: &str, removed: Option<&str>, data: &[u8]) -> Self {
+        let mut hasher = openssl::sha::Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update(&(bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
+        field(b"resync");
+        field(cursor.as_bytes());
+        field(id.as_bytes());
+        field(removed.unwrap_or_default().as_bytes());
+        field(data);
+        Self(hasher.finish())
+    }
+
     /// A key from its 32 bytes, as a store reads it back.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)

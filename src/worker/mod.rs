@@ -14,9 +14,12 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::handler::{ChangeEvent, Handler, HandlerEvent, HandlerPanicked, LifecycleEvent};
+use crate::handler::{
+    ChangeEvent, Handler, HandlerEvent, HandlerPanicked, LifecycleEvent, ResyncEvent,
+};
 use crate::metrics::Metrics;
-use crate::notification::{ChangeNotification, Notification, ValidationTokens};
+use crate::notification::{ChangeNotification, ItemError, Notification, ValidationTokens};
+use crate::resync::ResyncItem;
 use crate::retry::RetryPolicy;
 use crate::store::{Claim, Claimed, Dedupe, DedupeKey, Inbox};
 
@@ -71,6 +74,8 @@ enum Prepared {
         received_at: OffsetDateTime,
     },
     Lifecycle(LifecycleEvent),
+    /// A change from a delta query, with its dedupe key.
+    Resync(ResyncEvent, DedupeKey),
     /// Nothing for the handler: the item is settled as this.
     Settled(Outcome),
 }
@@ -127,8 +132,25 @@ impl<H: Handler> Pipeline<H> {
     /// Parses one item; change items are not verified yet (`data` is `None`).
     fn parse(&self, claimed: &Claimed) -> Prepared {
         let item = &claimed.item;
+        let received_at =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(item.received_at_ms) * 1_000_000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let notification = match Notification::from_json(item.raw.get()) {
             Ok(n) => n,
+            // Only the resync engine stores items that are neither (the
+            // listener refuses them at the ack).
+            Err(ItemError::NotANotification) if let Some(resync) = ResyncItem::parse(&item.raw) => {
+                let key = resync.dedupe_key();
+                return match serde_json::from_str(resync.data.get()) {
+                    Ok(data) => Prepared::Resync(
+                        ResyncEvent::new(resync, data, received_at, claimed.attempts),
+                        key,
+                    ),
+                    Err(e) => {
+                        Prepared::Settled(Outcome::DeadLetter(format!("malformed_item: {e}")))
+                    }
+                };
+            }
             Err(e) => {
                 // It got its 202 (its head was fine): it must not vanish.
                 let reason = format!("malformed_item: {e}");
@@ -136,9 +158,6 @@ impl<H: Handler> Pipeline<H> {
                 return Prepared::Settled(Outcome::DeadLetter(reason));
             }
         };
-        let received_at =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(item.received_at_ms) * 1_000_000)
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         match notification {
             Notification::Change(change) => Prepared::Change {
                 change,
@@ -170,6 +189,7 @@ impl<H: Handler> Pipeline<H> {
                 claimed.attempts,
             ))),
             Prepared::Lifecycle(event) => Ok(HandlerEvent::Lifecycle(event)),
+            Prepared::Resync(event, _) => Ok(HandlerEvent::Resync(event)),
         }
     }
 
@@ -232,6 +252,7 @@ impl<H: Handler> Pipeline<H> {
                     let key = DedupeKey::for_change(change)?;
                     Some((key, !seen.insert(key)))
                 }
+                (Prepared::Resync(_, key), Some(_)) => Some((*key, !seen.insert(*key))),
                 _ => None,
             })
             .collect();

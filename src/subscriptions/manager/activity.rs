@@ -6,21 +6,7 @@ use std::fmt;
 use time::OffsetDateTime;
 
 use super::rfc3339;
-
-/// Why the resync hook is called: notifications may have been lost.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ResyncReason {
-    /// Graph removed the subscription (`subscriptionRemoved`); it was recreated.
-    SubscriptionRemoved,
-    /// Graph could not deliver some notifications (`missed`).
-    Missed,
-    /// The subscription was found gone (expired, deleted, `404`), or had to
-    /// be replaced (a new public URL for its lifecycle notifications, a
-    /// live subscription whose `clientState` the records lost), and was
-    /// recreated.
-    Recreated,
-}
+pub use crate::resync::ResyncReason;
 
 /// What the resync hook is told: run a delta query (or another full read)
 /// of `resource`, since changes may have gone unnotified.

@@ -18,7 +18,8 @@ use crate::subscriptions::preflight::PreflightError;
 use crate::{BoxError, ClientState, SubscriptionRegistry};
 
 use super::{
-    Declared, EncryptionCertificate, Resync, ResyncHook, Shared, SubscriptionManager, Urls,
+    Declared, DeltaResync, EncryptionCertificate, Resync, ResyncHook, Shared, SubscriptionManager,
+    Urls,
 };
 
 #[derive(Debug, Default)]
@@ -77,6 +78,8 @@ pub struct ManagerBuilder {
     fixed_url: Option<watch::Sender<Option<String>>>,
     certificates: Certificates,
     resync: Option<ResyncHook>,
+    delta: Option<DeltaResync>,
+    trigger: bool,
     settings: Settings,
 }
 
@@ -165,6 +168,28 @@ impl ManagerBuilder {
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         self.resync = Some(Arc::new(move |resync| Box::pin(hook(resync))));
+        self
+    }
+
+    /// Resyncs by delta query where the resource has one (see
+    /// [`resync`](crate::resync)): `missed`, a removed or recreated
+    /// subscription and a restart run a round of the resource's cursor, and
+    /// its changes reach the handler as
+    /// [`ResyncEvent`](crate::handler::ResyncEvent)s. Resources without a
+    /// delta query still get the [`on_resync`](Self::on_resync) hook.
+    /// [`SubscriptionManager::start`] starts the engine's loop too.
+    pub fn delta_resync(mut self, engine: DeltaResync) -> Self {
+        self.delta = Some(engine);
+        self
+    }
+
+    /// The trigger mode (with [`delta_resync`](Self::delta_resync)): change
+    /// notifications of resources with a delta query don't reach the
+    /// handler; each marks a round due, and notifications close together
+    /// are debounced into one round, so the handler gets the delta's
+    /// changes — the truth — instead of the bare notifications.
+    pub fn trigger_mode(mut self, on: bool) -> Self {
+        self.trigger = on;
         self
     }
 
@@ -306,6 +331,8 @@ impl ManagerBuilder {
                 _public_url: fixed,
                 certificates: Mutex::new(self.certificates),
                 resync: self.resync,
+                delta: self.delta,
+                trigger: self.trigger,
                 activity,
                 wake: Notify::new(),
                 ops: tokio::sync::Mutex::new(()),
@@ -330,6 +357,8 @@ impl SubscriptionManager {
             fixed_url: None,
             certificates: Certificates::default(),
             resync: None,
+            delta: None,
+            trigger: false,
             settings: Settings {
                 renew_fraction: 0.6,
                 jitter: 0.1,

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use crate::handler::ResyncEvent;
 use crate::subscriptions::model::SubscriptionUpdate;
 use crate::{BoxError, ChangeEvent, Handler, LifecycleEvent, LifecycleEventType};
 
@@ -37,17 +38,48 @@ impl<H> Lifecycle<H> {
 }
 
 impl<H: Handler> Handler for Lifecycle<H> {
-    fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
-        self.inner.on_change(event)
+    async fn on_change(&self, event: ChangeEvent) -> Result<(), BoxError> {
+        if self.manager.shared.trigger && self.manager.shared.trigger(&event).await? {
+            return Ok(());
+        }
+        self.inner.on_change(event).await
     }
 
     async fn on_lifecycle(&self, event: LifecycleEvent) -> Result<(), BoxError> {
         self.manager.on_lifecycle(&event).await?;
         self.inner.on_lifecycle(event).await
     }
+
+    fn on_resync(&self, event: ResyncEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.inner.on_resync(event)
+    }
 }
 
 impl Shared {
+    /// The trigger mode: a change notification of a managed subscription
+    /// whose resource has a delta query marks a round due (durably) in
+    /// place of reaching the handler. `false` when it is not such a
+    /// notification.
+    async fn trigger(&self, event: &ChangeEvent) -> Result<bool, BoxError> {
+        let Some(engine) = &self.delta else {
+            return Ok(false);
+        };
+        let Some(managed) = self.managed_by_id(event.subscription_id()).await? else {
+            return Ok(false);
+        };
+        let Some(declared) = self.declared(&managed.key) else {
+            return Ok(false);
+        };
+        match engine
+            .request(&declared.resource, ResyncReason::Trigger)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(crate::resync::ResyncError::NoDelta(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub(super) async fn on_lifecycle(&self, event: &LifecycleEvent) -> Result<(), BoxError> {
         let id = event.subscription_id();
         match event.lifecycle_event() {

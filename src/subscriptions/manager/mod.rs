@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::client::GraphClient;
 use crate::clock::Clock;
+use crate::resync::{DeltaResync, RunningResync};
 use crate::store::RecordStore;
 use crate::store::{Lease, StoreError};
 use crate::{BoxError, Handler, LifecycleEvent, SubscriptionRegistry};
@@ -55,6 +56,10 @@ struct Shared {
     _public_url: Option<watch::Sender<Option<String>>>,
     certificates: Mutex<Certificates>,
     resync: Option<ResyncHook>,
+    /// Resync by delta query, where the resource has one.
+    delta: Option<DeltaResync>,
+    /// Change notifications of delta resources trigger rounds instead.
+    trigger: bool,
     activity: broadcast::Sender<Activity>,
     wake: Notify,
     /// One mutation at a time in this process (passes, lifecycle actions, stop).
@@ -102,11 +107,19 @@ impl SubscriptionManager {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(self.shared.clone(), stopped.clone()));
         let keeper = tokio::spawn(keep(self.shared.clone(), stopped));
+        let delta = self.shared.delta.as_ref().map(|engine| {
+            for declared in &self.shared.declared {
+                // Resources without a delta query keep the resync hook.
+                let _ = engine.track(&declared.resource);
+            }
+            engine.start()
+        });
         Running {
             manager: self.clone(),
             stop,
             task: Some(task),
             keeper: Some(keeper),
+            delta,
         }
     }
 
@@ -207,6 +220,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     keeper: Option<JoinHandle<()>>,
+    delta: Option<RunningResync>,
 }
 
 impl Running {
@@ -244,6 +258,9 @@ impl Running {
         let _ = self.stop.send(true);
         for task in [self.task.take(), self.keeper.take()].into_iter().flatten() {
             let _ = task.await;
+        }
+        if let Some(delta) = self.delta.take() {
+            delta.stop().await;
         }
         let shared = &self.manager.shared;
         let deadline = tokio::time::Instant::now()

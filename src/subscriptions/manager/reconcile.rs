@@ -12,6 +12,7 @@ use crate::subscriptions::model::SubscriptionUpdate;
 use crate::{BoxError, ClientState};
 
 use super::{Activity, Declared, LIFETIME_MARGIN, Managed, Resync, ResyncReason, Shared, Urls};
+use crate::resync::ResyncError;
 
 /// How long a subscription being created is announced for: its create
 /// (handshake included) answers well within this, and its first items are
@@ -549,13 +550,27 @@ impl Shared {
         id: &str,
         reason: ResyncReason,
     ) -> Result<(), BoxError> {
-        let Some(hook) = &self.resync else {
-            return Ok(());
-        };
         let resource = self
             .declared(key)
             .map(|d| d.resource.clone())
             .unwrap_or_default();
+        if let Some(engine) = &self.delta {
+            match engine.request(&resource, reason.clone()).await {
+                Ok(()) => {
+                    self.emit(Activity::Resynced {
+                        key: key.to_owned(),
+                        reason,
+                    });
+                    return Ok(());
+                }
+                // No delta query for it: the hook, as without the engine.
+                Err(ResyncError::NoDelta(_)) => {}
+                Err(e) => return Err(format!("the resync of {key} failed: {e}").into()),
+            }
+        }
+        let Some(hook) = &self.resync else {
+            return Ok(());
+        };
         hook(Resync {
             key: key.to_owned(),
             resource,

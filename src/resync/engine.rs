@@ -1,0 +1,750 @@
+//! The engine: cursors, rounds, triggers and the loop that runs what is due.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::{Origin, ResyncItem, ResyncReason};
+use crate::catalog::{self, Delta, DeltaQuery, ResourcePath};
+use crate::clock::{Clock, SystemClock};
+use crate::handler::{BoxError, Handler, HandlerEvent, ResyncEvent};
+use crate::store::{
+    Backend, CursorProgress, Cursors, DeltaCursor, Inbox, Lease, StoreError, StoredItem,
+};
+use crate::subscriptions::{DeltaError, DeltaNext, DeltaOptions, DeltaStart, GraphClient};
+
+/// How long a round's lease lasts unless the round extends it (every page).
+const LEASE_TTL: Duration = Duration::from_secs(120);
+
+/// Sync resets one round accepts before it gives up (Graph resetting a
+/// fresh full sync again is a fault, not a state).
+const MAX_RESETS: u32 = 3;
+
+/// How long an append waits for room in a full inbox.
+const FULL_INBOX_WAIT: Duration = Duration::from_secs(120);
+
+/// Where a round's changes go.
+#[derive(Clone)]
+enum Sink {
+    /// Through the inbox, behind the ack boundary: the worker hands them to
+    /// the handler with dedupe, retries and dead letters.
+    Inbox(Arc<dyn Inbox>),
+    /// Straight to a handler, which must take them all before the cursor
+    /// moves (the `delta` command).
+    Handler(
+        Arc<dyn Fn(Vec<ResyncEvent>) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>,
+    ),
+}
+
+/// Why a resync round failed. The cursor keeps its place and the round's
+/// trigger stays due: the engine tries again.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ResyncError {
+    /// The resource has no delta query (the resync hook is for it), or is
+    /// not a resource path.
+    NoDelta(String),
+    /// The store failed.
+    Store(StoreError),
+    /// Graph failed, or reset the sync more often than a round accepts.
+    Graph(DeltaError),
+    /// The changes could not be handed over.
+    Deliver(String),
+}
+
+impl fmt::Display for ResyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResyncError::NoDelta(why) => write!(f, "no delta query: {why}"),
+            ResyncError::Store(e) => write!(f, "the cursor store failed: {e}"),
+            ResyncError::Graph(e) => e.fmt(f),
+            ResyncError::Deliver(why) => write!(f, "the changes could not be handed over: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ResyncError {}
+
+impl From<StoreError> for ResyncError {
+    fn from(e: StoreError) -> Self {
+        ResyncError::Store(e)
+    }
+}
+
+/// What one round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Round {
+    /// The cursor's key.
+    pub cursor: String,
+    /// The subscription resource.
+    pub resource: String,
+    /// Why it ran.
+    pub reason: Option<ResyncReason>,
+    /// Pages fetched.
+    pub pages: u64,
+    /// Changes handed over (a baseline hands over none).
+    pub delivered: u64,
+    /// Changes Graph returned.
+    pub seen: u64,
+    /// Sync resets Graph asked for (each started a full sync).
+    pub resets: u32,
+    /// A first round that only set the cursor (nothing handed over).
+    pub baseline: bool,
+    /// Another instance holds the cursor's lease: nothing was done here.
+    pub busy: bool,
+}
+
+struct Inner {
+    client: GraphClient,
+    sink: Sink,
+    cursors: Arc<dyn Cursors>,
+    lease: Arc<dyn Lease>,
+    holder: String,
+    tenant: String,
+    options: DeltaOptions,
+    calendar_window: (time::Duration, time::Duration),
+    debounce: Duration,
+    every: Option<Duration>,
+    initial_sync: bool,
+    clock: Arc<dyn Clock>,
+    /// Resources this engine runs in its loop: key → (resource, query).
+    tracked: Mutex<HashMap<String, (String, DeltaQuery)>>,
+    wake: Notify,
+}
+
+/// Resyncs subscriptions' resources by delta query; see the
+/// [module docs](super). Cloning is cheap and shares the engine.
+#[derive(Clone)]
+pub struct DeltaResync {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for DeltaResync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeltaResync")
+            .field("tenant", &self.inner.tenant)
+            .field("every", &self.inner.every)
+            .field("debounce", &self.inner.debounce)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`DeltaResync`].
+#[must_use]
+pub struct DeltaResyncBuilder {
+    client: GraphClient,
+    sink: Sink,
+    cursors: Arc<dyn Cursors>,
+    lease: Arc<dyn Lease>,
+    holder: String,
+    tenant: String,
+    options: DeltaOptions,
+    calendar_window: (time::Duration, time::Duration),
+    debounce: Duration,
+    every: Option<Duration>,
+    initial_sync: bool,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for DeltaResyncBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeltaResyncBuilder")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeltaResyncBuilder {
+    /// The tenant the client's tokens are for: part of each cursor's key,
+    /// so tenants sharing a store keep cursors apart (default `default`).
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = tenant.into();
+        self
+    }
+
+    /// `Prefer: odata.maxpagesize` of the rounds (Graph's own page size
+    /// when unset).
+    pub fn max_page_size(mut self, size: u32) -> Self {
+        self.options.max_page_size = Some(size.max(1));
+        self
+    }
+
+    /// The properties to track (`$select`), for rounds that start now;
+    /// cursors keep the selection they started with.
+    pub fn select<S: Into<String>>(mut self, properties: impl IntoIterator<Item = S>) -> Self {
+        self.options.select = properties.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The calendarView window of event resources: from `back` before to
+    /// `ahead` after the round's first request (default 90 and 365 days).
+    pub fn calendar_window(mut self, back: Duration, ahead: Duration) -> Self {
+        let to = |d: Duration| time::Duration::try_from(d).unwrap_or(time::Duration::MAX);
+        self.calendar_window = (to(back), to(ahead));
+        self
+    }
+
+    /// How long the loop waits after a trigger for more before it runs
+    /// (default 2 s): a burst of notifications becomes one round.
+    pub fn debounce(mut self, wait: Duration) -> Self {
+        self.debounce = wait;
+        self
+    }
+
+    /// A round of every tracked resource this often, as a safety net (off
+    /// by default).
+    pub fn every(mut self, period: Duration) -> Self {
+        self.every = Some(period).filter(|p| !p.is_zero());
+        self
+    }
+
+    /// Hands over the items of a cursor's first round too (the resource's
+    /// whole state, as changes), instead of only setting the cursor.
+    pub fn initial_sync(mut self, deliver: bool) -> Self {
+        self.initial_sync = deliver;
+        self
+    }
+
+    /// Hands changes straight to `handler` instead of the inbox: each
+    /// page's changes must all be handled before the cursor moves (what
+    /// `msgraph-webhooks delta` does). Without an inbox there are no
+    /// retries and dead letters: a page that fails is fetched again.
+    pub fn deliver_to<H: Handler>(mut self, handler: H) -> Self {
+        let handler = Arc::new(handler);
+        self.sink = Sink::Handler(Arc::new(move |events: Vec<ResyncEvent>| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let events = events.into_iter().map(HandlerEvent::Resync).collect();
+                for result in handler.on_batch(events).await {
+                    result?;
+                }
+                Ok(())
+            })
+        }));
+        self
+    }
+
+    /// The clock of cursor times (tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The engine.
+    pub fn build(self) -> DeltaResync {
+        DeltaResync {
+            inner: Arc::new(Inner {
+                client: self.client,
+                sink: self.sink,
+                cursors: self.cursors,
+                lease: self.lease,
+                holder: self.holder,
+                tenant: self.tenant,
+                options: self.options,
+                calendar_window: self.calendar_window,
+                debounce: self.debounce,
+                every: self.every,
+                initial_sync: self.initial_sync,
+                clock: self.clock,
+                tracked: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+            }),
+        }
+    }
+}
+
+fn unix_ms(at: time::OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Whether Graph starts this delta query "from now" (`latest`): directory
+/// objects and drives ("Use delta query…", "sync from now").
+fn has_latest(query: &DeltaQuery) -> bool {
+    let path = query.path.split('?').next().unwrap_or_default();
+    path == "users/delta" || path == "groups/delta" || path.ends_with("/root/delta")
+}
+
+impl DeltaResync {
+    /// An engine that reads Graph with `client` and keeps cursors, leases
+    /// and the changes' inbox in `backend`.
+    pub fn builder(client: GraphClient, backend: &Backend) -> DeltaResyncBuilder {
+        DeltaResyncBuilder {
+            client,
+            sink: Sink::Inbox(backend.inbox()),
+            cursors: backend.cursors(),
+            lease: backend.lease(),
+            holder: backend.owner().map_or_else(
+                || format!("resync-{}", crate::random::hex_id(8)),
+                str::to_owned,
+            ),
+            tenant: "default".to_owned(),
+            options: DeltaOptions::default(),
+            calendar_window: (time::Duration::days(90), time::Duration::days(365)),
+            debounce: Duration::from_secs(2),
+            every: None,
+            initial_sync: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The delta query of a subscription resource.
+    ///
+    /// # Errors
+    ///
+    /// [`ResyncError::NoDelta`] with why, when there is none.
+    pub fn query(resource: &str) -> Result<DeltaQuery, ResyncError> {
+        let path =
+            ResourcePath::parse(resource).map_err(|e| ResyncError::NoDelta(e.to_string()))?;
+        match catalog::delta(&path) {
+            Delta::Query(query) => Ok(query),
+            Delta::None(why) => Err(ResyncError::NoDelta(why.to_owned())),
+        }
+    }
+
+    /// The key of the cursor of `query`: the tenant and the query's path.
+    pub fn cursor_key(&self, query: &DeltaQuery) -> String {
+        format!("{}|{}", self.inner.tenant, query.path)
+    }
+
+    /// Runs `resource` in the loop: rounds when it is due, a catch-up on
+    /// start, and the periodic safety net.
+    ///
+    /// # Errors
+    ///
+    /// [`ResyncError::NoDelta`] when the resource has no delta query.
+    pub fn track(&self, resource: &str) -> Result<String, ResyncError> {
+        let query = Self::query(resource)?;
+        let key = self.cursor_key(&query);
+        self.inner
+            .tracked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone(), (resource.to_owned(), query));
+        Ok(key)
+    }
+
+    /// Marks a round of `resource` due for `reason` — in the store first,
+    /// so the trigger outlives the process — and wakes the loop.
+    ///
+    /// # Errors
+    ///
+    /// [`ResyncError::NoDelta`] when the resource has no delta query (call
+    /// the resync hook instead); the store's error.
+    pub async fn request(&self, resource: &str, reason: ResyncReason) -> Result<(), ResyncError> {
+        let key = self.track(resource)?;
+        let query = Self::query(resource)?;
+        self.inner
+            .cursors
+            .mark_due(
+                &key,
+                resource,
+                &query.path,
+                reason.as_str(),
+                unix_ms(self.inner.clock.now()),
+            )
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// The stored cursor of `resource`, if any.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub async fn cursor(&self, resource: &str) -> Result<Option<DeltaCursor>, ResyncError> {
+        let query = Self::query(resource)?;
+        Ok(self.inner.cursors.get(&self.cursor_key(&query)).await?)
+    }
+
+    /// Runs one round of `resource` now: from its cursor, or, without one,
+    /// from `start` (a full sync, handed over, or "from now").
+    ///
+    /// # Errors
+    ///
+    /// [`ResyncError`]: the cursor keeps its place.
+    pub async fn run(
+        &self,
+        resource: &str,
+        reason: ResyncReason,
+        start: DeltaStart,
+    ) -> Result<Round, ResyncError> {
+        let query = Self::query(resource)?;
+        let key = self.cursor_key(&query);
+        self.round(&key, resource, &query, reason, Some(start))
+            .await
+    }
+
+    /// Runs every tracked resource that is due, one after the other.
+    /// `true` when something is still due (a failure, another instance's
+    /// round): the loop tries again later.
+    pub async fn run_due(&self) -> bool {
+        let cursors = match self.inner.cursors.all().await {
+            Ok(cursors) => cursors,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the delta cursors");
+                return true;
+            }
+        };
+        let tracked = self.tracked();
+        let mut pending = false;
+        for (key, cursor) in cursors {
+            let Some((resource, query)) = tracked.get(&key) else {
+                continue;
+            };
+            let Some(reason) = cursor.due_reason.as_deref() else {
+                continue;
+            };
+            let reason = ResyncReason::parse(reason).unwrap_or(ResyncReason::Requested);
+            match self.round(&key, resource, query, reason, None).await {
+                Ok(round) if round.busy => pending = true,
+                Ok(round) => log_round(&round),
+                Err(e) => {
+                    pending = true;
+                    tracing::warn!(%resource, error = %e, "resync failed; it stays due");
+                }
+            }
+        }
+        pending
+    }
+
+    fn tracked(&self) -> HashMap<String, (String, DeltaQuery)> {
+        self.inner
+            .tracked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts the loop: each tracked resource without a cursor gets its
+    /// baseline, each with one a catch-up (`startup`); then rounds run when
+    /// due, after the debounce, and periodically when asked.
+    pub fn start(&self) -> RunningResync {
+        let (stop, mut stopped) = watch::channel(false);
+        let engine = self.clone();
+        let task = tokio::spawn(async move {
+            engine.on_start().await;
+            let mut failures = 0u32;
+            let mut next_periodic = engine
+                .inner
+                .every
+                .map(|every| tokio::time::Instant::now() + every);
+            loop {
+                let pending = engine.run_due().await;
+                failures = if pending {
+                    failures.saturating_add(1)
+                } else {
+                    0
+                };
+                let retry =
+                    pending.then(|| Duration::from_secs(5).saturating_mul(failures.min(60)));
+                let periodic = next_periodic
+                    .map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
+                let wait = match (retry, periodic) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (Some(a), None) | (None, Some(a)) => a,
+                    (None, None) => Duration::from_secs(24 * 3600),
+                };
+                tokio::select! {
+                    () = engine.inner.wake.notified() => {
+                        // More triggers of a burst join this round.
+                        tokio::select! {
+                            () = tokio::time::sleep(engine.inner.debounce) => {}
+                            _ = stopped.changed() => return,
+                        }
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stopped.changed() => return,
+                }
+                if let (Some(at), Some(every)) = (next_periodic, engine.inner.every)
+                    && tokio::time::Instant::now() >= at
+                {
+                    next_periodic = Some(tokio::time::Instant::now() + every);
+                    engine.mark_all(ResyncReason::Periodic).await;
+                }
+            }
+        });
+        RunningResync { stop, task }
+    }
+
+    async fn on_start(&self) {
+        for (key, (resource, query)) in self.tracked() {
+            let cursor = match self.inner.cursors.get(&key).await {
+                Ok(cursor) => cursor,
+                Err(e) => {
+                    tracing::warn!(%resource, error = %e, "could not read the delta cursor");
+                    continue;
+                }
+            };
+            match cursor {
+                Some(c)
+                    if c.delta_link.is_some()
+                        || c.next_link.is_some()
+                        || c.due_reason.is_some() =>
+                {
+                    if c.due_reason.is_none()
+                        && let Err(e) = self
+                            .inner
+                            .cursors
+                            .mark_due(
+                                &key,
+                                &resource,
+                                &query.path,
+                                ResyncReason::Startup.as_str(),
+                                unix_ms(self.inner.clock.now()),
+                            )
+                            .await
+                    {
+                        tracing::warn!(%resource, error = %e, "could not mark the catch-up due");
+                    }
+                }
+                _ => match self
+                    .round(&key, &resource, &query, ResyncReason::Startup, None)
+                    .await
+                {
+                    Ok(round) => log_round(&round),
+                    Err(e) => {
+                        tracing::warn!(%resource, error = %e, "could not set the delta cursor; trying again")
+                    }
+                },
+            }
+        }
+    }
+
+    async fn mark_all(&self, reason: ResyncReason) {
+        let now = unix_ms(self.inner.clock.now());
+        for (key, (resource, query)) in self.tracked() {
+            if let Err(e) = self
+                .inner
+                .cursors
+                .mark_due(&key, &resource, &query.path, reason.as_str(), now)
+                .await
+            {
+                tracing::warn!(%resource, error = %e, "could not mark a resync due");
+            }
+        }
+    }
+
+    /// One round under the cursor's lease.
+    async fn round(
+        &self,
+        key: &str,
+        resource: &str,
+        query: &DeltaQuery,
+        reason: ResyncReason,
+        start: Option<DeltaStart>,
+    ) -> Result<Round, ResyncError> {
+        let lease = format!("delta/{key}");
+        let inner = &self.inner;
+        if !inner
+            .lease
+            .acquire(&lease, &inner.holder, LEASE_TTL)
+            .await?
+        {
+            return Ok(Round {
+                cursor: key.to_owned(),
+                resource: resource.to_owned(),
+                busy: true,
+                ..Round::default()
+            });
+        }
+        let result = self
+            .round_held(&lease, key, resource, query, reason, start)
+            .await;
+        if let Err(e) = inner.lease.release(&lease, &inner.holder).await {
+            tracing::debug!(error = %e, "could not release a delta lease; it lapses");
+        }
+        result
+    }
+
+    fn first_url(&self, query: &DeltaQuery, start: DeltaStart) -> String {
+        let mut options = self.inner.options.clone();
+        if query.window {
+            let now = self.inner.clock.now();
+            let (back, ahead) = self.inner.calendar_window;
+            options.window = Some((now - back, now + ahead));
+        }
+        self.inner.client.delta_url(query, start, &options)
+    }
+
+    async fn round_held(
+        &self,
+        lease: &str,
+        key: &str,
+        resource: &str,
+        query: &DeltaQuery,
+        reason: ResyncReason,
+        start: Option<DeltaStart>,
+    ) -> Result<Round, ResyncError> {
+        let inner = &self.inner;
+        let started = unix_ms(inner.clock.now());
+        let cursor = inner.cursors.get(key).await?.unwrap_or_default();
+        let reason = cursor
+            .due_reason
+            .as_deref()
+            .and_then(ResyncReason::parse)
+            .unwrap_or(reason);
+        let mut progress = CursorProgress::of(&cursor);
+        progress.resource = resource.to_owned();
+        progress.query.clone_from(&query.path);
+        // A cursor's first round sets it; later rounds (and a reset's full
+        // sync) hand over what they find.
+        let first = cursor.last_success_ms.is_none();
+        let deliver = !first || inner.initial_sync || start == Some(DeltaStart::Full);
+        let mut url = match (&cursor.next_link, &cursor.delta_link) {
+            (Some(next), _) => next.clone(),
+            (None, Some(delta)) => delta.clone(),
+            (None, None) => {
+                let from = match start {
+                    Some(start) => start,
+                    None if !deliver && has_latest(query) => DeltaStart::Latest,
+                    None => DeltaStart::Full,
+                };
+                self.first_url(query, from)
+            }
+        };
+        let origin = Origin {
+            reason: reason.clone(),
+            resource: resource.to_owned(),
+            cursor: key.to_owned(),
+        };
+        let mut round = Round {
+            cursor: key.to_owned(),
+            resource: resource.to_owned(),
+            reason: Some(reason),
+            baseline: !deliver,
+            ..Round::default()
+        };
+        loop {
+            inner.lease.acquire(lease, &inner.holder, LEASE_TTL).await?;
+            let page = match inner.client.delta_page(&url, &inner.options).await {
+                Ok(page) => page,
+                Err(DeltaError::Reset { location, error }) if round.resets < MAX_RESETS => {
+                    round.resets += 1;
+                    tracing::warn!(%resource, %error, "graph asked for a full sync; starting over");
+                    progress.next_link = None;
+                    progress.delta_link = None;
+                    inner.cursors.save(key, progress.clone()).await?;
+                    url = location.unwrap_or_else(|| self.first_url(query, DeltaStart::Full));
+                    continue;
+                }
+                Err(e) => return Err(ResyncError::Graph(e)),
+            };
+            round.pages += 1;
+            round.seen += page.items.len() as u64;
+            if deliver && !page.items.is_empty() {
+                round.delivered += page.items.len() as u64;
+                self.deliver(&origin, &page.items).await?;
+            }
+            match page.next {
+                DeltaNext::Next(next) => {
+                    progress.next_link = Some(next.clone());
+                    inner.cursors.save(key, progress.clone()).await?;
+                    url = next;
+                }
+                DeltaNext::Done(delta) => {
+                    progress.next_link = None;
+                    progress.delta_link = Some(delta);
+                    progress.last_success_ms = Some(unix_ms(inner.clock.now()));
+                    inner.cursors.save(key, progress).await?;
+                    inner.cursors.clear_due(key, started).await?;
+                    return Ok(round);
+                }
+            }
+        }
+    }
+
+    /// Hands a page's changes over; returns once they are durable (in the
+    /// inbox) or handled.
+    async fn deliver(
+        &self,
+        origin: &Origin,
+        items: &[crate::subscriptions::DeltaItem],
+    ) -> Result<(), ResyncError> {
+        match &self.inner.sink {
+            Sink::Inbox(inbox) => {
+                let stored: Vec<StoredItem> = items
+                    .iter()
+                    .map(|item| ResyncItem::stored(origin, item))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| ResyncError::Deliver(e.to_string()))?;
+                append(inbox.as_ref(), stored).await
+            }
+            Sink::Handler(handler) => {
+                let now = self.inner.clock.now();
+                let mut events = Vec::with_capacity(items.len());
+                for item in items {
+                    let stored = ResyncItem::stored(origin, item)
+                        .map_err(|e| ResyncError::Deliver(e.to_string()))?;
+                    let parsed = ResyncItem::parse(&stored.raw).ok_or_else(|| {
+                        ResyncError::Deliver("a resync item does not read back".to_owned())
+                    })?;
+                    let data = serde_json::from_str(item.raw.get())
+                        .map_err(|e| ResyncError::Deliver(e.to_string()))?;
+                    events.push(ResyncEvent::new(parsed, data, now, 0));
+                }
+                handler(events)
+                    .await
+                    .map_err(|e| ResyncError::Deliver(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Appends, waiting for room while the inbox is full.
+async fn append(inbox: &dyn Inbox, items: Vec<StoredItem>) -> Result<(), ResyncError> {
+    let deadline = tokio::time::Instant::now() + FULL_INBOX_WAIT;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match inbox.append(items.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Full) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(ResyncError::Store(e)),
+        }
+    }
+}
+
+fn log_round(round: &Round) {
+    if round.baseline {
+        tracing::info!(
+            resource = %round.resource,
+            pages = round.pages,
+            "delta cursor set: changes from now on are resynced"
+        );
+    } else {
+        tracing::info!(
+            resource = %round.resource,
+            reason = %round.reason.as_ref().map_or("", ResyncReason::as_str),
+            pages = round.pages,
+            changes = round.delivered,
+            resets = round.resets,
+            "resync done"
+        );
+    }
+}
+
+/// The running loop of a [`DeltaResync`].
+#[derive(Debug)]
+pub struct RunningResync {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningResync {
+    /// Stops the loop (a round in progress stops at its next await; its
+    /// cursor resumes where the last stored page left it).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
