@@ -180,9 +180,21 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
         Some(ring) => active_certificate(&ring, args.work.rich.newest_key_id())?,
         None => None,
     };
+    let builder = args.subscription.manager(
+        client.clone(),
+        &args.subscribe,
+        args.addr.port(),
+        certificate,
+    )?;
     let manager = args
         .subscription
-        .manager(client, &args.subscribe, args.addr.port(), certificate)?
+        .resync
+        .configure(
+            builder,
+            client,
+            &store.backend,
+            args.work.rich.tenant_ids.first().map(String::as_str),
+        )?
         .backend(&store.backend)
         .registry(registry.clone())
         .build()?;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod cert;
+mod delta;
 mod demo;
 mod dlq;
 mod doctor;
@@ -64,6 +65,10 @@ enum Command {
     /// The kind of a resource and the least-privileged permissions to
     /// subscribe to it, per permission type.
     Permissions(subscribe::PermissionsArgs),
+    /// Run one round of a resource's delta query: print each change as a
+    /// `resync` JSON line and keep the cursor in the store, so the next run
+    /// prints only what changed since.
+    Delta(delta::Args),
     /// Probe a notification URL the way Graph will, and explain what fails.
     Doctor(doctor::Args),
     /// Verify and decrypt a captured notification body offline: accepted
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
             Command::Doctor(args) => doctor::run(args).await,
             Command::Subscribe(args) => subscribe::run(args).await,
             Command::Permissions(args) => subscribe::permissions(&args),
+            Command::Delta(args) => delta::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Cert(args) => cert::run(args),
         }

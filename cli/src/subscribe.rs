@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use msgraph_webhooks::catalog::{self, PermissionType, ResourceDataRule};
 use msgraph_webhooks::crypto::KeyRing;
+use msgraph_webhooks::resync::DeltaResync;
+use msgraph_webhooks::store::Backend;
 use msgraph_webhooks::subscriptions::preflight::LifetimePolicy;
 use msgraph_webhooks::subscriptions::{
     ClientCredentials, DEFAULT_GRAPH_URL, DEFAULT_TOKEN_URL, Declared, EncryptionCertificate,
-    GraphClient, ManagerBuilder, SubscriptionManager,
+    GraphClient, ManagerBuilder, Resync, SubscriptionManager,
 };
 use msgraph_webhooks::tunnel::{DEFAULT_AGENT_API, NgrokAgent};
 use msgraph_webhooks::{BoxError, SubscriptionRegistry};
@@ -138,6 +140,104 @@ pub(crate) struct SubscriptionArgs {
         env = "MSGRAPH_WEBHOOKS_LEASE_SECS"
     )]
     lease_secs: u64,
+
+    #[command(flatten)]
+    pub(crate) resync: ResyncArgs,
+}
+
+/// How missed notifications are made up for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ResyncMode {
+    /// Run the resource's delta query from its stored cursor and print
+    /// each change as a `resync` line (a warning for resources without one).
+    Delta,
+    /// Only log a warning: resync the resource yourself.
+    Hook,
+    /// Nothing.
+    Off,
+}
+
+/// The resync flags of `subscribe` and `listen --subscribe`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ResyncArgs {
+    /// After `missed`, a removed or recreated subscription, and on start:
+    /// `delta` resyncs by the resource's delta query (cursors kept in the
+    /// store), `hook` only warns, `off` does nothing.
+    #[arg(long, value_enum, default_value_t = ResyncMode::Delta, env = "MSGRAPH_WEBHOOKS_RESYNC")]
+    resync: ResyncMode,
+
+    /// Hours between safety-net resyncs of every subscribed resource with a
+    /// delta query; 0 turns them off.
+    #[arg(
+        long,
+        value_name = "HOURS",
+        default_value_t = 6.0,
+        env = "MSGRAPH_WEBHOOKS_RESYNC_EVERY"
+    )]
+    resync_every: f64,
+
+    /// The trigger mode: notifications of resources with a delta query are
+    /// not printed; each triggers a delta round (those close together
+    /// make one), and the round's changes are printed instead.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_RESYNC_TRIGGER")]
+    resync_trigger: bool,
+
+    /// Items per delta page asked of Graph (`Prefer: odata.maxpagesize`).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=1000),
+        env = "MSGRAPH_WEBHOOKS_RESYNC_PAGE_SIZE"
+    )]
+    resync_page_size: Option<u32>,
+}
+
+impl ResyncArgs {
+    /// The manager with the resync the flags ask for: `client` reads the
+    /// delta queries, the changes go to `backend`'s inbox.
+    pub(crate) fn configure(
+        &self,
+        builder: ManagerBuilder,
+        client: GraphClient,
+        backend: &Backend,
+        tenant: Option<&str>,
+    ) -> Result<ManagerBuilder, BoxError> {
+        let warn = |resync: Resync| async move {
+            tracing::warn!(
+                key = %resync.key,
+                resource = %resync.resource,
+                subscription_id = %resync.subscription_id,
+                reason = %resync.reason,
+                "changes may have been missed: resync the resource (it has no delta query)"
+            );
+            Ok(())
+        };
+        match self.resync {
+            ResyncMode::Off => Ok(builder),
+            ResyncMode::Hook => Ok(builder.on_resync(warn)),
+            ResyncMode::Delta => {
+                let mut engine =
+                    DeltaResync::builder(client, backend).tenant(tenant.unwrap_or("default"));
+                if self.resync_every > 0.0 {
+                    let every = Duration::try_from_secs_f64(self.resync_every * 3600.0)
+                        .map_err(|_| "--resync-every: a number of hours")?;
+                    engine = engine.every(every);
+                }
+                if let Some(size) = self.resync_page_size {
+                    engine = engine.max_page_size(size);
+                }
+                Ok(builder
+                    .delta_resync(engine.build())
+                    .trigger_mode(self.resync_trigger)
+                    .on_resync(warn))
+            }
+        }
+    }
+
+    /// Whether resync by delta query is on.
+    pub(crate) fn by_delta(&self) -> bool {
+        self.resync == ResyncMode::Delta
+    }
 }
 
 impl SubscriptionArgs {
@@ -202,16 +302,7 @@ impl SubscriptionArgs {
         for declared in self.declared(specs)? {
             builder = builder.declare(declared);
         }
-        Ok(builder.on_resync(|resync| async move {
-            tracing::warn!(
-                key = %resync.key,
-                resource = %resync.resource,
-                subscription_id = %resync.subscription_id,
-                reason = ?resync.reason,
-                "changes may have been missed: resync the resource (e.g. a delta query)"
-            );
-            Ok(())
-        }))
+        Ok(builder)
     }
 }
 
@@ -280,9 +371,19 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         .transpose()?;
     let store = args.store.open().await?;
     let registry = Arc::new(SubscriptionRegistry::new().source(store.backend.records()));
+    let builder =
+        args.subscription
+            .manager(client.clone(), &args.subscriptions, args.port, certificate)?;
+    if args.subscription.resync.by_delta() && store.backend.kind() == "memory" {
+        tracing::warn!(
+            "resynced changes go to the store's inbox, which is in memory here: \
+             nobody hands them out. Use --data-dir or --redis-url, shared with a `listen` or `work`"
+        );
+    }
     let manager = args
         .subscription
-        .manager(client, &args.subscriptions, args.port, certificate)?
+        .resync
+        .configure(builder, client, &store.backend, args.tenant_id.as_deref())?
         .backend(&store.backend)
         .registry(registry)
         .build()?;

@@ -363,22 +363,17 @@ impl DeltaResync {
         Ok(self.inner.cursors.get(&self.cursor_key(&query)).await?)
     }
 
-    /// Runs one round of `resource` now: from its cursor, or, without one,
-    /// from `start` (a full sync, handed over, or "from now").
+    /// Runs one round of `resource` now, from its cursor; without one, a
+    /// baseline or, with [`initial_sync`](DeltaResyncBuilder::initial_sync),
+    /// a full sync handed over.
     ///
     /// # Errors
     ///
     /// [`ResyncError`]: the cursor keeps its place.
-    pub async fn run(
-        &self,
-        resource: &str,
-        reason: ResyncReason,
-        start: DeltaStart,
-    ) -> Result<Round, ResyncError> {
+    pub async fn run(&self, resource: &str, reason: ResyncReason) -> Result<Round, ResyncError> {
         let query = Self::query(resource)?;
         let key = self.cursor_key(&query);
-        self.round(&key, resource, &query, reason, Some(start))
-            .await
+        self.round(&key, resource, &query, reason).await
     }
 
     /// Runs every tracked resource that is due, one after the other.
@@ -402,7 +397,7 @@ impl DeltaResync {
                 continue;
             };
             let reason = ResyncReason::parse(reason).unwrap_or(ResyncReason::Requested);
-            match self.round(&key, resource, query, reason, None).await {
+            match self.round(&key, resource, query, reason).await {
                 Ok(round) if round.busy => pending = true,
                 Ok(round) => log_round(&round),
                 Err(e) => {
@@ -505,7 +500,7 @@ impl DeltaResync {
                     }
                 }
                 _ => match self
-                    .round(&key, &resource, &query, ResyncReason::Startup, None)
+                    .round(&key, &resource, &query, ResyncReason::Startup)
                     .await
                 {
                     Ok(round) => log_round(&round),
@@ -538,7 +533,6 @@ impl DeltaResync {
         resource: &str,
         query: &DeltaQuery,
         reason: ResyncReason,
-        start: Option<DeltaStart>,
     ) -> Result<Round, ResyncError> {
         let lease = format!("delta/{key}");
         let inner = &self.inner;
@@ -554,9 +548,7 @@ impl DeltaResync {
                 ..Round::default()
             });
         }
-        let result = self
-            .round_held(&lease, key, resource, query, reason, start)
-            .await;
+        let result = self.round_held(&lease, key, resource, query, reason).await;
         if let Err(e) = inner.lease.release(&lease, &inner.holder).await {
             tracing::debug!(error = %e, "could not release a delta lease; it lapses");
         }
@@ -580,7 +572,6 @@ impl DeltaResync {
         resource: &str,
         query: &DeltaQuery,
         reason: ResyncReason,
-        start: Option<DeltaStart>,
     ) -> Result<Round, ResyncError> {
         let inner = &self.inner;
         let started = unix_ms(inner.clock.now());
@@ -593,21 +584,21 @@ impl DeltaResync {
         let mut progress = CursorProgress::of(&cursor);
         progress.resource = resource.to_owned();
         progress.query.clone_from(&query.path);
-        // A cursor's first round sets it; later rounds (and a reset's full
-        // sync) hand over what they find.
+        // A cursor's first round at startup or on request only sets it
+        // (unless asked to hand the state over); later rounds, a trigger
+        // before any cursor and a reset's full sync hand over what they find. A baseline
+        // resumed after a crash stays one.
         let first = cursor.last_success_ms.is_none();
-        let deliver = !first || inner.initial_sync || start == Some(DeltaStart::Full);
+        let deliver = !first
+            || inner.initial_sync
+            || !matches!(reason, ResyncReason::Startup | ResyncReason::Requested);
         let mut url = match (&cursor.next_link, &cursor.delta_link) {
             (Some(next), _) => next.clone(),
             (None, Some(delta)) => delta.clone(),
-            (None, None) => {
-                let from = match start {
-                    Some(start) => start,
-                    None if !deliver && has_latest(query) => DeltaStart::Latest,
-                    None => DeltaStart::Full,
-                };
-                self.first_url(query, from)
+            (None, None) if !deliver && has_latest(query) => {
+                self.first_url(query, DeltaStart::Latest)
             }
+            (None, None) => self.first_url(query, DeltaStart::Full),
         };
         let origin = Origin {
             reason: reason.clone(),
