@@ -17,6 +17,7 @@ mod hostile_bodies;
 mod limits;
 mod listener;
 mod parser_props;
+mod resync;
 mod rich;
 mod roles;
 mod shutdown;

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use msgraph_webhooks::handler::HandlerEvent;
+use msgraph_webhooks::handler::{HandlerEvent, ResyncEvent};
 use msgraph_webhooks::listener::ServerConfig;
 use msgraph_webhooks::{BoxError, ChangeEvent, Handler, LifecycleEvent, Receiver, ReceiverBuilder};
 use tokio::sync::{Notify, oneshot};
@@ -93,6 +93,16 @@ impl Recorder {
     }
 
     /// Waits until at least `n` events arrived; returns the change events.
+    pub fn resyncs(&self) -> Vec<ResyncEvent> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                HandlerEvent::Resync(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub async fn changes_after(&self, n: usize) -> Vec<ChangeEvent> {
         self.wait_for(n).await;
         self.changes()
@@ -112,6 +122,11 @@ impl Handler for Recorder {
 
     async fn on_lifecycle(&self, event: LifecycleEvent) -> Result<(), BoxError> {
         self.push(HandlerEvent::Lifecycle(event));
+        Ok(())
+    }
+
+    async fn on_resync(&self, event: ResyncEvent) -> Result<(), BoxError> {
+        self.push(HandlerEvent::Resync(event));
         Ok(())
     }
 }
