@@ -85,7 +85,7 @@ impl Backend {
             dead_letters: store.clone(),
             dedupe: store.clone(),
             records: store.clone(),
-            cursors: Arc::new(MemoryCursors::new()),
+            cursors: store.clone(),
             lease: store,
             dedupe_lease: DEDUPE_LEASE,
             kind: "sqlite",
@@ -105,7 +105,7 @@ impl Backend {
             dead_letters: store.clone(),
             dedupe: store.clone(),
             records: store.clone(),
-            cursors: Arc::new(MemoryCursors::new()),
+            cursors: store.clone(),
             lease: store,
             kind: "redis",
         }

@@ -1,6 +1,6 @@
 //! The storage contracts' test suite, run against every backend: what
-//! [`Inbox`], [`DeadLetters`], [`Dedupe`], [`RecordStore`] and [`Lease`]
-//! promise, whichever store keeps them. What only one backend does
+//! [`Inbox`], [`DeadLetters`], [`Dedupe`], [`RecordStore`], [`Cursors`] and
+//! [`Lease`] promise, whichever store keeps them. What only one backend does
 //! (reopening, lock files, schema migrations, group commits, takeovers by
 //! the consumer group) is tested beside it.
 //!
@@ -9,7 +9,10 @@
 
 use std::time::Duration;
 
-use super::{Backend, Claim, Claimed, DedupeKey, MemoryInbox, StoredItem, SubscriptionRecord};
+use super::{
+    Backend, Claim, Claimed, CursorProgress, DedupeKey, DeltaCursor, MemoryInbox, StoredItem,
+    SubscriptionRecord,
+};
 use crate::ClientState;
 use crate::notification::ValidationTokens;
 
@@ -145,6 +148,169 @@ async fn records(a: &Backend, b: &Backend) {
     assert!(b.records().all().await.unwrap().is_empty());
 }
 
+fn progress(resource: &str, delta_link: Option<&str>, next_link: Option<&str>) -> CursorProgress {
+    CursorProgress::of(&DeltaCursor {
+        resource: resource.into(),
+        query: format!("{resource}/delta"),
+        delta_link: delta_link.map(Into::into),
+        next_link: next_link.map(Into::into),
+        last_success_ms: delta_link.map(|_| 1_000),
+        ..DeltaCursor::default()
+    })
+}
+
+/// A cursor's progress is read by the other handle; a due mark creates a
+/// cursor or keeps an existing one's links, and only the latest mark stays;
+/// a round's save leaves the marks alone, and its clearing spares a mark
+/// made after it started.
+async fn cursors(a: &Backend, b: &Backend) {
+    let (a, b) = (a.cursors(), b.cursors());
+    let key = "tenant|users/ada/messages/delta";
+    assert_eq!(a.get(key).await.unwrap(), None);
+    let saved = progress("users/ada/messages", Some("https://d/1"), None);
+    a.save(key, saved.clone()).await.unwrap();
+    let cursor = b.get(key).await.unwrap().unwrap();
+    assert_eq!(CursorProgress::of(&cursor), saved);
+    assert_eq!((cursor.due_reason, cursor.due_at_ms), (None, None));
+
+    b.mark_due(key, "other", "other/delta", "missed", 2_000)
+        .await
+        .unwrap();
+    let cursor = a.get(key).await.unwrap().unwrap();
+    assert_eq!(
+        CursorProgress::of(&cursor),
+        saved,
+        "a mark keeps the cursor's links"
+    );
+    assert_eq!(
+        (cursor.due_reason.as_deref(), cursor.due_at_ms),
+        (Some("missed"), Some(2_000))
+    );
+    // A round in progress saves a page: the mark stays.
+    let paging = progress(
+        "users/ada/messages",
+        Some("https://d/1"),
+        Some("https://n/2"),
+    );
+    a.save(key, paging.clone()).await.unwrap();
+    let cursor = b.get(key).await.unwrap().unwrap();
+    assert_eq!(CursorProgress::of(&cursor), paging);
+    assert_eq!(cursor.due_at_ms, Some(2_000), "a save leaves the mark");
+
+    b.mark_due(key, "", "", "trigger", 3_000).await.unwrap();
+    let cursor = a.get(key).await.unwrap().unwrap();
+    assert_eq!(
+        (cursor.due_reason.as_deref(), cursor.due_at_ms),
+        (Some("trigger"), Some(3_000)),
+        "the latest mark wins"
+    );
+    a.clear_due(key, 2_999).await.unwrap();
+    let cursor = b.get(key).await.unwrap().unwrap();
+    assert_eq!(
+        cursor.due_at_ms,
+        Some(3_000),
+        "a mark made after the round started stays"
+    );
+    a.clear_due(key, 3_000).await.unwrap();
+    let cursor = b.get(key).await.unwrap().unwrap();
+    assert_eq!(CursorProgress::of(&cursor), paging);
+    assert_eq!((cursor.due_reason, cursor.due_at_ms), (None, None));
+    b.mark_due(key, "", "", "trigger", 4_000).await.unwrap();
+    a.clear_due(key, 9_000).await.unwrap();
+    assert_eq!(b.get(key).await.unwrap().unwrap().due_at_ms, None);
+    a.clear_due("nobody", 9_000).await.unwrap();
+    assert_eq!(
+        a.get("nobody").await.unwrap(),
+        None,
+        "clearing creates nothing"
+    );
+
+    let fresh = "tenant|groups/g/delta";
+    a.mark_due(fresh, "groups/g", "groups/g/delta", "removed", 5_000)
+        .await
+        .unwrap();
+    let created = b.get(fresh).await.unwrap().unwrap();
+    let mut expected = DeltaCursor {
+        resource: "groups/g".into(),
+        query: "groups/g/delta".into(),
+        ..DeltaCursor::default()
+    };
+    expected.due_reason = Some("removed".into());
+    expected.due_at_ms = Some(5_000);
+    assert_eq!(created, expected, "a mark creates the cursor with no links");
+
+    let mut all = b.all().await.unwrap();
+    all.sort_by(|x, y| x.0.cmp(&y.0));
+    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, [fresh, key]);
+    assert_eq!(all[0].1, expected);
+    b.remove(key).await.unwrap();
+    assert_eq!(a.get(key).await.unwrap(), None);
+    let left: Vec<String> = a.all().await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left, [fresh]);
+    a.remove(fresh).await.unwrap();
+    a.remove(fresh).await.unwrap();
+    assert!(b.all().await.unwrap().is_empty());
+}
+
+/// Keys and links are stored as given, whatever their characters and
+/// length.
+async fn cursor_keys_and_links_as_given(a: &Backend, b: &Backend) {
+    let (a, b) = (a.cursors(), b.cursors());
+    let long_link = format!(
+        "https://graph.microsoft.com/v1.0/delta?$deltatoken={}",
+        "t".repeat(8 * 1024)
+    );
+    let keys = [
+        "tenant|users('ada')/messages/delta".to_owned(),
+        "a|b|c/d/e|".to_owned(),
+        r#"quotes ' " ` \ and * ? [ ] { } : spaces"#.to_owned(),
+        "unicode: åäö ✓ 日本語 🦀".to_owned(),
+        "k".repeat(2 * 1024),
+    ];
+    for (n, key) in keys.iter().enumerate() {
+        let link = if n == 0 {
+            long_link.clone()
+        } else {
+            format!("https://d/{n}")
+        };
+        a.save(key, progress("r", Some(&link), Some(&link)))
+            .await
+            .unwrap();
+        a.mark_due(key, "", "", "trigger", 1).await.unwrap();
+    }
+    for (n, key) in keys.iter().enumerate() {
+        let cursor = b.get(key).await.unwrap().unwrap();
+        let link = if n == 0 {
+            long_link.clone()
+        } else {
+            format!("https://d/{n}")
+        };
+        assert_eq!(
+            cursor.delta_link.as_deref(),
+            Some(link.as_str()),
+            "{key:.40}"
+        );
+        assert_eq!(
+            cursor.next_link.as_deref(),
+            Some(link.as_str()),
+            "{key:.40}"
+        );
+        assert_eq!(cursor.due_at_ms, Some(1), "{key:.40}");
+        b.clear_due(key, 1).await.unwrap();
+        assert_eq!(a.get(key).await.unwrap().unwrap().due_at_ms, None);
+    }
+    let mut listed: Vec<String> = b.all().await.unwrap().into_iter().map(|(k, _)| k).collect();
+    listed.sort();
+    let mut expected = keys.to_vec();
+    expected.sort();
+    assert_eq!(listed, expected);
+    for key in &keys {
+        b.remove(key).await.unwrap();
+    }
+    assert!(a.all().await.unwrap().is_empty());
+}
+
 /// A lease has one holder until released or lapsed; presence lists the
 /// live members of a group.
 async fn leases_and_presence(a: &Backend, b: &Backend) {
@@ -192,6 +358,8 @@ async fn all(a: &Backend, b: &Backend) {
     inbox_and_dead_letters(a, b).await;
     dedupe(a).await;
     records(a, b).await;
+    cursors(a, b).await;
+    cursor_keys_and_links_as_given(a, b).await;
     leases_and_presence(a, b).await;
 }
 

@@ -1,12 +1,16 @@
-//! Subscription records and the leases and presence of instances.
+//! Subscription records, delta cursors, and the leases and presence of
+//! instances.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::AsyncCommands as _;
 
 use super::{RedisStore, now_ms, unavailable};
-use crate::store::{Lease, RecordStore, StoreError, SubscriptionRecord};
+use crate::store::{
+    CursorProgress, Cursors, DeltaCursor, Lease, RecordStore, StoreError, SubscriptionRecord,
+};
 
 impl RecordStore for RedisStore {
     fn get_many(
@@ -60,6 +64,175 @@ impl RecordStore for RedisStore {
             Ok(all
                 .iter()
                 .filter_map(|j| serde_json::from_str(j).ok())
+                .collect())
+        })
+    }
+}
+
+impl RedisStore {
+    /// The hash of the cursor under `key`.
+    fn cursor_key(&self, key: &str) -> String {
+        self.key(&format!("cursor:{key}"))
+    }
+}
+
+/// A cursor from the fields of its hash (`None`: no hash).
+fn cursor_of(mut fields: HashMap<String, String>) -> Result<Option<DeltaCursor>, String> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let mut ms = |field: &str| {
+        fields
+            .remove(field)
+            .map(|v| v.parse::<i64>().map_err(|e| format!("{field} {v:?}: {e}")))
+            .transpose()
+    };
+    let last_success_ms = ms("last_success_ms")?;
+    let due_at_ms = ms("due_at_ms")?;
+    Ok(Some(DeltaCursor {
+        resource: fields.remove("resource").unwrap_or_default(),
+        query: fields.remove("query").unwrap_or_default(),
+        delta_link: fields.remove("delta_link"),
+        next_link: fields.remove("next_link"),
+        last_success_ms,
+        due_reason: fields.remove("due_reason"),
+        due_at_ms,
+    }))
+}
+
+/// Each cursor is a hash (`{prefix}:cursor:<key>`: `resource`, `query`,
+/// `delta_link`, `next_link`, `last_success_ms`, `due_reason`, `due_at_ms`,
+/// absent when `None`) and a member of the set `{prefix}:cursors`, which
+/// [`all`](Cursors::all) reads. Progress and due marks are written by
+/// different fields; a mark and its clearing are scripts.
+impl Cursors for RedisStore {
+    fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<DeltaCursor>, StoreError>> {
+        let hash = self.cursor_key(key);
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let fields: HashMap<String, String> = conn.hgetall(&hash).await.map_err(unavailable)?;
+            cursor_of(fields).map_err(|e| unavailable(format!("unreadable cursor {hash}: {e}")))
+        })
+    }
+
+    fn save(&self, key: &str, progress: CursorProgress) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (hash, key) = (self.cursor_key(key), key.to_owned());
+        Box::pin(async move {
+            let mut set = vec![("resource", progress.resource), ("query", progress.query)];
+            let mut unset = Vec::new();
+            for (field, value) in [
+                ("delta_link", progress.delta_link),
+                ("next_link", progress.next_link),
+                (
+                    "last_success_ms",
+                    progress.last_success_ms.map(|ms| ms.to_string()),
+                ),
+            ] {
+                match value {
+                    Some(value) => set.push((field, value)),
+                    None => unset.push(field),
+                }
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe.cmd("HSET").arg(&hash).arg(&set).ignore();
+            if !unset.is_empty() {
+                pipe.cmd("HDEL").arg(&hash).arg(&unset).ignore();
+            }
+            pipe.cmd("SADD").arg(self.key("cursors")).arg(key).ignore();
+            let mut conn = self.conn.clone();
+            pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        })
+    }
+
+    fn mark_due(
+        &self,
+        key: &str,
+        resource: &str,
+        query: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut invocation = self.scripts.mark_due.prepare_invoke();
+        invocation
+            .key(self.cursor_key(key))
+            .key(self.key("cursors"))
+            .arg(resource)
+            .arg(query)
+            .arg(reason)
+            .arg(at_ms)
+            .arg(key);
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            invocation
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    fn clear_due(&self, key: &str, seen_ms: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let hash = self.cursor_key(key);
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            self.scripts
+                .clear_due
+                .key(hash)
+                .arg(seen_ms)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    fn remove(&self, key: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (hash, key) = (self.cursor_key(key), key.to_owned());
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            redis::pipe()
+                .atomic()
+                .cmd("DEL")
+                .arg(hash)
+                .ignore()
+                .cmd("SREM")
+                .arg(self.key("cursors"))
+                .arg(key)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn all(&self) -> BoxFuture<'_, Result<Vec<(String, DeltaCursor)>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let keys: Vec<String> = conn
+                .smembers(self.key("cursors"))
+                .await
+                .map_err(unavailable)?;
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("HGETALL").arg(self.cursor_key(key));
+            }
+            let found: Vec<HashMap<String, String>> =
+                pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            Ok(keys
+                .into_iter()
+                .zip(found)
+                .filter_map(|(key, fields)| match cursor_of(fields) {
+                    Ok(cursor) => cursor.map(|c| (key, c)),
+                    Err(e) => {
+                        // One unreadable cursor does not hide the others.
+                        tracing::warn!(key, error = %e, "unreadable cursor skipped");
+                        None
+                    }
+                })
                 .collect())
         })
     }

@@ -13,6 +13,8 @@
 //!   (`{prefix}:delivery:<id>`) its entries and dead letters name; the last
 //!   of them completed removes it.
 //! - Dedupe keys are `SET NX PX` strings (`{prefix}:dedupe:<hex>`).
+//! - Delta cursors are hashes (`{prefix}:cursor:<key>`), their keys listed
+//!   in the set `{prefix}:cursors`.
 //!
 //! What Redis acknowledged is only as durable as its configuration: with no
 //! persistence a Redis restart loses the inbox. Run Redis with
@@ -70,8 +72,8 @@ impl Default for RedisConfig {
 
 /// The Redis store. Implements every storage contract:
 /// [`Inbox`](crate::store::Inbox), [`DeadLetters`](crate::store::DeadLetters),
-/// [`Dedupe`](crate::store::Dedupe), [`RecordStore`](crate::store::RecordStore)
-/// and [`Lease`](super::Lease).
+/// [`Dedupe`](crate::store::Dedupe), [`RecordStore`](crate::store::RecordStore),
+/// [`Cursors`](crate::store::Cursors) and [`Lease`](super::Lease).
 pub struct RedisStore {
     config: RedisConfig,
     consumer: String,

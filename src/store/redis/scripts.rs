@@ -11,6 +11,8 @@ pub(super) struct Scripts {
     pub(super) complete: Script,
     pub(super) retry: Script,
     pub(super) dead_letter: Script,
+    pub(super) mark_due: Script,
+    pub(super) clear_due: Script,
 }
 
 impl Scripts {
@@ -23,6 +25,8 @@ impl Scripts {
             complete: Script::new(&entry_script(COMPLETE)),
             retry: Script::new(&entry_script(RETRY)),
             dead_letter: Script::new(&entry_script(DEAD_LETTER)),
+            mark_due: Script::new(MARK_DUE),
+            clear_due: Script::new(CLEAR_DUE),
         }
     }
 }
@@ -135,6 +139,29 @@ return 1
 pub(super) const DELETE_IF: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Marks a cursor's round due, creating the cursor (with its resource and
+/// query) if there is none. KEYS[1] the cursor's hash, KEYS[2] the index of
+/// cursor keys; ARGV resource, query, reason, time, the cursor's key.
+pub(super) const MARK_DUE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'resource', ARGV[1], 'query', ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'due_reason', ARGV[3], 'due_at_ms', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[5])
+return 1
+";
+
+/// Clears a cursor's due mark if it was made at or before ARGV[1] (unix
+/// ms, exact as a Lua number). KEYS[1] the cursor's hash.
+pub(super) const CLEAR_DUE: &str = r"
+local at = redis.call('HGET', KEYS[1], 'due_at_ms')
+if at and tonumber(at) <= tonumber(ARGV[1]) then
+  redis.call('HDEL', KEYS[1], 'due_reason', 'due_at_ms')
+  return 1
 end
 return 0
 ";

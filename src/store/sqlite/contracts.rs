@@ -1,18 +1,19 @@
 //! The storage contracts on the embedded store: inbox, dead letters,
-//! dedupe, subscription records and leases.
+//! dedupe, subscription records, delta cursors and leases.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use rusqlite::{OptionalExtension as _, params};
+use rusqlite::{OptionalExtension as _, Row, params};
 
 use super::ops::{delivery_tokens, ms, parse_id, read_stats};
-use super::writer::{Op, Rows};
+use super::writer::{DueMark, Op, Rows};
 use super::{POLL, SqliteStore, now_ms, unavailable};
 use crate::store::{
-    Claim, Claimed, DeadLetter, DeadLetters, Dedupe, DedupeKey, EntryId, Inbox, InboxStats, Lease,
-    RecordStore, StoreError, StoredItem, SubscriptionRecord, member_lease, member_prefix,
+    Claim, Claimed, CursorProgress, Cursors, DeadLetter, DeadLetters, Dedupe, DedupeKey,
+    DeltaCursor, EntryId, Inbox, InboxStats, Lease, RecordStore, StoreError, StoredItem,
+    SubscriptionRecord, member_lease, member_prefix,
 };
 
 impl Inbox for SqliteStore {
@@ -417,6 +418,99 @@ impl RecordStore for SqliteStore {
                 .iter()
                 .filter_map(|json| serde_json::from_str(json).ok())
                 .collect())
+        })
+    }
+}
+
+/// The columns of a cursor, in the order [`cursor_of`] reads them.
+const CURSOR_COLUMNS: &str =
+    "resource, query, delta_link, next_link, last_success_ms, due_reason, due_at_ms";
+
+/// A cursor from a row of [`CURSOR_COLUMNS`] starting at column `first`.
+fn cursor_of(row: &Row<'_>, first: usize) -> rusqlite::Result<DeltaCursor> {
+    Ok(DeltaCursor {
+        resource: row.get(first)?,
+        query: row.get(first + 1)?,
+        delta_link: row.get(first + 2)?,
+        next_link: row.get(first + 3)?,
+        last_success_ms: row.get(first + 4)?,
+        due_reason: row.get(first + 5)?,
+        due_at_ms: row.get(first + 6)?,
+    })
+}
+
+/// Delta cursors are rows of `cursors`; progress and due marks are written
+/// by different statements, each in the writer's transaction.
+impl Cursors for SqliteStore {
+    fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<DeltaCursor>, StoreError>> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {CURSOR_COLUMNS} FROM cursors WHERE key = ?1"
+            ))?
+            .query_row([key], |row| cursor_of(row, 0))
+            .optional()
+        })
+    }
+
+    fn save(&self, key: &str, progress: CursorProgress) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            self.call(|reply| Op::SaveCursor(key, Box::new(progress), reply))
+                .await
+                .map_err(StoreError::unavailable)
+        })
+    }
+
+    fn mark_due(
+        &self,
+        key: &str,
+        resource: &str,
+        query: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mark = Box::new(DueMark {
+            key: key.to_owned(),
+            resource: resource.to_owned(),
+            query: query.to_owned(),
+            reason: reason.to_owned(),
+            at_ms,
+        });
+        Box::pin(async move {
+            self.call(|reply| Op::MarkDue(mark, reply))
+                .await
+                .map_err(StoreError::unavailable)
+        })
+    }
+
+    fn clear_due(&self, key: &str, seen_ms: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            self.call(|reply| Op::ClearDue {
+                key,
+                seen_ms,
+                reply,
+            })
+            .await
+            .map_err(StoreError::unavailable)
+        })
+    }
+
+    fn remove(&self, key: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            self.call(|reply| Op::RemoveCursor(key, reply))
+                .await
+                .map_err(StoreError::unavailable)
+        })
+    }
+
+    fn all(&self) -> BoxFuture<'_, Result<Vec<(String, DeltaCursor)>, StoreError>> {
+        self.read(|conn| {
+            conn.prepare(&format!("SELECT key, {CURSOR_COLUMNS} FROM cursors"))?
+                .query_map([], |row| Ok((row.get(0)?, cursor_of(row, 1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
         })
     }
 }

@@ -55,8 +55,8 @@ const STALE_CLAIM: Duration = Duration::from_secs(30);
 
 /// The embedded durable store. Implements every storage contract:
 /// [`Inbox`](crate::store::Inbox), [`DeadLetters`](crate::store::DeadLetters),
-/// [`Dedupe`](crate::store::Dedupe), [`RecordStore`](crate::store::RecordStore)
-/// and [`Lease`](super::Lease).
+/// [`Dedupe`](crate::store::Dedupe), [`RecordStore`](crate::store::RecordStore),
+/// [`Cursors`](crate::store::Cursors) and [`Lease`](super::Lease).
 ///
 /// ```no_run
 /// # fn f() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::now_ms;
-use super::writer::{Done, Op};
+use super::writer::{Done, DueMark, Op};
 use crate::notification::ValidationTokens;
 use crate::store::{Claimed, EntryId, StoreError, StoredItem};
 
@@ -247,6 +247,55 @@ pub(super) fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Res
         Op::RemoveRecord(id, _) => {
             conn.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?
                 .execute([id])?;
+            Done::Unit
+        }
+        Op::SaveCursor(key, progress, _) => {
+            conn.prepare_cached(
+                "INSERT INTO cursors (key, resource, query, delta_link, next_link, last_success_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (key) DO UPDATE SET resource = excluded.resource,
+                     query = excluded.query, delta_link = excluded.delta_link,
+                     next_link = excluded.next_link, last_success_ms = excluded.last_success_ms",
+            )?
+            .execute(params![
+                key,
+                progress.resource,
+                progress.query,
+                progress.delta_link,
+                progress.next_link,
+                progress.last_success_ms
+            ])?;
+            Done::Unit
+        }
+        Op::MarkDue(mark, _) => {
+            let DueMark {
+                key,
+                resource,
+                query,
+                reason,
+                at_ms,
+            } = &**mark;
+            // An existing cursor keeps its resource, query and links.
+            conn.prepare_cached(
+                "INSERT INTO cursors (key, resource, query, due_reason, due_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (key) DO UPDATE SET due_reason = excluded.due_reason,
+                     due_at_ms = excluded.due_at_ms",
+            )?
+            .execute(params![key, resource, query, reason, at_ms])?;
+            Done::Unit
+        }
+        Op::ClearDue { key, seen_ms, .. } => {
+            conn.prepare_cached(
+                "UPDATE cursors SET due_reason = NULL, due_at_ms = NULL
+                 WHERE key = ?1 AND due_at_ms <= ?2",
+            )?
+            .execute(params![key, seen_ms])?;
+            Done::Unit
+        }
+        Op::RemoveCursor(key, _) => {
+            conn.prepare_cached("DELETE FROM cursors WHERE key = ?1")?
+                .execute([key])?;
             Done::Unit
         }
         Op::Acquire {

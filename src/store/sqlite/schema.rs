@@ -53,6 +53,18 @@ CREATE TABLE IF NOT EXISTS leases (
     holder TEXT NOT NULL,
     expires_at_ms INTEGER NOT NULL
 );
+-- Delta cursors: a round's progress (resource to last_success_ms) and its
+-- due mark (due_reason, due_at_ms), written by different operations.
+CREATE TABLE IF NOT EXISTS cursors (
+    key TEXT PRIMARY KEY,
+    resource TEXT NOT NULL,
+    query TEXT NOT NULL,
+    delta_link TEXT,
+    next_link TEXT,
+    last_success_ms INTEGER,
+    due_reason TEXT,
+    due_at_ms INTEGER
+);
 
 -- How many items there are, for /metrics without counting them: counted
 -- once when the counter is made, then kept by the triggers in the

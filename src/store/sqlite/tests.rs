@@ -5,7 +5,10 @@ use rusqlite::params;
 use super::ops::STATS_SQL;
 use super::*;
 use crate::notification::ValidationTokens;
-use crate::store::{Claim, Claimed, DeadLetters, Dedupe, DedupeKey, Inbox, StoredItem};
+use crate::store::{
+    Claim, Claimed, CursorProgress, Cursors, DeadLetters, Dedupe, DedupeKey, DeltaCursor, Inbox,
+    Lease, RecordStore, StoredItem, SubscriptionRecord,
+};
 
 fn item(n: u32) -> StoredItem {
     let raw = serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap();
@@ -213,6 +216,55 @@ async fn a_database_of_the_previous_schema_opens_with_its_items_and_depth() {
     let store = SqliteStore::open(dir.path()).unwrap();
     store.append(vec![item(4)]).await.unwrap();
     assert_eq!(store.stats().await.unwrap().depth, 1);
+}
+
+#[tokio::test]
+async fn a_data_dir_of_the_schema_before_cursors_opens_with_its_records_and_keeps_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut record = SubscriptionRecord::new("sub-1", None);
+        record.owner.insert("key".into(), "mail".into());
+        store.put(record).await.unwrap();
+        let ttl = Duration::from_secs(60);
+        assert!(store.acquire("leader", "a", ttl).await.unwrap());
+        store.append(vec![item(1)]).await.unwrap();
+    }
+    // The previous schema is this one without `cursors`.
+    Connection::open(dir.path().join(DATABASE))
+        .unwrap()
+        .execute_batch("DROP TABLE cursors")
+        .unwrap();
+
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let records = RecordStore::all(&store).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].owner["key"], "mail");
+    assert!(store.expires_in("leader").await.unwrap().is_some());
+    assert_eq!(store.stats().await.unwrap().depth, 1);
+    assert!(Cursors::all(&store).await.unwrap().is_empty());
+    let cursor = DeltaCursor {
+        resource: "users/ada/messages".into(),
+        query: "users/ada/messages/delta".into(),
+        delta_link: Some("https://d/1".into()),
+        last_success_ms: Some(1),
+        ..DeltaCursor::default()
+    };
+    store
+        .save("t|users/ada/messages/delta", CursorProgress::of(&cursor))
+        .await
+        .unwrap();
+    drop(store);
+
+    // Opened again, the cursor is there and the migration is not repeated.
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(
+        Cursors::get(&store, "t|users/ada/messages/delta")
+            .await
+            .unwrap(),
+        Some(cursor)
+    );
+    assert_eq!(RecordStore::all(&store).await.unwrap().len(), 1);
 }
 
 #[tokio::test]

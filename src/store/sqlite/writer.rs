@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::ops::apply;
 use super::{SWEEP, now_ms};
-use crate::store::Claimed;
+use crate::store::{Claimed, CursorProgress};
 
 /// Urgent operations (appends: someone waits to answer 202) the writer takes
 /// into one transaction at most.
@@ -24,6 +24,16 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, String>>;
 pub(super) struct Rows {
     pub(super) tokens: Vec<(Vec<u8>, i64)>,
     pub(super) items: Vec<(Vec<u8>, i64, Option<usize>)>,
+}
+
+/// A [`Cursors::mark_due`](crate::store::Cursors::mark_due), boxed: the
+/// queue's operations stay small.
+pub(super) struct DueMark {
+    pub(super) key: String,
+    pub(super) resource: String,
+    pub(super) query: String,
+    pub(super) reason: String,
+    pub(super) at_ms: i64,
 }
 
 pub(super) enum Op {
@@ -56,6 +66,14 @@ pub(super) enum Op {
     },
     PutRecord(String, String, Reply<()>),
     RemoveRecord(String, Reply<()>),
+    SaveCursor(String, Box<CursorProgress>, Reply<()>),
+    MarkDue(Box<DueMark>, Reply<()>),
+    ClearDue {
+        key: String,
+        seen_ms: i64,
+        reply: Reply<()>,
+    },
+    RemoveCursor(String, Reply<()>),
     Acquire {
         name: String,
         holder: String,
@@ -71,10 +89,10 @@ pub(super) enum Op {
 
 impl Op {
     /// Whether the caller relies on the operation surviving a crash of the
-    /// machine once answered. Appends do (`202` follows), as do records and
-    /// leases. The workers' bookkeeping does not: losing a completion or a
-    /// dedupe mark can only make an item be handled again, which
-    /// at-least-once allows, so its transactions skip the fsync.
+    /// machine once answered. Appends do (`202` follows), as do records,
+    /// cursors and leases. The workers' bookkeeping does not: losing a
+    /// completion or a dedupe mark can only make an item be handled again,
+    /// which at-least-once allows, so its transactions skip the fsync.
     fn durable(&self) -> bool {
         matches!(
             self,
@@ -82,6 +100,10 @@ impl Op {
                 | Op::Replay(..)
                 | Op::PutRecord(..)
                 | Op::RemoveRecord(..)
+                | Op::SaveCursor(..)
+                | Op::MarkDue(..)
+                | Op::ClearDue { .. }
+                | Op::RemoveCursor(..)
                 | Op::Acquire { .. }
                 | Op::Release { .. }
         )
@@ -258,6 +280,10 @@ pub(super) fn answer(op: Op, done: Done) {
             | Op::Finish { reply, .. }
             | Op::PutRecord(_, _, reply)
             | Op::RemoveRecord(_, reply)
+            | Op::SaveCursor(_, _, reply)
+            | Op::MarkDue(_, reply)
+            | Op::ClearDue { reply, .. }
+            | Op::RemoveCursor(_, reply)
             | Op::Release { reply, .. },
             Done::Unit,
         ) => {
@@ -277,6 +303,10 @@ pub(super) fn fail(op: Op, why: &str) {
         | Op::Finish { reply, .. }
         | Op::PutRecord(_, _, reply)
         | Op::RemoveRecord(_, reply)
+        | Op::SaveCursor(_, _, reply)
+        | Op::MarkDue(_, reply)
+        | Op::ClearDue { reply, .. }
+        | Op::RemoveCursor(_, reply)
         | Op::Release { reply, .. } => {
             let _ = reply.send(Err(why));
         }
