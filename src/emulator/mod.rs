@@ -57,7 +57,9 @@ mod handshake;
 mod identity;
 mod lifecycle;
 mod notify;
+mod resources;
 mod store;
+mod sync;
 
 use std::fmt;
 use std::future::Future;
@@ -81,12 +83,15 @@ pub use identity::{
 };
 pub use lifecycle::{ControlError, Fired};
 pub use notify::Change;
+pub use resources::Applied;
 
 use crate::notification::LifecycleEventType;
 use crate::tokens::TokenVersion;
 use delivery::{DeliveryLog, Engine};
 use identity::Identity;
+use resources::Resources;
 use store::Store;
+use sync::DeltaState;
 
 /// The tenant the emulator plays unless told otherwise.
 pub const DEFAULT_TENANT_ID: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
@@ -135,6 +140,10 @@ pub struct Config {
     pub allow_http: bool,
     /// Subscriptions per page of `GET /subscriptions`.
     pub page_size: usize,
+    /// How long delta tokens of Outlook (messages, events), Teams and drive
+    /// items stay usable, in emulated time (Graph: no fixed lifetime, cache
+    /// based; default 30 days). Directory objects' live 7 days, as Graph's.
+    pub delta_token_lifetime: Duration,
 }
 
 impl Default for Config {
@@ -155,6 +164,7 @@ impl Default for Config {
             drive_files: Vec::new(),
             allow_http: false,
             page_size: 100,
+            delta_token_lifetime: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -181,6 +191,10 @@ pub(crate) struct Core {
     pub(crate) store: Store,
     pub(crate) engine: Engine,
     pub(crate) log: DeliveryLog,
+    /// The tenant's data, for delta queries.
+    pub(crate) resources: Resources,
+    /// Delta tokens, resets, throttling.
+    pub(crate) delta: DeltaState,
     pub(crate) client: reqwest::Client,
     pub(crate) base_url: String,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -296,6 +310,12 @@ impl EmulatorBuilder {
         self
     }
 
+    /// How long Outlook, Teams and drive delta tokens stay usable (emulated time).
+    pub fn delta_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.delta_token_lifetime = lifetime;
+        self
+    }
+
     /// Whether the tenant has Copilot licences (default: yes).
     pub fn copilot_tenant_licensed(mut self, licensed: bool) -> Self {
         self.config.copilot_tenant_licensed = licensed;
@@ -337,6 +357,8 @@ impl EmulatorBuilder {
             store: Store::default(),
             engine: Engine::default(),
             log: DeliveryLog::default(),
+            resources: Resources::default(),
+            delta: DeltaState::default(),
             client,
             base_url: format!("http://{addr}"),
             shutdown,
@@ -489,13 +511,44 @@ impl Emulator {
             .user_token(tenant_id, app_id, username, &scopes)
     }
 
-    /// Notifies every subscription the change concerns.
+    /// Applies the change to the emulator's data (when its resource, or the
+    /// collection it is an item of, has a delta query) and notifies every
+    /// subscription it concerns (unless [`Change::notify`] is off).
     ///
     /// # Errors
     ///
     /// [`ControlError`] for a malformed resource or an unknown change type.
     pub fn fire(&self, change: &Change) -> Result<Fired, ControlError> {
         self.core.fire(change)
+    }
+
+    /// Applies changes in order (see [`fire`](Self::fire)), after checking
+    /// them all; one answer for all of them.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`] for the first malformed change (nothing is applied
+    /// then), or a failure while applying.
+    pub fn fire_all(&self, changes: &[Change]) -> Result<Fired, ControlError> {
+        self.core.fire_all(changes)
+    }
+
+    /// Makes the next `requests` delta queries answer `429 TooManyRequests`
+    /// with `Retry-After: retry_after` (whole seconds).
+    pub fn throttle_delta(&self, requests: u32, retry_after: Duration) {
+        self.core.delta.throttle(requests, retry_after.as_secs());
+    }
+
+    /// Makes every delta token issued so far for `delta_path` (e.g.
+    /// `users/delta`; `None`: every delta query) answer a sync reset,
+    /// `410 Gone` with the initial query in `Location`.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::InvalidResource`] when `delta_path` is not a delta
+    /// query the emulator serves.
+    pub fn reset_delta(&self, delta_path: Option<&str>) -> Result<(), ControlError> {
+        self.core.reset_delta(delta_path).map(|_| ())
     }
 
     /// Sends a lifecycle notification for a subscription
