@@ -96,10 +96,16 @@ impl Links {
         if options.is_empty() {
             return self.base.clone();
         }
-        let query: String = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(options)
-            .finish();
-        format!("{}?{query}", self.base)
+        // Names as Graph writes them (`$skiptoken`), values encoded.
+        let query: Vec<String> = options
+            .iter()
+            .map(|(name, value)| {
+                let value: String =
+                    url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+                format!("{name}={value}")
+            })
+            .collect();
+        format!("{}?{}", self.base, query.join("&"))
     }
 }
 
