@@ -28,7 +28,8 @@ pub struct Fired {
     /// The items queued for delivery.
     pub items: usize,
     /// What the changes did to the emulator's data (changes to resources
-    /// without a delta query are not kept).
+    /// without a delta query are not kept); left out of the JSON when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub applied: Vec<Applied>,
 }
 

@@ -23,10 +23,28 @@
 //!   throttling states, `missed` after drops, `reauthorizationRequired`
 //!   ahead of expiry, expired subscriptions stopping; rich notifications
 //!   really encrypted to the subscription's certificate and really signed;
-//! - a **control API** under `/emulator/`: `POST /emulator/changes` and
+//! - **delta queries** on the emulator's data (Microsoft Learn, "Use delta
+//!   query to track changes in Microsoft Graph data",
+//!   <https://learn.microsoft.com/graph/delta-query-overview>), under
+//!   `/v1.0` and `/beta`, for every query [`catalog::delta`](crate::catalog::delta)
+//!   maps a subscription to: `users/{id}/mailFolders/{id}/messages/delta`,
+//!   `users/{id}/calendarView/delta` (with `startDateTime`, `endDateTime`),
+//!   `drives/{id}/root/delta`, `users/{id}/drive/root/delta`,
+//!   `teams/{id}/channels/{id}/messages/delta`, `users/delta`,
+//!   `groups/delta` (`$filter=id eq '…'`), `me/…` for delegated tokens, also
+//!   spelled `microsoft.graph.delta()`: `@odata.nextLink` (`$skiptoken`) to
+//!   `@odata.deltaLink` (`$deltatoken`, `token` for drives), `$select`,
+//!   `Prefer: odata.maxpagesize`, `latest`, token expiry and sync resets;
+//!   changes ([`Emulator::fire`]) create, update and delete the items;
+//! - a **control API** under `/emulator/`: `POST /emulator/changes` (one
+//!   change or an array; `"notify": false` records without notifying) and
 //!   `POST /emulator/lifecycle` to make things happen, `GET
 //!   /emulator/deliveries`, `/emulator/endpoints`, `/emulator/subscriptions`
-//!   to see what happened, `POST /emulator/clock` to move time forward.
+//!   to see what happened, `POST /emulator/clock` to move time forward,
+//!   `POST /emulator/delta/reset` (`{"resource": "users/delta"}`, or no body
+//!   for all) to make existing delta tokens answer a sync reset, `POST
+//!   /emulator/throttle` (`{"requests": N, "retryAfter": S}`) to make the
+//!   next N delta queries answer `429`.
 //!
 //! Time runs on a [`Clock`] with a scale, so Graph's hours pass in seconds
 //! in tests; the timeouts have a scale of their own.

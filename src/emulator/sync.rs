@@ -344,12 +344,12 @@ mod tests {
                 .window
         );
         assert_eq!(key("Users/delta()").as_deref(), Some("users"));
-        assert_eq!(key(&k("groups")).as_deref(), Some("groups"));
+        assert_eq!(key("groups/delta").as_deref(), Some("groups"));
         let drive = endpoint("drives/d1/root/delta(token='abc')").unwrap();
         assert_eq!(drive.path_token.as_deref(), Some("abc"));
         assert_eq!(drive.family, Family::Drive);
         assert_eq!(drive.prefix, "drives/d1/root");
-        assert_eq!(endpoint(&k("users")).unwrap().family, Family::Directory);
+        assert_eq!(endpoint("users/delta").unwrap().family, Family::Directory);
         assert_eq!(
             endpoint("teams/t/channels/c/messages/delta")
                 .unwrap()
