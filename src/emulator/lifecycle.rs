@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use reqwest::Url;
 use serde::Serialize;
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::Core;
 use super::delivery::Outgoing;
 use super::notify::{Change, change_items, lifecycle_item, target};
+use super::resources::{self, Applied, MAX_ITEMS};
 use super::store::Subscription;
 use crate::catalog::{PathError, ResourcePath};
 use crate::notification::{ChangeType, LifecycleEventType};
@@ -25,6 +27,10 @@ pub struct Fired {
     pub subscription_ids: Vec<String>,
     /// The items queued for delivery.
     pub items: usize,
+    /// What the changes did to the emulator's data (changes to resources
+    /// without a delta query are not kept); left out of the JSON when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<Applied>,
 }
 
 /// Why the control API refused a request.
@@ -51,6 +57,10 @@ pub enum ControlError {
     NoLifecycleUrl(String),
     /// Encrypting resource data failed.
     Encryption(String),
+    /// Not a delta query the emulator serves (`users/delta`, `drives/{id}/root/delta`, …).
+    NotADeltaQuery(String),
+    /// The emulator keeps this many items already (tombstones included).
+    TooManyItems(usize),
 }
 
 impl fmt::Display for ControlError {
@@ -71,6 +81,14 @@ impl fmt::Display for ControlError {
                  notifications nowhere (create it with one)"
             ),
             ControlError::Encryption(e) => write!(f, "encrypting resource data failed: {e}"),
+            ControlError::NotADeltaQuery(path) => write!(
+                f,
+                "'{path}' is not a delta query of the emulator (e.g. users/delta, \
+                 users/{{id}}/mailFolders/{{id}}/messages/delta)"
+            ),
+            ControlError::TooManyItems(n) => {
+                write!(f, "the emulator keeps {n} items already: start a new one")
+            }
         }
     }
 }
@@ -92,14 +110,57 @@ fn token_for(subscription: &Subscription) -> Option<(String, String)> {
 }
 
 impl Core {
-    /// Queues the notifications of `change` for every subscription it concerns.
-    pub(crate) fn fire(self: &Arc<Self>, change: &Change) -> Result<Fired, ControlError> {
+    /// Checks a change before anything is applied.
+    pub(crate) fn check(change: &Change) -> Result<ResourcePath, ControlError> {
         let path = ResourcePath::parse(&change.resource).map_err(ControlError::InvalidResource)?;
         if let ChangeType::Unknown(t) = &change.change_type {
             return Err(ControlError::InvalidChangeType(t.clone()));
         }
-        let now = self.clock.now();
+        Ok(path)
+    }
+
+    /// Applies `change` to the collection it names (if it has a delta
+    /// query) and queues its notifications for every subscription it
+    /// concerns, unless `change.notify` is false.
+    pub(crate) fn fire(self: &Arc<Self>, change: &Change) -> Result<Fired, ControlError> {
+        let path = Self::check(change)?;
         let mut fired = Fired::default();
+        let mut with_id;
+        let mut change = change;
+        if let Some(location) = resources::locate(&path) {
+            let data = match &change.data {
+                Some(Value::Object(map)) => Some(map),
+                _ => None,
+            };
+            let data_id = data
+                .and_then(|d| d.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let id = location
+                .path_id
+                .or(data_id)
+                .unwrap_or_else(crate::random::uuid);
+            let applied = self
+                .resources
+                .apply(&location.key, &id, &change.change_type, data)
+                .map_err(|_| ControlError::TooManyItems(MAX_ITEMS))?;
+            fired.applied.push(applied);
+            // The notification names the same id as the data.
+            if matches!(change.data, None | Some(Value::Object(_))) {
+                with_id = change.clone();
+                let mut map = match with_id.data.take() {
+                    Some(Value::Object(map)) => map,
+                    _ => Map::new(),
+                };
+                map.entry("id").or_insert_with(|| Value::String(id));
+                with_id.data = Some(Value::Object(map));
+                change = &with_id;
+            }
+        }
+        if !change.notify {
+            return Ok(fired);
+        }
+        let now = self.clock.now();
         let mut by_url: HashMap<Url, Vec<Outgoing>> = HashMap::new();
         for subscription in self.store.all() {
             if subscription.expiration <= now
@@ -138,6 +199,42 @@ impl Core {
             self.engine.enqueue(self, &url, items);
         }
         Ok(fired)
+    }
+
+    /// Applies changes in order after checking them all; one answer.
+    pub(crate) fn fire_all(self: &Arc<Self>, changes: &[Change]) -> Result<Fired, ControlError> {
+        for change in changes {
+            Self::check(change)?;
+        }
+        let mut all = Fired::default();
+        for change in changes {
+            let fired = self.fire(change)?;
+            for id in fired.subscription_ids {
+                if !all.subscription_ids.contains(&id) {
+                    all.subscription_ids.push(id);
+                }
+            }
+            all.items += fired.items;
+            all.applied.extend(fired.applied);
+        }
+        Ok(all)
+    }
+
+    /// Orders a sync reset of the delta query at `delta_path` (all, for
+    /// `None`); returns the collection's key (`None` for all).
+    pub(crate) fn reset_delta(
+        &self,
+        delta_path: Option<&str>,
+    ) -> Result<Option<String>, ControlError> {
+        let key = delta_path
+            .map(|path| {
+                super::sync::endpoint(path)
+                    .map(|e| e.collection.canonical(None))
+                    .ok_or_else(|| ControlError::NotADeltaQuery(path.to_owned()))
+            })
+            .transpose()?;
+        self.delta.reset(key.as_deref());
+        Ok(key)
     }
 
     /// Sends a lifecycle notification to the subscription's lifecycle URL (if
@@ -191,6 +288,7 @@ impl Core {
         Fired {
             subscription_ids: vec![subscription.id.clone()],
             items: 1,
+            applied: Vec::new(),
         }
     }
 

@@ -23,10 +23,28 @@
 //!   throttling states, `missed` after drops, `reauthorizationRequired`
 //!   ahead of expiry, expired subscriptions stopping; rich notifications
 //!   really encrypted to the subscription's certificate and really signed;
-//! - a **control API** under `/emulator/`: `POST /emulator/changes` and
+//! - **delta queries** on the emulator's data (Microsoft Learn, "Use delta
+//!   query to track changes in Microsoft Graph data",
+//!   <https://learn.microsoft.com/graph/delta-query-overview>), under
+//!   `/v1.0` and `/beta`, for every query [`catalog::delta`](crate::catalog::delta)
+//!   maps a subscription to: `users/{id}/mailFolders/{id}/messages/delta`,
+//!   `users/{id}/calendarView/delta` (with `startDateTime`, `endDateTime`),
+//!   `drives/{id}/root/delta`, `users/{id}/drive/root/delta`,
+//!   `teams/{id}/channels/{id}/messages/delta`, `users/delta`,
+//!   `groups/delta` (`$filter=id eq '…'`), `me/…` for delegated tokens, also
+//!   spelled `microsoft.graph.delta()`: `@odata.nextLink` (`$skiptoken`) to
+//!   `@odata.deltaLink` (`$deltatoken`, `token` for drives), `$select`,
+//!   `Prefer: odata.maxpagesize`, `latest`, token expiry and sync resets;
+//!   changes ([`Emulator::fire`]) create, update and delete the items;
+//! - a **control API** under `/emulator/`: `POST /emulator/changes` (one
+//!   change or an array; `"notify": false` records without notifying) and
 //!   `POST /emulator/lifecycle` to make things happen, `GET
 //!   /emulator/deliveries`, `/emulator/endpoints`, `/emulator/subscriptions`
-//!   to see what happened, `POST /emulator/clock` to move time forward.
+//!   to see what happened, `POST /emulator/clock` to move time forward,
+//!   `POST /emulator/delta/reset` (`{"resource": "users/delta"}`, or no body
+//!   for all) to make existing delta tokens answer a sync reset, `POST
+//!   /emulator/throttle` (`{"requests": N, "retryAfter": S}`) to make the
+//!   next N delta queries answer `429`.
 //!
 //! Time runs on a [`Clock`] with a scale, so Graph's hours pass in seconds
 //! in tests; the timeouts have a scale of their own.
@@ -57,7 +75,9 @@ mod handshake;
 mod identity;
 mod lifecycle;
 mod notify;
+mod resources;
 mod store;
+mod sync;
 
 use std::fmt;
 use std::future::Future;
@@ -81,12 +101,15 @@ pub use identity::{
 };
 pub use lifecycle::{ControlError, Fired};
 pub use notify::Change;
+pub use resources::Applied;
 
 use crate::notification::LifecycleEventType;
 use crate::tokens::TokenVersion;
 use delivery::{DeliveryLog, Engine};
 use identity::Identity;
+use resources::Resources;
 use store::Store;
+use sync::DeltaState;
 
 /// The tenant the emulator plays unless told otherwise.
 pub const DEFAULT_TENANT_ID: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
@@ -135,6 +158,10 @@ pub struct Config {
     pub allow_http: bool,
     /// Subscriptions per page of `GET /subscriptions`.
     pub page_size: usize,
+    /// How long delta tokens of Outlook (messages, events), Teams and drive
+    /// items stay usable, in emulated time (Graph: no fixed lifetime, cache
+    /// based; default 30 days). Directory objects' live 7 days, as Graph's.
+    pub delta_token_lifetime: Duration,
 }
 
 impl Default for Config {
@@ -155,6 +182,7 @@ impl Default for Config {
             drive_files: Vec::new(),
             allow_http: false,
             page_size: 100,
+            delta_token_lifetime: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -181,6 +209,10 @@ pub(crate) struct Core {
     pub(crate) store: Store,
     pub(crate) engine: Engine,
     pub(crate) log: DeliveryLog,
+    /// The tenant's data, for delta queries.
+    pub(crate) resources: Resources,
+    /// Delta tokens, resets, throttling.
+    pub(crate) delta: DeltaState,
     pub(crate) client: reqwest::Client,
     pub(crate) base_url: String,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -296,6 +328,12 @@ impl EmulatorBuilder {
         self
     }
 
+    /// How long Outlook, Teams and drive delta tokens stay usable (emulated time).
+    pub fn delta_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.delta_token_lifetime = lifetime;
+        self
+    }
+
     /// Whether the tenant has Copilot licences (default: yes).
     pub fn copilot_tenant_licensed(mut self, licensed: bool) -> Self {
         self.config.copilot_tenant_licensed = licensed;
@@ -337,6 +375,8 @@ impl EmulatorBuilder {
             store: Store::default(),
             engine: Engine::default(),
             log: DeliveryLog::default(),
+            resources: Resources::default(),
+            delta: DeltaState::default(),
             client,
             base_url: format!("http://{addr}"),
             shutdown,
@@ -489,13 +529,44 @@ impl Emulator {
             .user_token(tenant_id, app_id, username, &scopes)
     }
 
-    /// Notifies every subscription the change concerns.
+    /// Applies the change to the emulator's data (when its resource, or the
+    /// collection it is an item of, has a delta query) and notifies every
+    /// subscription it concerns (unless [`Change::notify`] is off).
     ///
     /// # Errors
     ///
     /// [`ControlError`] for a malformed resource or an unknown change type.
     pub fn fire(&self, change: &Change) -> Result<Fired, ControlError> {
         self.core.fire(change)
+    }
+
+    /// Applies changes in order (see [`fire`](Self::fire)), after checking
+    /// them all; one answer for all of them.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`] for the first malformed change (nothing is applied
+    /// then), or a failure while applying.
+    pub fn fire_all(&self, changes: &[Change]) -> Result<Fired, ControlError> {
+        self.core.fire_all(changes)
+    }
+
+    /// Makes the next `requests` delta queries answer `429 TooManyRequests`
+    /// with `Retry-After: retry_after` (whole seconds).
+    pub fn throttle_delta(&self, requests: u32, retry_after: Duration) {
+        self.core.delta.throttle(requests, retry_after.as_secs());
+    }
+
+    /// Makes every delta token issued so far for `delta_path` (e.g.
+    /// `users/delta`; `None`: every delta query) answer a sync reset,
+    /// `410 Gone` with the initial query in `Location`.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::InvalidResource`] when `delta_path` is not a delta
+    /// query the emulator serves.
+    pub fn reset_delta(&self, delta_path: Option<&str>) -> Result<(), ControlError> {
+        self.core.reset_delta(delta_path).map(|_| ())
     }
 
     /// Sends a lifecycle notification for a subscription

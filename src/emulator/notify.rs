@@ -39,6 +39,15 @@ pub struct Change {
     /// with `Prefer: includesecuritywebhooks` hear of it.
     #[serde(default)]
     pub permissions_changed: bool,
+    /// Whether subscribers hear of it (default `true`). `false` records the
+    /// change in the emulator's data without notifying anyone: a dropped
+    /// notification, for a delta query to catch up on.
+    #[serde(default = "yes")]
+    pub notify: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Change {
@@ -49,12 +58,19 @@ impl Change {
             change_type,
             data: None,
             permissions_changed: false,
+            notify: true,
         }
     }
 
     /// Sets the resource's JSON.
     pub fn data(mut self, data: Value) -> Self {
         self.data = Some(data);
+        self
+    }
+
+    /// Whether subscribers are notified (`false`: the change is only recorded).
+    pub fn notify(mut self, notify: bool) -> Self {
+        self.notify = notify;
         self
     }
 

@@ -9,6 +9,7 @@ mod durability;
 mod emulator_api;
 mod emulator_cli;
 mod emulator_delivery;
+mod emulator_delta;
 mod emulator_handshake;
 mod emulator_rules;
 mod fixtures;

@@ -44,16 +44,74 @@ pub(super) async fn info(State(core): State<Arc<Core>>) -> Json<Value> {
     }))
 }
 
+/// One change, or a JSON array of changes applied in order (one answer).
 pub(super) async fn changes(
     State(core): State<Arc<Core>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), GraphError> {
-    let change: Change = json_body(
-        &body,
-        r#"{"resource": <a subscribed resource>, "changeType": "created"|"updated"|"deleted", "data": {…}}"#,
-    )?;
-    let fired = core.fire(&change)?;
+    const SHAPE: &str = r#"{"resource": <a resource or an item beneath it>, "changeType": "created"|"updated"|"deleted", "data": {…}, "notify": true|false}, or an array of those"#;
+    let array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let fired = if array {
+        let changes: Vec<Change> = json_body(&body, SHAPE)?;
+        core.fire_all(&changes)?
+    } else {
+        let change: Change = json_body(&body, SHAPE)?;
+        core.fire(&change)?
+    };
     Ok((StatusCode::ACCEPTED, Json(json!(fired))))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ResetBody {
+    resource: Option<String>,
+}
+
+/// `{"resource": "users/delta"}` (or no body: every delta query): the
+/// tokens issued so far answer a sync reset.
+pub(super) async fn delta_reset(
+    State(core): State<Arc<Core>>,
+    body: Bytes,
+) -> Result<Json<Value>, GraphError> {
+    let body: ResetBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ResetBody::default()
+    } else {
+        json_body(
+            &body,
+            r#"{"resource": "<a delta query path, e.g. users/delta>"} or nothing"#,
+        )?
+    };
+    let key = core.reset_delta(body.resource.as_deref())?;
+    Ok(Json(
+        json!({ "reset": key.unwrap_or_else(|| "all".to_owned()) }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ThrottleBody {
+    requests: u32,
+    retry_after: u64,
+}
+
+/// `{"requests": N, "retryAfter": S}`: the next N delta queries answer `429`.
+pub(super) async fn throttle(
+    State(core): State<Arc<Core>>,
+    body: Bytes,
+) -> Result<Json<Value>, GraphError> {
+    let ThrottleBody {
+        requests,
+        retry_after,
+    } = json_body(&body, r#"{"requests": <count>, "retryAfter": <seconds>}"#)?;
+    if retry_after > 86_400 {
+        return Err(GraphError::invalid(
+            "retryAfter must be at most 86400 seconds.",
+        ));
+    }
+    core.delta.throttle(requests, retry_after);
+    Ok(Json(
+        json!({ "requests": requests, "retryAfter": retry_after }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,6 +3,7 @@
 //! error envelope.
 
 mod control;
+mod delta;
 mod identity;
 mod subscriptions;
 
@@ -13,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde_json::json;
 
 use super::Core;
@@ -23,6 +24,9 @@ use crate::catalog::Violation;
 
 /// Largest request body: a subscription with a 4096-bit certificate is ~3 KiB.
 const MAX_BODY: usize = 256 * 1024;
+
+/// Largest body of `POST /emulator/changes`: arrays seed many items at once.
+const MAX_CHANGES_BODY: usize = 64 * 1024 * 1024;
 
 /// The API version a Graph route was called under (`v1.0` or `beta`).
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +49,8 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
                 "/subscriptions/{id}/reauthorize",
                 post(subscriptions::reauthorize),
             )
+            // Everything else under the version: delta queries, or 404.
+            .route("/{*path}", any(delta::serve))
             .layer(axum::Extension(ApiVersion(version)))
     };
     Router::new()
@@ -62,7 +68,12 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/{tenant}/discovery/v2.0/keys", get(identity::keys))
         .route("/{tenant}/discovery/keys", get(identity::keys))
         .route("/emulator", get(control::info))
-        .route("/emulator/changes", post(control::changes))
+        .route(
+            "/emulator/changes",
+            post(control::changes).layer(DefaultBodyLimit::max(MAX_CHANGES_BODY)),
+        )
+        .route("/emulator/delta/reset", post(control::delta_reset))
+        .route("/emulator/throttle", post(control::throttle))
         .route("/emulator/lifecycle", post(control::lifecycle))
         .route("/emulator/deliveries", get(control::deliveries))
         .route(
@@ -198,7 +209,14 @@ async fn envelope(State(core): State<Arc<Core>>, request: Request, next: Next) -
                 }
             }
         });
+        // Keep the handler's headers (`Location`, `Retry-After`).
+        let kept = std::mem::take(response.headers_mut());
         response = (status, axum::Json(body)).into_response();
+        for (name, value) in &kept {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                response.headers_mut().append(name, value.clone());
+            }
+        }
     }
     let headers = response.headers_mut();
     for (name, value) in [
