@@ -66,7 +66,12 @@ fn states(recorder: &Recorder) -> BTreeMap<String, Option<String>> {
 async fn a_round_hands_over_what_changed_since_the_cursor_and_nothing_else() {
     let emulator = Emulator::builder().start().await.unwrap();
     for n in 0..7 {
-        silent(&emulator, ChangeType::Created, &format!("old-{n}"), "before");
+        silent(
+            &emulator,
+            ChangeType::Created,
+            &format!("old-{n}"),
+            "before",
+        );
     }
     let backend = Backend::memory(MemoryInbox::new(10_000));
     let (_server, recorder) = receiver(&backend).await;
@@ -78,7 +83,11 @@ async fn a_round_hands_over_what_changed_since_the_cursor_and_nothing_else() {
     // it are the app's initial load, not changes.
     let baseline = engine.run(FOLDER, ResyncReason::Startup).await.unwrap();
     assert!(baseline.baseline, "{baseline:?}");
-    assert_eq!((baseline.pages, baseline.delivered), (3, 0), "7 items in pages of 3");
+    assert_eq!(
+        (baseline.pages, baseline.delivered),
+        (3, 0),
+        "7 items in pages of 3"
+    );
     let cursor = engine.cursor(FOLDER).await.unwrap().unwrap();
     assert!(cursor.delta_link.is_some() && cursor.next_link.is_none());
     assert!(cursor.last_success_ms.is_some());
@@ -93,7 +102,9 @@ async fn a_round_hands_over_what_changed_since_the_cursor_and_nothing_else() {
     assert_eq!(round.delivered, 4, "{round:?}");
 
     let events = recorder
-        .wait_until("four resync events", Duration::from_secs(10), |e| e.len() >= 4)
+        .wait_until("four resync events", Duration::from_secs(10), |e| {
+            e.len() >= 4
+        })
         .await;
     assert!(events.iter().all(|e| matches!(e, HandlerEvent::Resync(_))));
     let expected: BTreeMap<String, Option<String>> = [
@@ -109,7 +120,11 @@ async fn a_round_hands_over_what_changed_since_the_cursor_and_nothing_else() {
     for resync in recorder.resyncs() {
         assert_eq!(resync.reason(), &ResyncReason::Missed);
         assert_eq!(resync.resource(), FOLDER);
-        assert!(resync.cursor().ends_with("/messages/delta"), "{}", resync.cursor());
+        assert!(
+            resync.cursor().ends_with("/messages/delta"),
+            "{}",
+            resync.cursor()
+        );
         if resync.id() == "old-2" {
             assert_eq!(resync.removed(), Some(&Removed::Deleted));
         }
@@ -152,7 +167,11 @@ async fn a_replayed_page_reaches_the_handler_once() {
     let replay = engine.run(FOLDER, ResyncReason::Missed).await.unwrap();
     assert_eq!(replay.delivered, 5, "the page is fetched and stored again");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ids: Vec<String> = recorder.resyncs().iter().map(|r| r.id().to_owned()).collect();
+    let ids: Vec<String> = recorder
+        .resyncs()
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
     assert_eq!(ids.len(), 5, "dedupe drops the replay: {ids:?}");
     emulator.shutdown().await;
 }
@@ -164,7 +183,12 @@ async fn a_sync_reset_starts_over_with_a_full_sync() {
     let (_server, recorder) = receiver(&backend).await;
     let engine = DeltaResync::builder(client(&emulator), &backend).build();
     for n in 0..3 {
-        silent(&emulator, ChangeType::Created, &format!("kept-{n}"), "there");
+        silent(
+            &emulator,
+            ChangeType::Created,
+            &format!("kept-{n}"),
+            "there",
+        );
     }
     engine.run(FOLDER, ResyncReason::Startup).await.unwrap();
     silent(&emulator, ChangeType::Created, "after", "new");
@@ -177,11 +201,19 @@ async fn a_sync_reset_starts_over_with_a_full_sync() {
     recorder
         .wait_until("four", Duration::from_secs(10), |e| e.len() >= 4)
         .await;
-    let ids: BTreeSet<String> = recorder.resyncs().iter().map(|r| r.id().to_owned()).collect();
+    let ids: BTreeSet<String> = recorder
+        .resyncs()
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
     assert_eq!(ids.len(), 4, "{ids:?}");
     // The cursor works again afterwards.
     assert_eq!(
-        engine.run(FOLDER, ResyncReason::Periodic).await.unwrap().resets,
+        engine
+            .run(FOLDER, ResyncReason::Periodic)
+            .await
+            .unwrap()
+            .resets,
         0
     );
     emulator.shutdown().await;
@@ -242,8 +274,16 @@ async fn a_trigger_is_stored_before_the_round_and_cleared_only_by_a_round_after_
 
     // Triggers close together make one round.
     for n in 0..3 {
-        silent(&emulator, ChangeType::Created, &format!("burst-{n}"), "burst");
-        restarted.request(FOLDER, ResyncReason::Trigger).await.unwrap();
+        silent(
+            &emulator,
+            ChangeType::Created,
+            &format!("burst-{n}"),
+            "burst",
+        );
+        restarted
+            .request(FOLDER, ResyncReason::Trigger)
+            .await
+            .unwrap();
     }
     recorder
         .wait_until("the burst", Duration::from_secs(10), |e| e.len() >= 4)
@@ -291,6 +331,10 @@ async fn a_handler_without_on_resync_dead_letters_the_changes_with_the_reason() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(letters.len(), 1, "the change is kept, not dropped");
-    assert!(letters[0].reason.contains("on_resync"), "{}", letters[0].reason);
+    assert!(
+        letters[0].reason.contains("on_resync"),
+        "{}",
+        letters[0].reason
+    );
     emulator.shutdown().await;
 }

@@ -559,7 +559,7 @@ async fn replacing_an_unknown_live_subscription_reports_a_resync() {
     let line = again.wait_for_log("unknown clientState").await;
     assert!(line.contains(&old[0]), "{line}");
     let line = again.wait_for_log("changes may have been missed").await;
-    assert!(line.contains("Recreated"), "{line}");
+    assert!(line.contains("reason=recreated"), "{line}");
     again.wait_for_log("activity=resync").await;
     again.drain_stderr("restarted");
     let new = replaced(&base, &old[0], Duration::from_secs(15)).await;
@@ -663,7 +663,7 @@ async fn a_recreate_whose_handshake_fails_at_first_still_resyncs() {
         .wait_for_log("the validation handshake failed; trying again")
         .await;
     let line = process.wait_for_log("changes may have been missed").await;
-    assert!(line.contains("SubscriptionRemoved"), "{line}");
+    assert!(line.contains("reason=removed"), "{line}");
     eprintln!(
         "measured: recreated with a resync {:?} after subscriptionRemoved, two handshakes failing",
         removed.elapsed()
