@@ -6,7 +6,7 @@
 //! responses over 3 s in a 10-minute window make it *slow* (new
 //! notifications wait 10 minutes); more than 15 % over 10 s make it *drop*
 //! (notifications are discarded for 10 minutes, and Outlook subscriptions
-//! hear `missed`). All of it runs on the emulator's [`Clock`](super::Clock).
+//! hear `missed`, as they do of notifications given up on after 4 hours). All of it runs on the emulator's [`Clock`](super::Clock).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -463,29 +463,34 @@ fn dropped(core: &Arc<Core>, endpoint: &Endpoint, items: Vec<Pending>, now: Offs
     });
     for id in ids {
         let first_time = lock(&endpoint.inner).missed_sent.insert(id.clone());
-        if !first_time {
-            continue;
+        if first_time {
+            send_missed(core, id);
         }
-        let Some(subscription) = core.store.get(&id) else {
-            continue;
-        };
-        let rules = subscription.entry.rules();
-        if let Some(url) = &subscription.lifecycle_url
-            && rules.lifecycle_events.contains(&LifecycleEventType::Missed)
-        {
-            let item = lifecycle_item(&subscription, &LifecycleEventType::Missed);
-            core.engine.enqueue(
-                core,
-                url,
-                vec![Outgoing {
-                    item,
-                    subscription_id: id,
-                    lifecycle: true,
-                    token_for: None,
-                    tokens_null: false,
-                }],
-            );
-        }
+    }
+}
+
+/// Queues `missed` for subscription `id` when it is an Outlook one with a
+/// lifecycle URL: some of its notifications will never arrive.
+fn send_missed(core: &Arc<Core>, id: String) {
+    let Some(subscription) = core.store.get(&id) else {
+        return;
+    };
+    let rules = subscription.entry.rules();
+    if let Some(url) = &subscription.lifecycle_url
+        && rules.lifecycle_events.contains(&LifecycleEventType::Missed)
+    {
+        let item = lifecycle_item(&subscription, &LifecycleEventType::Missed);
+        core.engine.enqueue(
+            core,
+            url,
+            vec![Outgoing {
+                item,
+                subscription_id: id,
+                lifecycle: true,
+                token_for: None,
+                tokens_null: false,
+            }],
+        );
     }
 }
 
@@ -653,6 +658,12 @@ async fn send(core: Arc<Core>, endpoint: Arc<Endpoint>, batch: Vec<Pending>, sta
             Outcome::Expired,
             None,
         ));
+        // Notifications given up on after the retry period: Outlook
+        // subscriptions hear `missed`, as after a drop.
+        let given_up = expired.iter().filter(|p| !p.out.lifecycle);
+        for id in unique(given_up.map(|p| p.out.subscription_id.clone())) {
+            send_missed(&core, id);
+        }
     }
     endpoint.wake.notify_one();
 }
