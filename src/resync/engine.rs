@@ -18,8 +18,10 @@ use crate::store::{
 };
 use crate::subscriptions::{DeltaError, DeltaNext, DeltaOptions, DeltaStart, GraphClient};
 
-/// How long a round's lease lasts unless the round extends it (every page).
-const LEASE_TTL: Duration = Duration::from_secs(120);
+/// How long a round's lease lasts unless extended; the round extends it
+/// every third of that, so another instance takes a dead one's cursor over
+/// within this long.
+const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// Sync resets one round accepts before it gives up (Graph resetting a
 /// fresh full sync again is a fault, not a state).
@@ -27,6 +29,24 @@ const MAX_RESETS: u32 = 3;
 
 /// How long an append waits for room in a full inbox.
 const FULL_INBOX_WAIT: Duration = Duration::from_secs(120);
+
+/// What [`DeltaResync::run_due`] left due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pending {
+    /// Nothing.
+    Done,
+    /// Rounds another instance is running; its lease lapses in this long
+    /// at the latest.
+    Busy(Duration),
+    /// A round failed (Graph or the store); it stays due.
+    Failed,
+}
+
+/// The lease a cursor's round holds.
+fn lease_name(key: &str) -> String {
+    format!("delta/{key}")
+}
 
 /// Where a round's changes go.
 #[derive(Clone)]
@@ -377,18 +397,19 @@ impl DeltaResync {
     }
 
     /// Runs every tracked resource that is due, one after the other.
-    /// `true` when something is still due (a failure, another instance's
-    /// round): the loop tries again later.
-    pub async fn run_due(&self) -> bool {
+    /// What is still due afterwards: `Failed` (a round failed; the loop
+    /// backs off), `Busy` with when another instance's lease on a cursor
+    /// lapses (the loop looks again then), or `Done`.
+    pub async fn run_due(&self) -> Pending {
         let cursors = match self.inner.cursors.all().await {
             Ok(cursors) => cursors,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the delta cursors");
-                return true;
+                return Pending::Failed;
             }
         };
         let tracked = self.tracked();
-        let mut pending = false;
+        let mut pending = Pending::Done;
         for (key, cursor) in cursors {
             let Some((resource, query)) = tracked.get(&key) else {
                 continue;
@@ -398,10 +419,26 @@ impl DeltaResync {
             };
             let reason = ResyncReason::parse(reason).unwrap_or(ResyncReason::Requested);
             match self.round(&key, resource, query, reason).await {
-                Ok(round) if round.busy => pending = true,
+                Ok(round) if round.busy => {
+                    let lapses = self
+                        .inner
+                        .lease
+                        .expires_in(&lease_name(&key))
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(Duration::ZERO);
+                    // Just after it lapses; not in a tight loop.
+                    let at = (lapses + Duration::from_millis(100)).max(Duration::from_millis(500));
+                    pending = match pending {
+                        Pending::Busy(earlier) => Pending::Busy(earlier.min(at)),
+                        Pending::Done => Pending::Busy(at),
+                        Pending::Failed => Pending::Failed,
+                    };
+                }
                 Ok(round) => log_round(&round),
                 Err(e) => {
-                    pending = true;
+                    pending = Pending::Failed;
                     tracing::warn!(%resource, error = %e, "resync failed; it stays due");
                 }
             }
@@ -431,14 +468,20 @@ impl DeltaResync {
                 .every
                 .map(|every| tokio::time::Instant::now() + every);
             loop {
-                let pending = engine.run_due().await;
-                failures = if pending {
-                    failures.saturating_add(1)
-                } else {
-                    0
+                let retry = match engine.run_due().await {
+                    Pending::Done => {
+                        failures = 0;
+                        None
+                    }
+                    Pending::Busy(lapses) => {
+                        failures = 0;
+                        Some(lapses)
+                    }
+                    Pending::Failed => {
+                        failures = failures.saturating_add(1);
+                        Some(Duration::from_secs(5).saturating_mul(failures.min(60)))
+                    }
                 };
-                let retry =
-                    pending.then(|| Duration::from_secs(5).saturating_mul(failures.min(60)));
                 let periodic = next_periodic
                     .map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
                 let wait = match (retry, periodic) {
@@ -534,7 +577,7 @@ impl DeltaResync {
         query: &DeltaQuery,
         reason: ResyncReason,
     ) -> Result<Round, ResyncError> {
-        let lease = format!("delta/{key}");
+        let lease = lease_name(key);
         let inner = &self.inner;
         if !inner
             .lease
@@ -548,7 +591,31 @@ impl DeltaResync {
                 ..Round::default()
             });
         }
+        // Extended while the round runs, however long a page takes.
+        let heartbeat = {
+            let (engine, lease) = (self.inner.clone(), lease.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE_TTL / 3).await;
+                    match engine
+                        .lease
+                        .acquire(&lease, &engine.holder, LEASE_TTL)
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(%lease, "lost a delta lease to another instance");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%lease, error = %e, "could not extend a delta lease")
+                        }
+                    }
+                }
+            })
+        };
         let result = self.round_held(&lease, key, resource, query, reason).await;
+        heartbeat.abort();
         if let Err(e) = inner.lease.release(&lease, &inner.holder).await {
             tracing::debug!(error = %e, "could not release a delta lease; it lapses");
         }
@@ -613,7 +680,12 @@ impl DeltaResync {
             ..Round::default()
         };
         loop {
-            inner.lease.acquire(lease, &inner.holder, LEASE_TTL).await?;
+            if !inner.lease.acquire(lease, &inner.holder, LEASE_TTL).await? {
+                // Another instance took the cursor over (this one stalled
+                // past the lease): it goes on from the stored link.
+                round.busy = true;
+                return Ok(round);
+            }
             let page = match inner.client.delta_page(&url, &inner.options).await {
                 Ok(page) => page,
                 Err(DeltaError::Reset { location, error }) if round.resets < MAX_RESETS => {

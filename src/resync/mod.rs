@@ -35,7 +35,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use engine::{DeltaResync, DeltaResyncBuilder, ResyncError, Round, RunningResync};
+pub use engine::{DeltaResync, DeltaResyncBuilder, Pending, ResyncError, Round, RunningResync};
 pub(crate) use item::{Origin, ResyncItem};
 
 /// Why a resync runs.

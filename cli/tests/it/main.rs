@@ -19,6 +19,7 @@ mod limits;
 mod listener;
 mod parser_props;
 mod resync;
+mod resync_cli;
 mod rich;
 mod roles;
 mod shutdown;

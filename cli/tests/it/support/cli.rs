@@ -128,6 +128,15 @@ impl Process {
             .expect("stdout still open")
     }
 
+    /// The next stdout line; `None` at the end of stdout or after `wait`.
+    pub async fn try_next_stdout(&mut self, wait: Duration) -> Option<String> {
+        let stdout = self.stdout.as_mut().expect("stdout not taken");
+        tokio::time::timeout(wait, stdout.next_line())
+            .await
+            .ok()?
+            .ok()?
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         self.signal("-TERM");
