@@ -48,6 +48,10 @@ fn lease_name(key: &str) -> String {
     format!("delta/{key}")
 }
 
+/// Hands resync events to a handler; all must be handled.
+type HandOver =
+    Arc<dyn Fn(Vec<ResyncEvent>) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+
 /// Where a round's changes go.
 #[derive(Clone)]
 enum Sink {
@@ -56,9 +60,7 @@ enum Sink {
     Inbox(Arc<dyn Inbox>),
     /// Straight to a handler, which must take them all before the cursor
     /// moves (the `delta` command).
-    Handler(
-        Arc<dyn Fn(Vec<ResyncEvent>) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>,
-    ),
+    Handler(HandOver),
 }
 
 /// Why a resync round failed. The cursor keeps its place and the round's
@@ -72,7 +74,7 @@ pub enum ResyncError {
     /// The store failed.
     Store(StoreError),
     /// Graph failed, or reset the sync more often than a round accepts.
-    Graph(DeltaError),
+    Graph(Box<DeltaError>),
     /// The changes could not be handed over.
     Deliver(String),
 }
@@ -679,39 +681,64 @@ impl DeltaResync {
             baseline: !deliver,
             ..Round::default()
         };
+        // The next page is fetched while this one is handed over; the
+        // cursor moves only once this one is durable.
+        let mut fetched = inner.client.delta_page(&url, &inner.options).await;
         loop {
-            if !inner.lease.acquire(lease, &inner.holder, LEASE_TTL).await? {
-                // Another instance took the cursor over (this one stalled
-                // past the lease): it goes on from the stored link.
-                round.busy = true;
-                return Ok(round);
-            }
-            let page = match inner.client.delta_page(&url, &inner.options).await {
+            let page = match fetched {
                 Ok(page) => page,
                 Err(DeltaError::Reset { location, error }) if round.resets < MAX_RESETS => {
                     round.resets += 1;
-                    tracing::warn!(%resource, %error, "graph asked for a full sync; starting over");
+                    tracing::warn!(
+                        %resource,
+                        %error,
+                        "graph asked for a full sync: starting over; the handler gets every \
+                         item there is, and items removed meanwhile are not named"
+                    );
                     progress.next_link = None;
                     progress.delta_link = None;
                     inner.cursors.save(key, progress.clone()).await?;
                     url = location.unwrap_or_else(|| self.first_url(query, DeltaStart::Full));
+                    fetched = inner.client.delta_page(&url, &inner.options).await;
                     continue;
                 }
-                Err(e) => return Err(ResyncError::Graph(e)),
+                Err(e) => return Err(ResyncError::Graph(Box::new(e))),
             };
             round.pages += 1;
             round.seen += page.items.len() as u64;
-            if deliver && !page.items.is_empty() {
-                round.delivered += page.items.len() as u64;
-                self.deliver(&origin, &page.items).await?;
-            }
+            let hand_over = async {
+                if deliver && !page.items.is_empty() {
+                    self.deliver(&origin, &page.items).await
+                } else {
+                    Ok(())
+                }
+            };
+            let handed = page.items.len() as u64;
             match page.next {
                 DeltaNext::Next(next) => {
-                    progress.next_link = Some(next.clone());
+                    let (result, prefetched) =
+                        tokio::join!(hand_over, inner.client.delta_page(&next, &inner.options));
+                    result?;
+                    if deliver {
+                        round.delivered += handed;
+                    }
+                    if !self.still_held(lease).await? {
+                        round.busy = true;
+                        return Ok(round);
+                    }
+                    progress.next_link = Some(next);
                     inner.cursors.save(key, progress.clone()).await?;
-                    url = next;
+                    fetched = prefetched;
                 }
                 DeltaNext::Done(delta) => {
+                    hand_over.await?;
+                    if deliver {
+                        round.delivered += handed;
+                    }
+                    if !self.still_held(lease).await? {
+                        round.busy = true;
+                        return Ok(round);
+                    }
                     progress.next_link = None;
                     progress.delta_link = Some(delta);
                     progress.last_success_ms = Some(unix_ms(inner.clock.now()));
@@ -721,6 +748,14 @@ impl DeltaResync {
                 }
             }
         }
+    }
+
+    /// Extends the round's lease before the cursor moves; `false` when
+    /// another instance took the cursor over (this one stalled past the
+    /// lease): it goes on from the stored link.
+    async fn still_held(&self, lease: &str) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        inner.lease.acquire(lease, &inner.holder, LEASE_TTL).await
     }
 
     /// Hands a page's changes over; returns once they are durable (in the

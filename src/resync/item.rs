@@ -41,7 +41,8 @@ impl ResyncItem {
             removed: item.removed.as_ref().map(Removed::as_str),
             data: &item.raw,
         };
-        let raw = RawValue::from_string(serde_json::to_string(&wire)?)?;
+        // Written by serde_json, so valid: no second parse.
+        let raw = serde_json::value::to_raw_value(&wire)?;
         Ok(StoredItem::new(
             raw,
             crate::notification::ValidationTokens::Absent,
