@@ -90,7 +90,7 @@
 //! | [`listener`] | the endpoint: handshake, limits, request path, standalone hyper server |
 //! | [`notification`] | the envelope, typed change/lifecycle items, [`ResourceKind`], typed resources |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
-//! | [`store`] | every storage contract (inbox — the ack boundary —, dead letters, dedupe, subscription records, leases), its one error, and the backends: memory, SQLite, Redis |
+//! | [`store`] | every storage contract (inbox — the ack boundary —, dead letters, dedupe, subscription records, leases, delta cursors), its one error, and the backends: memory, SQLite, Redis |
 //! | [`worker`] | behind the ack: claim, verify rich items, build events, call the handler, retry |
 //! | [`tokens`] | validation tokens of rich notifications: JWKS, RS256, claims |
 //! | [`crypto`] | key ring, decryption of rich notifications, certificate generation |
@@ -98,7 +98,8 @@
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
 //! | [`admin`] | the admin address: `/metrics`, never on the notification port |
 //! | [`subscriptions`] | Graph client (model, errors, HTTP, app tokens), pre-flight checks, and a manager (builder, declared, activity, records, the reconcile pass, lifecycle actions, leases) that keeps declared subscriptions alive |
-//! | [`emulator`] | (feature `emulator`) a local Graph: subscriptions API, identity endpoints, handshake, delivery |
+//! | [`resync`] | resync by delta query after missed notifications: cursors, rounds through the inbox, triggers, the periodic safety net |
+//! | [`emulator`] | (feature `emulator`) a local Graph: subscriptions API, identity endpoints, handshake, delivery, resources with state and their delta queries |
 //! | [`doctor`] | probe an endpoint the way Graph will and explain what fails |
 //! | [`tunnel`] | find (and follow) the public URL of a local ngrok tunnel |
 //! | [`files`] | bounded reads of the files a user names (keys, JWKS, captures) |

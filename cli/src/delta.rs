@@ -20,16 +20,26 @@ pub(crate) struct Args {
     /// Without a stored cursor, start from now: print nothing and store a
     /// cursor, so the next run prints what changed since. (Without it, the
     /// first run prints every item there is.)
-    #[arg(long)]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_DELTA_FROM_NOW")]
     from_now: bool,
 
     /// Only these properties (`$select`, comma-separated), for a cursor
     /// that starts now; a stored cursor keeps its selection.
-    #[arg(long, value_name = "PROPS", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "PROPS",
+        value_delimiter = ',',
+        env = "MSGRAPH_WEBHOOKS_DELTA_SELECT"
+    )]
     select: Vec<String>,
 
     /// Items per page asked of Graph (`Prefer: odata.maxpagesize`).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=1000),
+        env = "MSGRAPH_WEBHOOKS_DELTA_PAGE_SIZE"
+    )]
     page_size: Option<u32>,
 
     /// Your Entra tenant (id or domain): the app's token comes from it, and

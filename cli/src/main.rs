@@ -27,9 +27,10 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Every flag can also be set with an environment variable, named in its
 /// help: MSGRAPH_WEBHOOKS_<FLAG> (e.g. MSGRAPH_WEBHOOKS_CLIENT_STATE), with
-/// the command in front for the flags of emulate, cert and doctor
-/// (MSGRAPH_WEBHOOKS_EMULATOR_ADDR, MSGRAPH_WEBHOOKS_CERT_OUT,
-/// MSGRAPH_WEBHOOKS_DOCTOR_JSON). Keep secrets there.
+/// the command in front for the flags of emulate, cert, doctor and delta's
+/// own (MSGRAPH_WEBHOOKS_EMULATOR_ADDR, MSGRAPH_WEBHOOKS_CERT_OUT,
+/// MSGRAPH_WEBHOOKS_DOCTOR_JSON, MSGRAPH_WEBHOOKS_DELTA_FROM_NOW). Keep
+/// secrets there.
 #[derive(Debug, Parser)]
 #[command(name = "msgraph-webhooks", version, about, long_about)]
 struct Cli {

@@ -25,8 +25,12 @@
 //! - [`SubscriptionManager::handler`] wraps the app's [`Handler`](crate::Handler)
 //!   to act on lifecycle notifications: `reauthorizationRequired` →
 //!   reauthorize (or a renewing update, never both within 10 minutes);
-//!   `subscriptionRemoved` → recreate, then the resync hook; `missed` → the
-//!   resync hook.
+//!   `subscriptionRemoved` → recreate, then resync; `missed` → resync.
+//!   With [`ManagerBuilder::delta_resync`] a resync runs the resource's
+//!   delta query from its stored cursor ([`resync`](crate::resync)); where
+//!   the resource has none, and without it, the resync hook is called.
+//! - [`GraphClient::delta_page`] fetches delta query pages: next and delta
+//!   links, `@removed`, sync resets.
 //!
 //! ```no_run
 //! use std::sync::Arc;

@@ -400,3 +400,105 @@ async fn a_sigkill_in_a_long_resync_loses_nothing_and_resumes_from_the_next_link
     let _ = exit_code(&mut process).await;
     emulator.terminate();
 }
+
+/// Runs `delta FOLDER` with `extra` flags; returns the resync lines' ids
+/// with their state.
+async fn delta(
+    base: &str,
+    data: &str,
+    extra: &[&str],
+) -> (i32, Vec<(String, Option<String>)>, String) {
+    let mut args: Vec<String> = vec![
+        "delta".into(),
+        FOLDER.into(),
+        "--data-dir".into(),
+        data.into(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.extend(graph_flags(base));
+    let output = tokio::process::Command::new(crate::support::cli::BIN)
+        .args(&args)
+        .env("MSGRAPH_WEBHOOKS_CLIENT_SECRET", "s3cret")
+        .output()
+        .await
+        .unwrap();
+    let lines = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["kind"], "resync", "{line}");
+            assert_eq!(line["reason"], "requested", "{line}");
+            let state = match line["removed"].as_str() {
+                Some(_) => None,
+                None => Some(line["data"]["subject"].as_str().unwrap_or("").to_owned()),
+            };
+            (line["id"].as_str().unwrap().to_owned(), state)
+        })
+        .collect();
+    (
+        output.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `delta RESOURCE` prints every item, then, run again, only what changed;
+/// `--from-now` prints nothing first; a resource without a delta query is
+/// refused with why.
+#[tokio::test]
+async fn the_delta_command_keeps_its_cursor_between_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (emulator, base) = emulate().await;
+    changes(
+        &base,
+        &[
+            ("created", "d1", "one", false),
+            ("created", "d2", "two", false),
+            ("created", "d3", "three", false),
+        ],
+    )
+    .await;
+    let (code, lines, stderr) = delta(&base, data, &["--page-size", "2"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let ids: BTreeSet<String> = lines.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids.len(), 3, "every item, once: {lines:?}");
+
+    let (code, lines, stderr) = delta(&base, data, &[]).await;
+    assert_eq!((code, lines.len()), (0, 0), "nothing changed: {stderr}");
+    changes(
+        &base,
+        &[
+            ("updated", "d1", "one, edited", false),
+            ("deleted", "d3", "", false),
+        ],
+    )
+    .await;
+    let (code, lines, stderr) = delta(&base, data, &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        lines.into_iter().collect::<BTreeMap<_, _>>(),
+        expect(&[("d1", Some("one, edited")), ("d3", None)])
+    );
+
+    let fresh = dir.path().join("fresh");
+    let fresh = fresh.to_str().unwrap();
+    let (code, lines, stderr) = delta(&base, fresh, &["--from-now"]).await;
+    assert_eq!((code, lines.len()), (0, 0), "from now: {stderr}");
+    changes(&base, &[("created", "d4", "four", false)]).await;
+    let (code, lines, _) = delta(&base, fresh, &[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(lines, vec![("d4".to_owned(), Some("four".to_owned()))]);
+
+    let output = tokio::process::Command::new(crate::support::cli::BIN)
+        .args(["delta", "users/ada@contoso.com/messages", "--memory"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("mailFolders"), "{stderr}");
+    emulator.terminate();
+}

@@ -15,8 +15,14 @@ use super::{Activity, REAUTHORIZE_GAP, ResyncReason, Shared, SubscriptionManager
 ///
 /// - `reauthorizationRequired` → reauthorize, or a renewing update when the
 ///   renewal is due anyway; never both within 10 minutes;
-/// - `subscriptionRemoved` → recreate, then the resync hook;
-/// - `missed` → the resync hook.
+/// - `subscriptionRemoved` → recreate, then resync;
+/// - `missed` → resync: a delta round of the resource (durably marked due,
+///   run by the resync engine) where it has a delta query and
+///   [`delta_resync`](super::ManagerBuilder::delta_resync) is set, the
+///   resync hook otherwise;
+/// - in the [trigger mode](super::ManagerBuilder::trigger_mode), change
+///   notifications of delta resources mark a round due instead of reaching
+///   the handler.
 ///
 /// Then the event goes on to the app's `on_lifecycle`. If the action fails
 /// the event fails, and the pipeline retries it with backoff.
