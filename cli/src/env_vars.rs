@@ -149,7 +149,7 @@ mod tests {
         ),
         (
             "MSGRAPH_WEBHOOKS_TENANT_ID",
-            &["listen", "work", "inspect", "subscribe"],
+            &["listen", "work", "inspect", "subscribe", "delta"],
         ),
         (
             "MSGRAPH_WEBHOOKS_DRAIN_SECS",

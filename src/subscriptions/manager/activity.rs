@@ -144,7 +144,7 @@ impl fmt::Display for Activity {
                 write!(f, "recreated {key}: {old} replaced by {new}")
             }
             Activity::Deleted { key, id } => write!(f, "deleted {id} for {key}"),
-            Activity::Resynced { key, reason } => write!(f, "resync of {key} ({reason:?})"),
+            Activity::Resynced { key, reason } => write!(f, "resync of {key} ({reason})"),
             Activity::Failed { key, error } => write!(f, "{key}: {error}"),
         }
     }
