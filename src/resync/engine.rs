@@ -550,7 +550,23 @@ impl DeltaResync {
                 {
                     Ok(round) => log_round(&round),
                     Err(e) => {
-                        tracing::warn!(%resource, error = %e, "could not set the delta cursor; trying again")
+                        tracing::warn!(%resource, error = %e, "could not set the delta cursor; trying again");
+                        // Due, so the loop tries again with its backoff.
+                        let now = unix_ms(self.inner.clock.now());
+                        let marked = self
+                            .inner
+                            .cursors
+                            .mark_due(
+                                &key,
+                                &resource,
+                                &query.path,
+                                ResyncReason::Startup.as_str(),
+                                now,
+                            )
+                            .await;
+                        if let Err(e) = marked {
+                            tracing::warn!(%resource, error = %e, "could not mark the cursor's baseline due");
+                        }
                     }
                 },
             }
