@@ -464,6 +464,14 @@ pub(crate) fn permissions(args: &PermissionsArgs) -> Result<ExitCode, BoxError> 
             _ => "unknown",
         }
     );
+    let quotas = catalog::quotas(resolved.kind());
+    if !quotas.is_empty() {
+        let quotas: Vec<String> = quotas.iter().map(ToString::to_string).collect();
+        println!(
+            "quotas (active subscriptions; over one, Graph answers 403): {}",
+            quotas.join("; ")
+        );
+    }
     match catalog::delta(resolved.path()) {
         catalog::Delta::Query(query) => {
             println!("delta query: {query}");

@@ -41,6 +41,7 @@ mod endpoint;
 mod entries;
 mod model;
 mod path;
+mod quota;
 mod rules;
 mod violation;
 
@@ -53,6 +54,7 @@ pub use delta::{Delta, DeltaQuery, delta};
 pub use endpoint::{EndpointError, check_endpoint};
 pub use model::{Entry, PaymentModel, PaymentModels, Permission, PermissionType, entries};
 pub use path::{PathError, ResourcePath};
+pub use quota::{Quota, QuotaScope, quotas};
 pub use rules::{KindRules, ResourceDataRule, rules};
 pub use violation::Violation;
 

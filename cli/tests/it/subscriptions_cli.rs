@@ -595,3 +595,32 @@ async fn a_declaration_changed_between_kept_runs_leaves_one_subscription() {
     receiver.terminate();
     emulator.terminate();
 }
+
+#[tokio::test]
+async fn permissions_shows_the_quotas_of_the_kind() {
+    let run = |resource: &'static str| async move {
+        let output = tokio::process::Command::new(BIN)
+            .args(["permissions", resource])
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{resource}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let mail = run("users/ada@contoso.com/messages").await;
+    assert!(
+        mail.contains("quotas (active subscriptions; over one, Graph answers 403): 1000 per mailbox (all apps)"),
+        "{mail}"
+    );
+    let chat = run("chats/19:abc@thread.v2/messages").await;
+    assert!(
+        chat.contains("1 per app and chat, channel or team"),
+        "{chat}"
+    );
+    assert!(
+        chat.contains("10000 per organization (all apps), shared by all Teams resources"),
+        "{chat}"
+    );
+    let drive = run("drives/b!x/root").await;
+    assert!(!drive.contains("quotas"), "{drive}");
+}
