@@ -15,9 +15,13 @@
 //!   update changes the URL;
 //! - **identity endpoints**: `POST /{tenant}/oauth2/v2.0/token` (client
 //!   credentials for apps; the password grant for delegated tokens, with
-//!   `consumers` as the tenant for personal accounts), OpenID configuration
-//!   and JWKS, so a receiver checks the emulator's validation tokens by
-//!   pointing its JWKS URL at `/common/discovery/v2.0/keys` and nothing else;
+//!   `consumers` as the tenant for personal accounts), the v1 `POST
+//!   /{tenant}/oauth2/token` (client credentials with `resource`), v2 and v1
+//!   OpenID configuration with Microsoft's fields, instance discovery
+//!   (`/{tenant}/discovery/instance`) and JWKS (`kid` = `x5t`, `x5c`), so
+//!   MSAL accepts the emulator as an authority and a receiver checks its
+//!   validation tokens by pointing its JWKS URL at
+//!   `/common/discovery/v2.0/keys` and nothing else;
 //! - the **delivery engine**: batching per URL, 3 s first timeout, retries
 //!   with exponential backoff for 4 hours at 10 s each, the slow and drop
 //!   throttling states, `missed` after drops, `reauthorizationRequired`
@@ -45,6 +49,13 @@
 //!   for all) to make existing delta tokens answer a sync reset, `POST
 //!   /emulator/throttle` (`{"requests": N, "retryAfter": S}`) to make the
 //!   next N delta queries answer `429`.
+//!
+//! Every URL it hands out uses the scheme it serves and the `Host` it was
+//! reached on (its own address when the `Host` is unusable). With
+//! [`EmulatorBuilder::https`] it serves TLS only (1.2 and later, ALPN `h2`
+//! and `http/1.1`) with a certificate for `127.0.0.1`, `localhost` and `::1`
+//! signed by a local CA kept in a directory and reused across runs
+//! ([`Emulator::ca_pem`]); its deliveries trust that CA too.
 //!
 //! Time runs on a [`Clock`] with a scale, so Graph's hours pass in seconds
 //! in tests; the timeouts have a scale of their own.
