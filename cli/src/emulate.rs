@@ -1,6 +1,7 @@
 //! `msgraph-webhooks emulate`: the local Graph.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use msgraph_webhooks::BoxError;
@@ -76,6 +77,16 @@ pub(crate) struct Args {
     /// The tenant has no Copilot licences.
     #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_NO_COPILOT_TENANT_LICENSE")]
     no_copilot_tenant_license: bool,
+
+    /// Serve HTTPS only, with a certificate signed by a local CA (made once
+    /// in the TLS directory, then reused: trust it once).
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_HTTPS")]
+    https: bool,
+
+    /// Where the local CA is kept (`ca.pem`, `ca-key.pem`); default:
+    /// `emulator-tls` in the data directory.
+    #[arg(long, requires = "https", env = "MSGRAPH_WEBHOOKS_EMULATOR_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
@@ -103,10 +114,20 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     for user in args.copilot_unlicensed_user {
         builder = builder.copilot_unlicensed_user(user);
     }
+    if args.https {
+        let dir = match args.tls_dir {
+            Some(dir) => dir,
+            None => directories::ProjectDirs::from("", "", "msgraph-webhooks")
+                .map(|dirs| dirs.data_dir().join("emulator-tls"))
+                .ok_or("no home directory to put the local CA in: pass --tls-dir")?,
+        };
+        builder = builder.https(dir);
+    }
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
-    let base = format!("http://{}", listener.local_addr()?);
+    let emulator = builder.start_on(listener)?;
+    let base = emulator.url();
     tracing::info!(
         graph = %format!("{base}/v1.0"),
         token = %format!("{base}/common/oauth2/v2.0/token"),
@@ -114,6 +135,16 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         control = %format!("{base}/emulator"),
         "the local Graph"
     );
-    builder.serve(listener, crate::shutdown_signal()).await?;
+    if let Some(ca) = emulator.ca_path() {
+        let ca = ca.display();
+        tracing::info!(ca = %ca, "HTTPS: the certificate is signed by the local CA; trust it once");
+        tracing::info!(
+            "trust the CA: Python SSL_CERT_FILE={ca} or REQUESTS_CA_BUNDLE={ca}; Node NODE_EXTRA_CA_CERTS={ca}; \
+             Debian/Ubuntu: sudo cp {ca} /usr/local/share/ca-certificates/msgraph-webhooks-emulator.crt && sudo update-ca-certificates; \
+             macOS: sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}"
+        );
+    }
+    crate::shutdown_signal().await;
+    emulator.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

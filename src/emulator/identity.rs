@@ -12,15 +12,15 @@ use std::fmt;
 use std::sync::Mutex;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use openssl::error::ErrorStack;
-use openssl::rsa::Rsa;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use crate::catalog::{self, Caller, PermissionType};
+use crate::crypto::{GenerateError, generate_certificate};
 use crate::tokens::{CHANGE_TRACKING_APP_ID, TokenVersion};
 
 /// The tenant id of personal Microsoft accounts: delegated tokens with this
@@ -130,20 +130,26 @@ impl fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// Generates a signing key (RSA 2048). Its `kid` is the base64url SHA-1
-    /// of the public key, stable for the key's life as Entra's are.
-    pub(crate) fn generate(version: TokenVersion) -> Result<Self, ErrorStack> {
+    /// Generates a signing key (RSA 2048) and a self-signed certificate for
+    /// it (five years), published as `x5c`. Its `kid` and `x5t` are the
+    /// base64url SHA-1 of the certificate's DER, as Entra's keys have.
+    pub(crate) fn generate(version: TokenVersion) -> Result<Self, GenerateError> {
         crate::tokens::install_jwt_provider();
-        let rsa = Rsa::generate(2048)?;
+        let generated =
+            generate_certificate("msgraph-webhooks emulator token signing", 2048, 1826)?;
+        let rsa = generated.key().private_key().rsa()?;
         let (n, e) = (rsa.n().to_vec(), rsa.e().to_vec());
-        let der = rsa.private_key_to_der()?;
-        let kid = URL_SAFE_NO_PAD.encode(openssl::sha::sha1(&rsa.public_key_to_der()?));
+        let der = Zeroizing::new(rsa.private_key_to_der()?);
+        let certificate = generated.key().certificate().to_der()?;
+        let kid = URL_SAFE_NO_PAD.encode(openssl::sha::sha1(&certificate));
         let jwk = json!({
             "kty": "RSA",
             "use": "sig",
             "kid": kid,
+            "x5t": kid,
             "n": URL_SAFE_NO_PAD.encode(&n),
             "e": URL_SAFE_NO_PAD.encode(&e),
+            "x5c": [STANDARD.encode(&certificate)],
             "issuer": "https://login.microsoftonline.com/{tenantid}/v2.0",
         });
         Ok(Self {

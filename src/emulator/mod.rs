@@ -15,9 +15,13 @@
 //!   update changes the URL;
 //! - **identity endpoints**: `POST /{tenant}/oauth2/v2.0/token` (client
 //!   credentials for apps; the password grant for delegated tokens, with
-//!   `consumers` as the tenant for personal accounts), OpenID configuration
-//!   and JWKS, so a receiver checks the emulator's validation tokens by
-//!   pointing its JWKS URL at `/common/discovery/v2.0/keys` and nothing else;
+//!   `consumers` as the tenant for personal accounts), the v1 `POST
+//!   /{tenant}/oauth2/token` (client credentials with `resource`), v2 and v1
+//!   OpenID configuration with Microsoft's fields, instance discovery
+//!   (`/{tenant}/discovery/instance`) and JWKS (`kid` = `x5t`, `x5c`), so
+//!   MSAL accepts the emulator as an authority and a receiver checks its
+//!   validation tokens by pointing its JWKS URL at
+//!   `/common/discovery/v2.0/keys` and nothing else;
 //! - the **delivery engine**: batching per URL, 3 s first timeout, retries
 //!   with exponential backoff for 4 hours at 10 s each, the slow and drop
 //!   throttling states, `missed` after drops, `reauthorizationRequired`
@@ -45,6 +49,13 @@
 //!   for all) to make existing delta tokens answer a sync reset, `POST
 //!   /emulator/throttle` (`{"requests": N, "retryAfter": S}`) to make the
 //!   next N delta queries answer `429`.
+//!
+//! Every URL it hands out uses the scheme it serves and the `Host` it was
+//! reached on (its own address when the `Host` is unusable). With
+//! [`EmulatorBuilder::https`] it serves TLS only (1.2 and later, ALPN `h2`
+//! and `http/1.1`) with a certificate for `127.0.0.1`, `localhost` and `::1`
+//! signed by a local CA kept in a directory and reused across runs
+//! ([`Emulator::ca_pem`]); its deliveries trust that CA too.
 //!
 //! Time runs on a [`Clock`] with a scale, so Graph's hours pass in seconds
 //! in tests; the timeouts have a scale of their own.
@@ -78,11 +89,13 @@ mod notify;
 mod resources;
 mod store;
 mod sync;
+mod tls;
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -162,6 +175,9 @@ pub struct Config {
     /// items stay usable, in emulated time (Graph: no fixed lifetime, cache
     /// based; default 30 days). Directory objects' live 7 days, as Graph's.
     pub delta_token_lifetime: Duration,
+    /// Serve HTTPS, with the local CA kept in this directory (`ca.pem`,
+    /// `ca-key.pem`); `None`: plain HTTP.
+    pub https: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -183,6 +199,7 @@ impl Default for Config {
             allow_http: false,
             page_size: 100,
             delta_token_lifetime: Duration::from_secs(30 * 86_400),
+            https: None,
         }
     }
 }
@@ -214,7 +231,11 @@ pub(crate) struct Core {
     /// Delta tokens, resets, throttling.
     pub(crate) delta: DeltaState,
     pub(crate) client: reqwest::Client,
+    /// `http://ADDR` or `https://ADDR`: where a request without a usable
+    /// `Host` is taken to have come.
     pub(crate) base_url: String,
+    /// `http` or `https`.
+    pub(crate) scheme: &'static str,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Wakes the housekeeping task when subscriptions change.
     pub(crate) changed: tokio::sync::Notify,
@@ -334,6 +355,16 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Serves HTTPS only, with a server certificate for `127.0.0.1`,
+    /// `localhost` and `::1` signed at each start by a local CA kept in
+    /// `dir` (`ca.pem`, and `ca-key.pem` with mode 0600): made on first use,
+    /// reused after, so a machine trusts it once. Deliveries trust the CA
+    /// besides the system's roots.
+    pub fn https(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.https = Some(dir.into());
+        self
+    }
+
     /// Whether the tenant has Copilot licences (default: yes).
     pub fn copilot_tenant_licensed(mut self, licensed: bool) -> Self {
         self.config.copilot_tenant_licensed = licensed;
@@ -355,18 +386,28 @@ impl EmulatorBuilder {
     /// # Errors
     ///
     /// I/O errors reading the listener's address; OpenSSL errors generating
-    /// the signing key; the HTTP client failing to initialise.
+    /// the signing key; the HTTP client failing to initialise; with
+    /// [`https`](Self::https), a CA file that cannot be read or used (the
+    /// error names it) or the directory not writable.
     pub fn start_on(self, listener: TcpListener) -> io::Result<Emulator> {
         let addr = listener.local_addr()?;
         let identity = Identity::generate(self.config.token_version).map_err(io::Error::other)?;
-        let client = reqwest::Client::builder()
+        let tls = match &self.config.https {
+            Some(dir) => Some(tls::Tls::load(dir, addr)?),
+            None => None,
+        };
+        let mut client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
                 "msgraph-webhooks-emulator/",
                 env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(io::Error::other)?;
+            ));
+        if let Some(tls) = &tls {
+            let ca = reqwest::Certificate::from_pem(&tls.ca_pem).map_err(io::Error::other)?;
+            client = client.add_root_certificate(ca);
+        }
+        let client = client.build().map_err(io::Error::other)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (shutdown, _) = watch::channel(false);
         let core = Arc::new(Core {
             clock: Clock::new(self.config.time_scale),
@@ -378,7 +419,8 @@ impl EmulatorBuilder {
             resources: Resources::default(),
             delta: DeltaState::default(),
             client,
-            base_url: format!("http://{addr}"),
+            base_url: format!("{scheme}://{addr}"),
+            scheme,
             shutdown,
             changed: tokio::sync::Notify::new(),
             tasks: Mutex::new(JoinSet::new()),
@@ -386,18 +428,25 @@ impl EmulatorBuilder {
         core.spawn(lifecycle::housekeeping(core.clone()));
         let router = api::router(core.clone());
         let mut stopped = core.shutdown.subscribe();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
-        tracing::info!(local = %addr, "listening");
+        let ca = tls
+            .as_ref()
+            .map(|tls| (tls.ca_pem.clone(), tls.ca_path.clone()));
+        let server = match tls {
+            Some(tls) => tokio::spawn(tls::serve(listener, tls.acceptor, router, stopped)),
+            None => tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            }),
+        };
+        tracing::info!(local = %addr, url = %core.base_url, "listening");
         Ok(Emulator {
             core,
             addr,
             server: Some(server),
+            ca,
         })
     }
 
@@ -425,6 +474,8 @@ pub struct Emulator {
     core: Arc<Core>,
     addr: SocketAddr,
     server: Option<JoinHandle<io::Result<()>>>,
+    /// With HTTPS: the CA's PEM and its file.
+    ca: Option<(Vec<u8>, PathBuf)>,
 }
 
 impl fmt::Debug for Emulator {
@@ -455,9 +506,19 @@ impl Emulator {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`: the root of every endpoint.
+    /// `http://127.0.0.1:PORT` (`https://…` with HTTPS): the root of every endpoint.
     pub fn url(&self) -> &str {
         &self.core.base_url
+    }
+
+    /// With HTTPS, the local CA's certificate (PEM), for a client to trust.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca.as_ref().map(|(pem, _)| pem.as_slice())
+    }
+
+    /// With HTTPS, the file of the local CA's certificate (`DIR/ca.pem`).
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.ca.as_ref().map(|(_, path)| path.as_path())
     }
 
     /// The Graph base URL, `…/v1.0`.

@@ -11,6 +11,7 @@ mod emulator_cli;
 mod emulator_delivery;
 mod emulator_delta;
 mod emulator_handshake;
+mod emulator_https;
 mod emulator_rules;
 mod fixtures;
 mod hostile;

@@ -31,8 +31,12 @@ fn json_body<'a, T: Deserialize<'a>>(bytes: &'a [u8], shape: &str) -> Result<T, 
         .map_err(|e| GraphError::invalid(format!("The body must be {shape}: {e}")))
 }
 
-pub(super) async fn info(State(core): State<Arc<Core>>) -> Json<Value> {
-    let base = &core.base_url;
+pub(super) async fn info(
+    State(core): State<Arc<Core>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Json<Value> {
+    let base = &super::origin(&core, &uri, &headers);
     Json(json!({
         "graph": format!("{base}/v1.0"),
         "tokenEndpoint": format!("{base}/common/oauth2/v2.0/token"),

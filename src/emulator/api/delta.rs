@@ -72,20 +72,7 @@ struct Links {
 
 impl Links {
     fn new(core: &Core, uri: &Uri, headers: &HeaderMap, version: &str, prefix: &str) -> Self {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| uri.authority().map(|a| a.as_str()))
-            .filter(|h| {
-                !h.is_empty()
-                    && h.len() <= 255
-                    && h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
-            });
-        let origin = match host {
-            Some(host) => format!("{}://{host}", uri.scheme_str().unwrap_or("http")),
-            None => core.base_url.clone(),
-        };
+        let origin = super::origin(core, uri, headers);
         let path = utf8_percent_encode(prefix, PATH);
         Self {
             base: format!("{origin}/{version}/{path}/delta"),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -57,6 +57,11 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .nest("/v1.0", graph("v1.0"))
         .nest("/beta", graph("beta"))
         .route("/{tenant}/oauth2/v2.0/token", post(identity::token))
+        .route("/{tenant}/oauth2/token", post(identity::token_v1))
+        .route(
+            "/{tenant}/discovery/instance",
+            get(identity::instance_discovery),
+        )
         .route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(identity::openid_configuration_v2),
@@ -228,6 +233,32 @@ async fn envelope(State(core): State<Arc<Core>>, request: Request, next: Next) -
         }
     }
     response
+}
+
+/// `{scheme}://{host}` as the request reached the emulator: the scheme it
+/// serves, the `Host` header (or HTTP/2's `:authority`) when it is a plain
+/// host and port, else the emulator's own address.
+pub(crate) fn origin(core: &Core, uri: &Uri, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .filter(|h| usable_host(h));
+    match host {
+        Some(host) => format!("{}://{host}", core.scheme),
+        None => core.base_url.clone(),
+    }
+}
+
+/// A host, optionally with a port: names, IPv4, bracketed IPv6; no user
+/// info, path or spaces.
+fn usable_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && !host.starts_with([':', '.', '-'])
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
 }
 
 /// The caller of a Graph route, from `Authorization: Bearer …`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -248,10 +248,12 @@ fn find(core: &Core, token: &TokenInfo, id: &str) -> Result<Subscription, GraphE
 pub(super) async fn create(
     State(core): State<Arc<Core>>,
     Extension(ApiVersion(version)): Extension<ApiVersion>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, GraphError> {
     let token = authenticate(&core, &headers)?;
+    let origin = super::origin(&core, &uri, &headers);
     let body = Body::parse(&body)?;
     let change_type = required(body.change_type.as_ref(), "changeType")?;
     let notification_url = required(body.notification_url.as_ref(), "notificationUrl")?;
@@ -348,7 +350,7 @@ pub(super) async fn create(
     if let Some(url) = &subscription.lifecycle_url {
         handshake(&core, url, &subscription.id).await?;
     }
-    let json = subscription.to_json(&core.base_url, true);
+    let json = subscription.to_json(&origin, true);
     core.store
         .insert_unique(subscription)
         .map_err(|existing| duplicate(&existing))?;
@@ -373,10 +375,12 @@ pub(super) struct ListQuery {
 pub(super) async fn list(
     State(core): State<Arc<Core>>,
     Extension(ApiVersion(version)): Extension<ApiVersion>,
+    uri: Uri,
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, GraphError> {
     let token = authenticate(&core, &headers)?;
+    let origin = super::origin(&core, &uri, &headers);
     let any_app = token.delegated_user().is_some()
         && token
             .caller
@@ -408,7 +412,7 @@ pub(super) async fn list(
         .skip(skip)
         .take(page)
         .map(|s| {
-            let mut json = s.to_json(&core.base_url, false);
+            let mut json = s.to_json(&origin, false);
             if let Some(map) = json.as_object_mut() {
                 map.remove("@odata.context");
             }
@@ -416,13 +420,12 @@ pub(super) async fn list(
         })
         .collect();
     let mut out = json!({
-        "@odata.context": format!("{}/{version}/$metadata#subscriptions", core.base_url),
+        "@odata.context": format!("{origin}/{version}/$metadata#subscriptions"),
         "value": value,
     });
     if skip + page < mine.len() {
         out["@odata.nextLink"] = json!(format!(
-            "{}/{version}/subscriptions?$skiptoken={}",
-            core.base_url,
+            "{origin}/{version}/subscriptions?$skiptoken={}",
             skip + page
         ));
     }
@@ -431,12 +434,14 @@ pub(super) async fn list(
 
 pub(super) async fn get(
     State(core): State<Arc<Core>>,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, GraphError> {
     let token = authenticate(&core, &headers)?;
+    let origin = super::origin(&core, &uri, &headers);
     let subscription = find(&core, &token, &id)?;
-    Ok(Json(subscription.to_json(&core.base_url, false)))
+    Ok(Json(subscription.to_json(&origin, false)))
 }
 
 /// The properties PATCH may carry besides the updatable ones, which must
@@ -481,11 +486,13 @@ fn unchanged_only(body: &Body, subscription: &Subscription) -> Result<(), GraphE
 
 pub(super) async fn update(
     State(core): State<Arc<Core>>,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, GraphError> {
     let token = authenticate(&core, &headers)?;
+    let origin = super::origin(&core, &uri, &headers);
     let body = Body::parse(&body)?;
     let mut subscription = find(&core, &token, &id)?;
     if body.expiration_date_time.is_none() && body.notification_url.is_none() {
@@ -565,7 +572,7 @@ pub(super) async fn update(
         subscription.notification_url = url;
     }
     subscription.certificate = certificate;
-    let json = subscription.to_json(&core.base_url, true);
+    let json = subscription.to_json(&origin, true);
     if !core.store.replace(subscription) {
         return Err(GraphError::subscription_not_found(&id));
     }
