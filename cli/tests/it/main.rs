@@ -16,6 +16,7 @@ mod emulator_rules;
 mod fixtures;
 mod hostile;
 mod hostile_bodies;
+mod interop;
 mod limits;
 mod listener;
 mod parser_props;
