@@ -86,6 +86,7 @@ mod handshake;
 mod identity;
 mod lifecycle;
 mod notify;
+mod quota;
 mod resources;
 mod store;
 mod sync;
@@ -175,6 +176,9 @@ pub struct Config {
     /// items stay usable, in emulated time (Graph: no fixed lifetime, cache
     /// based; default 30 days). Directory objects' live 7 days, as Graph's.
     pub delta_token_lifetime: Duration,
+    /// The catalog's subscription quotas, with these limits instead per
+    /// scope (tests reach a quota of 1 000 with 2).
+    pub quota_limits: Vec<(crate::catalog::QuotaScope, u32)>,
     /// Serve HTTPS, with the local CA kept in this directory (`ca.pem`,
     /// `ca-key.pem`); `None`: plain HTTP.
     pub https: Option<PathBuf>,
@@ -199,6 +203,7 @@ impl Default for Config {
             allow_http: false,
             page_size: 100,
             delta_token_lifetime: Duration::from_secs(30 * 86_400),
+            quota_limits: Vec::new(),
             https: None,
         }
     }
@@ -346,6 +351,14 @@ impl EmulatorBuilder {
     /// A user (id or principal name) without a Copilot licence.
     pub fn copilot_unlicensed_user(mut self, user: impl Into<String>) -> Self {
         self.config.copilot_unlicensed_users.push(user.into());
+        self
+    }
+
+    /// Enforces `limit` instead of the catalog's number for every quota of
+    /// `scope` (see [`catalog::quotas`](crate::catalog::quotas)).
+    pub fn quota_limit(mut self, scope: crate::catalog::QuotaScope, limit: u32) -> Self {
+        self.config.quota_limits.retain(|(s, _)| *s != scope);
+        self.config.quota_limits.push((scope, limit));
         self
     }
 

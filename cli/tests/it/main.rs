@@ -12,6 +12,7 @@ mod emulator_delivery;
 mod emulator_delta;
 mod emulator_handshake;
 mod emulator_https;
+mod emulator_quota;
 mod emulator_rules;
 mod fixtures;
 mod hostile;

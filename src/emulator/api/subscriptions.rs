@@ -346,6 +346,18 @@ pub(super) async fn create(
     if let Some(existing) = core.store.duplicate_of(&subscription) {
         return Err(duplicate(&existing));
     }
+    if let Some(message) = super::super::quota::exceeded(
+        &core.store.all(),
+        &subscription,
+        &core.config.quota_limits,
+        core.clock.now(),
+    ) {
+        return Err(GraphError::new(
+            StatusCode::FORBIDDEN,
+            "ExtensionError",
+            message,
+        ));
+    }
     handshake(&core, &subscription.notification_url, &subscription.id).await?;
     if let Some(url) = &subscription.lifecycle_url {
         handshake(&core, url, &subscription.id).await?;

@@ -1,0 +1,97 @@
+//! The catalog's subscription quotas ([`catalog::quotas`]), enforced when a
+//! subscription is created: over one, Graph answers `403 Forbidden` with a
+//! message that names the limit (Microsoft Learn, "Set up notifications for
+//! changes in resource data", <https://learn.microsoft.com/graph/change-notifications-overview>).
+//! The message's wording is the emulator's: Graph's for quotas is not
+//! documented; its envelope is the `ExtensionError` form Graph uses for
+//! refusals of the subscription extension.
+
+use time::OffsetDateTime;
+
+use super::store::Subscription;
+use crate::catalog::{self, Quota, QuotaScope};
+use crate::notification::ResourceKind;
+
+/// Whether a kind counts in the organization's quota Teams kinds share.
+fn teams(kind: &ResourceKind) -> bool {
+    matches!(
+        kind,
+        ResourceKind::ChatMessage
+            | ResourceKind::Channel
+            | ResourceKind::Chat
+            | ResourceKind::Team
+            | ResourceKind::ConversationMember
+    )
+}
+
+/// What `subscription` counts as within `scope`; `None` where the scope does
+/// not apply to it (a per-user quota of a subscription that names no user).
+fn scope_key(subscription: &Subscription, scope: QuotaScope) -> Option<String> {
+    let user = || {
+        subscription
+            .me()
+            .or_else(|| subscription.path.user())
+            .map(str::to_lowercase)
+    };
+    Some(match scope {
+        QuotaScope::App => subscription.application_id.clone(),
+        QuotaScope::Tenant | QuotaScope::Organization => subscription.tenant_id.clone(),
+        QuotaScope::AppAndTenant => {
+            format!("{}|{}", subscription.application_id, subscription.tenant_id)
+        }
+        QuotaScope::Mailbox | QuotaScope::User => {
+            format!("{}|{}", subscription.tenant_id, user()?)
+        }
+        QuotaScope::AppAndTarget => format!(
+            "{}|{}",
+            subscription.application_id,
+            subscription.path.canonical(subscription.me())
+        ),
+        _ => return None,
+    })
+}
+
+/// Whether `other` counts against `quota` of `candidate`'s kind.
+fn counts(candidate: &Subscription, quota: &Quota, other: &Subscription) -> bool {
+    if quota.shared_by_teams {
+        return teams(other.kind());
+    }
+    std::ptr::eq(
+        catalog::quotas(candidate.kind()),
+        catalog::quotas(other.kind()),
+    )
+}
+
+/// The first quota `candidate` would exceed among the live `existing`, with
+/// `limits` overriding the catalog's numbers per scope; the refusal's
+/// message, or `None`.
+pub(crate) fn exceeded(
+    existing: &[Subscription],
+    candidate: &Subscription,
+    limits: &[(QuotaScope, u32)],
+    now: OffsetDateTime,
+) -> Option<String> {
+    for quota in catalog::quotas(candidate.kind()) {
+        let Some(key) = scope_key(candidate, quota.scope) else {
+            continue;
+        };
+        let limit = limits
+            .iter()
+            .find(|(scope, _)| *scope == quota.scope)
+            .map_or(quota.limit, |(_, limit)| *limit);
+        let used = existing
+            .iter()
+            .filter(|s| s.expiration > now && counts(candidate, quota, s))
+            .filter(|s| scope_key(s, quota.scope).as_deref() == Some(key.as_str()))
+            .count();
+        if used >= limit as usize {
+            let quota = Quota { limit, ..*quota };
+            return Some(format!(
+                "Operation: Create; Exception: [Status Code: Forbidden; Reason: The subscription \
+                 quota for {} resources is reached: at most {quota} active subscriptions.]",
+                candidate.kind().as_str()
+            ));
+        }
+    }
+    None
+}
