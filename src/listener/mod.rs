@@ -1,13 +1,15 @@
 //! The endpoint Graph calls: the validation handshake, and notification
 //! deliveries authenticated item by item and stored in the inbox before the
 //! `202`. [`WebhookService`] is a `tower::Service`, so it mounts as a route
-//! of an axum app; [`serve`] runs it standalone on hyper.
+//! of an axum app; [`serve`] runs it standalone on hyper, over TLS too
+//! with a [`TlsConfig`].
 
 mod connections;
 mod handshake;
 mod response;
 mod server;
 mod sniff;
+mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ use handshake::Handshake;
 use response::{Answer, Rejection};
 
 pub use server::{LISTEN_BACKLOG, ServerConfig, bind, serve};
+pub use tls::{TlsConfig, TlsError};
+pub(crate) use tls::CertSummary;
 pub(crate) use server::{Tracked, plain, run};
 
 /// When the standalone server wants a request's body in full: headers and
