@@ -31,9 +31,9 @@ use handshake::Handshake;
 use response::{Answer, Rejection};
 
 pub use server::{LISTEN_BACKLOG, ServerConfig, bind, serve};
-pub use tls::{TlsConfig, TlsError};
-pub(crate) use tls::CertSummary;
 pub(crate) use server::{Tracked, plain, run};
+pub(crate) use tls::CertSummary;
+pub use tls::{TlsConfig, TlsError};
 
 /// When the standalone server wants a request's body in full: headers and
 /// body share one deadline there (see [`ServerConfig::request_timeout`]).

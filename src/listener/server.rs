@@ -178,7 +178,7 @@ pub async fn serve(
         async move { route(&service, request).await }
     };
     let tls = if config.tls.is_some() { "on" } else { "off" };
-    tracing::info!(local = %listener.local_addr()?, tls, "listening");
+    tracing::info!(local = %listener.local_addr()?, tls = %tls, "listening");
     if let Some(tls) = &config.tls {
         tracing::info!(certificate = %tls.describe(), "serving TLS");
     }

@@ -156,17 +156,20 @@ impl Identity {
         // change at the next poll, and is loaded then.
         let stamp = Stamp::of(cert, key);
         let read = |path: &Path| {
-            std::fs::read(path).map(Zeroizing::new).map_err(|e| TlsError::Read {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })
+            std::fs::read(path)
+                .map(Zeroizing::new)
+                .map_err(|e| TlsError::Read {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })
         };
-        let chain = X509::stack_from_pem(&read(cert)?)
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let chain =
+            X509::stack_from_pem(&read(cert)?).map_err(|e| TlsError::Certificate(e.to_string()))?;
         let leaf = chain
             .first()
             .ok_or_else(|| TlsError::Certificate("the file holds none".into()))?;
-        let key = PKey::private_key_from_pem(&read(key)?).map_err(|e| TlsError::Key(e.to_string()))?;
+        let key =
+            PKey::private_key_from_pem(&read(key)?).map_err(|e| TlsError::Key(e.to_string()))?;
         let public = leaf
             .public_key()
             .map_err(|e| TlsError::Certificate(e.to_string()))?;
@@ -189,7 +192,8 @@ impl Identity {
     /// and `http/1.1`.
     fn acceptor(&self, http2: bool) -> Result<SslAcceptor, TlsError> {
         let setup = |e: openssl::error::ErrorStack| TlsError::Setup(e.to_string());
-        let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(setup)?;
+        let mut builder =
+            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(setup)?;
         builder
             .set_min_proto_version(Some(SslVersion::TLS1_2))
             .map_err(setup)?;
@@ -200,7 +204,9 @@ impl Identity {
                 .add_extra_chain_cert(intermediate.clone())
                 .map_err(setup)?;
         }
-        builder.check_private_key().map_err(|_| TlsError::Mismatch)?;
+        builder
+            .check_private_key()
+            .map_err(|_| TlsError::Mismatch)?;
         let offered: &'static [u8] = if http2 {
             b"\x02h2\x08http/1.1"
         } else {
@@ -240,7 +246,10 @@ pub(super) struct Acceptor {
 impl Acceptor {
     /// The acceptor for `config` and the task that keeps it current; the
     /// task ends when the returned guard is dropped.
-    pub(super) fn start(config: &TlsConfig, http2: bool) -> Result<(Arc<Self>, Watching), TlsError> {
+    pub(super) fn start(
+        config: &TlsConfig,
+        http2: bool,
+    ) -> Result<(Arc<Self>, Watching), TlsError> {
         let this = Arc::new(Self {
             current: RwLock::new(Arc::new(config.identity.acceptor(http2)?)),
         });
@@ -250,7 +259,10 @@ impl Acceptor {
 
     fn current(&self) -> Arc<SslAcceptor> {
         // A swap cannot panic halfway: a poisoned lock still holds a whole acceptor.
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn swap(&self, acceptor: SslAcceptor) {
