@@ -32,7 +32,8 @@ pub struct Options {
     /// The `clientState` put in the probe notification.
     pub client_state: crate::ClientState,
     /// Accept TLS certificates that are not trusted (for local endpoints
-    /// with a self-signed certificate; Graph would not).
+    /// with a self-signed certificate; Graph would not). The `tls` check
+    /// still fails such a certificate: it says what Graph will do.
     pub accept_invalid_certs: bool,
 }
 

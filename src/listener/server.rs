@@ -74,8 +74,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Largest HTTP/1.1 header block, in bytes (default 16 KiB).
     pub max_header_bytes: usize,
-    /// Serve HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 (default off:
-    /// Graph and ngrok speak HTTP/1.1 to this port).
+    /// Serve HTTP/2 beside HTTP/1.1 (default off: Graph and ngrok speak
+    /// HTTP/1.1 to this port): with prior knowledge (h2c) on plain HTTP,
+    /// and offered as `h2` by ALPN with [`tls`](Self::tls).
     pub http2: bool,
     /// Concurrent HTTP/2 streams per connection (default 64).
     pub max_concurrent_streams: u32,
