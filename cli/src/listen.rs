@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msgraph_webhooks::handler::JsonLines;
-use msgraph_webhooks::listener::ServerConfig;
+use msgraph_webhooks::listener::{ServerConfig, TlsConfig};
 use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::subscriptions::SubscriptionManager;
 use msgraph_webhooks::{
@@ -75,6 +75,38 @@ pub(crate) struct Args {
     /// talks h2c to its backends.
     #[arg(long, env = "MSGRAPH_WEBHOOKS_HTTP2")]
     http2: bool,
+
+    /// Serve HTTPS with this certificate chain (PEM: the certificate, then
+    /// its intermediates, e.g. Let's Encrypt's fullchain.pem), so Graph can
+    /// call the port without a proxy in front. TLS 1.2+; h2 by ALPN with
+    /// --http2. The files are re-read when they change (a renewal): new
+    /// connections get the new certificate, open ones keep going.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "MSGRAPH_WEBHOOKS_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM, e.g. Let's Encrypt's privkey.pem).
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "MSGRAPH_WEBHOOKS_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// Seconds between checks of the --tls-cert and --tls-key files for a
+    /// renewal.
+    #[arg(
+        long,
+        default_value_t = 5.0,
+        env = "MSGRAPH_WEBHOOKS_TLS_RELOAD_SECS",
+        hide = true
+    )]
+    tls_reload_secs: f64,
 
     #[command(flatten)]
     admin: crate::admin::AdminArgs,
@@ -224,6 +256,15 @@ async fn serve<H: Handler>(
         builder = builder.workers(workers);
     }
     builder = args.work.rich.configure(builder)?;
+    // A bad pair fails here, before the port is bound.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            TlsConfig::from_pem_files(cert, key)
+                .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?
+                .poll_interval(Duration::try_from_secs_f64(args.tls_reload_secs)?),
+        ),
+        _ => None,
+    };
     let receiver = builder.build()?;
     receiver
         .metrics()
@@ -236,6 +277,7 @@ async fn serve<H: Handler>(
     config.max_connections_per_peer = args.max_connections_per_peer;
     config.http2 = args.http2;
     config.drain_timeout = drain;
+    config.tls = tls;
     let running = manager.as_ref().map(SubscriptionManager::start);
     let (signalled, mut signal) = tokio::sync::watch::channel(false);
     let shutdown = async move {

@@ -47,7 +47,6 @@ fn scope_key(subscription: &Subscription, scope: QuotaScope) -> Option<String> {
             subscription.application_id,
             subscription.path.canonical(subscription.me())
         ),
-        _ => return None,
     })
 }
 

@@ -1,13 +1,15 @@
 //! The endpoint Graph calls: the validation handshake, and notification
 //! deliveries authenticated item by item and stored in the inbox before the
 //! `202`. [`WebhookService`] is a `tower::Service`, so it mounts as a route
-//! of an axum app; [`serve`] runs it standalone on hyper.
+//! of an axum app; [`serve`] runs it standalone on hyper, over TLS too
+//! with a [`TlsConfig`].
 
 mod connections;
 mod handshake;
 mod response;
 mod server;
 mod sniff;
+mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use response::{Answer, Rejection};
 
 pub use server::{LISTEN_BACKLOG, ServerConfig, bind, serve};
 pub(crate) use server::{Tracked, plain, run};
+pub(crate) use tls::CertSummary;
+pub use tls::{TlsConfig, TlsError};
 
 /// When the standalone server wants a request's body in full: headers and
 /// body share one deadline there (see [`ServerConfig::request_timeout`]).

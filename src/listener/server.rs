@@ -9,6 +9,10 @@
 //! a complete request yet; at the connection cap the server sheds the oldest
 //! connection that is not answering a complete request instead of stopping
 //! `accept`.
+//!
+//! With [`ServerConfig::tls`] the server terminates TLS itself
+//! ([`tls`](super::tls)); the handshake runs under the same first deadline
+//! as a plain connection's first bytes, in a slot of the same table.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,12 +32,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::connections::{Conn, Connections, Refusal, Slot};
 use super::handshake::{self, Handshake};
+use super::tls::{Acceptor, TlsConfig};
 use super::{RequestDeadline, WebhookService, sniff};
 use crate::metrics::Metrics;
 
@@ -68,8 +74,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Largest HTTP/1.1 header block, in bytes (default 16 KiB).
     pub max_header_bytes: usize,
-    /// Serve HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 (default off:
-    /// Graph and ngrok speak HTTP/1.1 to this port).
+    /// Serve HTTP/2 beside HTTP/1.1 (default off: Graph and ngrok speak
+    /// HTTP/1.1 to this port): with prior knowledge (h2c) on plain HTTP,
+    /// and offered as `h2` by ALPN with [`tls`](Self::tls).
     pub http2: bool,
     /// Concurrent HTTP/2 streams per connection (default 64).
     pub max_concurrent_streams: u32,
@@ -80,6 +87,12 @@ pub struct ServerConfig {
     pub h2_keep_alive: Duration,
     /// How long shutdown waits for in-flight requests (default 10 s).
     pub drain_timeout: Duration,
+    /// Terminate TLS with this certificate and key (default `None`: plain
+    /// HTTP, for a proxy or tunnel in front). The handshake must complete,
+    /// and the first request bytes arrive, within
+    /// [`header_read_timeout`](Self::header_read_timeout) of the accept;
+    /// with [`http2`](Self::http2) on, `h2` is offered by ALPN.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +109,7 @@ impl Default for ServerConfig {
             max_header_list_size: 16 * 1024,
             h2_keep_alive: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -150,8 +164,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 ///
 /// # Errors
 ///
-/// Only if reading the listener's local address fails; accept errors are
-/// logged and retried with backoff.
+/// Only if reading the listener's local address fails, or OpenSSL refuses
+/// the [`tls`](ServerConfig::tls) pair; accept errors are logged and
+/// retried with backoff.
 pub async fn serve(
     listener: TcpListener,
     service: WebhookService,
@@ -163,7 +178,11 @@ pub async fn serve(
         let service = service.clone();
         async move { route(&service, request).await }
     };
-    tracing::info!(local = %listener.local_addr()?, "listening");
+    let tls = if config.tls.is_some() { "on" } else { "off" };
+    tracing::info!(local = %listener.local_addr()?, tls = %tls, "listening");
+    if let Some(tls) = &config.tls {
+        tracing::info!(certificate = %tls.describe(), "serving TLS");
+    }
     run(listener, endpoint, config, Some(metrics), shutdown).await
 }
 
@@ -184,7 +203,17 @@ where
     let connections = Connections::new(config.max_connections, per_peer, exempt_loopback);
     // Tells every connection that shutdown began.
     let (closing, closed) = watch::channel(false);
+    // The watcher stops with this loop, when `_watching` is dropped.
+    let (tls, _watching) = match &config.tls {
+        Some(tls) => {
+            let (acceptor, watching) = Acceptor::start(tls, config.http2)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            (Some(acceptor), Some(watching))
+        }
+        None => (None, None),
+    };
     let serving = Serving {
+        tls,
         builder: Arc::new(builder(config)),
         service,
         timeouts: Timeouts::of(config),
@@ -311,6 +340,8 @@ impl Timeouts {
 /// What every connection of one server shares.
 #[derive(Clone)]
 struct Serving<S> {
+    /// The TLS acceptor, when the server terminates TLS.
+    tls: Option<Arc<Acceptor>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
     timeouts: Timeouts,
@@ -319,13 +350,62 @@ struct Serving<S> {
     closed: watch::Receiver<bool>,
 }
 
-/// One connection, from its first bytes to its close.
+/// One connection, from its accept to its close: the TLS handshake if the
+/// server terminates TLS, then HTTP.
 async fn drive<S, F>(stream: TcpStream, peer: SocketAddr, slot: Slot, serving: Serving<S>)
 where
     S: Fn(Request<Tracked>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    // The handshake and the first request bytes share one deadline.
+    let first_until = Instant::now() + serving.timeouts.first;
+    let Some(acceptor) = serving.tls.clone() else {
+        return drive_http(stream, peer, slot, serving, first_until).await;
+    };
+    let mut closed = serving.closed.clone();
+    let conn = slot.conn().clone();
+    let handshake = tokio::time::timeout_at(first_until, acceptor.accept(stream));
+    let stream = tokio::select! {
+        shook = handshake => match shook {
+            Ok(Ok(stream)) => stream,
+            // Plain HTTP, garbage, TLS 1.1: the client learns nothing but
+            // OpenSSL's alert.
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                if let Some(metrics) = &serving.metrics {
+                    metrics.connection_closed("tls_handshake");
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake stalled; closing");
+                return;
+            }
+        },
+        () = conn.shed() => {
+            tracing::debug!(%peer, "connection shed during its TLS handshake");
+            return;
+        }
+        _ = closed.wait_for(|closing| *closing) => return,
+    };
+    drive_http(stream, peer, slot, serving, first_until).await;
+}
+
+/// HTTP on one connection (plain or decrypted), from its first bytes to
+/// its close.
+async fn drive_http<I, S, F>(
+    stream: I,
+    peer: SocketAddr,
+    slot: Slot,
+    serving: Serving<S>,
+    first_until: Instant,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Fn(Request<Tracked>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let Serving {
+        tls: _,
         builder,
         service,
         timeouts,
@@ -334,7 +414,7 @@ where
     } = serving;
     let conn = slot.conn().clone();
     let first = tokio::select! {
-        first = sniff::first_bytes(stream, timeouts.first) => first,
+        first = sniff::first_bytes(stream, first_until) => first,
         () = conn.shed() => None,
         _ = closed.wait_for(|closing| *closing) => None,
     };

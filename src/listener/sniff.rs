@@ -4,24 +4,28 @@
 //! tell HTTP/1.1 from the HTTP/2 preface. A client that connects and sends
 //! nothing (or one byte) would hold its connection slot forever. So the
 //! server reads those bytes itself, within the header timeout, and hands
-//! hyper a stream that replays them.
+//! hyper a stream that replays them. Over TLS the same holds for the
+//! decrypted stream, and the deadline is the one the handshake began under.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads until the bytes decide the protocol: the full HTTP/2 preface, or
-/// anything that departs from it. `None` if the client closed or stalled.
-pub(super) async fn first_bytes(mut stream: TcpStream, deadline: Duration) -> Option<Prefixed> {
+/// anything that departs from it, by `until`. `None` if the client closed
+/// or stalled.
+pub(super) async fn first_bytes<S: AsyncRead + Unpin>(
+    mut stream: S,
+    until: Instant,
+) -> Option<Prefixed<S>> {
     let mut prefix = BytesMut::with_capacity(1024);
-    let decided = tokio::time::timeout(deadline, async {
+    let decided = tokio::time::timeout_at(until, async {
         loop {
             if stream.read_buf(&mut prefix).await.ok()? == 0 {
                 return None;
@@ -42,14 +46,14 @@ pub(super) async fn first_bytes(mut stream: TcpStream, deadline: Duration) -> Op
     }
 }
 
-/// A TCP stream whose first reads return bytes already taken from it.
+/// A stream whose first reads return bytes already taken from it.
 #[derive(Debug)]
-pub(super) struct Prefixed {
+pub(super) struct Prefixed<S> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -65,7 +69,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -32,4 +32,5 @@ mod subscriptions_cli;
 mod subscriptions_client;
 mod subscriptions_instances;
 mod support;
+mod tls;
 mod tunnel;
