@@ -39,14 +39,27 @@ fn scope_key(subscription: &Subscription, scope: QuotaScope) -> Option<String> {
         QuotaScope::AppAndTenant => {
             format!("{}|{}", subscription.application_id, subscription.tenant_id)
         }
-        QuotaScope::Mailbox | QuotaScope::User => {
+        QuotaScope::Mailbox => format!("{}|{}", subscription.tenant_id, user()?),
+        // All the chats a user is part of (`users/{id}/chats/getAllMessages`).
+        QuotaScope::User => {
+            let path = subscription.path.canonical(subscription.me());
+            if !path.to_ascii_lowercase().ends_with("/chats/getallmessages") {
+                return None;
+            }
             format!("{}|{}", subscription.tenant_id, user()?)
         }
-        QuotaScope::AppAndTarget => format!(
-            "{}|{}",
-            subscription.application_id,
-            subscription.path.canonical(subscription.me())
-        ),
+        // The quota of one chat, channel or team: not of the organization-wide
+        // `getAll…` subscriptions.
+        QuotaScope::AppAndTarget => {
+            let target = subscription.path.canonical(subscription.me());
+            if target.to_ascii_lowercase().contains("getall") {
+                return None;
+            }
+            format!(
+                "{}|{}|{target}",
+                subscription.application_id, subscription.tenant_id
+            )
+        }
     })
 }
 

@@ -7,7 +7,7 @@ use msgraph_webhooks::catalog::QuotaScope;
 use msgraph_webhooks::emulator::Emulator;
 use serde_json::json;
 
-use crate::support::graph::{Answering, Cert, Graph, Hook};
+use crate::support::graph::{Answering, Graph, Hook};
 
 async fn graph(limits: &[(QuotaScope, u32)]) -> (Graph, Hook) {
     let mut builder = Emulator::builder();
@@ -101,12 +101,10 @@ async fn teams_resources_share_the_organizations_quota_and_one_per_chat() {
     let (graph, hook) = graph(&[(QuotaScope::Organization, 2)]).await;
     let token = graph.app_token();
     let url = hook.url("/");
-    let cert = Cert::new(2048);
     let teams = |resource: &str, change: &str| {
         let mut body = graph.subscription(resource, change, &url);
         body["lifecycleNotificationUrl"] = json!(hook.url("/lifecycle"));
         body["expirationDateTime"] = json!(graph.expires_in(50));
-        let _ = &cert;
         body
     };
     let chat = graph
@@ -139,4 +137,37 @@ async fn teams_resources_share_the_organizations_quota_and_one_per_chat() {
         "{}",
         third.message()
     );
+}
+
+#[tokio::test]
+async fn chat_messages_of_all_a_users_chats_count_per_user_in_the_tenant() {
+    let (graph, hook) = graph(&[(QuotaScope::User, 1)]).await;
+    let token = graph.app_token();
+    let url = hook.url("/");
+    let body = |resource: &str, change: &str| {
+        let mut body = graph.subscription(resource, change, &url);
+        body["lifecycleNotificationUrl"] = json!(hook.url("/lifecycle"));
+        body["expirationDateTime"] = json!(graph.expires_in(50));
+        body
+    };
+    let first = graph
+        .create(&token, &body("users/u1/chats/getAllMessages", "created"))
+        .await;
+    assert_eq!(first.status, 201, "{:#}", first.json);
+    let over = graph
+        .create(&token, &body("users/u1/chats/getAllMessages", "updated"))
+        .await;
+    assert_eq!(over.status, 403, "{:#}", over.json);
+    assert!(over.message().contains("1 per user"), "{}", over.message());
+    let other = graph
+        .create(&token, &body("users/u2/chats/getAllMessages", "created"))
+        .await;
+    assert_eq!(other.status, 201, "{:#}", other.json);
+    // Organization-wide subscriptions are not a chat's: no per-chat quota.
+    for change in ["created", "updated"] {
+        let all = graph
+            .create(&token, &body("chats/getAllMessages", change))
+            .await;
+        assert_eq!(all.status, 201, "{:#}", all.json);
+    }
 }
