@@ -172,7 +172,7 @@ impl Metrics {
         let connections_closed = Family::<Label, Counter>::default();
         registry.register(
             "connections_closed",
-            "Connections the server closed or refused on its own, by reason (idle, shed_capacity, shed_peer, refused_peer)",
+            "Connections the server closed or refused on its own, by reason (idle, shed_capacity, shed_peer, refused_peer, tls_handshake)",
             connections_closed.clone(),
         );
         Self {
@@ -237,7 +237,7 @@ impl Metrics {
     }
 
     /// Connections closed or refused so far for `reason` (`idle`,
-    /// `shed_capacity`, `shed_peer`, `refused_peer`).
+    /// `shed_capacity`, `shed_peer`, `refused_peer`, `tls_handshake`).
     pub fn connections_closed_count(&self, reason: &'static str) -> u64 {
         self.connections_closed
             .get_or_create(&[("reason", reason)])
