@@ -72,6 +72,37 @@ fn graph_default_scope(scope: &str) -> bool {
     })
 }
 
+/// What both token endpoints read first: the form, the tenant (and whether
+/// it is the consumers' one), a client id; or the OAuth error for it.
+fn token_request(
+    core: &Core,
+    segment: &str,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> Result<(TokenForm, String, bool), Box<Response>> {
+    let Ok(Form(form)) = form else {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The request body must be application/x-www-form-urlencoded.",
+        )));
+    };
+    let Some((tenant_id, personal)) = tenant(core, segment) else {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            "The tenant is not a tenant id, a domain, common, organizations or consumers.",
+        )));
+    };
+    if form.client_id.as_deref().is_none_or(str::is_empty) {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The request body must contain the following parameter: 'client_id'.",
+        )));
+    }
+    Ok((form, tenant_id, personal))
+}
+
 /// Client credentials for apps (every application permission of the
 /// catalog unless narrowed); the password grant for users, whose scopes
 /// (`Mail.Read`, `https://graph.microsoft.com/Mail.Read`, `.default`) become `scp`.
@@ -80,27 +111,11 @@ pub(super) async fn token(
     Path(segment): Path<String>,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "The request body must be application/x-www-form-urlencoded.",
-        );
+    let (form, tenant_id, personal) = match token_request(&core, &segment, form) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
     };
-    let Some((tenant_id, personal)) = tenant(&core, &segment) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_tenant",
-            "The tenant is not a tenant id, a domain, common, organizations or consumers.",
-        );
-    };
-    let Some(client_id) = form.client_id.as_deref().filter(|c| !c.is_empty()) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "The request body must contain the following parameter: 'client_id'.",
-        );
-    };
+    let client_id = form.client_id.as_deref().unwrap_or_default();
     let scope = form.scope.as_deref().unwrap_or_default();
     match form.grant_type.as_deref() {
         Some("client_credentials") => {
@@ -232,27 +247,11 @@ pub(super) async fn token_v1(
     Path(segment): Path<String>,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "The request body must be application/x-www-form-urlencoded.",
-        );
+    let (form, tenant_id, personal) = match token_request(&core, &segment, form) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
     };
-    let Some((tenant_id, personal)) = tenant(&core, &segment) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_tenant",
-            "The tenant is not a tenant id, a domain, common, organizations or consumers.",
-        );
-    };
-    let Some(client_id) = form.client_id.as_deref().filter(|c| !c.is_empty()) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "The request body must contain the following parameter: 'client_id'.",
-        );
-    };
+    let client_id = form.client_id.as_deref().unwrap_or_default();
     if form.grant_type.as_deref() != Some("client_credentials") {
         return oauth_error(
             StatusCode::BAD_REQUEST,
