@@ -172,7 +172,10 @@ impl Subscription {
         );
         put("expirationDateTime", json!(graph_time(self.expiration)));
         put("creatorId", json!(self.creator_id));
-        put("includeResourceData", json!(self.echo.include_resource_data));
+        put(
+            "includeResourceData",
+            json!(self.echo.include_resource_data),
+        );
         put("latestSupportedTlsVersion", json!(self.tls_version));
         put(
             "encryptionCertificate",

@@ -15,8 +15,7 @@ use serde_json::{Value, json};
 use crate::support::graph::{APP, Answer, Answering, Cert, Graph, Hook};
 
 /// Graph's `Content-Type` for JSON answers, as captures of Graph show it.
-const ODATA_JSON: &str =
-    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+const ODATA_JSON: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
 
 fn fixture(name: &str) -> Value {
     let path = format!(
@@ -134,11 +133,8 @@ fn compare_subscription(
             }
             "expirationDateTime" => {
                 let text = got[key].as_str().unwrap();
-                time::OffsetDateTime::parse(
-                    text,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .unwrap_or_else(|e| panic!("{name}: {text}: {e}"));
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|e| panic!("{name}: {text}: {e}"));
             }
             "encryptionCertificate" if echoed.contains(&"encryptionCertificate") => {
                 assert_eq!(got[key], given[key], "{name}: {key} is echoed");
@@ -219,10 +215,12 @@ async fn documented_example(name: &str) -> Answer {
     if let Some(items) = documented.get("value") {
         assert_eq!(
             answer.json["@odata.context"],
-            json!(documented["@odata.context"]
-                .as_str()
-                .unwrap()
-                .replace("https://graph.microsoft.com", &origin)),
+            json!(
+                documented["@odata.context"]
+                    .as_str()
+                    .unwrap()
+                    .replace("https://graph.microsoft.com", &origin)
+            ),
             "{name}"
         );
         let keys: Vec<&String> = answer.json.as_object().unwrap().keys().collect();
@@ -230,7 +228,10 @@ async fn documented_example(name: &str) -> Answer {
         let got = answer.json["value"].as_array().unwrap();
         assert_eq!(got.len(), items.as_array().unwrap().len(), "{name}");
         for (doc, mine) in items.as_array().unwrap().iter().zip(got) {
-            assert!(mine.get("@odata.context").is_none(), "{name}: items have none");
+            assert!(
+                mine.get("@odata.context").is_none(),
+                "{name}: items have none"
+            );
             compare_subscription(name, doc, mine, &fixture, &given, &origin);
         }
     } else {
@@ -295,13 +296,22 @@ async fn the_version_read_under_decides_the_shape() {
     assert!(created.json.get("notificationContentType").is_none());
     let id = created.json["id"].as_str().unwrap();
     let beta = graph
-        .call("GET", &format!("/beta/subscriptions/{id}"), Some(&token), None, &[])
+        .call(
+            "GET",
+            &format!("/beta/subscriptions/{id}"),
+            Some(&token),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(beta.status, 200);
     assert_eq!(beta.json["notificationContentType"], "application/json");
     assert_eq!(
         beta.json["@odata.context"],
-        format!("{}/beta/$metadata#subscriptions/$entity", graph.emulator.url())
+        format!(
+            "{}/beta/$metadata#subscriptions/$entity",
+            graph.emulator.url()
+        )
     );
 }
 
@@ -414,10 +424,8 @@ async fn resource_data_only_where_microsoft_lists_it() {
         body["encryptionCertificateId"] = json!("cert-1");
         let answer = graph.create(&token, &body).await;
 
-        let certificate = msgraph_webhooks::subscriptions::EncryptionCertificate::new(
-            "cert-1",
-            cert.base64(),
-        );
+        let certificate =
+            msgraph_webhooks::subscriptions::EncryptionCertificate::new("cert-1", cert.base64());
         let new = NewSubscription::new(
             resource.clone(),
             [ChangeType::parse(change)],
@@ -515,14 +523,21 @@ async fn update_validates_before_permissions() {
         )
         .await;
     assert_eq!(created.status, 201, "{:#}", created.json);
-    let path = format!("/v1.0/subscriptions/{}", created.json["id"].as_str().unwrap());
+    let path = format!(
+        "/v1.0/subscriptions/{}",
+        created.json["id"].as_str().unwrap()
+    );
     let weak = graph.app_token_with(&["Calendars.Read"]);
     let moved = json!({"notificationUrl": broken.url("/n")});
     let answer = graph
         .call("PATCH", &path, Some(&weak), Some(&moved), &[])
         .await;
     assert_eq!(answer.status, 400, "{:#}", answer.json);
-    assert!(answer.message().starts_with("Subscription validation request failed."));
+    assert!(
+        answer
+            .message()
+            .starts_with("Subscription validation request failed.")
+    );
     let renew = json!({"expirationDateTime": graph.expires_in(100)});
     let answer = graph
         .call("PATCH", &path, Some(&weak), Some(&renew), &[])

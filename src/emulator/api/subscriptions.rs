@@ -288,7 +288,10 @@ fn find(core: &Core, token: &TokenInfo, id: &str) -> Result<Subscription, GraphE
 ///    mailbox, then the tenant's licences and drive items (`403
 ///    ExtensionError` "Operation: Create; Exception: [Status Code:
 ///    Forbidden; Reason: …]");
-/// 6. duplicates (`409`) and quotas (`403 ExtensionError`).
+/// 6. quotas (`403 ExtensionError`).
+///
+/// Duplicates (`409`) are refused between 3 and 4, before any validation
+/// request; where Graph looks for them is not documented.
 ///
 /// The validation-before-permissions order is what apps report seeing
 /// (a validation that passes, then an `ExtensionError`); Microsoft's pages
@@ -357,21 +360,10 @@ pub(super) async fn create(
             certificate_id.is_some(),
         )
         .lifecycle_url(lifecycle_url.is_some());
-    resolved
-        .check(&request)
-        .map_err(|v| first("Create", v))?;
-    let id = crate::random::uuid();
-    handshake(&core, &notification_url, &id).await?;
-    if let Some(url) = &lifecycle_url {
-        handshake(&core, url, &id).await?;
-    }
-    let accepted = resolved
-        .check(&request.caller(&token.caller))
-        .map_err(|v| first("Create", v))?;
-    tenant_rules(&core, &resolved).map_err(|v| refusal("Create", v))?;
+    let accepted = resolved.check(&request).map_err(|v| first("Create", v))?;
 
-    let subscription = Subscription {
-        id,
+    let mut subscription = Subscription {
+        id: crate::random::uuid(),
         resource: resource.trim().to_owned(),
         path: resolved.path().clone(),
         entry: accepted.entry,
@@ -407,6 +399,21 @@ pub(super) async fn create(
     if let Some(existing) = core.store.duplicate_of(&subscription) {
         return Err(duplicate(&existing));
     }
+    handshake(&core, &subscription.notification_url, &subscription.id).await?;
+    if let Some(url) = &subscription.lifecycle_url {
+        handshake(&core, url, &subscription.id).await?;
+    }
+    // The row can differ by permission type (a drive's root).
+    let accepted = resolved
+        .check(&request.caller(&token.caller))
+        .map_err(|v| first("Create", v))?;
+    tenant_rules(&core, &resolved).map_err(|v| refusal("Create", v))?;
+    subscription.entry = accepted.entry;
+    subscription.unknown_enum_members =
+        accepted.entry.unknown_enum_members && prefers(&headers, "include-unknown-enum-members");
+    subscription.security_webhooks = accepted.entry.security_webhooks
+        && token.caller.permission_type != PermissionType::DelegatedPersonal
+        && prefers(&headers, "includesecuritywebhooks");
     if let Some(message) = super::super::quota::exceeded(
         &core.store.all(),
         &subscription,
@@ -632,9 +639,7 @@ pub(super) async fn update(
         certificate.is_some(),
     )
     .lifecycle_url(subscription.lifecycle_url.is_some());
-    resolved
-        .check(&request)
-        .map_err(|v| first("Update", v))?;
+    resolved.check(&request).map_err(|v| first("Update", v))?;
     if let Some(url) = &notification_url
         && *url != subscription.notification_url
     {
