@@ -4,7 +4,7 @@ use time::OffsetDateTime;
 
 use super::{
     Entry, KindRules, MAX_PRESENCE_IDS, MIN_LIFETIME, PaymentModel, Permission, PermissionType,
-    ResourceDataRule, ResourcePath, TEAMS_LIFECYCLE_THRESHOLD, Violation, entries, rules,
+    ResourceDataRule, ResourcePath, TEAMS_LIFECYCLE_THRESHOLD, Violation, entries,
 };
 use crate::notification::{ChangeType, ResourceKind};
 
@@ -232,9 +232,10 @@ impl Resolved {
         &self.entries[0].kind
     }
 
-    /// The rules of the kind.
+    /// The rules of the row (its kind's, and whether the path has rich
+    /// notifications).
     pub fn rules(&self) -> KindRules {
-        rules(self.kind())
+        self.entries[0].rules()
     }
 
     /// Every matching row (more than one only when accounts differ).

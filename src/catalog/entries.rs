@@ -1,6 +1,11 @@
 //! The rows of the rules of Microsoft Learn, "Create subscription", <https://learn.microsoft.com/graph/api/subscription-post-subscriptions> and the pages it links, "Resources, paths and
 //! least-privileged permissions", one [`Entry`] each, in the reference's order.
 //!
+//! `basic_only` marks the rows of kinds with rich notifications whose path
+//! is missing from Microsoft's list of them (Microsoft Learn, "Set up
+//! Microsoft Graph change notifications with resource data", supported
+//! resources, <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
+//!
 //! Paths are written with `users/{id}/…` where the reference says `me/…`:
 //! [`ResourcePath`](super::ResourcePath) reads `me/…` as `users/me/…`, so
 //! both spellings match (the catalog's "any path that starts with `me/` may
@@ -41,6 +46,7 @@ const ROW: Entry = Entry {
     security_webhooks: false,
     folders_below_root: false,
     filter_required: false,
+    basic_only: false,
 };
 
 const SCHEDULE: &[Permission] = &[p("Schedule.Read.All"), p("Schedule.ReadWrite.All")];
@@ -172,6 +178,7 @@ pub(super) static ENTRIES: &[Entry] = &[
             p("Chat.ReadWrite.WhereInstalled"),
         ],
         payment_models: PaymentModels::BOnly,
+        basic_only: true,
         ..ROW
     },
     Entry {
@@ -181,6 +188,7 @@ pub(super) static ENTRIES: &[Entry] = &[
         delegated_work: CHAT_BASIC_USER,
         application: CHAT_BASIC_ALL,
         user_specific_properties: true,
+        basic_only: true,
         ..ROW
     },
     Entry {
@@ -238,6 +246,7 @@ pub(super) static ENTRIES: &[Entry] = &[
             p("Chat.ReadWrite.WhereInstalled"),
         ],
         payment_models: PaymentModels::BOnly,
+        basic_only: true,
         ..ROW
     },
     Entry {
@@ -297,6 +306,7 @@ pub(super) static ENTRIES: &[Entry] = &[
             p("Chat.ReadWrite.WhereInstalled"),
         ],
         payment_models: PaymentModels::BOnly,
+        basic_only: true,
         ..ROW
     },
     // Microsoft Learn, "Get change notifications for membership changes in

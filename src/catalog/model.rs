@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{KindRules, rules};
+use super::{KindRules, ResourceDataRule, rules};
 use crate::notification::ResourceKind;
 
 /// How the caller holds its permissions: the columns of the catalog.
@@ -135,6 +135,12 @@ pub struct Entry {
     pub folders_below_root: bool,
     /// The path needs a `$filter` (presence of several users).
     pub filter_required: bool,
+    /// The kind has rich notifications but this path is missing from
+    /// Microsoft's list of them (Microsoft Learn, "Set up Microsoft Graph
+    /// change notifications with resource data", supported resources,
+    /// <https://learn.microsoft.com/graph/change-notifications-with-resource-data>):
+    /// `includeResourceData` is refused here.
+    pub basic_only: bool,
 }
 
 impl Entry {
@@ -148,9 +154,14 @@ impl Entry {
         }
     }
 
-    /// The rules of the row's kind.
+    /// The rules of the row: its kind's, with resource data refused where
+    /// the row is [`basic_only`](Self::basic_only).
     pub fn rules(&self) -> KindRules {
-        rules(&self.kind)
+        let mut rules = rules(&self.kind);
+        if self.basic_only && rules.resource_data == ResourceDataRule::Optional {
+            rules.resource_data = ResourceDataRule::NotSupported;
+        }
+        rules
     }
 }
 

@@ -15,8 +15,9 @@ pub enum ResourceDataRule {
     /// Notifications always carry encrypted resource data (presence): the
     /// certificate is required on every subscription.
     AlwaysEncrypted,
-    /// Only basic notifications (users, groups, virtual events):
-    /// `includeResourceData` is an error.
+    /// Only basic notifications (users, groups, drive items, To Do tasks,
+    /// …: every kind or path missing from Microsoft's list of rich
+    /// notifications): `includeResourceData` is an error.
     NotSupported,
 }
 
@@ -96,24 +97,28 @@ pub fn rules(kind: &ResourceKind) -> KindRules {
         outlook: false,
         lifecycle_events: REAUTH_ONLY,
     };
+    // Kinds absent from the list of rich notifications (Microsoft Learn,
+    // "Set up Microsoft Graph change notifications with resource data",
+    // supported resources,
+    // <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
+    let basic = KindRules {
+        resource_data: ResourceDataRule::NotSupported,
+        ..base
+    };
     match kind {
         K::SecurityAlert => KindRules {
             max_lifetime_minutes: 43_200,
-            ..base
+            ..basic
         },
         K::DriveItem | K::List => KindRules {
             change_types: UPDATED_ONLY,
             max_lifetime_minutes: 42_300,
-            ..base
+            ..basic
         },
-        // Users and groups are not among the resources with rich
-        // notifications (Microsoft Learn, "Set up change notifications that
-        // include resource data", <https://learn.microsoft.com/graph/change-notifications-with-resource-data>).
         K::User | K::Group => KindRules {
             change_types: UPDATED_DELETED,
             max_lifetime_minutes: 41_760,
-            resource_data: ResourceDataRule::NotSupported,
-            ..base
+            ..basic
         },
         K::Message | K::Event | K::Contact => KindRules {
             max_lifetime_minutes: 10_080,
@@ -125,11 +130,11 @@ pub fn rules(kind: &ResourceKind) -> KindRules {
         K::CallRecord => KindRules {
             max_lifetime_minutes: 4_230,
             teams: true,
-            ..base
+            ..basic
         },
         K::GroupConversation | K::Printer | K::PrintTaskDefinition | K::TodoTask => KindRules {
             max_lifetime_minutes: 4_230,
-            ..base
+            ..basic
         },
         K::AiInteraction | K::Unknown(_) => base,
         K::ChatMessage => KindRules {
@@ -153,7 +158,7 @@ pub fn rules(kind: &ResourceKind) -> KindRules {
         | K::TimeOffRequest => KindRules {
             max_lifetime_minutes: 360,
             teams: true,
-            ..base
+            ..basic
         },
         // Presence changes are `updated` only (Microsoft Learn, "Get change
         // notifications for presence updates in Microsoft Teams",
@@ -165,9 +170,6 @@ pub fn rules(kind: &ResourceKind) -> KindRules {
             teams: true,
             ..base
         },
-        K::VirtualEventWebinar | K::VirtualEventTownhall => KindRules {
-            resource_data: ResourceDataRule::NotSupported,
-            ..base
-        },
+        K::VirtualEventWebinar | K::VirtualEventTownhall => basic,
     }
 }

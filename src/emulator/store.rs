@@ -20,6 +20,26 @@ pub(crate) struct Certificate {
     pub(crate) id: String,
 }
 
+impl Certificate {
+    /// `encryptionCertificate` as Graph echoes it: base64 DER.
+    fn base64(&self) -> Option<String> {
+        self.x509
+            .to_der()
+            .ok()
+            .map(|der| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der))
+    }
+}
+
+/// Properties Graph shows as the request gave them, `null` when it gave
+/// none, though the emulator acts on a default.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Echo {
+    /// `includeResourceData` (absent means `false`).
+    pub(crate) include_resource_data: Option<bool>,
+    /// `notificationContentType` (absent means `application/json`).
+    pub(crate) notification_content_type: Option<String>,
+}
+
 /// One subscription, as created through the API.
 #[derive(Clone, Debug)]
 pub(crate) struct Subscription {
@@ -52,6 +72,8 @@ pub(crate) struct Subscription {
     pub(crate) reauthorization_done_for: Option<OffsetDateTime>,
     /// `v1.0` or `beta`, for `@odata.context`.
     pub(crate) api_version: &'static str,
+    /// What the request gave for the properties Graph echoes.
+    pub(crate) echo: Echo,
 }
 
 impl Subscription {
@@ -95,27 +117,82 @@ impl Subscription {
         )
     }
 
-    /// The subscription as Graph returns it. `clientState` is shown only in
-    /// the answers to create and update; reads return `null` (Microsoft Learn, "subscription resource type", <https://learn.microsoft.com/graph/api/resources/subscription>).
+    /// The subscription as Graph returns it under `version` (`v1.0` or
+    /// `beta`), reached at `base`: the properties in the order Graph writes
+    /// them, each present, `null` where unset (Microsoft Learn, "Embed
+    /// Microsoft Teams in your app", <https://learn.microsoft.com/graph/teams-embed-within-own-app>,
+    /// whose create and update answers are complete; "subscription resource
+    /// type", <https://learn.microsoft.com/graph/api/resources/subscription>).
+    ///
+    /// - `clientState` only in the answer to create (`show_client_state`):
+    ///   the update answer and reads carry `null` ("List subscriptions",
+    ///   <https://learn.microsoft.com/graph/api/subscription-list>: "not
+    ///   returned for security purposes").
+    /// - `includeResourceData` and `notificationContentType` as the request
+    ///   gave them, `null` when it did not; `latestSupportedTlsVersion`
+    ///   defaults to `v1_2`; `encryptionCertificate` is echoed.
+    /// - `notificationContentType` is a beta property: the v1.0 schema has
+    ///   none (the v1.0 SDKs' `subscription` model lacks it), whatever the
+    ///   v1.0 "Create subscription" example shows.
+    pub(crate) fn to_json_as(&self, base: &str, version: &str, show_client_state: bool) -> Value {
+        let mut map = serde_json::Map::new();
+        let mut put = |key: &str, value: Value| {
+            map.insert(key.to_owned(), value);
+        };
+        put(
+            "@odata.context",
+            json!(format!("{base}/{version}/$metadata#subscriptions/$entity")),
+        );
+        put("id", json!(self.id));
+        put("resource", json!(self.resource));
+        put("applicationId", json!(self.application_id));
+        put("changeType", json!(self.change_type_text()));
+        put(
+            "clientState",
+            json!(if show_client_state {
+                self.client_state.as_ref().map(ClientState::expose)
+            } else {
+                None
+            }),
+        );
+        put("notificationUrl", json!(self.notification_url.as_str()));
+        put(
+            "notificationQueryOptions",
+            json!(self.notification_query_options),
+        );
+        if version == "beta" {
+            put(
+                "notificationContentType",
+                json!(self.echo.notification_content_type),
+            );
+        }
+        put(
+            "lifecycleNotificationUrl",
+            json!(self.lifecycle_url.as_ref().map(Url::as_str)),
+        );
+        put("expirationDateTime", json!(graph_time(self.expiration)));
+        put("creatorId", json!(self.creator_id));
+        put(
+            "includeResourceData",
+            json!(self.echo.include_resource_data),
+        );
+        put("latestSupportedTlsVersion", json!(self.tls_version));
+        put(
+            "encryptionCertificate",
+            json!(self.certificate.as_ref().and_then(Certificate::base64)),
+        );
+        put(
+            "encryptionCertificateId",
+            json!(self.certificate.as_ref().map(|c| c.id.as_str())),
+        );
+        put("notificationUrlAppId", json!(self.notification_url_app_id));
+        Value::Object(map)
+    }
+
+    /// [`to_json_as`](Self::to_json_as) under the version the subscription
+    /// was created with.
     pub(crate) fn to_json(&self, base: &str, show_client_state: bool) -> Value {
-        json!({
-            "@odata.context": format!("{base}/{}/$metadata#subscriptions/$entity", self.api_version),
-            "id": self.id,
-            "resource": self.resource,
-            "applicationId": self.application_id,
-            "changeType": self.change_type_text(),
-            "clientState": if show_client_state { self.client_state.as_ref().map(ClientState::expose) } else { None },
-            "notificationUrl": self.notification_url.as_str(),
-            "notificationQueryOptions": self.notification_query_options,
-            "lifecycleNotificationUrl": self.lifecycle_url.as_ref().map(Url::as_str),
-            "expirationDateTime": graph_time(self.expiration),
-            "creatorId": self.creator_id,
-            "includeResourceData": self.include_resource_data,
-            "latestSupportedTlsVersion": self.tls_version,
-            "encryptionCertificateId": self.certificate.as_ref().map(|c| c.id.as_str()),
-            "notificationUrlAppId": self.notification_url_app_id,
-            "notificationContentType": "application/json",
-        })
+        self.to_json_as(base, self.api_version, show_client_state)
     }
 
     pub(crate) fn change_type_text(&self) -> String {

@@ -146,6 +146,29 @@ impl GraphError {
         )
     }
 
+    /// `ExtensionError`: a refusal relayed from the service behind the
+    /// subscription (Exchange, Teams, SharePoint…), in the form Graph
+    /// writes it, e.g. `403` "Operation: Create; Exception: [Status Code:
+    /// Forbidden; Reason: …]" (widely quoted; not on a Microsoft page).
+    pub(crate) fn extension(
+        status: StatusCode,
+        operation: &str,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        // .NET's `HttpStatusCode` names: the reason phrase without spaces.
+        let name: String = status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        Self::new(
+            status,
+            "ExtensionError",
+            format!("Operation: {operation}; Exception: [Status Code: {name}; Reason: {reason}]"),
+        )
+    }
+
     /// `401`: no bearer token, or not one of this emulator's.
     pub(crate) fn unauthorized(message: &str) -> Self {
         Self::new(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -24,7 +24,7 @@ use crate::emulator::Core;
 use crate::emulator::delivery::{DeliveryKind, DeliveryRecord, EndpointState, Outcome};
 use crate::emulator::handshake::{self, HandshakeError};
 use crate::emulator::identity::TokenInfo;
-use crate::emulator::store::{Certificate, Subscription, parse_time};
+use crate::emulator::store::{Certificate, Echo, Subscription, parse_time};
 use crate::notification::ResourceKind;
 
 /// A subscription as the request body gives it (create and update).
@@ -145,7 +145,7 @@ fn prefers(headers: &HeaderMap, preference: &str) -> bool {
 
 /// The catalog's rules that depend on the emulated tenant's data: Copilot
 /// licences and which drive items are files.
-fn tenant_rules(core: &Core, resolved: &Resolved) -> Result<(), GraphError> {
+fn tenant_rules(core: &Core, resolved: &Resolved) -> Result<(), Violation> {
     let segments = resolved.path().segments();
     match resolved.kind() {
         ResourceKind::AiInteraction => {
@@ -164,8 +164,7 @@ fn tenant_rules(core: &Core, resolved: &Resolved) -> Result<(), GraphError> {
             if unlicensed {
                 return Err(Violation::CopilotLicenseRequired {
                     user: user.map(str::to_owned),
-                }
-                .into());
+                });
             }
         }
         ResourceKind::DriveItem => {
@@ -179,8 +178,7 @@ fn tenant_rules(core: &Core, resolved: &Resolved) -> Result<(), GraphError> {
             {
                 return Err(Violation::NotAFolder {
                     item: (*item).to_owned(),
-                }
-                .into());
+                });
             }
         }
         _ => {}
@@ -217,11 +215,36 @@ async fn handshake(core: &Core, url: &Url, subscription_id: &str) -> Result<(), 
         .map_err(|e| GraphError::invalid(e.to_string()))
 }
 
-fn first(violations: Vec<Violation>) -> GraphError {
+/// `Content-Type` of Graph's successful JSON answers, as captures of Graph's
+/// answers show it: OData minimal metadata, streaming, numbers as JSON
+/// numbers (the parameters of OData JSON Format 4.01, section 3).
+pub(super) const ODATA_JSON: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+
+/// A JSON answer with Graph's OData content type.
+fn odata(status: StatusCode, json: &Value) -> Response {
+    let mut response = (status, Json(json)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ODATA_JSON));
+    response
+}
+
+/// The error for a broken rule in `operation` (`Create`, `Update`):
+/// permission and licence refusals come from the workload behind the
+/// subscription, as `403 ExtensionError`; the others are `400`.
+fn refusal(operation: &str, violation: Violation) -> GraphError {
+    if violation.is_forbidden() {
+        GraphError::extension(StatusCode::FORBIDDEN, operation, violation)
+    } else {
+        violation.into()
+    }
+}
+
+fn first(operation: &str, violations: Vec<Violation>) -> GraphError {
     violations
         .into_iter()
         .next()
-        .map_or_else(GraphError::payload, GraphError::from)
+        .map_or_else(GraphError::payload, |v| refusal(operation, v))
 }
 
 /// Whether the caller may see and manage `subscription`.
@@ -245,6 +268,34 @@ fn find(core: &Core, token: &TokenInfo, id: &str) -> Result<Subscription, GraphE
         .ok_or_else(|| GraphError::subscription_not_found(id))
 }
 
+/// `POST /subscriptions`.
+///
+/// The checks run in the order Graph is observed to run them, so a request
+/// with several faults gets the error Graph would give:
+///
+/// 1. the bearer token (`401`);
+/// 2. the body: JSON, property names, required properties, URLs, the
+///    expiration's form, lengths, the TLS version, the certificate (`400`);
+/// 3. the catalog's rules that don't depend on the caller: resource, change
+///    types, query options, resource data, lifetime, the Teams lifecycle
+///    URL (`400`);
+/// 4. the validation requests to `notificationUrl` and then
+///    `lifecycleNotificationUrl` (`400 InvalidRequest` "Subscription
+///    validation request failed. …"): Graph validates the endpoint before it
+///    asks the workload, so a request that also lacks a permission gets the
+///    validation error;
+/// 5. the caller: permission type, permissions, the signed-in user's
+///    mailbox, then the tenant's licences and drive items (`403
+///    ExtensionError` "Operation: Create; Exception: [Status Code:
+///    Forbidden; Reason: …]");
+/// 6. quotas (`403 ExtensionError`).
+///
+/// Duplicates (`409`) are refused between 3 and 4, before any validation
+/// request; where Graph looks for them is not documented.
+///
+/// The validation-before-permissions order is what apps report seeing
+/// (a validation that passes, then an `ExtensionError`); Microsoft's pages
+/// don't state an order.
 pub(super) async fn create(
     State(core): State<Arc<Core>>,
     Extension(ApiVersion(version)): Extension<ApiVersion>,
@@ -308,12 +359,10 @@ pub(super) async fn create(
             x509.is_some(),
             certificate_id.is_some(),
         )
-        .lifecycle_url(lifecycle_url.is_some())
-        .caller(&token.caller);
-    let accepted = resolved.check(&request).map_err(first)?;
-    tenant_rules(&core, &resolved)?;
+        .lifecycle_url(lifecycle_url.is_some());
+    let accepted = resolved.check(&request).map_err(|v| first("Create", v))?;
 
-    let subscription = Subscription {
+    let mut subscription = Subscription {
         id: crate::random::uuid(),
         resource: resource.trim().to_owned(),
         path: resolved.path().clone(),
@@ -342,32 +391,47 @@ pub(super) async fn create(
             && prefers(&headers, "includesecuritywebhooks"),
         reauthorization_done_for: None,
         api_version: version,
+        echo: Echo {
+            include_resource_data: body.include_resource_data,
+            notification_content_type: body.notification_content_type.clone(),
+        },
     };
     if let Some(existing) = core.store.duplicate_of(&subscription) {
         return Err(duplicate(&existing));
     }
+    handshake(&core, &subscription.notification_url, &subscription.id).await?;
+    if let Some(url) = &subscription.lifecycle_url {
+        handshake(&core, url, &subscription.id).await?;
+    }
+    // The row can differ by permission type (a drive's root).
+    let accepted = resolved
+        .check(&request.caller(&token.caller))
+        .map_err(|v| first("Create", v))?;
+    tenant_rules(&core, &resolved).map_err(|v| refusal("Create", v))?;
+    subscription.entry = accepted.entry;
+    subscription.unknown_enum_members =
+        accepted.entry.unknown_enum_members && prefers(&headers, "include-unknown-enum-members");
+    subscription.security_webhooks = accepted.entry.security_webhooks
+        && token.caller.permission_type != PermissionType::DelegatedPersonal
+        && prefers(&headers, "includesecuritywebhooks");
     if let Some(message) = super::super::quota::exceeded(
         &core.store.all(),
         &subscription,
         &core.config.quota_limits,
         core.clock.now(),
     ) {
-        return Err(GraphError::new(
+        return Err(GraphError::extension(
             StatusCode::FORBIDDEN,
-            "ExtensionError",
+            "Create",
             message,
         ));
     }
-    handshake(&core, &subscription.notification_url, &subscription.id).await?;
-    if let Some(url) = &subscription.lifecycle_url {
-        handshake(&core, url, &subscription.id).await?;
-    }
-    let json = subscription.to_json(&origin, true);
+    let json = subscription.to_json_as(&origin, version, true);
     core.store
         .insert_unique(subscription)
         .map_err(|existing| duplicate(&existing))?;
     core.changed.notify_one();
-    Ok((StatusCode::CREATED, Json(json)).into_response())
+    Ok(odata(StatusCode::CREATED, &json))
 }
 
 fn duplicate(existing: &str) -> GraphError {
@@ -390,7 +454,7 @@ pub(super) async fn list(
     uri: Uri,
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, GraphError> {
+) -> Result<Response, GraphError> {
     let token = authenticate(&core, &headers)?;
     let origin = super::origin(&core, &uri, &headers);
     let any_app = token.delegated_user().is_some()
@@ -424,7 +488,7 @@ pub(super) async fn list(
         .skip(skip)
         .take(page)
         .map(|s| {
-            let mut json = s.to_json(&origin, false);
+            let mut json = s.to_json_as(&origin, version, false);
             if let Some(map) = json.as_object_mut() {
                 map.remove("@odata.context");
             }
@@ -441,19 +505,23 @@ pub(super) async fn list(
             skip + page
         ));
     }
-    Ok(Json(out))
+    Ok(odata(StatusCode::OK, &out))
 }
 
 pub(super) async fn get(
     State(core): State<Arc<Core>>,
+    Extension(ApiVersion(version)): Extension<ApiVersion>,
     uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, GraphError> {
+) -> Result<Response, GraphError> {
     let token = authenticate(&core, &headers)?;
     let origin = super::origin(&core, &uri, &headers);
     let subscription = find(&core, &token, &id)?;
-    Ok(Json(subscription.to_json(&origin, false)))
+    Ok(odata(
+        StatusCode::OK,
+        &subscription.to_json_as(&origin, version, false),
+    ))
 }
 
 /// The properties PATCH may carry besides the updatable ones, which must
@@ -496,13 +564,18 @@ fn unchanged_only(body: &Body, subscription: &Subscription) -> Result<(), GraphE
     Ok(())
 }
 
+/// `PATCH /subscriptions/{id}`: the same order of checks as
+/// [`create`], the validation request (for a new `notificationUrl`) before
+/// the caller's permissions. The answer is the subscription with
+/// `clientState` `null`, as Graph's is.
 pub(super) async fn update(
     State(core): State<Arc<Core>>,
+    Extension(ApiVersion(version)): Extension<ApiVersion>,
     uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, GraphError> {
+) -> Result<Response, GraphError> {
     let token = authenticate(&core, &headers)?;
     let origin = super::origin(&core, &uri, &headers);
     let body = Body::parse(&body)?;
@@ -565,15 +638,17 @@ pub(super) async fn update(
         certificate.is_some(),
         certificate.is_some(),
     )
-    .lifecycle_url(subscription.lifecycle_url.is_some())
-    .caller(&token.caller);
-    let accepted = resolved.check(&request).map_err(first)?;
-
+    .lifecycle_url(subscription.lifecycle_url.is_some());
+    resolved.check(&request).map_err(|v| first("Update", v))?;
     if let Some(url) = &notification_url
         && *url != subscription.notification_url
     {
         handshake(&core, url, &subscription.id).await?;
     }
+    let accepted = resolved
+        .check(&request.caller(&token.caller))
+        .map_err(|v| first("Update", v))?;
+
     if expiration.is_some() {
         if accepted.expiration != subscription.expiration {
             subscription.reauthorization_done_for = None;
@@ -584,12 +659,12 @@ pub(super) async fn update(
         subscription.notification_url = url;
     }
     subscription.certificate = certificate;
-    let json = subscription.to_json(&origin, true);
+    let json = subscription.to_json_as(&origin, version, false);
     if !core.store.replace(subscription) {
         return Err(GraphError::subscription_not_found(&id));
     }
     core.changed.notify_one();
-    Ok(Json(json))
+    Ok(odata(StatusCode::OK, &json))
 }
 
 pub(super) async fn delete(
