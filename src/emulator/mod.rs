@@ -87,6 +87,7 @@ mod identity;
 mod lifecycle;
 mod notify;
 mod quota;
+mod rate;
 mod resources;
 mod store;
 mod sync;
@@ -115,6 +116,7 @@ pub use identity::{
 };
 pub use lifecycle::{ControlError, Fired};
 pub use notify::Change;
+pub use rate::ApiLimits;
 pub use resources::Applied;
 
 use crate::notification::LifecycleEventType;
@@ -182,6 +184,8 @@ pub struct Config {
     /// Serve HTTPS, with the local CA kept in this directory (`ca.pem`,
     /// `ca-key.pem`); `None`: plain HTTP.
     pub https: Option<PathBuf>,
+    /// The throttling limits of `/subscriptions` (Graph's by default).
+    pub api_limits: ApiLimits,
 }
 
 impl Default for Config {
@@ -205,6 +209,7 @@ impl Default for Config {
             delta_token_lifetime: Duration::from_secs(30 * 86_400),
             quota_limits: Vec::new(),
             https: None,
+            api_limits: ApiLimits::default(),
         }
     }
 }
@@ -235,6 +240,8 @@ pub(crate) struct Core {
     pub(crate) resources: Resources,
     /// Delta tokens, resets, throttling.
     pub(crate) delta: DeltaState,
+    /// The windows of the subscriptions API's throttling limits.
+    pub(crate) rate: rate::Limiter,
     pub(crate) client: reqwest::Client,
     /// `http://ADDR` or `https://ADDR`: where a request without a usable
     /// `Host` is taken to have come.
@@ -378,6 +385,14 @@ impl EmulatorBuilder {
         self
     }
 
+    /// The throttling limits of `/subscriptions` (default: Graph's, see
+    /// [`ApiLimits`]); e.g. two writes a second, to see a client's `429`
+    /// handling at work.
+    pub fn api_limits(mut self, limits: ApiLimits) -> Self {
+        self.config.api_limits = limits;
+        self
+    }
+
     /// Whether the tenant has Copilot licences (default: yes).
     pub fn copilot_tenant_licensed(mut self, licensed: bool) -> Self {
         self.config.copilot_tenant_licensed = licensed;
@@ -431,6 +446,7 @@ impl EmulatorBuilder {
             log: DeliveryLog::default(),
             resources: Resources::default(),
             delta: DeltaState::default(),
+            rate: rate::Limiter::default(),
             client,
             base_url: format!("{scheme}://{addr}"),
             scheme,
@@ -691,6 +707,12 @@ impl Emulator {
                 return self.core.log.all();
             }
         }
+    }
+
+    /// How many requests to `/subscriptions` were answered `429` for
+    /// reaching an [`ApiLimits`] limit.
+    pub fn throttled_requests(&self) -> u64 {
+        self.core.rate.throttled()
     }
 
     /// The throttling state of every URL delivered to.
