@@ -118,6 +118,7 @@ pub use lifecycle::{ControlError, Fired};
 pub use notify::Change;
 pub use rate::ApiLimits;
 pub use resources::Applied;
+pub use tls::ServerCertificate;
 
 use crate::notification::LifecycleEventType;
 use crate::tokens::TokenVersion;
@@ -431,7 +432,9 @@ impl EmulatorBuilder {
                 env!("CARGO_PKG_VERSION")
             ));
         if let Some(tls) = &tls {
-            let ca = reqwest::Certificate::from_pem(&tls.ca_pem).map_err(io::Error::other)?;
+            // Besides the system's roots: receivers with a certificate of
+            // this CA (Emulator::issue_server_certificate) pass the handshake.
+            let ca = reqwest::Certificate::from_pem(tls.ca.pem()).map_err(io::Error::other)?;
             client = client.add_root_certificate(ca);
         }
         let client = client.build().map_err(io::Error::other)?;
@@ -457,11 +460,12 @@ impl EmulatorBuilder {
         core.spawn(lifecycle::housekeeping(core.clone()));
         let router = api::router(core.clone());
         let mut stopped = core.shutdown.subscribe();
-        let ca = tls
-            .as_ref()
-            .map(|tls| (tls.ca_pem.clone(), tls.ca_path.clone()));
-        let server = match tls {
-            Some(tls) => tokio::spawn(tls::serve(listener, tls.acceptor, router, stopped)),
+        let (acceptor, ca) = match tls {
+            Some(tls) => (Some(tls.acceptor), Some(tls.ca)),
+            None => (None, None),
+        };
+        let server = match acceptor {
+            Some(acceptor) => tokio::spawn(tls::serve(listener, acceptor, router, stopped)),
             None => tokio::spawn(async move {
                 axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
@@ -503,8 +507,8 @@ pub struct Emulator {
     core: Arc<Core>,
     addr: SocketAddr,
     server: Option<JoinHandle<io::Result<()>>>,
-    /// With HTTPS: the CA's PEM and its file.
-    ca: Option<(Vec<u8>, PathBuf)>,
+    /// With HTTPS: the local CA.
+    ca: Option<tls::LocalCa>,
 }
 
 impl fmt::Debug for Emulator {
@@ -542,12 +546,61 @@ impl Emulator {
 
     /// With HTTPS, the local CA's certificate (PEM), for a client to trust.
     pub fn ca_pem(&self) -> Option<&[u8]> {
-        self.ca.as_ref().map(|(pem, _)| pem.as_slice())
+        self.ca.as_ref().map(tls::LocalCa::pem)
     }
 
     /// With HTTPS, the file of the local CA's certificate (`DIR/ca.pem`).
     pub fn ca_path(&self) -> Option<&Path> {
-        self.ca.as_ref().map(|(_, path)| path.as_path())
+        self.ca.as_ref().map(tls::LocalCa::path)
+    }
+
+    /// With HTTPS, a server certificate signed by the local CA, for a
+    /// receiver the deliveries then trust: for `names`, IP addresses or DNS
+    /// names (none: `127.0.0.1`, `localhost` and `::1`), valid 397 days.
+    ///
+    /// ```no_run
+    /// use msgraph_webhooks::emulator::Emulator;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let emulator = Emulator::builder().https(dir.path()).start().await?;
+    /// let receiver = emulator.issue_server_certificate(&[])?;
+    /// receiver.write(&dir.path().join("hook.pem"), &dir.path().join("hook-key.pem"))?;
+    /// // listen --tls-cert DIR/hook.pem --tls-key DIR/hook-key.pem: the
+    /// // emulator now delivers to https://127.0.0.1:PORT/…
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::Unsupported`] when the emulator serves plain HTTP
+    /// (it has no CA); [`io::ErrorKind::InvalidInput`] for a name that is
+    /// neither; OpenSSL failing.
+    pub fn issue_server_certificate(&self, names: &[&str]) -> io::Result<ServerCertificate> {
+        self.local_ca()?.issue(names)
+    }
+
+    /// With HTTPS, `DIR/receiver.pem` and `DIR/receiver-key.pem` in the TLS
+    /// directory: a [server certificate](Self::issue_server_certificate) for
+    /// the loopback names and its key (mode 0600), made on first use and
+    /// kept while it is this CA's and valid — what `emulate --https` hands
+    /// to `listen --tls-cert/--tls-key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`issue_server_certificate`](Self::issue_server_certificate); a
+    /// file that cannot be written.
+    pub fn receiver_certificate_files(&self) -> io::Result<(PathBuf, PathBuf)> {
+        self.local_ca()?.receiver_files()
+    }
+
+    fn local_ca(&self) -> io::Result<&tls::LocalCa> {
+        self.ca.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the emulator serves plain HTTP and has no CA: start it with https(dir)",
+            )
+        })
     }
 
     /// The Graph base URL, `…/v1.0`.

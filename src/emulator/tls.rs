@@ -48,8 +48,7 @@ const SERVER_DAYS: u32 = 397;
 /// The acceptor with this start's server certificate, and the CA.
 pub(crate) struct Tls {
     pub(crate) acceptor: Arc<SslAcceptor>,
-    pub(crate) ca_pem: Vec<u8>,
-    pub(crate) ca_path: PathBuf,
+    pub(crate) ca: LocalCa,
 }
 
 impl Tls {
@@ -57,15 +56,213 @@ impl Tls {
     /// signs a server certificate for `127.0.0.1`, `localhost`, `::1` and
     /// the bound address.
     pub(crate) fn load(dir: &Path, bound: SocketAddr) -> io::Result<Self> {
-        let (ca, ca_key) = local_ca(dir)?;
-        let (cert, key) = server_certificate(&ca, &ca_key, bound.ip()).map_err(openssl_error)?;
+        let (cert, key) = local_ca(dir)?;
+        let ca = LocalCa {
+            pem: cert.to_pem().map_err(openssl_error)?,
+            cert,
+            key,
+            dir: dir.to_owned(),
+            path: dir.join(CA_FILE),
+        };
+        let mut names = Names::loopback();
+        let ip = bound.ip();
+        if !ip.is_unspecified() && !names.ips.contains(&ip) {
+            names.ips.push(ip);
+        }
+        let (cert, key) = ca.sign(&names).map_err(openssl_error)?;
         let acceptor = acceptor(&cert, &key).map_err(openssl_error)?;
         Ok(Self {
             acceptor: Arc::new(acceptor),
-            ca_pem: ca.to_pem().map_err(openssl_error)?,
-            ca_path: dir.join(CA_FILE),
+            ca,
         })
     }
+}
+
+/// The receiver certificate's file name in the TLS directory.
+pub(crate) const RECEIVER_CERT_FILE: &str = "receiver.pem";
+/// The receiver key's file name in the TLS directory (mode 0600).
+pub(crate) const RECEIVER_KEY_FILE: &str = "receiver-key.pem";
+
+/// The local CA: its certificate, the key it signs with, its directory.
+pub(crate) struct LocalCa {
+    cert: X509,
+    key: PKey<Private>,
+    pem: Vec<u8>,
+    dir: PathBuf,
+    /// `DIR/ca.pem`.
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCa")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalCa {
+    /// The CA certificate, PEM.
+    pub(crate) fn pem(&self) -> &[u8] {
+        &self.pem
+    }
+
+    /// `DIR/ca.pem`.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A server certificate and key for `names` (IP addresses or DNS
+    /// names; none: `127.0.0.1`, `localhost`, `::1`).
+    pub(crate) fn issue(&self, names: &[&str]) -> io::Result<ServerCertificate> {
+        let names = Names::parse(names)?;
+        let (cert, key) = self.sign(&names).map_err(openssl_error)?;
+        Ok(ServerCertificate {
+            cert_pem: cert.to_pem().map_err(openssl_error)?,
+            key_pem: Zeroizing::new(key.private_key_to_pem_pkcs8().map_err(openssl_error)?),
+        })
+    }
+
+    /// `DIR/receiver.pem` and `DIR/receiver-key.pem`: a loopback server
+    /// certificate of this CA, kept while it is valid for another day.
+    pub(crate) fn receiver_files(&self) -> io::Result<(PathBuf, PathBuf)> {
+        let cert_path = self.dir.join(RECEIVER_CERT_FILE);
+        let key_path = self.dir.join(RECEIVER_KEY_FILE);
+        if !self.holds_receiver_pair(&cert_path, &key_path) {
+            self.issue(&[])?.write(&cert_path, &key_path)?;
+            tracing::info!(cert = %cert_path.display(), "made a receiver certificate signed by the local CA");
+        }
+        Ok((cert_path, key_path))
+    }
+
+    /// Whether the two files are a current certificate of this CA and its key.
+    fn holds_receiver_pair(&self, cert_path: &Path, key_path: &Path) -> bool {
+        let (Ok(cert_pem), Ok(key_pem)) = (fs::read(cert_path), fs::read(key_path)) else {
+            return false;
+        };
+        let key_pem = Zeroizing::new(key_pem);
+        let (Ok(cert), Ok(key)) = (
+            X509::from_pem(&cert_pem),
+            PKey::private_key_from_pem(&key_pem),
+        ) else {
+            return false;
+        };
+        let signed = self
+            .cert
+            .public_key()
+            .and_then(|ca| cert.verify(&ca))
+            .unwrap_or(false);
+        let paired = cert
+            .public_key()
+            .map(|public| public.public_eq(&key))
+            .unwrap_or(false);
+        signed && paired && current(&cert).unwrap_or(false)
+    }
+
+    /// A server certificate signed by this CA for `names`.
+    fn sign(&self, names: &Names) -> Result<(X509, PKey<Private>), ErrorStack> {
+        server_certificate(&self.cert, &self.key, names)
+    }
+}
+
+/// A server certificate signed by the emulator's local CA, and its private
+/// key, both PEM: for a receiver (`listen --tls-cert/--tls-key`, or
+/// [`TlsConfig`](crate::listener::TlsConfig)) the emulator's deliveries
+/// trust. Made by [`Emulator::issue_server_certificate`](super::Emulator::issue_server_certificate).
+/// `Debug` leaves the key out.
+#[derive(Clone)]
+pub struct ServerCertificate {
+    cert_pem: Vec<u8>,
+    key_pem: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertificate {
+    /// The certificate, PEM.
+    pub fn certificate_pem(&self) -> &[u8] {
+        &self.cert_pem
+    }
+
+    /// The private key (PKCS#8), PEM.
+    pub fn private_key_pem(&self) -> &[u8] {
+        &self.key_pem
+    }
+
+    /// Writes the certificate to `cert` and the key to `key`, each through
+    /// a temporary file renamed over it, readable by the owner only.
+    ///
+    /// # Errors
+    ///
+    /// A file that cannot be written (the error names it).
+    pub fn write(&self, cert: &Path, key: &Path) -> io::Result<()> {
+        write_atomically(key, &self.key_pem)?;
+        write_atomically(cert, &self.cert_pem)
+    }
+}
+
+/// The names a server certificate is for.
+struct Names {
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+impl Names {
+    /// `localhost`, `127.0.0.1`, `::1`.
+    fn loopback() -> Self {
+        Self {
+            dns: vec!["localhost".to_owned()],
+            ips: vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+        }
+    }
+
+    /// IP addresses and DNS names (letters, digits, `-`, `.`, a leading
+    /// `*.`); none: [`loopback`](Self::loopback).
+    fn parse(names: &[&str]) -> io::Result<Self> {
+        if names.is_empty() {
+            return Ok(Self::loopback());
+        }
+        let mut parsed = Self {
+            dns: Vec::new(),
+            ips: Vec::new(),
+        };
+        for name in names {
+            let bare = name.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = bare.parse::<IpAddr>() {
+                parsed.ips.push(ip);
+            } else if dns_name(name) {
+                parsed.dns.push(name.to_ascii_lowercase());
+            } else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name:?} is neither an IP address nor a DNS name"),
+                ));
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+fn dns_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && name.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn openssl_error(e: ErrorStack) -> io::Error {
@@ -221,18 +418,23 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// A server certificate signed by the CA for the loopback names and the
-/// bound address (when it is a specific one).
+/// A server certificate signed by the CA for `names`.
 fn server_certificate(
     ca: &X509,
     ca_key: &PKey<Private>,
-    bound: IpAddr,
+    names: &Names,
 ) -> Result<(X509, PKey<Private>), ErrorStack> {
     let key = PKey::from_rsa(Rsa::generate(2048)?)?;
     let mut builder = X509::builder()?;
     builder.set_version(2)?;
     serial(&mut builder)?;
-    let subject = name("localhost")?;
+    let common_name = names
+        .dns
+        .first()
+        .cloned()
+        .or_else(|| names.ips.first().map(ToString::to_string))
+        .unwrap_or_else(|| "localhost".to_owned());
+    let subject = name(&common_name)?;
     builder.set_subject_name(&subject)?;
     builder.set_issuer_name(ca.subject_name())?;
     builder.set_pubkey(&key)?;
@@ -248,16 +450,11 @@ fn server_certificate(
             .build()?,
     )?;
     builder.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
-    let mut ips = vec![
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ];
-    if !bound.is_unspecified() && !ips.contains(&bound) {
-        ips.push(bound);
-    }
     let mut san = SubjectAlternativeName::new();
-    san.dns("localhost");
-    for ip in &ips {
+    for dns in &names.dns {
+        san.dns(dns);
+    }
+    for ip in &names.ips {
         san.ip(&ip.to_string());
     }
     let san = san.build(&builder.x509v3_context(Some(ca), None))?;
@@ -386,8 +583,8 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let first = Tls::load(dir.path(), addr).unwrap();
         let second = Tls::load(dir.path(), addr).unwrap();
-        assert_eq!(first.ca_pem, second.ca_pem);
-        assert_eq!(fs::read(dir.path().join(CA_FILE)).unwrap(), first.ca_pem);
+        assert_eq!(first.ca.pem(), second.ca.pem());
+        assert_eq!(fs::read(dir.path().join(CA_FILE)).unwrap(), first.ca.pem());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -401,7 +598,7 @@ mod tests {
         fs::write(dir.path().join(CA_FILE), b"garbage").unwrap();
         let error = Tls::load(dir.path(), addr).err().unwrap().to_string();
         assert!(error.contains(CA_FILE), "{error}");
-        fs::write(dir.path().join(CA_FILE), &first.ca_pem).unwrap();
+        fs::write(dir.path().join(CA_FILE), first.ca.pem()).unwrap();
         fs::write(
             dir.path().join(CA_KEY_FILE),
             b"-----BEGIN PRIVATE KEY-----\nAAAA\n",
@@ -415,5 +612,79 @@ mod tests {
             error.contains(CA_KEY_FILE) && error.contains("missing"),
             "{error}"
         );
+    }
+
+    fn san_of(pem: &[u8]) -> (Vec<String>, Vec<Vec<u8>>) {
+        let cert = X509::from_pem(pem).unwrap();
+        let names = cert.subject_alt_names().unwrap();
+        let dns = names
+            .iter()
+            .filter_map(|n| n.dnsname().map(str::to_owned))
+            .collect();
+        let ips = names
+            .iter()
+            .filter_map(|n| n.ipaddress().map(<[u8]>::to_vec))
+            .collect();
+        (dns, ips)
+    }
+
+    #[test]
+    fn issued_certificates_are_the_cas_for_the_names_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = Tls::load(dir.path(), "127.0.0.1:0".parse().unwrap()).unwrap();
+        let ca = X509::from_pem(tls.ca.pem()).unwrap();
+
+        let default = tls.ca.issue(&[]).unwrap();
+        let cert = X509::from_pem(default.certificate_pem()).unwrap();
+        assert!(cert.verify(&ca.public_key().unwrap()).unwrap());
+        let key = PKey::private_key_from_pem(default.private_key_pem()).unwrap();
+        assert!(cert.public_key().unwrap().public_eq(&key));
+        let (dns, ips) = san_of(default.certificate_pem());
+        assert_eq!(dns, ["localhost"]);
+        assert_eq!(ips, [vec![127, 0, 0, 1], Ipv6Addr::LOCALHOST.octets().to_vec()]);
+        assert!(!format!("{default:?}").contains("PRIVATE"));
+
+        let named = tls
+            .ca
+            .issue(&["hooks.example.test", "10.0.0.7", "[::1]", "*.dev.test"])
+            .unwrap();
+        let (dns, ips) = san_of(named.certificate_pem());
+        assert_eq!(dns, ["hooks.example.test", "*.dev.test"]);
+        assert_eq!(ips, [vec![10, 0, 0, 7], Ipv6Addr::LOCALHOST.octets().to_vec()]);
+
+        for hostile in ["", "a b", "-x.test", "x..test", "x/y", "*", "é.test"] {
+            let error = tls.ca.issue(&[hostile]).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{hostile:?}");
+        }
+    }
+
+    #[test]
+    fn receiver_files_are_kept_while_they_are_this_cas() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let tls = Tls::load(dir.path(), addr).unwrap();
+        let (cert, key) = tls.ca.receiver_files().unwrap();
+        assert_eq!(cert, dir.path().join(RECEIVER_CERT_FILE));
+        let first = fs::read(&cert).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        tls.ca.receiver_files().unwrap();
+        assert_eq!(fs::read(&cert).unwrap(), first, "reused");
+
+        // Another CA's pair, or a broken file, is replaced.
+        let other = tempfile::tempdir().unwrap();
+        let other = Tls::load(other.path(), addr).unwrap();
+        other.ca.issue(&[]).unwrap().write(&cert, &key).unwrap();
+        tls.ca.receiver_files().unwrap();
+        let replaced = X509::from_pem(&fs::read(&cert).unwrap()).unwrap();
+        let ca = X509::from_pem(tls.ca.pem()).unwrap();
+        assert!(replaced.verify(&ca.public_key().unwrap()).unwrap());
+        fs::write(&key, b"garbage").unwrap();
+        tls.ca.receiver_files().unwrap();
+        assert!(PKey::private_key_from_pem(&fs::read(&key).unwrap()).is_ok());
     }
 }
