@@ -87,7 +87,12 @@ pub(crate) struct Args {
 
     /// Requests to /subscriptions one app may make in one tenant per 20 s,
     /// writes and reads alike (Graph: 2000); more get 429 with Retry-After.
-    #[arg(long, value_name = "N", conflicts_with = "no_api_limits", env = "MSGRAPH_WEBHOOKS_EMULATOR_API_LIMIT")]
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "no_api_limits",
+        env = "MSGRAPH_WEBHOOKS_EMULATOR_API_LIMIT"
+    )]
     api_limit: Option<u32>,
 
     /// Do not throttle /subscriptions at all.

@@ -8,8 +8,9 @@
 //!   [catalog](crate::catalog): resource paths, change types, the bearer
 //!   token's permissions per permission type, certificates for resource
 //!   data, the 45-minute floor and per-kind maximum lifetime, the Teams
-//!   lifecycle-URL rule, payment models, duplicates (`409`) — with Graph's
-//!   status codes and error envelope;
+//!   lifecycle-URL rule, payment models, duplicates (`409`), Graph's
+//!   throttling limits ([`ApiLimits`], `429` with `Retry-After`) — with
+//!   Graph's status codes and error envelope;
 //! - the **validation handshake** inside the create call, as Graph does it,
 //!   for `notificationUrl` and `lifecycleNotificationUrl`, and again when an
 //!   update changes the URL;
@@ -55,7 +56,9 @@
 //! [`EmulatorBuilder::https`] it serves TLS only (1.2 and later, ALPN `h2`
 //! and `http/1.1`) with a certificate for `127.0.0.1`, `localhost` and `::1`
 //! signed by a local CA kept in a directory and reused across runs
-//! ([`Emulator::ca_pem`]); its deliveries trust that CA too.
+//! ([`Emulator::ca_pem`]); its deliveries trust that CA too, so a receiver
+//! with a certificate it issued ([`Emulator::issue_server_certificate`])
+//! gets them over HTTPS.
 //!
 //! Time runs on a [`Clock`] with a scale, so Graph's hours pass in seconds
 //! in tests; the timeouts have a scale of their own.

@@ -36,8 +36,19 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Graph's throttling limits on `/subscriptions`, per window: Microsoft's
-/// numbers by [`Default`]; lower them for tests
+/// numbers by [`Default`] (Microsoft Learn, "Microsoft Graph
+/// service-specific throttling limits", Subscription service limits,
+/// <https://learn.microsoft.com/graph/throttling-limits#subscription-service-limits>);
+/// lower them for tests
 /// ([`EmulatorBuilder::api_limits`](super::EmulatorBuilder::api_limits)).
+///
+/// A request passes only when every limit it falls under has room, and
+/// then counts against all of them; a refused one (`429`, `Retry-After`:
+/// the whole seconds until the window has room) counts against none. The
+/// windows slide, so no 20 s ever hold more than a limit, and run on real
+/// time, not the emulated [`Clock`](super::Clock): they measure the
+/// client's own pace, and the client waits `Retry-After` out in real
+/// seconds.
 ///
 /// Writes are `POST`, `PUT`, `PATCH` and `DELETE` (create, update, delete,
 /// reauthorize); requests are all of them, reads included, so a write
@@ -78,7 +89,8 @@ pub struct ApiLimits {
 }
 
 impl Default for ApiLimits {
-    /// Microsoft's numbers (see the [module docs](self)).
+    /// Microsoft's numbers: 2 000 per app per tenant, 5 000 per tenant,
+    /// 10 000 per app, for writes and for all requests, per 20 s.
     fn default() -> Self {
         Self {
             enabled: true,
@@ -172,13 +184,22 @@ impl Limiter {
         };
         let both = format!("{tenant}+{app}");
         let mut applicable = vec![
-            (key("requests", "app+tenant", &both), limits.requests_per_app_per_tenant),
-            (key("requests", "tenant", &tenant), limits.requests_per_tenant),
+            (
+                key("requests", "app+tenant", &both),
+                limits.requests_per_app_per_tenant,
+            ),
+            (
+                key("requests", "tenant", &tenant),
+                limits.requests_per_tenant,
+            ),
             (key("requests", "app", &app), limits.requests_per_app),
         ];
         if kind == Kind::Write {
             applicable.extend([
-                (key("writes", "app+tenant", &both), limits.writes_per_app_per_tenant),
+                (
+                    key("writes", "app+tenant", &both),
+                    limits.writes_per_app_per_tenant,
+                ),
                 (key("writes", "tenant", &tenant), limits.writes_per_tenant),
                 (key("writes", "app", &app), limits.writes_per_app),
             ]);
@@ -209,7 +230,9 @@ impl Limiter {
                 // window; a limit of 0 never has room (a window from now).
                 let oldest = windows.by_key.get(key).and_then(VecDeque::front);
                 let wait = match oldest {
-                    Some(oldest) if limit > 0 => window.saturating_sub(now.saturating_duration_since(*oldest)),
+                    Some(oldest) if limit > 0 => {
+                        window.saturating_sub(now.saturating_duration_since(*oldest))
+                    }
                     _ => window,
                 };
                 refusal = later(refusal, key, wait);
@@ -346,7 +369,10 @@ mod tests {
         let refused = limiter
             .admit(&limits, Kind::Write, "t", "c", now)
             .unwrap_err();
-        assert_eq!((refused.scope, refused.identifier.as_str()), ("tenant", "t"));
+        assert_eq!(
+            (refused.scope, refused.identifier.as_str()),
+            ("tenant", "t")
+        );
         limiter
             .admit(&limits, Kind::Write, "other", "c", now)
             .unwrap();

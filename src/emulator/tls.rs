@@ -261,7 +261,9 @@ fn dns_name(name: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -641,7 +643,10 @@ mod tests {
         assert!(cert.public_key().unwrap().public_eq(&key));
         let (dns, ips) = san_of(default.certificate_pem());
         assert_eq!(dns, ["localhost"]);
-        assert_eq!(ips, [vec![127, 0, 0, 1], Ipv6Addr::LOCALHOST.octets().to_vec()]);
+        assert_eq!(
+            ips,
+            [vec![127, 0, 0, 1], Ipv6Addr::LOCALHOST.octets().to_vec()]
+        );
         assert!(!format!("{default:?}").contains("PRIVATE"));
 
         let named = tls
@@ -650,7 +655,10 @@ mod tests {
             .unwrap();
         let (dns, ips) = san_of(named.certificate_pem());
         assert_eq!(dns, ["hooks.example.test", "*.dev.test"]);
-        assert_eq!(ips, [vec![10, 0, 0, 7], Ipv6Addr::LOCALHOST.octets().to_vec()]);
+        assert_eq!(
+            ips,
+            [vec![10, 0, 0, 7], Ipv6Addr::LOCALHOST.octets().to_vec()]
+        );
 
         for hostile in ["", "a b", "-x.test", "x..test", "x/y", "*", "é.test"] {
             let error = tls.ca.issue(&[hostile]).unwrap_err();

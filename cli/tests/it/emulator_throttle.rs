@@ -27,7 +27,9 @@ fn throttled(answer: &Answer) -> u64 {
     assert_eq!(answer.status, 429, "{:#}", answer.json);
     assert_eq!(answer.code(), "TooManyRequests", "{:#}", answer.json);
     assert!(
-        answer.message().starts_with("Too many requests from Identifier:"),
+        answer
+            .message()
+            .starts_with("Too many requests from Identifier:"),
         "{}",
         answer.message()
     );
@@ -160,9 +162,7 @@ async fn emulator_throttle_the_tenant_limit_spans_apps() {
     let refused = delete(&graph, &second, "nope").await;
     throttled(&refused);
     assert!(
-        refused
-            .message()
-            .contains(&format!("Identifier:{tenant} ")),
+        refused.message().contains(&format!("Identifier:{tenant} ")),
         "the tenant's limit: {}",
         refused.message()
     );
@@ -195,7 +195,11 @@ async fn emulator_throttle_unlimited_never_throttles() {
 async fn emulator_throttle_the_graph_client_retries_through_429s() {
     let mut limits = limits(Duration::from_secs(1));
     limits.writes_per_app_per_tenant = 2;
-    let emulator = Emulator::builder().api_limits(limits).start().await.unwrap();
+    let emulator = Emulator::builder()
+        .api_limits(limits)
+        .start()
+        .await
+        .unwrap();
     let hook = Hook::start(Answering::Well).await;
     let client = GraphClient::new(StaticToken::new(emulator.app_token(APP)))
         .base_url(emulator.graph_url())
@@ -231,7 +235,11 @@ async fn emulator_throttle_subscribe_waits_out_retry_after() {
     // test fills; short enough to wait out.
     let mut limits = limits(Duration::from_secs(5));
     limits.writes_per_app_per_tenant = 1;
-    let emulator = Emulator::builder().api_limits(limits).start().await.unwrap();
+    let emulator = Emulator::builder()
+        .api_limits(limits)
+        .start()
+        .await
+        .unwrap();
     let hook = Hook::start(Answering::Well).await;
     let base = emulator.url().to_owned();
     // The app's one write of this window.
@@ -268,4 +276,48 @@ async fn emulator_throttle_subscribe_waits_out_retry_after() {
     assert_eq!(live["value"].as_array().unwrap().len(), 1, "{live:#}");
     subscribe.terminate();
     let _ = subscribe.child.wait().await;
+}
+
+/// `emulate --api-limit N`: N requests per app per tenant per window.
+#[tokio::test]
+async fn emulator_throttle_emulate_takes_a_limit_from_the_command_line() {
+    let mut emulate = Process::spawn(
+        &["emulate", "--addr", "127.0.0.1:0", "--api-limit", "1"],
+        &[],
+    );
+    let base = format!("http://{}", emulate.listening_addr().await);
+    emulate.drain_stderr("emulate");
+    let client = reqwest::Client::new();
+    let token: Value = client
+        .post(format!("{base}/common/oauth2/v2.0/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_id={APP}&client_secret=s&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    let list = || {
+        client
+            .get(format!("{base}/v1.0/subscriptions"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(list().await.unwrap().status(), 200);
+    let refused = list().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "TooManyRequests");
+    emulate.terminate();
+    assert!(emulate.child.wait().await.unwrap().success());
 }

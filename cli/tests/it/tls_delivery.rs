@@ -189,7 +189,11 @@ async fn tls_delivery_emulate_https_delivers_to_listen_with_its_receiver_certifi
 #[tokio::test]
 async fn tls_delivery_a_receiver_certificate_of_another_ca_fails_the_handshake() {
     let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let emulator = Emulator::builder().https(ours.path()).start().await.unwrap();
+    let emulator = Emulator::builder()
+        .https(ours.path())
+        .start()
+        .await
+        .unwrap();
     let other = Emulator::builder()
         .https(theirs.path())
         .start()
@@ -223,13 +227,15 @@ async fn tls_delivery_a_receiver_certificate_of_another_ca_fails_the_handshake()
         .expect("the handshake was tried");
     assert_eq!(handshake.kind, DeliveryKind::Validation);
     assert_eq!(handshake.outcome, Outcome::Unreachable);
-    assert_eq!(handshake.status, None, "no HTTP answer: the TLS handshake failed");
+    assert_eq!(
+        handshake.status, None,
+        "no HTTP answer: the TLS handshake failed"
+    );
     assert!(emulator.subscription_ids().is_empty());
 
     // The same receiver passes with the emulator whose CA signed it.
     let client = trusting(other.ca_pem().unwrap());
-    let (status, created) =
-        create(&client, other.url(), &other.app_token(APP), &url).await;
+    let (status, created) = create(&client, other.url(), &other.app_token(APP), &url).await;
     assert_eq!(status, 201, "{created:#}");
     listen.terminate();
     assert!(listen.child.wait().await.unwrap().success());

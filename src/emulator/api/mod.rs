@@ -51,7 +51,10 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
                 post(subscriptions::reauthorize),
             )
             // Graph's throttling limits, on the subscription routes above only.
-            .route_layer(middleware::from_fn_with_state(core.clone(), throttle::limit))
+            .route_layer(middleware::from_fn_with_state(
+                core.clone(),
+                throttle::limit,
+            ))
             // Everything else under the version: delta queries, or 404.
             .route("/{*path}", any(delta::serve))
             .layer(axum::Extension(ApiVersion(version)))
