@@ -81,6 +81,7 @@
 //! The control API has no authentication: keep the emulator on loopback.
 
 mod api;
+mod ca;
 mod clock;
 mod delivery;
 pub mod demo;
@@ -108,6 +109,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use ca::ServerCertificate;
 pub use clock::Clock;
 pub use delivery::{
     DeliveryKind, DeliveryPolicy, DeliveryRecord, EndpointState, EndpointStatus, Outcome,
@@ -121,7 +123,6 @@ pub use lifecycle::{ControlError, Fired};
 pub use notify::Change;
 pub use rate::ApiLimits;
 pub use resources::Applied;
-pub use tls::ServerCertificate;
 
 use crate::notification::LifecycleEventType;
 use crate::tokens::TokenVersion;
@@ -511,7 +512,7 @@ pub struct Emulator {
     addr: SocketAddr,
     server: Option<JoinHandle<io::Result<()>>>,
     /// With HTTPS: the local CA.
-    ca: Option<tls::LocalCa>,
+    ca: Option<ca::LocalCa>,
 }
 
 impl fmt::Debug for Emulator {
@@ -549,30 +550,17 @@ impl Emulator {
 
     /// With HTTPS, the local CA's certificate (PEM), for a client to trust.
     pub fn ca_pem(&self) -> Option<&[u8]> {
-        self.ca.as_ref().map(tls::LocalCa::pem)
+        self.ca.as_ref().map(ca::LocalCa::pem)
     }
 
     /// With HTTPS, the file of the local CA's certificate (`DIR/ca.pem`).
     pub fn ca_path(&self) -> Option<&Path> {
-        self.ca.as_ref().map(tls::LocalCa::path)
+        self.ca.as_ref().map(ca::LocalCa::path)
     }
 
-    /// With HTTPS, a server certificate signed by the local CA, for a
-    /// receiver the deliveries then trust: for `names`, IP addresses or DNS
-    /// names (none: `127.0.0.1`, `localhost` and `::1`), valid 397 days.
-    ///
-    /// ```no_run
-    /// use msgraph_webhooks::emulator::Emulator;
-    ///
-    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// let dir = tempfile::tempdir()?;
-    /// let emulator = Emulator::builder().https(dir.path()).start().await?;
-    /// let receiver = emulator.issue_server_certificate(&[])?;
-    /// receiver.write(&dir.path().join("hook.pem"), &dir.path().join("hook-key.pem"))?;
-    /// // listen --tls-cert DIR/hook.pem --tls-key DIR/hook-key.pem: the
-    /// // emulator now delivers to https://127.0.0.1:PORT/…
-    /// # Ok(()) }
-    /// ```
+    /// With HTTPS, a [`ServerCertificate`] signed by the local CA for
+    /// `names`, IP addresses or DNS names (none: `127.0.0.1`, `localhost`
+    /// and `::1`): a receiver with it gets the deliveries over HTTPS.
     ///
     /// # Errors
     ///
@@ -583,21 +571,20 @@ impl Emulator {
         self.local_ca()?.issue(names)
     }
 
-    /// With HTTPS, `DIR/receiver.pem` and `DIR/receiver-key.pem` in the TLS
-    /// directory: a [server certificate](Self::issue_server_certificate) for
-    /// the loopback names and its key (mode 0600), made on first use and
-    /// kept while it is this CA's and valid — what `emulate --https` hands
-    /// to `listen --tls-cert/--tls-key`.
+    /// With HTTPS, `receiver.pem` and `receiver-key.pem` (mode 0600) in the
+    /// TLS directory: a loopback [server certificate](Self::issue_server_certificate),
+    /// made on first use and kept while it is this CA's and valid — what
+    /// `emulate --https` hands to `listen --tls-cert/--tls-key`.
     ///
     /// # Errors
     ///
-    /// As [`issue_server_certificate`](Self::issue_server_certificate); a
-    /// file that cannot be written.
+    /// As [`issue_server_certificate`](Self::issue_server_certificate), or
+    /// a file that cannot be written.
     pub fn receiver_certificate_files(&self) -> io::Result<(PathBuf, PathBuf)> {
         self.local_ca()?.receiver_files()
     }
 
-    fn local_ca(&self) -> io::Result<&tls::LocalCa> {
+    fn local_ca(&self) -> io::Result<&ca::LocalCa> {
         self.ca.as_ref().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::Unsupported,
