@@ -145,7 +145,9 @@ pub struct Config {
     /// endpoint; `None` grants every application permission of the catalog.
     pub app_permissions: Option<Vec<String>>,
     /// Emulated seconds per real second for everything scheduled: retries,
-    /// throttling windows and delays, expirations, reauthorization notices.
+    /// the delivery throttling's windows and delays, expirations,
+    /// reauthorization notices (not [`api_limits`](Self::api_limits), which
+    /// count real time).
     pub time_scale: f64,
     /// How much faster than Graph's the timeouts (3 s, 10 s, 10 s) run: with
     /// 10, a first attempt has 300 ms.

@@ -27,6 +27,8 @@ use crate::emulator::rate::Kind;
 /// Counts an authenticated request against the limits, or answers `429`.
 /// Requests without a valid token go on to the handler's `401`.
 pub(super) async fn limit(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
+    // The handler verifies the token again: a signature check is cheap, and
+    // the handlers (another module's) stay as they are.
     let Ok(token) = authenticate(&core, request.headers()) else {
         return next.run(request).await;
     };
