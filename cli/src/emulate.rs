@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use msgraph_webhooks::BoxError;
-use msgraph_webhooks::emulator::Emulator;
+use msgraph_webhooks::emulator::{ApiLimits, Emulator};
 use msgraph_webhooks::tokens::TokenVersion;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -79,9 +79,25 @@ pub(crate) struct Args {
     no_copilot_tenant_license: bool,
 
     /// Serve HTTPS only, with a certificate signed by a local CA (made once
-    /// in the TLS directory, then reused: trust it once).
+    /// in the TLS directory, then reused: trust it once). Also writes
+    /// `receiver.pem` and `receiver-key.pem` there, a certificate of that CA
+    /// for `listen --tls-cert/--tls-key`, which deliveries trust.
     #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_HTTPS")]
     https: bool,
+
+    /// Requests to /subscriptions one app may make in one tenant per 20 s,
+    /// writes and reads alike (Graph: 2000); more get 429 with Retry-After.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "no_api_limits",
+        env = "MSGRAPH_WEBHOOKS_EMULATOR_API_LIMIT"
+    )]
+    api_limit: Option<u32>,
+
+    /// Do not throttle /subscriptions at all.
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_NO_API_LIMITS")]
+    no_api_limits: bool,
 
     /// Where the local CA is kept (`ca.pem`, `ca-key.pem`); default:
     /// `emulator-tls` in the data directory.
@@ -114,6 +130,14 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     for user in args.copilot_unlicensed_user {
         builder = builder.copilot_unlicensed_user(user);
     }
+    if args.no_api_limits {
+        builder = builder.api_limits(ApiLimits::unlimited());
+    } else if let Some(limit) = args.api_limit {
+        let mut limits = ApiLimits::default();
+        limits.writes_per_app_per_tenant = limit;
+        limits.requests_per_app_per_tenant = limit;
+        builder = builder.api_limits(limits);
+    }
     if args.https {
         let dir = match args.tls_dir {
             Some(dir) => dir,
@@ -127,6 +151,13 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let emulator = builder.start_on(listener)?;
+    // Made (or checked) before anything is printed: making a key takes a
+    // moment, and the shutdown signal is only listened for after the hints.
+    let receiver = if args.https {
+        Some(emulator.receiver_certificate_files()?)
+    } else {
+        None
+    };
     let base = emulator.url();
     tracing::info!(
         graph = %format!("{base}/v1.0"),
@@ -142,6 +173,13 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
             "trust the CA: Python SSL_CERT_FILE={ca} or REQUESTS_CA_BUNDLE={ca}; Node NODE_EXTRA_CA_CERTS={ca}; \
              Debian/Ubuntu: sudo cp {ca} /usr/local/share/ca-certificates/msgraph-webhooks-emulator.crt && sudo update-ca-certificates; \
              macOS: sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}"
+        );
+    }
+    if let Some((cert, key)) = receiver {
+        tracing::info!(
+            "an HTTPS receiver the deliveries trust: msgraph-webhooks listen --tls-cert {} --tls-key {}",
+            cert.display(),
+            key.display()
         );
     }
     crate::shutdown_signal().await;

@@ -8,8 +8,9 @@
 //!   [catalog](crate::catalog): resource paths, change types, the bearer
 //!   token's permissions per permission type, certificates for resource
 //!   data, the 45-minute floor and per-kind maximum lifetime, the Teams
-//!   lifecycle-URL rule, payment models, duplicates (`409`) — with Graph's
-//!   status codes and error envelope;
+//!   lifecycle-URL rule, payment models, duplicates (`409`), Graph's
+//!   throttling limits ([`ApiLimits`], `429` with `Retry-After`) — with
+//!   Graph's status codes and error envelope;
 //! - the **validation handshake** inside the create call, as Graph does it,
 //!   for `notificationUrl` and `lifecycleNotificationUrl`, and again when an
 //!   update changes the URL;
@@ -55,7 +56,9 @@
 //! [`EmulatorBuilder::https`] it serves TLS only (1.2 and later, ALPN `h2`
 //! and `http/1.1`) with a certificate for `127.0.0.1`, `localhost` and `::1`
 //! signed by a local CA kept in a directory and reused across runs
-//! ([`Emulator::ca_pem`]); its deliveries trust that CA too.
+//! ([`Emulator::ca_pem`]); its deliveries trust that CA too, so a receiver
+//! with a certificate it issued ([`Emulator::issue_server_certificate`])
+//! gets them over HTTPS.
 //!
 //! Time runs on a [`Clock`] with a scale, so Graph's hours pass in seconds
 //! in tests; the timeouts have a scale of their own.
@@ -78,6 +81,7 @@
 //! The control API has no authentication: keep the emulator on loopback.
 
 mod api;
+mod ca;
 mod clock;
 mod delivery;
 pub mod demo;
@@ -87,6 +91,7 @@ mod identity;
 mod lifecycle;
 mod notify;
 mod quota;
+mod rate;
 mod resources;
 mod store;
 mod sync;
@@ -104,6 +109,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use ca::ServerCertificate;
 pub use clock::Clock;
 pub use delivery::{
     DeliveryKind, DeliveryPolicy, DeliveryRecord, EndpointState, EndpointStatus, Outcome,
@@ -115,6 +121,7 @@ pub use identity::{
 };
 pub use lifecycle::{ControlError, Fired};
 pub use notify::Change;
+pub use rate::ApiLimits;
 pub use resources::Applied;
 
 use crate::notification::LifecycleEventType;
@@ -138,7 +145,9 @@ pub struct Config {
     /// endpoint; `None` grants every application permission of the catalog.
     pub app_permissions: Option<Vec<String>>,
     /// Emulated seconds per real second for everything scheduled: retries,
-    /// throttling windows and delays, expirations, reauthorization notices.
+    /// the delivery throttling's windows and delays, expirations,
+    /// reauthorization notices (not [`api_limits`](Self::api_limits), which
+    /// count real time).
     pub time_scale: f64,
     /// How much faster than Graph's the timeouts (3 s, 10 s, 10 s) run: with
     /// 10, a first attempt has 300 ms.
@@ -182,6 +191,8 @@ pub struct Config {
     /// Serve HTTPS, with the local CA kept in this directory (`ca.pem`,
     /// `ca-key.pem`); `None`: plain HTTP.
     pub https: Option<PathBuf>,
+    /// The throttling limits of `/subscriptions` (Graph's by default).
+    pub api_limits: ApiLimits,
 }
 
 impl Default for Config {
@@ -205,6 +216,7 @@ impl Default for Config {
             delta_token_lifetime: Duration::from_secs(30 * 86_400),
             quota_limits: Vec::new(),
             https: None,
+            api_limits: ApiLimits::default(),
         }
     }
 }
@@ -235,6 +247,8 @@ pub(crate) struct Core {
     pub(crate) resources: Resources,
     /// Delta tokens, resets, throttling.
     pub(crate) delta: DeltaState,
+    /// The windows of the subscriptions API's throttling limits.
+    pub(crate) rate: rate::Limiter,
     pub(crate) client: reqwest::Client,
     /// `http://ADDR` or `https://ADDR`: where a request without a usable
     /// `Host` is taken to have come.
@@ -378,6 +392,14 @@ impl EmulatorBuilder {
         self
     }
 
+    /// The throttling limits of `/subscriptions` (default: Graph's, see
+    /// [`ApiLimits`]); e.g. two writes a second, to see a client's `429`
+    /// handling at work.
+    pub fn api_limits(mut self, limits: ApiLimits) -> Self {
+        self.config.api_limits = limits;
+        self
+    }
+
     /// Whether the tenant has Copilot licences (default: yes).
     pub fn copilot_tenant_licensed(mut self, licensed: bool) -> Self {
         self.config.copilot_tenant_licensed = licensed;
@@ -416,7 +438,9 @@ impl EmulatorBuilder {
                 env!("CARGO_PKG_VERSION")
             ));
         if let Some(tls) = &tls {
-            let ca = reqwest::Certificate::from_pem(&tls.ca_pem).map_err(io::Error::other)?;
+            // Besides the system's roots: receivers with a certificate of
+            // this CA (Emulator::issue_server_certificate) pass the handshake.
+            let ca = reqwest::Certificate::from_pem(tls.ca.pem()).map_err(io::Error::other)?;
             client = client.add_root_certificate(ca);
         }
         let client = client.build().map_err(io::Error::other)?;
@@ -431,6 +455,7 @@ impl EmulatorBuilder {
             log: DeliveryLog::default(),
             resources: Resources::default(),
             delta: DeltaState::default(),
+            rate: rate::Limiter::default(),
             client,
             base_url: format!("{scheme}://{addr}"),
             scheme,
@@ -441,11 +466,12 @@ impl EmulatorBuilder {
         core.spawn(lifecycle::housekeeping(core.clone()));
         let router = api::router(core.clone());
         let mut stopped = core.shutdown.subscribe();
-        let ca = tls
-            .as_ref()
-            .map(|tls| (tls.ca_pem.clone(), tls.ca_path.clone()));
-        let server = match tls {
-            Some(tls) => tokio::spawn(tls::serve(listener, tls.acceptor, router, stopped)),
+        let (acceptor, ca) = match tls {
+            Some(tls) => (Some(tls.acceptor), Some(tls.ca)),
+            None => (None, None),
+        };
+        let server = match acceptor {
+            Some(acceptor) => tokio::spawn(tls::serve(listener, acceptor, router, stopped)),
             None => tokio::spawn(async move {
                 axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
@@ -487,8 +513,8 @@ pub struct Emulator {
     core: Arc<Core>,
     addr: SocketAddr,
     server: Option<JoinHandle<io::Result<()>>>,
-    /// With HTTPS: the CA's PEM and its file.
-    ca: Option<(Vec<u8>, PathBuf)>,
+    /// With HTTPS: the local CA.
+    ca: Option<ca::LocalCa>,
 }
 
 impl fmt::Debug for Emulator {
@@ -526,12 +552,47 @@ impl Emulator {
 
     /// With HTTPS, the local CA's certificate (PEM), for a client to trust.
     pub fn ca_pem(&self) -> Option<&[u8]> {
-        self.ca.as_ref().map(|(pem, _)| pem.as_slice())
+        self.ca.as_ref().map(ca::LocalCa::pem)
     }
 
     /// With HTTPS, the file of the local CA's certificate (`DIR/ca.pem`).
     pub fn ca_path(&self) -> Option<&Path> {
-        self.ca.as_ref().map(|(_, path)| path.as_path())
+        self.ca.as_ref().map(ca::LocalCa::path)
+    }
+
+    /// With HTTPS, a [`ServerCertificate`] signed by the local CA for
+    /// `names`, IP addresses or DNS names (none: `127.0.0.1`, `localhost`
+    /// and `::1`): a receiver with it gets the deliveries over HTTPS.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::Unsupported`] when the emulator serves plain HTTP
+    /// (it has no CA); [`io::ErrorKind::InvalidInput`] for a name that is
+    /// neither; OpenSSL failing.
+    pub fn issue_server_certificate(&self, names: &[&str]) -> io::Result<ServerCertificate> {
+        self.local_ca()?.issue(names)
+    }
+
+    /// With HTTPS, `receiver.pem` and `receiver-key.pem` (mode 0600) in the
+    /// TLS directory: a loopback [server certificate](Self::issue_server_certificate),
+    /// made on first use and kept while it is this CA's and valid — what
+    /// `emulate --https` hands to `listen --tls-cert/--tls-key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`issue_server_certificate`](Self::issue_server_certificate), or
+    /// a file that cannot be written.
+    pub fn receiver_certificate_files(&self) -> io::Result<(PathBuf, PathBuf)> {
+        self.local_ca()?.receiver_files()
+    }
+
+    fn local_ca(&self) -> io::Result<&ca::LocalCa> {
+        self.ca.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the emulator serves plain HTTP and has no CA: start it with https(dir)",
+            )
+        })
     }
 
     /// The Graph base URL, `…/v1.0`.
@@ -691,6 +752,12 @@ impl Emulator {
                 return self.core.log.all();
             }
         }
+    }
+
+    /// How many requests to `/subscriptions` were answered `429` for
+    /// reaching an [`ApiLimits`] limit.
+    pub fn throttled_requests(&self) -> u64 {
+        self.core.rate.throttled()
     }
 
     /// The throttling state of every URL delivered to.

@@ -6,6 +6,7 @@ mod control;
 mod delta;
 mod identity;
 mod subscriptions;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -49,6 +50,11 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
                 "/subscriptions/{id}/reauthorize",
                 post(subscriptions::reauthorize),
             )
+            // Graph's throttling limits, on the subscription routes above only.
+            .route_layer(middleware::from_fn_with_state(
+                core.clone(),
+                throttle::limit,
+            ))
             // Everything else under the version: delta queries, or 404.
             .route("/{*path}", any(delta::serve))
             .layer(axum::Extension(ApiVersion(version)))
