@@ -170,6 +170,10 @@ impl Inspector {
 
     /// Records a delivery the endpoint answered.
     pub(crate) fn record(&self, seen: Seen, status: u16, latency: Duration) {
+        self.push(seen, Some(status), Some(latency));
+    }
+
+    fn push(&self, seen: Seen, status: Option<u16>, latency: Option<Duration>) {
         let at = OffsetDateTime::now_utc();
         let (keys, items): (Vec<u64>, Vec<Item>) = seen.items.into_iter().unzip();
         let mut ring = self.lock();
@@ -201,7 +205,7 @@ impl Inspector {
             at,
             path: seen.path,
             status,
-            ack_ms: latency.as_secs_f64() * 1000.0,
+            ack_ms: latency.map(|l| l.as_secs_f64() * 1000.0),
             items,
             more_items: seen.more_items,
             keys,
@@ -211,12 +215,22 @@ impl Inspector {
     }
 
     /// Records what became of a stored item, found by its raw text; an item
-    /// no longer in the ring (or never in it) is ignored.
+    /// this endpoint did not receive (or that left the ring) gets a
+    /// [`DeliveryPath::Stored`] record of its own.
     pub(crate) fn settle(&self, raw: &RawValue, fate: Fate, data: Option<&serde_json::Value>) {
         let key = self.key(raw);
         let data = data.filter(|_| self.show_secrets).cloned();
         let mut ring = self.lock();
         let Some(&(seq, index)) = ring.items.get(&key) else {
+            drop(ring);
+            let mut item = item_of(raw, fate);
+            item.resource_data = data;
+            let seen = Seen {
+                path: DeliveryPath::Stored,
+                items: vec![(key, item)],
+                more_items: 0,
+            };
+            self.push(seen, None, None);
             return;
         };
         ring.version += 1;
@@ -435,11 +449,15 @@ mod tests {
         let page = inspector.deliveries(&Filter::default());
         let seqs: Vec<u64> = page.deliveries.iter().map(|d| d.seq).collect();
         assert_eq!(seqs, [6, 5, 4], "newest first, three kept");
-        // The first delivery left the ring: settling its item is a no-op.
-        inspector.settle(&a, Fate::Handled, None);
         assert_eq!(inspector.lock().items.len(), 3);
         assert!(inspector.delivery(1).is_none());
         assert_eq!(inspector.delivery(5).map(|d| d.seq), Some(5));
+        // The first delivery left the ring: its item's fate is a record of its own.
+        inspector.settle(&a, Fate::Handled, None);
+        let newest = inspector.delivery(7).expect("a stored record");
+        assert_eq!((newest.path, newest.status), (DeliveryPath::Stored, None));
+        assert_eq!(newest.items[0].subscription_id.as_deref(), Some("s1"));
+        assert_eq!(newest.items[0].fate, Fate::Handled);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum DeliveryPath {
     /// Anything else that reached the endpoint (a wrong method, a body
     /// that isn't a notification collection).
     Other,
+    /// Items a worker took from the store that this process's endpoint did
+    /// not receive (another instance did, or they left the ring): one
+    /// record per item, without a status.
+    Stored,
 }
 
 /// One request to the notification endpoint.
@@ -39,10 +43,10 @@ pub struct Delivery {
     pub at: OffsetDateTime,
     /// What it was.
     pub path: DeliveryPath,
-    /// The status it was answered with.
-    pub status: u16,
+    /// The status it was answered with (`None` for [`DeliveryPath::Stored`]).
+    pub status: Option<u16>,
     /// How long the answer took, in milliseconds.
-    pub ack_ms: f64,
+    pub ack_ms: Option<f64>,
     /// Its items (at most [`MAX_ITEMS`](super::MAX_ITEMS)).
     pub items: Vec<Item>,
     /// Items beyond those kept.

@@ -17,6 +17,7 @@ mod emulator_rules;
 mod fixtures;
 mod hostile;
 mod hostile_bodies;
+mod inspector;
 mod interop;
 mod limits;
 mod listener;

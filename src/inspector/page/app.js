@@ -75,7 +75,7 @@ function renderDeliveries() {
   for (const d of sorted) {
     rows.push(el("tr", { class: "delivery", "data-seq": d.seq, onclick: () => { openSeq = openSeq === d.seq ? null : d.seq; renderDeliveries(); } },
       el("td", {}, time(d.at)), el("td", {}, d.path), el("td", { class: "num" }, d.items.length + d.moreItems),
-      el("td", { class: "num" }, d.status), el("td", { class: "num" }, d.ackMs.toFixed(1) + " ms"),
+      el("td", { class: "num" }, d.status ?? "–"), el("td", { class: "num" }, d.ackMs === null ? "–" : d.ackMs.toFixed(1) + " ms"),
       el("td", { class: "outcome" }, ...summary(d))));
     if (openSeq === d.seq) rows.push(itemsRow(d));
   }
