@@ -225,6 +225,14 @@ pub async fn serve(
             inspector.log_quiet(until_stopped).await;
         }
     };
+    let closing = inspector.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Pending long polls answer now, so the drain doesn't wait them out.
+        if let Some(inspector) = closing {
+            inspector.close();
+        }
+    };
     let served = async {
         let served = crate::listener::run(listener, service, &config, None, shutdown).await;
         let _ = stop.send(true);

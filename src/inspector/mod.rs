@@ -52,6 +52,8 @@ pub struct Inspector {
     hasher: RandomState,
     capacity: usize,
     show_secrets: bool,
+    /// Set when the admin address stops: waits end at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Inspector {
@@ -138,6 +140,7 @@ impl Inspector {
             hasher: RandomState::new(),
             capacity: capacity.max(1),
             show_secrets: false,
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -298,6 +301,14 @@ impl Inspector {
         quiet
     }
 
+    /// Ends every [`wait_for`](Self::wait_for) now and later: the admin
+    /// address is shutting down, and its drain should not wait out polls.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
     /// Logs, once a minute until `stop` completes, each subscription that
     /// goes quiet (at warn) and each that receives again (at info).
     pub async fn log_quiet(&self, stop: impl std::future::Future<Output = ()>) {
@@ -373,7 +384,8 @@ impl Inspector {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let page = self.deliveries(filter);
-            if page.version > filter.since || tokio::time::Instant::now() >= deadline {
+            let closed = self.closed.load(std::sync::atomic::Ordering::Acquire);
+            if closed || page.version > filter.since || tokio::time::Instant::now() >= deadline {
                 return page;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {

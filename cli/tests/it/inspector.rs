@@ -14,18 +14,18 @@ use msgraph_webhooks::store::{Backend, SqliteStore};
 use msgraph_webhooks::{ChangeEvent, ClientState, Receiver, handler_fn};
 use serde_json::{Value, json};
 
-const STATE: &str = "the-state-of-this-test";
+pub(crate) const STATE: &str = "the-state-of-this-test";
 
-struct Running {
-    endpoint: String,
-    admin: String,
+pub(crate) struct Running {
+    pub(crate) endpoint: String,
+    pub(crate) admin: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
     _data: tempfile::TempDir,
 }
 
 impl Running {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -35,7 +35,7 @@ impl Running {
 
 /// A receiver whose handler fails for resources containing `fail` until
 /// `fixed` is set, with the inspector and, when given, an admin token.
-async fn start(fixed: Arc<AtomicBool>, token: Option<&str>) -> Running {
+pub(crate) async fn start(fixed: Arc<AtomicBool>, token: Option<&str>) -> Running {
     let data = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(data.path()).unwrap());
     let handler = handler_fn(move |change: ChangeEvent| {
@@ -77,7 +77,7 @@ async fn start(fixed: Arc<AtomicBool>, token: Option<&str>) -> Running {
     }
 }
 
-fn item(id: &str, resource: &str, state: &str) -> Value {
+pub(crate) fn item(id: &str, resource: &str, state: &str) -> Value {
     json!({
         "subscriptionId": "sub-1",
         "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z",
@@ -89,7 +89,7 @@ fn item(id: &str, resource: &str, state: &str) -> Value {
     })
 }
 
-async fn post(url: &str, items: Vec<Value>) -> u16 {
+pub(crate) async fn post(url: &str, items: Vec<Value>) -> u16 {
     reqwest::Client::new()
         .post(url)
         .json(&json!({ "value": items }))

@@ -18,6 +18,7 @@ mod fixtures;
 mod hostile;
 mod hostile_bodies;
 mod inspector;
+mod inspector_browser;
 mod interop;
 mod limits;
 mod listener;

@@ -55,8 +55,14 @@ function fate(item) {
 
 function summary(delivery) {
   const counts = {};
-  for (const item of delivery.items) counts[item.fate.state] = (counts[item.fate.state] || 0) + 1;
-  const parts = Object.entries(counts).map(([state, n]) => el("span", { class: "fate " + state }, n + " " + state));
+  const reasons = {};
+  for (const item of delivery.items) {
+    const state = item.fate.state;
+    counts[state] = (counts[state] || 0) + 1;
+    if (item.fate.reason) (reasons[state] = reasons[state] || new Set()).add(item.fate.reason);
+  }
+  const parts = Object.entries(counts).map(([state, n]) => el("span", { class: "fate " + state },
+    n + " " + state + (reasons[state] ? ": " + [...reasons[state]].join(", ") : "")));
   if (delivery.moreItems) parts.push(" +" + delivery.moreItems + " not kept");
   return parts.flatMap((p, i) => (i ? [" ", p] : [p]));
 }
@@ -101,9 +107,10 @@ function showItem(delivery, index) {
 }
 
 async function follow() {
-  for (;;) {
+  // The first read answers at once; later ones wait for something new.
+  for (let wait = 0; ; wait = 20) {
     try {
-      const page = await api("deliveries?wait=20&since=" + version);
+      const page = await api("deliveries?wait=" + wait + "&since=" + version);
       for (const d of page.deliveries) deliveries.set(d.seq, d);
       version = page.version;
       const seqs = [...deliveries.keys()].sort((a, b) => a - b);
