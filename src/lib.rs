@@ -131,6 +131,7 @@ pub mod doctor;
 pub mod emulator;
 pub mod files;
 pub mod handler;
+pub mod inspector;
 pub mod listener;
 pub mod metrics;
 pub mod notification;

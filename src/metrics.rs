@@ -5,6 +5,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
+
+use crate::inspector::Watch;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -100,7 +102,9 @@ pub struct Metrics {
     handled: Family<Label, Counter>,
     dead_lettered: Counter,
     connections_closed: Family<Label, Counter>,
+    slow_share: Family<Label, Gauge<f64, AtomicU64>>,
     rejections: RejectionLog,
+    watch: Watch,
 }
 
 impl fmt::Debug for Metrics {
@@ -175,6 +179,13 @@ impl Metrics {
             "Connections the server closed or refused on its own, by reason (idle, shed_capacity, shed_peer, refused_peer, tls_handshake)",
             connections_closed.clone(),
         );
+        let slow_share = Family::<Label, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "slow_answer_share",
+            "Share of the endpoint's answers over the last 10 minutes slower than Graph's 3 s \
+             (over=\"3s\"; Graph delays at 0.10) and 10 s (over=\"10s\"; Graph drops at 0.15) timeouts",
+            slow_share.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -186,7 +197,9 @@ impl Metrics {
             handled,
             dead_lettered,
             connections_closed,
+            slow_share,
             rejections: RejectionLog::default(),
+            watch: Watch::new(100),
         }
     }
 
@@ -204,7 +217,13 @@ impl Metrics {
         self.deliveries.get_or_create(&[("outcome", outcome)]).inc();
     }
 
+    /// The throttle-risk watch every answer of the endpoint feeds.
+    pub fn watch(&self) -> &Watch {
+        &self.watch
+    }
+
     pub(crate) fn ack_latency(&self, elapsed: Duration) {
+        self.watch.record(elapsed);
         self.ack_seconds.observe(elapsed.as_secs_f64());
     }
 
@@ -260,6 +279,13 @@ impl Metrics {
             self.inbox_oldest_age
                 .set(stats.oldest_age.map_or(0.0, |d| d.as_secs_f64()));
         }
+        let risk = self.watch.risk();
+        self.slow_share
+            .get_or_create(&[("over", "3s")])
+            .set(risk.slow_share);
+        self.slow_share
+            .get_or_create(&[("over", "10s")])
+            .set(risk.very_slow_share);
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

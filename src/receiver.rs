@@ -12,11 +12,12 @@ use crate::ClientState;
 use crate::admin::AdminService;
 use crate::crypto::KeyRing;
 use crate::handler::Handler;
+use crate::inspector::{Inspector, InspectorApi};
 use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
 use crate::metrics::Metrics;
 use crate::registry::SubscriptionRegistry;
 use crate::retry::RetryPolicy;
-use crate::store::{Backend, Dedupe, Inbox, MemoryDedupe, MemoryInbox};
+use crate::store::{Backend, DeadLetters, Dedupe, Inbox, MemoryDedupe, MemoryInbox, RecordStore};
 use crate::tokens::{Jwks, TokenValidator};
 use crate::worker::{Pipeline, Verifier, Workers};
 
@@ -47,6 +48,8 @@ pub struct Receiver<H> {
     pipeline: Arc<Pipeline<H>>,
     workers: usize,
     worker_drain: Duration,
+    inspector: Option<InspectorApi>,
+    admin_token: Option<zeroize::Zeroizing<String>>,
 }
 
 impl<H> fmt::Debug for Receiver<H> {
@@ -74,6 +77,10 @@ pub struct ReceiverBuilder<H> {
     workers: usize,
     worker_drain: Duration,
     rich: RichSettings,
+    inspector: Option<Arc<Inspector>>,
+    /// What the inspector lists beside deliveries, from the backend.
+    stores: Option<(Arc<dyn DeadLetters>, Arc<dyn RecordStore>)>,
+    admin_token: Option<zeroize::Zeroizing<String>>,
 }
 
 /// What rich notifications need: keys to decrypt, and how to check tokens.
@@ -162,6 +169,9 @@ impl Receiver<()> {
             workers: default_workers(),
             worker_drain: Duration::from_secs(10),
             rich: RichSettings::default(),
+            inspector: None,
+            stores: None,
+            admin_token: None,
         }
     }
 }
@@ -193,6 +203,7 @@ impl<H: Handler> ReceiverBuilder<H> {
             .inbox(backend.inbox())
             .dedupe(backend.dedupe())
             .dedupe_lease(backend.dedupe_lease());
+        self.stores = Some((backend.dead_letters(), backend.records()));
         match backend.owner() {
             Some(owner) => self.dedupe_owner(owner),
             None => self,
@@ -317,6 +328,21 @@ impl<H: Handler> ReceiverBuilder<H> {
         self
     }
 
+    /// Records every delivery and each item's fate in `inspector`, for the
+    /// admin address's inspector page and API (see [`inspector`](crate::inspector)).
+    pub fn inspector(mut self, inspector: Arc<Inspector>) -> Self {
+        self.inspector = Some(inspector);
+        self
+    }
+
+    /// Requires this bearer token on the admin address (see
+    /// [`AdminService::bearer_token`]): set it whenever the admin address is
+    /// reachable from other machines.
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(zeroize::Zeroizing::new(token.into()));
+        self
+    }
+
     /// Builds the receiver.
     ///
     /// # Errors
@@ -336,6 +362,7 @@ impl<H: Handler> ReceiverBuilder<H> {
                 inbox,
                 metrics: metrics.clone(),
                 limits: self.limits,
+                inspector: self.inspector.clone(),
             }),
             pipeline: Arc::new(Pipeline {
                 handler: self.handler,
@@ -348,9 +375,20 @@ impl<H: Handler> ReceiverBuilder<H> {
                 dedupe_ttl: self.dedupe_ttl,
                 dedupe_lease: self.dedupe_lease,
                 verifier,
+                inspector: self.inspector.clone(),
             }),
             workers: self.workers,
             worker_drain: self.worker_drain,
+            inspector: self.inspector.clone().map(|inspector| {
+                let api = InspectorApi::new(inspector);
+                match self.stores {
+                    Some((dead_letters, records)) => {
+                        api.dead_letters(dead_letters).records(records)
+                    }
+                    None => api,
+                }
+            }),
+            admin_token: self.admin_token,
         })
     }
 }
@@ -419,7 +457,15 @@ impl<H: Handler> Receiver<H> {
     /// serve on an address only operators reach: never mount them beside
     /// the notification endpoint (see [`admin`](crate::admin)).
     pub fn admin_service(&self) -> AdminService {
-        AdminService::new(self.shared.metrics.clone(), Some(self.shared.inbox.clone()))
+        let mut admin =
+            AdminService::new(self.shared.metrics.clone(), Some(self.shared.inbox.clone()));
+        if let Some(api) = &self.inspector {
+            admin = admin.inspector(api.clone());
+        }
+        match &self.admin_token {
+            Some(token) => admin.bearer_token(token.as_str()),
+            None => admin,
+        }
     }
 
     /// Serves on `listener` with the workers running, until `shutdown`

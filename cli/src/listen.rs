@@ -256,6 +256,7 @@ async fn serve<H: Handler>(
         builder = builder.workers(workers);
     }
     builder = args.work.rich.configure(builder)?;
+    builder = args.admin.configure(builder);
     // A bad pair fails here, before the port is bound.
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(

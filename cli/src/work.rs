@@ -45,6 +45,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         builder = builder.workers(workers);
     }
     builder = args.work.rich.configure(builder)?;
+    builder = args.admin.configure(builder);
     let receiver = builder.build()?;
     receiver
         .metrics()

@@ -23,6 +23,7 @@ use http_body::Body;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 
 use crate::handler::BoxError;
+use crate::inspector::{DeliveryPath, Fate, Inspector, MAX_ITEMS, Seen, item_of};
 use crate::metrics::Metrics;
 use crate::notification::{Envelope, ItemClass, ItemHead, ValidationTokens};
 use crate::registry::{RejectReason, SubscriptionRegistry};
@@ -75,6 +76,7 @@ pub(crate) struct Shared {
     pub(crate) inbox: Arc<dyn Inbox>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
+    pub(crate) inspector: Option<Arc<Inspector>>,
 }
 
 impl std::fmt::Debug for WebhookService {
@@ -102,24 +104,38 @@ impl WebhookService {
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
-        let answer = self.answer(request).await;
+        let mut seen = self.shared.inspector.as_ref().map(|_| Seen {
+            path: DeliveryPath::Other,
+            items: Vec::new(),
+            more_items: 0,
+        });
+        let answer = self.answer(request, seen.as_mut()).await;
         let metrics = &self.shared.metrics;
         metrics.delivery(answer.outcome());
         if !matches!(answer, Answer::Handshake(_)) {
             metrics.ack_latency(started.elapsed());
         }
-        answer.into_response()
+        let response = answer.into_response();
+        if let (Some(inspector), Some(seen)) = (&self.shared.inspector, seen) {
+            inspector.record(seen, response.status().as_u16(), started.elapsed());
+        }
+        response
     }
 
     /// The request path, top to bottom.
-    async fn answer<B>(&self, request: Request<B>) -> Answer
+    async fn answer<B>(&self, request: Request<B>, mut seen: Option<&mut Seen>) -> Answer
     where
         B: Body,
         B::Error: Into<BoxError>,
     {
         let is_get_or_post = matches!(*request.method(), Method::GET | Method::POST);
         match handshake::validation_token(request.uri().query()) {
-            Handshake::Token(token) if is_get_or_post => return Answer::Handshake(token),
+            Handshake::Token(token) if is_get_or_post => {
+                if let Some(seen) = seen {
+                    seen.path = DeliveryPath::Handshake;
+                }
+                return Answer::Handshake(token);
+            }
             Handshake::Invalid if is_get_or_post => return Rejection::BadToken.into(),
             _ => {}
         }
@@ -142,7 +158,7 @@ impl WebhookService {
             tracing::warn!(error = %e, "subscription records unavailable; answering 503");
             return Rejection::Inbox(StoreError::unavailable(e.to_string())).into();
         }
-        let accepted = self.authenticate(&envelope);
+        let accepted = self.authenticate(&envelope, seen.as_deref_mut());
         if accepted.is_empty() {
             return Answer::Accepted;
         }
@@ -150,6 +166,11 @@ impl WebhookService {
             Ok(()) => Answer::Accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "inbox refused a delivery; answering 503");
+                for (_, item) in seen.map(|s| &mut s.items).into_iter().flatten() {
+                    if item.fate == Fate::Accepted {
+                        item.fate = Fate::NotStored;
+                    }
+                }
                 Rejection::Inbox(e).into()
             }
         }
@@ -204,7 +225,11 @@ impl WebhookService {
 
     /// Keeps the items whose subscription and clientState check out; counts
     /// and logs the others. Never fails the delivery.
-    fn authenticate(&self, envelope: &Envelope<'_>) -> Vec<StoredItem> {
+    fn authenticate(
+        &self,
+        envelope: &Envelope<'_>,
+        mut seen: Option<&mut Seen>,
+    ) -> Vec<StoredItem> {
         let metrics = &self.shared.metrics;
         let mut accepted = Vec::with_capacity(envelope.items.len());
         let (mut changes, mut lifecycles) = (0, 0);
@@ -217,8 +242,15 @@ impl WebhookService {
         } else {
             ValidationTokens::Malformed
         };
+        if let Some(seen) = seen.as_deref_mut() {
+            seen.path = DeliveryPath::Notification;
+        }
         for raw in &envelope.items {
-            match self.check_item(raw, tokens_ok) {
+            let checked = self.check_item(raw, tokens_ok);
+            if let (Some(seen), Some(inspector)) = (seen.as_deref_mut(), &self.shared.inspector) {
+                note(seen, inspector, raw, &checked);
+            }
+            match checked {
                 Ok(class) => {
                     match class {
                         ItemClass::Change => changes += 1,
@@ -314,4 +346,25 @@ where
         let this = self.clone();
         Box::pin(async move { Ok(this.handle(request).await) })
     }
+}
+
+/// Keeps what the inspector shows of one item of a delivery.
+fn note(
+    seen: &mut Seen,
+    inspector: &Inspector,
+    raw: &serde_json::value::RawValue,
+    checked: &Result<ItemClass, RejectReason>,
+) {
+    if matches!(checked, Ok(ItemClass::Lifecycle)) {
+        seen.path = DeliveryPath::Lifecycle;
+    }
+    if seen.items.len() >= MAX_ITEMS {
+        seen.more_items += 1;
+        return;
+    }
+    let fate = match checked {
+        Ok(_) => Fate::Accepted,
+        Err(reason) => Fate::rejected(reason.as_str()),
+    };
+    seen.items.push((inspector.key(raw), item_of(raw, fate)));
 }

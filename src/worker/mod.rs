@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use crate::handler::{
     ChangeEvent, Handler, HandlerEvent, HandlerPanicked, LifecycleEvent, ResyncEvent,
 };
+use crate::inspector::{Fate, Inspector};
 use crate::metrics::Metrics;
 use crate::notification::{ChangeNotification, ItemError, Notification, ValidationTokens};
 use crate::resync::ResyncItem;
@@ -43,6 +44,27 @@ enum Outcome {
     DeadLetter(String),
 }
 
+/// What the inspector is told of an event once its outcome is known.
+enum Shown {
+    /// A change's decrypted resource.
+    Data(Value),
+    /// A resync: its resource and reason.
+    Resync(String, &'static str),
+}
+
+impl Shown {
+    fn of(event: &HandlerEvent, secrets: bool) -> Option<Self> {
+        match event {
+            HandlerEvent::Change(change) if secrets => change.data().cloned().map(Shown::Data),
+            HandlerEvent::Resync(resync) => Some(Shown::Resync(
+                resync.resource().to_owned(),
+                resync.reason().as_str(),
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// How long an item waits when its dedupe key is held by another worker or
 /// the dedupe store is unreachable.
 const DEFER: Duration = Duration::from_secs(2);
@@ -59,6 +81,8 @@ pub(crate) struct Pipeline<H> {
     pub(crate) dedupe_lease: Duration,
     /// Verifies and decrypts rich items; `None` rejects them.
     pub(crate) verifier: Option<Arc<Verifier>>,
+    /// Hears what became of each item.
+    pub(crate) inspector: Option<Arc<Inspector>>,
 }
 
 /// A claimed item after parsing and verification, ready for the handler.
@@ -284,25 +308,41 @@ impl<H: Handler> Pipeline<H> {
                 },
                 None => (None, Self::event(&claimed, prepared)),
             };
+            let mut shown = None;
             let outcome = match step {
                 Ok(event) => {
+                    if let Some(inspector) = &self.inspector {
+                        shown = Shown::of(&event, inspector.shows_secrets());
+                    }
                     events.push(event);
                     None
                 }
                 Err(outcome) => Some(outcome),
             };
-            items.push((claimed, held, outcome));
+            items.push((claimed, held, outcome, shown));
         }
 
         let mut results = self.call_batch(events).await.into_iter();
         let mut handled_keys = Vec::new();
         let mut done = Vec::with_capacity(items.len());
-        for (claimed, held, outcome) in items {
+        for (claimed, held, outcome, shown) in items {
             let outcome = outcome.unwrap_or_else(|| match results.next() {
                 Some(Ok(())) => Outcome::Done,
                 Some(Err(reason)) => Outcome::Failed(reason),
                 None => Outcome::Failed("the handler lost an event".into()),
             });
+            if let Some(inspector) = &self.inspector {
+                let fate = self.fate(&claimed, &outcome);
+                match shown {
+                    Some(Shown::Resync(resource, reason)) if fate == Fate::Handled => {
+                        inspector.resynced(&resource, reason);
+                    }
+                    Some(Shown::Data(data)) => {
+                        inspector.settle(&claimed.item.raw, fate, Some(&data));
+                    }
+                    _ => inspector.settle(&claimed.item.raw, fate, None),
+                }
+            }
             if let (Some(key), Some(dedupe)) = (held, &self.dedupe) {
                 if matches!(outcome, Outcome::Done) {
                     handled_keys.push(key);
@@ -343,6 +383,27 @@ impl<H: Handler> Pipeline<H> {
                     Err(e) => tracing::error!(error = %e, "could not remove handled items"),
                 }
             }
+        }
+    }
+
+    /// What the inspector shows of an item's outcome.
+    fn fate(&self, claimed: &Claimed, outcome: &Outcome) -> Fate {
+        match outcome {
+            Outcome::Done => Fate::Handled,
+            Outcome::Rejected(reason) => Fate::rejected(reason),
+            Outcome::Defer(_, why) => Fate::Deferred { why: why.clone() },
+            Outcome::DeadLetter(reason) => Fate::DeadLettered {
+                reason: reason.clone(),
+            },
+            Outcome::Failed(reason) if claimed.attempts + 1 >= self.retry.max_attempts => {
+                Fate::DeadLettered {
+                    reason: reason.clone(),
+                }
+            }
+            Outcome::Failed(reason) => Fate::Retrying {
+                attempt: claimed.attempts + 1,
+                error: reason.clone(),
+            },
         }
     }
 

@@ -19,6 +19,8 @@ mod emulator_throttle;
 mod fixtures;
 mod hostile;
 mod hostile_bodies;
+mod inspector;
+mod inspector_browser;
 mod interop;
 mod limits;
 mod listener;
