@@ -107,3 +107,43 @@ pub(crate) fn exceeded(
     }
     None
 }
+
+/// How full each quota in use is, among the live `subscriptions` at `now`:
+/// one row per quota and scope that holds at least one subscription.
+pub(crate) fn usage(
+    subscriptions: &[Subscription],
+    limits: &[(QuotaScope, u32)],
+    now: OffsetDateTime,
+) -> Vec<serde_json::Value> {
+    let live: Vec<&Subscription> = subscriptions
+        .iter()
+        .filter(|s| s.expiration > now)
+        .collect();
+    let mut rows: Vec<(String, String, usize, u32)> = Vec::new();
+    for subscription in &live {
+        for quota in catalog::quotas(subscription.kind()) {
+            let Some(key) = scope_key(subscription, quota.scope) else {
+                continue;
+            };
+            let limit = limits
+                .iter()
+                .find(|(scope, _)| *scope == quota.scope)
+                .map_or(quota.limit, |(_, limit)| *limit);
+            let name = Quota { limit, ..*quota }.to_string();
+            if rows.iter().any(|(n, k, _, _)| *n == name && *k == key) {
+                continue;
+            }
+            let used = live
+                .iter()
+                .filter(|s| counts(subscription, quota, s))
+                .filter(|s| scope_key(s, quota.scope).as_deref() == Some(key.as_str()))
+                .count();
+            rows.push((name, key, used, limit));
+        }
+    }
+    rows.into_iter()
+        .map(|(quota, scope, used, limit)| {
+            serde_json::json!({"quota": quota, "scope": scope, "used": used, "limit": limit})
+        })
+        .collect()
+}

@@ -190,6 +190,13 @@ pub(super) async fn subscriptions(State(core): State<Arc<Core>>) -> Json<Value> 
     Json(json!({ "value": value }))
 }
 
+/// How full each subscription quota in use is.
+pub(super) async fn quotas(State(core): State<Arc<Core>>) -> Json<Value> {
+    let all = core.store.all();
+    let value = crate::emulator::quota::usage(&all, &core.config.quota_limits, core.clock.now());
+    Json(json!({ "value": value }))
+}
+
 pub(super) async fn clock(State(core): State<Arc<Core>>) -> Json<Value> {
     Json(json!({ "now": graph_time(core.clock.now()), "timeScale": core.clock.scale() }))
 }

@@ -5,6 +5,7 @@
 mod control;
 mod delta;
 mod identity;
+mod page;
 mod subscriptions;
 mod throttle;
 
@@ -93,6 +94,11 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         )
         .route("/emulator/endpoints", get(control::endpoints))
         .route("/emulator/subscriptions", get(control::subscriptions))
+        .route("/emulator/quotas", get(control::quotas))
+        .route("/emulator/", get(page::index))
+        .route("/emulator/app.js", get(page::script))
+        .route("/emulator/app.css", get(page::style))
+        .route("/emulator/emulator.css", get(page::extra_style))
         .route(
             "/emulator/clock",
             get(control::clock).post(control::advance),
