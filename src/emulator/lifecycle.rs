@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::Core;
 use super::delivery::Outgoing;
-use super::notify::{Change, change_items, lifecycle_item, target};
+use super::notify::{Change, Changed, change_items, lifecycle_item, target};
 use super::resources::{self, Applied, MAX_ITEMS};
 use super::store::Subscription;
 use crate::catalog::{PathError, ResourcePath};
@@ -161,6 +161,7 @@ impl Core {
             return Ok(fired);
         }
         let now = self.clock.now();
+        let changed = Changed::new(&path);
         let mut by_url: HashMap<Url, Vec<Outgoing>> = HashMap::new();
         for subscription in self.store.all() {
             if subscription.expiration <= now
@@ -170,7 +171,7 @@ impl Core {
             {
                 continue;
             }
-            let Some(target) = target(&subscription, &path) else {
+            let Some(target) = target(&subscription, &changed) else {
                 continue;
             };
             let items = change_items(&subscription, change, target)
