@@ -10,6 +10,7 @@ mod emulator_api;
 mod emulator_cli;
 mod emulator_delivery;
 mod emulator_delta;
+mod emulator_fidelity_notifications;
 mod emulator_handshake;
 mod emulator_https;
 mod emulator_quota;
