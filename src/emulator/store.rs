@@ -50,6 +50,8 @@ pub(crate) struct Subscription {
     /// The expiration a `reauthorizationRequired` was sent (or made
     /// unnecessary by a reauthorize call) for; a renewal clears it.
     pub(crate) reauthorization_done_for: Option<OffsetDateTime>,
+    /// The access token Graph holds for it (see [`super::Reauthorization`]).
+    pub(crate) authorization: super::lifecycle::Authorization,
     /// `v1.0` or `beta`, for `@odata.context`.
     pub(crate) api_version: &'static str,
 }

@@ -579,7 +579,13 @@ async fn retries_end_after_four_hours_and_expired_subscriptions_stop() {
 
 #[tokio::test]
 async fn reauthorization_required_ahead_of_expiry_until_renewed() {
-    let graph = Graph::start(Emulator::builder()).await;
+    // Tokens outlasting the subscription: only the notice ahead of its
+    // expiry is at stake here (the token's challenges are in
+    // emulator_reauthorization.rs).
+    let graph = Graph::start(
+        Emulator::builder().access_token_lifetime(Duration::from_secs(7 * 24 * 3600)),
+    )
+    .await;
     let receiver = SlowReceiver::start(STATE, None).await;
     let mut body = graph.subscription("users/u1/contacts", "created", &receiver.url("/notify"));
     body["lifecycleNotificationUrl"] = json!(receiver.url("/lifecycle"));

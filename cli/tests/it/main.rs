@@ -14,6 +14,7 @@ mod emulator_fidelity_notifications;
 mod emulator_handshake;
 mod emulator_https;
 mod emulator_quota;
+mod emulator_reauthorization;
 mod emulator_rules;
 mod fixtures;
 mod hostile;

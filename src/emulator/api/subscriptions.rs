@@ -341,6 +341,7 @@ pub(super) async fn create(
             && token.caller.permission_type != PermissionType::DelegatedPersonal
             && prefers(&headers, "includesecuritywebhooks"),
         reauthorization_done_for: None,
+        authorization: core.authorization(),
         api_version: version,
     };
     if let Some(existing) = core.store.duplicate_of(&subscription) {
@@ -578,6 +579,7 @@ pub(super) async fn update(
         if accepted.expiration != subscription.expiration {
             subscription.reauthorization_done_for = None;
         }
+        subscription.authorization = core.authorization();
         subscription.expiration = accepted.expiration;
     }
     if let Some(url) = notification_url {
@@ -624,9 +626,7 @@ pub(super) async fn reauthorize(
     {
         return Err(v.into());
     }
-    core.store.update(&id, |s| {
-        s.reauthorization_done_for = Some(s.expiration);
-    });
+    core.reauthorized(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
