@@ -659,12 +659,14 @@ async fn a_slow_receiver_drives_the_throttling_states() {
     // One item per POST, so every notification is a response counted.
     delivery.max_batch = 1;
     // 10 emulated minutes are a real second; Graph's 3 s / 10 s timeouts are 300 ms / 1 s.
+    // Hours pass here: tokens outlast them, as the receiver never reauthorizes.
     let graph = Graph::start(
         Emulator::builder()
             .time_scale(600.0)
             .timeout_scale(10.0)
             .throttling(throttling)
-            .delivery(delivery),
+            .delivery(delivery)
+            .access_token_lifetime(Duration::from_secs(30 * 24 * 3600)),
     )
     .await;
     let receiver = SlowReceiver::start(STATE, None).await;

@@ -142,3 +142,220 @@ async fn a_subscription_hears_only_changes_of_its_own_kind() {
         assert_eq!(item["resource"], "drives/d1/root");
     }
 }
+
+/// An endpoint that echoes the validation token with this content type.
+async fn echoing(content_type: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::extract::RawQuery;
+    let app = axum::Router::new().fallback(move |RawQuery(query): RawQuery| async move {
+        let token = reqwest::Url::parse(&format!("http://x/?{}", query.unwrap_or_default()))
+            .ok()
+            .and_then(|u| {
+                u.query_pairs()
+                    .find(|(k, _)| k == "validationToken")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .unwrap_or_default();
+        ([("content-type", content_type)], token)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/n", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, task)
+}
+
+/// Graph requires the validation answer to be `text/plain` (a charset
+/// parameter is fine: Graph's own request has one); the right token as
+/// `text/html` fails the validation and no subscription is made.
+#[tokio::test]
+async fn the_handshake_answer_must_be_text_plain() {
+    let graph = Graph::start(Emulator::builder()).await;
+    let token = graph.app_token();
+    for (i, (content_type, created)) in [
+        ("text/plain; charset=utf-8", true),
+        ("text/plain", true),
+        ("text/html", false),
+        ("text/html; charset=utf-8", false),
+        ("application/json", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (url, task) = echoing(content_type).await;
+        let resource = format!("users/u{i}/messages");
+        let answer = graph
+            .create(&token, &graph.subscription(&resource, "created", &url))
+            .await;
+        task.abort();
+        if created {
+            assert_eq!(answer.status, 201, "{content_type}: {:#}", answer.json);
+        } else {
+            assert_eq!(answer.status, 400, "{content_type}: {:#}", answer.json);
+            assert_eq!(
+                answer.message(),
+                "Subscription validation request failed. Response must have a content type of text/plain."
+            );
+        }
+    }
+    let validations: Vec<_> = graph
+        .emulator
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.kind == msgraph_webhooks::emulator::DeliveryKind::Validation)
+        .map(|d| (d.status, d.outcome))
+        .collect();
+    use msgraph_webhooks::emulator::Outcome::{Delivered, Mismatch};
+    assert_eq!(
+        validations,
+        [
+            (Some(200), Delivered),
+            (Some(200), Delivered),
+            (Some(200), Mismatch),
+            (Some(200), Mismatch),
+            (Some(200), Mismatch),
+        ]
+    );
+}
+
+/// The fraction digits and the offset of a date-time string.
+fn time_shape(text: &str) -> (usize, String) {
+    let (_, rest) = text.split_once('.').unwrap_or((text, ""));
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    (digits, rest[digits..].to_owned())
+}
+
+/// Strings as Graph's pages show them, read from the captured bodies and
+/// then through this crate's own parser (it must take every form).
+#[tokio::test]
+async fn items_carry_the_strings_graph_writes() {
+    let graph = Graph::start(Emulator::builder()).await;
+    let hook = Hook::start(Answering::After(Duration::ZERO)).await;
+    let token = graph.app_token();
+    let cert = Cert::new(2048);
+    let rich = |mut body: Value, id: &str| {
+        body["includeResourceData"] = json!(true);
+        body["encryptionCertificate"] = json!(cert.base64());
+        body["encryptionCertificateId"] = json!(id);
+        body
+    };
+    let mut ids: BTreeMap<String, &str> = BTreeMap::new();
+    for (name, body) in [
+        ("basicMail", graph.subscription("users/u1/messages", "created", "")),
+        (
+            "richMail",
+            rich(graph.subscription("users/u2/messages?$select=subject", "created", ""), "mail"),
+        ),
+        (
+            "channelMessages",
+            graph.subscription("teams/getAllMessages", "created", ""),
+        ),
+        (
+            "callRecords",
+            graph.subscription("communications/callRecords", "created", ""),
+        ),
+    ] {
+        ids.insert(subscribe(&graph, &hook, &token, name, body).await, name);
+    }
+    let user = graph.emulator.user_token(
+        graph.emulator.tenant_id(),
+        APP,
+        "ada@contoso.com",
+        &["Presence.Read.All"],
+    );
+    let presence = rich(
+        graph.subscription("communications/presences?$filter=id in ('u1')", "updated", ""),
+        "presence",
+    );
+    ids.insert(
+        subscribe(&graph, &hook, &user, "presence", presence).await,
+        "presence",
+    );
+
+    let created = |resource: &str| Change::new(resource, ChangeType::Created);
+    for change in [
+        created("users/u1/messages/m1"),
+        created("users/u2/messages").data(json!({"id": "m2", "subject": "Hi"})),
+        // The same channel message fired in two spellings.
+        created("Teams/T1/Channels/19:c1@thread.tacv2/Messages/M1"),
+        created("teams('T1')/channels('19:c1@thread.tacv2')/messages('M1')"),
+        created("communications/callRecords/r1"),
+        Change::new("communications/presences/u1", ChangeType::Updated)
+            .data(json!({"availability": "Busy", "activity": "InACall"})),
+    ] {
+        assert_eq!(graph.emulator.fire(&change).unwrap().items, 1, "{change:?}");
+    }
+    hook.wait_items(6).await;
+    let mut seen: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for item in hook.items() {
+        let name = ids[item["subscriptionId"].as_str().unwrap()];
+        seen.entry(name).or_default().push(item);
+    }
+    let one = |name: &str| seen[name][0].clone();
+    let tenant = graph.emulator.tenant_id();
+
+    let basic = one("basicMail");
+    assert_eq!(basic["resource"], "Users/u1/Messages/m1");
+    assert_eq!(basic["resourceData"]["@odata.type"], "#Microsoft.Graph.Message");
+    assert_eq!(basic["resourceData"]["@odata.id"], "Users/u1/Messages/m1");
+
+    let mail = one("richMail");
+    assert_eq!(mail["resource"], "Users('u2')/messages('m2')");
+    assert_eq!(mail["resourceData"]["@odata.type"], "#microsoft.graph.message");
+    assert_eq!(mail["resourceData"]["@odata.id"], "Users('u2')/messages('m2')");
+    assert_eq!(cert.decrypt(&mail["encryptedContent"])["subject"], "Hi");
+    for item in [&basic, &mail] {
+        let shape = time_shape(item["subscriptionExpirationDateTime"].as_str().unwrap());
+        assert_eq!(shape, (7, "+05:30".to_owned()), "Outlook: {item:#}");
+    }
+
+    let messages = &seen["channelMessages"];
+    assert_eq!(messages.len(), 2);
+    for item in messages {
+        assert_eq!(
+            item["resource"],
+            "teams('T1')/channels('19:c1@thread.tacv2')/messages('M1')"
+        );
+        assert_eq!(item["resourceData"]["@odata.type"], "#Microsoft.Graph.ChatMessage");
+        let shape = time_shape(item["subscriptionExpirationDateTime"].as_str().unwrap());
+        assert_eq!(shape, (3, "Z".to_owned()));
+    }
+
+    let call = one("callRecords");
+    assert_eq!(call["resource"], "communications/callRecords/r1");
+    assert_eq!(call["resourceData"]["@odata.type"], "#Microsoft.Graph.callrecord");
+    assert_eq!(call["resourceData"]["@odata.id"], "communications/callRecords/r1");
+    let shape = time_shape(call["subscriptionExpirationDateTime"].as_str().unwrap());
+    assert_eq!(shape, (3, "+00:00".to_owned()));
+
+    let presence = one("presence");
+    assert_eq!(presence["resource"], "communications/presences/u1");
+    assert_eq!(presence["resourceData"]["@odata.id"], "users/u1/presence");
+    assert_eq!(presence["resourceData"]["@odata.type"], "#microsoft.graph.presence");
+    assert_eq!(presence["organizationId"], json!(tenant));
+    let shape = time_shape(presence["subscriptionExpirationDateTime"].as_str().unwrap());
+    assert_eq!(shape, (7, "Z".to_owned()));
+    let decrypted = cert.decrypt(&presence["encryptedContent"]);
+    assert_eq!(decrypted["@odata.id"], "users/u1/presence");
+    assert_eq!(decrypted["availability"], "Busy");
+
+    // Every form is one instant, the subscription's expiration, and this
+    // crate's receiver reads each of them.
+    let token = graph.app_token();
+    for (subscription_id, _) in ids.iter().filter(|(_, n)| **n != "presence") {
+        let answer = graph
+            .call("GET", &format!("/v1.0/subscriptions/{subscription_id}"), Some(&token), None, &[])
+            .await;
+        let expected = time::OffsetDateTime::parse(
+            answer.json["expirationDateTime"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        for item in hook.items().iter().filter(|i| i["subscriptionId"] == json!(subscription_id)) {
+            let parsed: msgraph_webhooks::notification::ChangeNotification =
+                serde_json::from_value(item.clone()).unwrap();
+            let got = parsed.subscription_expiration.expect("a date-time");
+            assert!((got - expected).abs() < time::Duration::milliseconds(1), "{item:#}");
+        }
+    }
+}

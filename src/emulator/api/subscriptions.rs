@@ -204,7 +204,7 @@ async fn handshake(core: &Core, url: &Url, subscription_id: &str) -> Result<(), 
         outcome: match attempt.result {
             Ok(()) => Outcome::Delivered,
             Err(HandshakeError::TimedOut) => Outcome::TimedOut,
-            Err(HandshakeError::Mismatch) => Outcome::Mismatch,
+            Err(HandshakeError::Mismatch | HandshakeError::NotPlainText) => Outcome::Mismatch,
             Err(HandshakeError::NotOk) if attempt.status.is_some() => Outcome::Failed,
             Err(HandshakeError::NotOk) => Outcome::Unreachable,
         },
