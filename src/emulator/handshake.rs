@@ -143,10 +143,22 @@ mod tests {
 
     #[test]
     fn only_text_plain_answers_validate() {
-        for good in ["text/plain", "text/plain; charset=utf-8", "Text/Plain;charset=UTF-8", " text/plain "] {
+        for good in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "Text/Plain;charset=UTF-8",
+            " text/plain ",
+        ] {
             assert!(is_plain_text(Some(good)), "{good}");
         }
-        for bad in ["text/html", "text/html; charset=utf-8", "application/json", "text/plainx", "", "text"] {
+        for bad in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "application/json",
+            "text/plainx",
+            "",
+            "text",
+        ] {
             assert!(!is_plain_text(Some(bad)), "{bad}");
         }
         assert!(!is_plain_text(None));

@@ -144,6 +144,11 @@ pub(crate) enum TimeForm {
     /// Learn, "Change notifications for Outlook resources",
     /// <https://learn.microsoft.com/graph/outlook-change-notifications-overview>).
     Outlook,
+    /// Teams notifications: seven fraction digits in the tenant's offset,
+    /// `2021-02-02T10:30:34.9097561-08:00` (Microsoft Learn, "Get change
+    /// notifications for chat and channel messages",
+    /// <https://learn.microsoft.com/graph/teams-changenotifications-chatmessage>).
+    Teams,
     /// callRecord notifications: milliseconds and `+00:00`,
     /// `2023-02-28T00:00:00.000+00:00` (Microsoft Learn, "Get change
     /// notifications for call records",
@@ -159,6 +164,9 @@ pub(crate) enum TimeForm {
 /// The offset of the emulated mailboxes, as in Outlook's examples.
 const MAILBOX_OFFSET: time::UtcOffset = time::macros::offset!(+05:30);
 
+/// The offset of the emulated Teams tenant, as in the Teams examples.
+const TEAMS_OFFSET: time::UtcOffset = time::macros::offset!(-08:00);
+
 /// A date-time as Graph writes it in resources: UTC, seven fraction digits, `Z`.
 pub(crate) fn graph_time(t: OffsetDateTime) -> String {
     graph_time_as(t, TimeForm::Resource)
@@ -168,6 +176,7 @@ pub(crate) fn graph_time(t: OffsetDateTime) -> String {
 pub(crate) fn graph_time_as(t: OffsetDateTime, form: TimeForm) -> String {
     let offset = match form {
         TimeForm::Outlook => MAILBOX_OFFSET,
+        TimeForm::Teams => TEAMS_OFFSET,
         _ => time::UtcOffset::UTC,
     };
     let t = t.to_offset(offset);
@@ -184,7 +193,7 @@ pub(crate) fn graph_time_as(t: OffsetDateTime, form: TimeForm) -> String {
         TimeForm::Resource => format!("{date}.{:07}Z", t.nanosecond() / 100),
         TimeForm::Notification => format!("{date}.{:03}Z", t.millisecond()),
         TimeForm::CallRecord => format!("{date}.{:03}+00:00", t.millisecond()),
-        TimeForm::Outlook => {
+        TimeForm::Outlook | TimeForm::Teams => {
             let (h, m, _) = offset.as_hms();
             let sign = if offset.is_negative() { '-' } else { '+' };
             format!(
@@ -307,6 +316,7 @@ mod tests {
         let cases = [
             (TimeForm::Resource, "2021-12-31T10:46:44.9907405Z"),
             (TimeForm::Outlook, "2021-12-31T16:16:44.9907405+05:30"),
+            (TimeForm::Teams, "2021-12-31T02:46:44.9907405-08:00"),
             (TimeForm::CallRecord, "2021-12-31T10:46:44.990+00:00"),
             (TimeForm::Notification, "2021-12-31T10:46:44.990Z"),
         ];

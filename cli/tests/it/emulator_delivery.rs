@@ -180,7 +180,8 @@ async fn basic_notifications_reach_the_receiver_batched_per_url() {
         update.resource_data().unwrap().id.as_deref(),
         Some("AAMkAGI1")
     );
-    assert_eq!(update.resource(), "users/u1/messages/AAMkAGI1");
+    // Graph's Outlook spelling, whatever spelling the change was fired in.
+    assert_eq!(update.resource(), "Users/u1/Messages/AAMkAGI1");
 }
 
 #[tokio::test]
@@ -385,9 +386,10 @@ async fn rich_notifications_are_encrypted_and_carry_verifiable_tokens() {
             item["resource"],
             "teams('t1')/channels('c1')/messages('1565045424600')"
         );
+        // The chatMessage page's spelling (teams-changenotifications-chatmessage).
         assert_eq!(
             item["resourceData"]["@odata.type"],
-            "#Microsoft.Graph.ChatMessage"
+            "#Microsoft.Graph.chatMessage"
         );
         let content = &item["encryptedContent"];
         assert_eq!(content["encryptionCertificateId"], "demo-cert");
@@ -582,10 +584,9 @@ async fn reauthorization_required_ahead_of_expiry_until_renewed() {
     // Tokens outlasting the subscription: only the notice ahead of its
     // expiry is at stake here (the token's challenges are in
     // emulator_reauthorization.rs).
-    let graph = Graph::start(
-        Emulator::builder().access_token_lifetime(Duration::from_secs(7 * 24 * 3600)),
-    )
-    .await;
+    let graph =
+        Graph::start(Emulator::builder().access_token_lifetime(Duration::from_secs(7 * 24 * 3600)))
+            .await;
     let receiver = SlowReceiver::start(STATE, None).await;
     let mut body = graph.subscription("users/u1/contacts", "created", &receiver.url("/notify"));
     body["lifecycleNotificationUrl"] = json!(receiver.url("/lifecycle"));

@@ -31,7 +31,10 @@ fn received(hook: &Hook) -> BTreeMap<String, Vec<Value>> {
             .and_then(|q| q.strip_prefix("s="))
             .unwrap_or_default()
             .to_owned();
-        let items = captured.json()["value"].as_array().cloned().unwrap_or_default();
+        let items = captured.json()["value"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         out.entry(name).or_default().extend(items);
     }
     out
@@ -94,7 +97,10 @@ async fn a_subscription_hears_only_changes_of_its_own_kind() {
         ),
         ("teams/t1", &["team", "teams"]),
         ("teams/t2/members/x", &[]),
-        ("users/u1/mailFolders('Inbox')/messages/m2", &["inbox", "mailbox"]),
+        (
+            "users/u1/mailFolders('Inbox')/messages/m2",
+            &["inbox", "mailbox"],
+        ),
         ("users/u1/mailFolders('Archive')/messages/m3", &["mailbox"]),
         ("users/u1/messages/m4", &["mailbox"]),
         ("me/messages/m5", &["mailbox"]),
@@ -241,10 +247,16 @@ async fn items_carry_the_strings_graph_writes() {
     };
     let mut ids: BTreeMap<String, &str> = BTreeMap::new();
     for (name, body) in [
-        ("basicMail", graph.subscription("users/u1/messages", "created", "")),
+        (
+            "basicMail",
+            graph.subscription("users/u1/messages", "created", ""),
+        ),
         (
             "richMail",
-            rich(graph.subscription("users/u2/messages?$select=subject", "created", ""), "mail"),
+            rich(
+                graph.subscription("users/u2/messages?$select=subject", "created", ""),
+                "mail",
+            ),
         ),
         (
             "channelMessages",
@@ -264,7 +276,11 @@ async fn items_carry_the_strings_graph_writes() {
         &["Presence.Read.All"],
     );
     let presence = rich(
-        graph.subscription("communications/presences?$filter=id in ('u1')", "updated", ""),
+        graph.subscription(
+            "communications/presences?$filter=id in ('u1')",
+            "updated",
+            "",
+        ),
         "presence",
     );
     ids.insert(
@@ -296,13 +312,22 @@ async fn items_carry_the_strings_graph_writes() {
 
     let basic = one("basicMail");
     assert_eq!(basic["resource"], "Users/u1/Messages/m1");
-    assert_eq!(basic["resourceData"]["@odata.type"], "#Microsoft.Graph.Message");
+    assert_eq!(
+        basic["resourceData"]["@odata.type"],
+        "#Microsoft.Graph.Message"
+    );
     assert_eq!(basic["resourceData"]["@odata.id"], "Users/u1/Messages/m1");
 
     let mail = one("richMail");
     assert_eq!(mail["resource"], "Users('u2')/messages('m2')");
-    assert_eq!(mail["resourceData"]["@odata.type"], "#microsoft.graph.message");
-    assert_eq!(mail["resourceData"]["@odata.id"], "Users('u2')/messages('m2')");
+    assert_eq!(
+        mail["resourceData"]["@odata.type"],
+        "#microsoft.graph.message"
+    );
+    assert_eq!(
+        mail["resourceData"]["@odata.id"],
+        "Users('u2')/messages('m2')"
+    );
     assert_eq!(cert.decrypt(&mail["encryptedContent"])["subject"], "Hi");
     for item in [&basic, &mail] {
         let shape = time_shape(item["subscriptionExpirationDateTime"].as_str().unwrap());
@@ -316,22 +341,34 @@ async fn items_carry_the_strings_graph_writes() {
             item["resource"],
             "teams('T1')/channels('19:c1@thread.tacv2')/messages('M1')"
         );
-        assert_eq!(item["resourceData"]["@odata.type"], "#Microsoft.Graph.ChatMessage");
+        assert_eq!(
+            item["resourceData"]["@odata.type"],
+            "#Microsoft.Graph.chatMessage"
+        );
         let shape = time_shape(item["subscriptionExpirationDateTime"].as_str().unwrap());
-        assert_eq!(shape, (3, "Z".to_owned()));
+        assert_eq!(shape, (7, "-08:00".to_owned()));
     }
 
     let call = one("callRecords");
     assert_eq!(call["resource"], "communications/callRecords/r1");
-    assert_eq!(call["resourceData"]["@odata.type"], "#Microsoft.Graph.callrecord");
-    assert_eq!(call["resourceData"]["@odata.id"], "communications/callRecords/r1");
+    assert_eq!(
+        call["resourceData"]["@odata.type"],
+        "#Microsoft.Graph.callrecord"
+    );
+    assert_eq!(
+        call["resourceData"]["@odata.id"],
+        "communications/callRecords/r1"
+    );
     let shape = time_shape(call["subscriptionExpirationDateTime"].as_str().unwrap());
     assert_eq!(shape, (3, "+00:00".to_owned()));
 
     let presence = one("presence");
     assert_eq!(presence["resource"], "communications/presences/u1");
     assert_eq!(presence["resourceData"]["@odata.id"], "users/u1/presence");
-    assert_eq!(presence["resourceData"]["@odata.type"], "#microsoft.graph.presence");
+    assert_eq!(
+        presence["resourceData"]["@odata.type"],
+        "#microsoft.graph.presence"
+    );
     assert_eq!(presence["organizationId"], json!(tenant));
     let shape = time_shape(presence["subscriptionExpirationDateTime"].as_str().unwrap());
     assert_eq!(shape, (7, "Z".to_owned()));
@@ -339,23 +376,52 @@ async fn items_carry_the_strings_graph_writes() {
     assert_eq!(decrypted["@odata.id"], "users/u1/presence");
     assert_eq!(decrypted["availability"], "Busy");
 
+    // This crate's receiver knows every spelling of the types.
+    use msgraph_webhooks::ResourceKind as K;
+    for (name, kind) in [
+        ("basicMail", K::Message),
+        ("richMail", K::Message),
+        ("channelMessages", K::ChatMessage),
+        ("callRecords", K::CallRecord),
+        ("presence", K::Presence),
+    ] {
+        let odata_type = one(name)["resourceData"]["@odata.type"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(K::from_odata_type(&odata_type), kind, "{odata_type}");
+    }
+
     // Every form is one instant, the subscription's expiration, and this
     // crate's receiver reads each of them.
     let token = graph.app_token();
     for (subscription_id, _) in ids.iter().filter(|(_, n)| **n != "presence") {
         let answer = graph
-            .call("GET", &format!("/v1.0/subscriptions/{subscription_id}"), Some(&token), None, &[])
+            .call(
+                "GET",
+                &format!("/v1.0/subscriptions/{subscription_id}"),
+                Some(&token),
+                None,
+                &[],
+            )
             .await;
         let expected = time::OffsetDateTime::parse(
             answer.json["expirationDateTime"].as_str().unwrap(),
             &time::format_description::well_known::Rfc3339,
         )
         .unwrap();
-        for item in hook.items().iter().filter(|i| i["subscriptionId"] == json!(subscription_id)) {
+        for item in hook
+            .items()
+            .iter()
+            .filter(|i| i["subscriptionId"] == json!(subscription_id))
+        {
             let parsed: msgraph_webhooks::notification::ChangeNotification =
                 serde_json::from_value(item.clone()).unwrap();
             let got = parsed.subscription_expiration.expect("a date-time");
-            assert!((got - expected).abs() < time::Duration::milliseconds(1), "{item:#}");
+            assert!(
+                (got - expected).abs() < time::Duration::milliseconds(1),
+                "{item:#}"
+            );
         }
     }
 }

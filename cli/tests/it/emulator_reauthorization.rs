@@ -38,7 +38,10 @@ fn changes(items: &[Value]) -> Vec<Value> {
 }
 
 fn advance(graph: &Graph, minutes: i64) {
-    graph.emulator.clock().advance(time::Duration::minutes(minutes));
+    graph
+        .emulator
+        .clock()
+        .advance(time::Duration::minutes(minutes));
 }
 
 fn fire(graph: &Graph, id: &str) {
@@ -136,10 +139,13 @@ async fn an_app_that_only_renews_is_challenged_and_its_notifications_pause_and_r
             d.iter().any(|r| r.outcome == Outcome::Expired)
         })
         .await;
-    let expired: Vec<_> = log.iter().filter(|r| r.outcome == Outcome::Expired).collect();
+    let expired: Vec<_> = log
+        .iter()
+        .filter(|r| r.outcome == Outcome::Expired)
+        .collect();
     assert_eq!(expired.len(), 1, "{log:#?}");
     assert_eq!(expired[0].kind, DeliveryKind::Notification);
-    assert_eq!(expired[0].subscription_ids, [id.clone()]);
+    assert_eq!(expired[0].subscription_ids, std::slice::from_ref(&id));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !lifecycle_events(&hook.items()).contains(&"missed".to_owned()) {
         assert!(tokio::time::Instant::now() < deadline, "no missed");

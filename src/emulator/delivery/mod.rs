@@ -433,8 +433,15 @@ fn given_up(
     now: OffsetDateTime,
     state: EndpointState,
 ) {
-    core.log
-        .push(record(endpoint, items, now, state, None, Outcome::Expired, None));
+    core.log.push(record(
+        endpoint,
+        items,
+        now,
+        state,
+        None,
+        Outcome::Expired,
+        None,
+    ));
     let notifications = items.iter().filter(|p| !p.out.lifecycle);
     for id in unique(notifications.map(|p| p.out.subscription_id.clone())) {
         send_missed(core, id);
@@ -449,12 +456,8 @@ fn paused_ids(core: &Core, queue: &[Pending], now: OffsetDateTime) -> HashSet<St
         .map(|p| &p.out.subscription_id)
         .collect();
     ids.into_iter()
+        .filter(|&id| core.store.get(id).is_some_and(|s| Core::paused(&s, now)))
         .cloned()
-        .filter(|id| {
-            core.store
-                .get(id)
-                .is_some_and(|s| Core::paused(&s, now))
-        })
         .collect()
 }
 

@@ -21,8 +21,13 @@ pub struct Throttling {
     pub slow_ratio: f64,
     /// Share of responses over the retry timeout that makes it drop (0.15).
     pub drop_ratio: f64,
-    /// Responses a window needs before a share counts (100, as in the
-    /// older wording of the docs; current docs give no number).
+    /// Responses a window needs before a share counts: 1, since the
+    /// current wording of the throttling section states the shares ("more
+    /// than 10% of responses … in a 10-minute window") with no minimum
+    /// (Microsoft Learn, "Receive change notifications through webhooks",
+    /// <https://learn.microsoft.com/graph/change-notifications-delivery-webhooks#throttling>).
+    /// An earlier wording counted "after the endpoint receives 100
+    /// notifications": set 100 for it.
     pub min_samples: u32,
     /// How long a slow endpoint's new notifications wait (10 minutes).
     pub slow_delay: Duration,
@@ -37,7 +42,7 @@ impl Default for Throttling {
             window: Duration::from_secs(600),
             slow_ratio: 0.10,
             drop_ratio: 0.15,
-            min_samples: 100,
+            min_samples: 1,
             slow_delay: Duration::from_secs(600),
             drop_period: Duration::from_secs(600),
         }
@@ -53,7 +58,12 @@ pub(super) struct Window {
 }
 
 impl EndpointInner {
-    pub(super) fn enter(&mut self, state: EndpointState, now: OffsetDateTime, throttling: &Throttling) {
+    pub(super) fn enter(
+        &mut self,
+        state: EndpointState,
+        now: OffsetDateTime,
+        throttling: &Throttling,
+    ) {
         if self.state == state {
             return;
         }
@@ -136,6 +146,17 @@ mod tests {
             history: Vec::new(),
             missed_sent: HashSet::new(),
         }
+    }
+
+    #[test]
+    fn by_default_one_slow_answer_in_a_window_counts() {
+        let throttling = Throttling::default();
+        let t0 = datetime!(2026-05-01 12:00 UTC);
+        let mut e = inner();
+        e.record_sample(t0, false, false, &throttling);
+        assert_eq!(e.state, EndpointState::Normal, "0 of 1 over 3 s");
+        e.record_sample(t0, true, false, &throttling);
+        assert_eq!(e.state, EndpointState::Slow, "1 of 2 over 3 s: over 10 %");
     }
 
     #[test]

@@ -37,11 +37,7 @@ const MAX_ASCENT: usize = 4;
 
 impl Changed {
     pub(crate) fn new(path: &ResourcePath) -> Self {
-        let segments: Vec<String> = path
-            .canonical(None)
-            .split('/')
-            .map(str::to_owned)
-            .collect();
+        let segments: Vec<String> = path.canonical(None).split('/').map(str::to_owned).collect();
         let original: Vec<&str> = path.segments();
         let kind = (0..=MAX_ASCENT.min(original.len().saturating_sub(1))).find_map(|up| {
             let ancestor = rejoin(&original[..original.len() - up]);
@@ -119,9 +115,11 @@ pub(super) fn filter_ids(filter: &str) -> Vec<String> {
 /// change written `me/…` stands for any user.
 fn same(want: &[String], got: &[String], any_user: bool) -> bool {
     want.len() == got.len()
-        && want.iter().zip(got).enumerate().all(|(i, (w, g))| {
-            w == "*" || w == g || (any_user && i == 1 && want[0] == "users")
-        })
+        && want
+            .iter()
+            .zip(got)
+            .enumerate()
+            .all(|(i, (w, g))| w == "*" || w == g || (any_user && i == 1 && want[0] == "users"))
 }
 
 /// Kinds whose single-resource subscriptions cover everything below them:
@@ -263,7 +261,10 @@ mod tests {
             kind("teams('t1')/channels('19:a/b')/messages('m1')/replies('r1')"),
             Some(ResourceKind::ChatMessage)
         );
-        assert_eq!(kind("me/mailFolders('Inbox')/messages/m1"), Some(ResourceKind::Message));
+        assert_eq!(
+            kind("me/mailFolders('Inbox')/messages/m1"),
+            Some(ResourceKind::Message)
+        );
         assert_eq!(kind("nothing/here"), None);
     }
 
@@ -284,7 +285,10 @@ mod tests {
             expand_get_all(&segs("teams/t1/channels/getallmembers")),
             segs("teams/t1/channels/*/members")
         );
-        assert_eq!(expand_get_all(&segs("teams/getallmembers")), segs("teams/*/members"));
+        assert_eq!(
+            expand_get_all(&segs("teams/getallmembers")),
+            segs("teams/*/members")
+        );
         assert_eq!(
             expand_get_all(&segs("users/u/messages")),
             segs("users/u/messages")

@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 
 use super::encrypt::encrypt_resource;
 use super::store::{Subscription, graph_time, graph_time_as};
-use strings::{expiration_form, item_resource, last_key, odata_id, odata_type};
 use crate::notification::{ChangeType, LifecycleEventType, ResourceKind};
+use strings::{expiration_form, item_resource, last_key, odata_id, odata_type};
 
 mod matching;
 mod strings;
@@ -155,11 +155,11 @@ pub(crate) fn change_items(
         Value::Null
     } else {
         let mut data = Map::new();
+        data.insert("@odata.type".to_owned(), json!(odata_type(subscription)));
         data.insert(
-            "@odata.type".to_owned(),
-            json!(odata_type(subscription)),
+            "@odata.id".to_owned(),
+            json!(odata_id(subscription, &resource, &id)),
         );
-        data.insert("@odata.id".to_owned(), json!(odata_id(subscription, &resource, &id)));
         let etag = change
             .data
             .as_ref()

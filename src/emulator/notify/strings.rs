@@ -9,8 +9,11 @@
 //! `Users('{id}')/messages('{id}')` with `#microsoft.graph.message`); "Set
 //! up change notifications that include resource data",
 //! <https://learn.microsoft.com/graph/change-notifications-with-resource-data>
-//! (`teams('…')/channels('…')/messages('…')/replies('…')`,
-//! `#Microsoft.Graph.ChatMessage`); "Get change notifications for presence
+//! (`teams('…')/channels('…')/messages('…')/replies('…')`); "Get change
+//! notifications for chat and channel messages",
+//! <https://learn.microsoft.com/graph/teams-changenotifications-chatmessage>
+//! (`chats('…')/messages('…')`, `#Microsoft.Graph.chatMessage`, expirations
+//! like `2021-02-02T10:30:34.9097561-08:00`); "Get change notifications for presence
 //! updates", <https://learn.microsoft.com/graph/changenotifications-for-presence>
 //! (`communications/presences/{id}`, `@odata.id` `users/{id}/presence`,
 //! `#microsoft.graph.presence`); "Get change notifications for call
@@ -92,7 +95,10 @@ pub(super) fn item_resource(
 ) -> String {
     let kind = subscription.kind();
     let changed = ResourcePath::parse(&change.resource).ok();
-    let changed_segments: Vec<&str> = changed.as_ref().map(ResourcePath::segments).unwrap_or_default();
+    let changed_segments: Vec<&str> = changed
+        .as_ref()
+        .map(ResourcePath::segments)
+        .unwrap_or_default();
     if subscription.entry.rules().outlook {
         return outlook_resource(subscription, id);
     }
@@ -158,7 +164,9 @@ fn chat_message_from_data(kind: &ResourceKind, change: &Change, id: &str) -> Opt
     let channel = data.and_then(|d| d.get("channelIdentity"));
     let part = |name: &str| channel.and_then(|c| c.get(name)).and_then(Value::as_str);
     let (team, channel) = (part("teamId")?, part("channelId")?);
-    Some(format!("teams('{team}')/channels('{channel}')/messages('{id}')"))
+    Some(format!(
+        "teams('{team}')/channels('{channel}')/messages('{id}')"
+    ))
 }
 
 /// Outlook's two spellings: `Users/{u}/Messages/{id}` for basic
@@ -177,7 +185,10 @@ fn outlook_resource(subscription: &Subscription, id: &str) -> String {
         format!("Users('{user}')/{collection}('{id}')")
     } else {
         let mut chars = collection.chars();
-        let first = chars.next().map(|c| c.to_ascii_uppercase()).unwrap_or_default();
+        let first = chars
+            .next()
+            .map(|c| c.to_ascii_uppercase())
+            .unwrap_or_default();
         format!("Users/{user}/{first}{}/{id}", chars.as_str())
     }
 }
@@ -193,16 +204,22 @@ pub(super) fn last_key(path: &str) -> Option<String> {
     (!key.is_empty()).then(|| key.to_owned())
 }
 
-/// `resourceData`'s `@odata.type`: `#Microsoft.Graph.Message`,
-/// `#Microsoft.Graph.ChatMessage`, and the documented exceptions — rich
-/// Outlook's `#microsoft.graph.message`, `#microsoft.graph.presence`,
-/// `#Microsoft.Graph.callrecord`.
+/// `resourceData`'s `@odata.type`: `#Microsoft.Graph.Message`, … and the
+/// documented exceptions — rich Outlook's `#microsoft.graph.message`,
+/// `#Microsoft.Graph.chatMessage`, `#microsoft.graph.chat`,
+/// `#microsoft.graph.presence`, `#Microsoft.Graph.callrecord`.
 pub(super) fn odata_type(subscription: &Subscription) -> String {
     let kind = subscription.kind();
     let name = kind.as_str();
     match kind {
         ResourceKind::Presence => return "#microsoft.graph.presence".to_owned(),
         ResourceKind::CallRecord => return "#Microsoft.Graph.callrecord".to_owned(),
+        // Microsoft Learn, "Get change notifications for chats",
+        // <https://learn.microsoft.com/graph/teams-changenotifications-chat>.
+        ResourceKind::Chat => return "#microsoft.graph.chat".to_owned(),
+        // Microsoft Learn, "Get change notifications for chat and channel
+        // messages", <https://learn.microsoft.com/graph/teams-changenotifications-chatmessage>.
+        ResourceKind::ChatMessage => return "#Microsoft.Graph.chatMessage".to_owned(),
         _ if subscription.entry.rules().outlook && subscription.rich() => {
             return format!("#microsoft.graph.{name}");
         }
@@ -221,7 +238,11 @@ pub(super) fn odata_type(subscription: &Subscription) -> String {
 /// for presence.
 pub(super) fn odata_id(subscription: &Subscription, resource: &str, id: &str) -> String {
     if *subscription.kind() == ResourceKind::Presence {
-        let user = resource.rsplit('/').next().filter(|u| !u.is_empty()).unwrap_or(id);
+        let user = resource
+            .rsplit('/')
+            .next()
+            .filter(|u| !u.is_empty())
+            .unwrap_or(id);
         return format!("users/{user}/presence");
     }
     resource.to_owned()
@@ -233,6 +254,11 @@ pub(super) fn expiration_form(kind: &ResourceKind) -> TimeForm {
         ResourceKind::Message | ResourceKind::Event | ResourceKind::Contact => TimeForm::Outlook,
         ResourceKind::Presence => TimeForm::Resource,
         ResourceKind::CallRecord => TimeForm::CallRecord,
+        ResourceKind::ChatMessage
+        | ResourceKind::Chat
+        | ResourceKind::Channel
+        | ResourceKind::Team
+        | ResourceKind::ConversationMember => TimeForm::Teams,
         _ => TimeForm::Notification,
     }
 }
@@ -243,8 +269,14 @@ mod tests {
 
     #[test]
     fn the_key_a_path_ends_in() {
-        assert_eq!(last_key("users/ada/messages/AAMk1").as_deref(), Some("AAMk1"));
-        assert_eq!(last_key("chats('19:x')/messages('16169')").as_deref(), Some("16169"));
+        assert_eq!(
+            last_key("users/ada/messages/AAMk1").as_deref(),
+            Some("AAMk1")
+        );
+        assert_eq!(
+            last_key("chats('19:x')/messages('16169')").as_deref(),
+            Some("16169")
+        );
         assert_eq!(last_key("users/ada/messages/").as_deref(), Some("messages"));
         assert_eq!(last_key("").as_deref(), None);
     }
@@ -252,7 +284,14 @@ mod tests {
     #[test]
     fn teams_paths_take_keys_in_parentheses() {
         assert_eq!(
-            paren_form(&["Teams", "T1", "Channels", "19:a@thread.tacv2", "messages", "M1"]),
+            paren_form(&[
+                "Teams",
+                "T1",
+                "Channels",
+                "19:a@thread.tacv2",
+                "messages",
+                "M1"
+            ]),
             "teams('T1')/channels('19:a@thread.tacv2')/messages('M1')"
         );
         assert_eq!(paren_form(&["chats", "c1"]), "chats('c1')");
