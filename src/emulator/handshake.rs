@@ -1,6 +1,8 @@
 //! Graph's validation request (Microsoft Learn, "Receive change notifications through webhooks", <https://learn.microsoft.com/graph/change-notifications-delivery-webhooks>): inside the create (or
 //! URL-changing update) call, POST `?validationToken=…` to the endpoint and
-//! require `200 OK` with exactly the token, within 10 seconds.
+//! require `200 OK`, "a content type of `text/plain`" (parameters such as
+//! `charset` aside: Graph's own request carries `text/plain;
+//! charset=utf-8`) and exactly the token, within 10 seconds.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -16,6 +18,8 @@ pub(crate) enum HandshakeError {
     NotOk,
     /// 200, but the body is not exactly the token.
     Mismatch,
+    /// 200, but the answer's content type is not `text/plain`.
+    NotPlainText,
 }
 
 impl fmt::Display for HandshakeError {
@@ -27,6 +31,10 @@ impl fmt::Display for HandshakeError {
             }
             HandshakeError::Mismatch => {
                 "Subscription validation request failed. Response must exactly match validationToken query parameter."
+            }
+            // Graph documents the rule, not its message: this one names it.
+            HandshakeError::NotPlainText => {
+                "Subscription validation request failed. Response must have a content type of text/plain."
             }
         })
     }
@@ -59,6 +67,14 @@ pub(crate) fn validation_url(url: &Url, token: &str) -> Url {
     url
 }
 
+/// Whether a `Content-Type` is `text/plain`, in any case, with or without
+/// parameters (`; charset=utf-8`).
+fn is_plain_text(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/plain"))
+}
+
 /// Sends one validation request and checks the answer.
 pub(crate) async fn validate(client: &reqwest::Client, url: &Url, limit: Duration) -> Attempt {
     let token = new_token();
@@ -75,6 +91,13 @@ pub(crate) async fn validate(client: &reqwest::Client, url: &Url, limit: Duratio
         let status = response.status().as_u16();
         if status != 200 {
             return Err((Some(status), HandshakeError::NotOk));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !is_plain_text(content_type) {
+            return Err((Some(status), HandshakeError::NotPlainText));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response
@@ -117,6 +140,29 @@ pub(crate) async fn validate(client: &reqwest::Client, url: &Url, limit: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_text_plain_answers_validate() {
+        for good in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "Text/Plain;charset=UTF-8",
+            " text/plain ",
+        ] {
+            assert!(is_plain_text(Some(good)), "{good}");
+        }
+        for bad in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "application/json",
+            "text/plainx",
+            "",
+            "text",
+        ] {
+            assert!(!is_plain_text(Some(bad)), "{bad}");
+        }
+        assert!(!is_plain_text(None));
+    }
 
     #[test]
     fn token_is_form_encoded_after_the_urls_own_query() {

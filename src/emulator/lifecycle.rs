@@ -1,9 +1,11 @@
 //! Making things happen: changes to notify, lifecycle events, and the
-//! housekeeping that expires subscriptions and warns before it does.
+//! housekeeping that expires subscriptions, challenges them to reauthorize
+//! and pauses their delivery until they do.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::Url;
 use serde::Serialize;
@@ -11,8 +13,9 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::Core;
+use super::clock::emulated;
 use super::delivery::Outgoing;
-use super::notify::{Change, change_items, lifecycle_item, target};
+use super::notify::{Change, Changed, change_items, lifecycle_item, target};
 use super::resources::{self, Applied, MAX_ITEMS};
 use super::store::Subscription;
 use crate::catalog::{PathError, ResourcePath};
@@ -31,6 +34,111 @@ pub struct Fired {
     /// without a delta query are not kept); left out of the JSON when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub applied: Vec<Applied>,
+}
+
+/// The access token Graph holds for a subscription, and how it asks for a
+/// new one (Microsoft Learn, "Reduce missing subscriptions and change
+/// notifications", <https://learn.microsoft.com/graph/change-notifications-lifecycle-events>):
+/// Graph sends `reauthorizationRequired` "when the access token is about to
+/// expire" — the page's illustrative schedule challenges every 15 minutes in
+/// the token's last hour — and "eventually change notification delivery
+/// pauses, until you take the required action": `POST
+/// /subscriptions/{id}/reauthorize`, or a renewal (`PATCH` with an
+/// `expirationDateTime`), which "also reauthorizes". No challenge follows
+/// the token's expiry.
+///
+/// This models subscriptions with a `lifecycleNotificationUrl`, the only
+/// ones Graph can challenge (and the ones Teams subscriptions over an hour
+/// must have); others run until they expire. Notifications of a paused
+/// subscription are held and delivered once it is reauthorized, for at most
+/// [`hold_paused`](Self::hold_paused); then they are dropped (logged
+/// [`Outcome::Expired`](super::Outcome::Expired)) and Outlook subscriptions
+/// hear `missed`. The page says changes during the pause "are lost": with
+/// `hold_paused` zero, they are dropped at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use msgraph_webhooks::emulator::{Emulator, Reauthorization};
+///
+/// // Tokens of ten minutes, challenged every two.
+/// let mut reauthorization = Reauthorization::default();
+/// reauthorization.token_lifetime = Duration::from_secs(600);
+/// reauthorization.challenge_interval = Duration::from_secs(120);
+/// let builder = Emulator::builder().reauthorization(reauthorization);
+/// # let _ = builder;
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Reauthorization {
+    /// How long a token lasts from creation, reauthorization or renewal:
+    /// one hour, the low end of the 60 to 90 minutes of the identity
+    /// platform's access tokens (Microsoft Learn, "Access tokens in the
+    /// Microsoft identity platform", token lifetime,
+    /// <https://learn.microsoft.com/entra/identity-platform/access-tokens>),
+    /// so an app relying on more fails locally first.
+    pub token_lifetime: Duration,
+    /// How long before the token expires challenges start (1 hour: the
+    /// illustrative schedule's "every 15 mins" branch).
+    pub challenge_window: Duration,
+    /// Time between challenges (15 minutes); the last is at expiry.
+    pub challenge_interval: Duration,
+    /// How long a paused subscription's notifications are held (4 hours,
+    /// Graph's delivery retry period).
+    pub hold_paused: Duration,
+}
+
+impl Default for Reauthorization {
+    fn default() -> Self {
+        Self {
+            token_lifetime: Duration::from_secs(3600),
+            challenge_window: Duration::from_secs(3600),
+            challenge_interval: Duration::from_secs(15 * 60),
+            hold_paused: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+impl Reauthorization {
+    /// The challenge times of a token expiring at `expires`, latest first:
+    /// `expires`, then every interval earlier while within the window.
+    fn challenges(&self, expires: OffsetDateTime) -> impl Iterator<Item = OffsetDateTime> {
+        let interval = emulated(self.challenge_interval).max(time::Duration::SECOND);
+        let window = emulated(self.challenge_window);
+        (0..10_000i32)
+            .map(move |n| interval * n)
+            .take_while(move |ahead| *ahead < window || ahead.is_zero())
+            .map(move |ahead| expires - ahead)
+    }
+}
+
+/// A subscription's access token: when it expires, and the challenge last
+/// sent for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Authorization {
+    pub(crate) expires: OffsetDateTime,
+    /// The scheduled time of the last challenge sent for this token.
+    pub(crate) challenged: Option<OffsetDateTime>,
+}
+
+impl Authorization {
+    /// Whether delivery is paused at `now`.
+    pub(crate) fn expired(&self, now: OffsetDateTime) -> bool {
+        now >= self.expires
+    }
+
+    /// The latest challenge due at `now` not sent yet (earlier missed ones
+    /// are not sent: one challenge says it all).
+    fn due(&self, now: OffsetDateTime, rules: &Reauthorization) -> Option<OffsetDateTime> {
+        rules
+            .challenges(self.expires)
+            .find(|at| *at <= now)
+            .filter(|at| self.challenged.is_none_or(|c| c < *at))
+    }
+
+    /// The next challenge after `now`.
+    fn next(&self, now: OffsetDateTime, rules: &Reauthorization) -> Option<OffsetDateTime> {
+        rules.challenges(self.expires).filter(|at| *at > now).last()
+    }
 }
 
 /// Why the control API refused a request.
@@ -161,6 +269,7 @@ impl Core {
             return Ok(fired);
         }
         let now = self.clock.now();
+        let changed = Changed::new(&path);
         let mut by_url: HashMap<Url, Vec<Outgoing>> = HashMap::new();
         for subscription in self.store.all() {
             if subscription.expiration <= now
@@ -170,7 +279,7 @@ impl Core {
             {
                 continue;
             }
-            let Some(target) = target(&subscription, &path) else {
+            let Some(target) = target(&subscription, &changed) else {
                 continue;
             };
             let items = change_items(&subscription, change, target)
@@ -292,19 +401,64 @@ impl Core {
         }
     }
 
-    /// Expires subscriptions due at `now`, sends the reauthorization notices
-    /// due, and says when the next thing is due.
+    /// A fresh access token for a subscription: at creation, reauthorization
+    /// and renewal.
+    pub(crate) fn authorization(&self) -> Authorization {
+        Authorization {
+            expires: self.clock.now() + emulated(self.config.reauthorization.token_lifetime),
+            challenged: None,
+        }
+    }
+
+    /// `POST /subscriptions/{id}/reauthorize` succeeded: a fresh token, no
+    /// notice due for this expiration, and paused deliveries resume.
+    pub(crate) fn reauthorized(&self, id: &str) {
+        let fresh = self.authorization();
+        self.store.update(id, |s| {
+            s.authorization = fresh;
+            s.reauthorization_done_for = Some(s.expiration);
+        });
+        self.changed.notify_one();
+    }
+
+    /// Whether delivery to `subscription` is paused at `now`: it has a
+    /// lifecycle URL (Graph challenged it there) and its token expired.
+    pub(crate) fn paused(subscription: &Subscription, now: OffsetDateTime) -> bool {
+        subscription.lifecycle_url.is_some() && subscription.authorization.expired(now)
+    }
+
+    /// Expires subscriptions due at `now`, sends the challenges due (the
+    /// token's, and the one ahead of the subscription's expiry), wakes the
+    /// deliveries (a reauthorized subscription's resume), and says when the
+    /// next thing is due.
     fn tend(self: &Arc<Self>, now: OffsetDateTime) -> Option<OffsetDateTime> {
         for expired in self.store.remove_expired(now) {
             tracing::info!(subscription_id = %expired.id, "subscription expired");
         }
-        let notice = super::clock::emulated(self.config.reauthorization_notice);
+        self.engine.wake_all();
+        let rules = &self.config.reauthorization;
+        let notice = emulated(self.config.reauthorization_notice);
         let mut next: Option<OffsetDateTime> = None;
         for subscription in self.store.all() {
             let mut due = vec![subscription.expiration];
-            if subscription.lifecycle_url.is_some()
-                && subscription.reauthorization_done_for != Some(subscription.expiration)
-            {
+            if subscription.lifecycle_url.is_none() {
+                next = due.into_iter().chain(next).min();
+                continue;
+            }
+            let token = subscription.authorization;
+            let mut challenged = false;
+            if let Some(at) = token.due(now, rules) {
+                challenged = self.store.update(&subscription.id, |s| {
+                    let first = s.authorization.expires == token.expires
+                        && s.authorization.challenged.is_none_or(|c| c < at);
+                    if first {
+                        s.authorization.challenged = Some(at);
+                    }
+                    first
+                }) == Some(true);
+            }
+            due.extend(token.next(now, rules));
+            if subscription.reauthorization_done_for != Some(subscription.expiration) {
                 let at = subscription.expiration - notice;
                 if now >= at {
                     let expiration = subscription.expiration;
@@ -313,19 +467,16 @@ impl Core {
                         s.reauthorization_done_for = Some(expiration);
                         first
                     });
-                    if claimed == Some(true) {
-                        self.send_lifecycle(
-                            &subscription,
-                            &LifecycleEventType::ReauthorizationRequired,
-                        );
-                    }
+                    challenged |= claimed == Some(true);
                 } else {
                     due.push(at);
                 }
             }
-            for t in due {
-                next = Some(next.map_or(t, |n| n.min(t)));
+            if challenged {
+                // One challenge, whatever the reasons at this moment.
+                self.send_lifecycle(&subscription, &LifecycleEventType::ReauthorizationRequired);
             }
+            next = due.into_iter().chain(next).min();
         }
         next
     }

@@ -26,7 +26,9 @@
 //! - the **delivery engine**: batching per URL, 3 s first timeout, retries
 //!   with exponential backoff for 4 hours at 10 s each, the slow and drop
 //!   throttling states, `missed` after drops, `reauthorizationRequired`
-//!   ahead of expiry, expired subscriptions stopping; rich notifications
+//!   ahead of the access token's and the subscription's expiry, delivery
+//!   paused from the token's expiry until the app reauthorizes, expired
+//!   subscriptions stopping; rich notifications
 //!   really encrypted to the subscription's certificate and really signed;
 //! - **delta queries** on the emulator's data (Microsoft Learn, "Use delta
 //!   query to track changes in Microsoft Graph data",
@@ -119,7 +121,7 @@ pub use encrypt::{encrypt_resource, thumbprint};
 pub use identity::{
     CONSUMER_TENANT_ID, GRAPH_APP_ID, GRAPH_AUDIENCE, service_principal_id, user_object_id,
 };
-pub use lifecycle::{ControlError, Fired};
+pub use lifecycle::{ControlError, Fired, Reauthorization};
 pub use notify::Change;
 pub use rate::ApiLimits;
 pub use resources::Applied;
@@ -169,6 +171,9 @@ pub struct Config {
     /// sent to its lifecycle URL (15 minutes), unless it was renewed or
     /// reauthorized for that expiration.
     pub reauthorization_notice: Duration,
+    /// The access tokens of subscriptions: their lifetime, the challenges
+    /// before they expire, delivery paused after.
+    pub reauthorization: Reauthorization,
     /// Whether the tenant holds Copilot licences (needed for
     /// `copilot/interactionHistory/…`).
     pub copilot_tenant_licensed: bool,
@@ -208,6 +213,7 @@ impl Default for Config {
             throttling: Throttling::default(),
             handshake_timeout: Duration::from_secs(10),
             reauthorization_notice: Duration::from_secs(15 * 60),
+            reauthorization: Reauthorization::default(),
             copilot_tenant_licensed: true,
             copilot_unlicensed_users: Vec::new(),
             drive_files: Vec::new(),
@@ -347,6 +353,19 @@ impl EmulatorBuilder {
     /// The slow and drop states.
     pub fn throttling(mut self, throttling: Throttling) -> Self {
         self.config.throttling = throttling;
+        self
+    }
+
+    /// The access-token lifecycle of subscriptions (see [`Reauthorization`]).
+    pub fn reauthorization(mut self, reauthorization: Reauthorization) -> Self {
+        self.config.reauthorization = reauthorization;
+        self
+    }
+
+    /// How long subscriptions' access tokens last (Graph: about an hour);
+    /// after it, delivery pauses until the app reauthorizes.
+    pub fn access_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.reauthorization.token_lifetime = lifetime;
         self
     }
 

@@ -70,6 +70,8 @@ pub(crate) struct Subscription {
     /// The expiration a `reauthorizationRequired` was sent (or made
     /// unnecessary by a reauthorize call) for; a renewal clears it.
     pub(crate) reauthorization_done_for: Option<OffsetDateTime>,
+    /// The access token Graph holds for it (see [`super::Reauthorization`]).
+    pub(crate) authorization: super::lifecycle::Authorization,
     /// `v1.0` or `beta`, for `@odata.context`.
     pub(crate) api_version: &'static str,
     /// What the request gave for the properties Graph echoes.
@@ -204,19 +206,81 @@ impl Subscription {
     }
 }
 
-/// A date-time as Graph writes it: UTC, seven fraction digits, `Z`.
+/// The forms Graph writes date-times in, by where they appear: one home
+/// for all of them, so a strict parser meets each locally as it would in
+/// production.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TimeForm {
+    /// The subscription resource, lifecycle and presence notifications:
+    /// UTC, seven fraction digits, `Z` (`2016-03-20T11:00:00.0000000Z`;
+    /// Microsoft Learn, "subscription resource type",
+    /// <https://learn.microsoft.com/graph/api/resources/subscription>).
+    Resource,
+    /// Outlook change notifications: seven fraction digits in the
+    /// mailbox's offset, `2022-01-02T03:12:18.2257768+05:30` (Microsoft
+    /// Learn, "Change notifications for Outlook resources",
+    /// <https://learn.microsoft.com/graph/outlook-change-notifications-overview>).
+    Outlook,
+    /// Teams notifications: seven fraction digits in the tenant's offset,
+    /// `2021-02-02T10:30:34.9097561-08:00` (Microsoft Learn, "Get change
+    /// notifications for chat and channel messages",
+    /// <https://learn.microsoft.com/graph/teams-changenotifications-chatmessage>).
+    Teams,
+    /// callRecord notifications: milliseconds and `+00:00`,
+    /// `2023-02-28T00:00:00.000+00:00` (Microsoft Learn, "Get change
+    /// notifications for call records",
+    /// <https://learn.microsoft.com/graph/changenotifications-for-callrecords>).
+    CallRecord,
+    /// Other change notifications: milliseconds, `Z`,
+    /// `2016-03-19T22:11:09.952Z` (Microsoft Learn, "Receive change
+    /// notifications through webhooks",
+    /// <https://learn.microsoft.com/graph/change-notifications-delivery-webhooks>).
+    Notification,
+}
+
+/// The offset of the emulated mailboxes, as in Outlook's examples.
+const MAILBOX_OFFSET: time::UtcOffset = time::macros::offset!(+05:30);
+
+/// The offset of the emulated Teams tenant, as in the Teams examples.
+const TEAMS_OFFSET: time::UtcOffset = time::macros::offset!(-08:00);
+
+/// A date-time as Graph writes it in resources: UTC, seven fraction digits, `Z`.
 pub(crate) fn graph_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+    graph_time_as(t, TimeForm::Resource)
+}
+
+/// A date-time in one of Graph's forms.
+pub(crate) fn graph_time_as(t: OffsetDateTime, form: TimeForm) -> String {
+    let offset = match form {
+        TimeForm::Outlook => MAILBOX_OFFSET,
+        TimeForm::Teams => TEAMS_OFFSET,
+        _ => time::UtcOffset::UTC,
+    };
+    let t = t.to_offset(offset);
+    let date = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
         t.year(),
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
         t.second(),
-        t.nanosecond() / 100
-    )
+    );
+    match form {
+        TimeForm::Resource => format!("{date}.{:07}Z", t.nanosecond() / 100),
+        TimeForm::Notification => format!("{date}.{:03}Z", t.millisecond()),
+        TimeForm::CallRecord => format!("{date}.{:03}+00:00", t.millisecond()),
+        TimeForm::Outlook | TimeForm::Teams => {
+            let (h, m, _) = offset.as_hms();
+            let sign = if offset.is_negative() { '-' } else { '+' };
+            format!(
+                "{date}.{:07}{sign}{:02}:{:02}",
+                t.nanosecond() / 100,
+                h.unsigned_abs(),
+                m.unsigned_abs()
+            )
+        }
+    }
 }
 
 /// Parses `expirationDateTime`: RFC 3339 with any offset and fraction.
@@ -320,6 +384,23 @@ mod tests {
         assert_eq!(parse_time("2016-11-20T20:23:45+02:00"), Some(offset));
         for bad in ["", "tomorrow", "2016-11-20", "2016-13-20T18:23:45Z"] {
             assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_form_is_the_docs_and_reads_back_as_the_same_instant() {
+        let t = datetime!(2021-12-31 10:46:44.990_740_56 UTC);
+        let cases = [
+            (TimeForm::Resource, "2021-12-31T10:46:44.9907405Z"),
+            (TimeForm::Outlook, "2021-12-31T16:16:44.9907405+05:30"),
+            (TimeForm::Teams, "2021-12-31T02:46:44.9907405-08:00"),
+            (TimeForm::CallRecord, "2021-12-31T10:46:44.990+00:00"),
+            (TimeForm::Notification, "2021-12-31T10:46:44.990Z"),
+        ];
+        for (form, text) in cases {
+            assert_eq!(graph_time_as(t, form), text);
+            let back = parse_time(text).unwrap();
+            assert!((back - t).abs() < time::Duration::milliseconds(1), "{text}");
         }
     }
 }

@@ -180,7 +180,8 @@ async fn basic_notifications_reach_the_receiver_batched_per_url() {
         update.resource_data().unwrap().id.as_deref(),
         Some("AAMkAGI1")
     );
-    assert_eq!(update.resource(), "users/u1/messages/AAMkAGI1");
+    // Graph's Outlook spelling, whatever spelling the change was fired in.
+    assert_eq!(update.resource(), "Users/u1/Messages/AAMkAGI1");
 }
 
 #[tokio::test]
@@ -385,9 +386,10 @@ async fn rich_notifications_are_encrypted_and_carry_verifiable_tokens() {
             item["resource"],
             "teams('t1')/channels('c1')/messages('1565045424600')"
         );
+        // The chatMessage page's spelling (teams-changenotifications-chatmessage).
         assert_eq!(
             item["resourceData"]["@odata.type"],
-            "#Microsoft.Graph.ChatMessage"
+            "#Microsoft.Graph.chatMessage"
         );
         let content = &item["encryptedContent"];
         assert_eq!(content["encryptionCertificateId"], "demo-cert");
@@ -579,7 +581,12 @@ async fn retries_end_after_four_hours_and_expired_subscriptions_stop() {
 
 #[tokio::test]
 async fn reauthorization_required_ahead_of_expiry_until_renewed() {
-    let graph = Graph::start(Emulator::builder()).await;
+    // Tokens outlasting the subscription: only the notice ahead of its
+    // expiry is at stake here (the token's challenges are in
+    // emulator_reauthorization.rs).
+    let graph =
+        Graph::start(Emulator::builder().access_token_lifetime(Duration::from_secs(7 * 24 * 3600)))
+            .await;
     let receiver = SlowReceiver::start(STATE, None).await;
     let mut body = graph.subscription("users/u1/contacts", "created", &receiver.url("/notify"));
     body["lifecycleNotificationUrl"] = json!(receiver.url("/lifecycle"));
@@ -653,12 +660,14 @@ async fn a_slow_receiver_drives_the_throttling_states() {
     // One item per POST, so every notification is a response counted.
     delivery.max_batch = 1;
     // 10 emulated minutes are a real second; Graph's 3 s / 10 s timeouts are 300 ms / 1 s.
+    // Hours pass here: tokens outlast them, as the receiver never reauthorizes.
     let graph = Graph::start(
         Emulator::builder()
             .time_scale(600.0)
             .timeout_scale(10.0)
             .throttling(throttling)
-            .delivery(delivery),
+            .delivery(delivery)
+            .access_token_lifetime(Duration::from_secs(30 * 24 * 3600)),
     )
     .await;
     let receiver = SlowReceiver::start(STATE, None).await;

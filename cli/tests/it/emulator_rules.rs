@@ -284,7 +284,7 @@ async fn user_specific_properties_send_two_payloads() {
     assert!(
         items
             .iter()
-            .all(|i| i["resource"] == "chats/19:a@thread.v2")
+            .all(|i| i["resource"] == "chats('19:a@thread.v2')")
     );
 }
 

@@ -202,7 +202,7 @@ async fn handshake(core: &Core, url: &Url, subscription_id: &str) -> Result<(), 
         outcome: match attempt.result {
             Ok(()) => Outcome::Delivered,
             Err(HandshakeError::TimedOut) => Outcome::TimedOut,
-            Err(HandshakeError::Mismatch) => Outcome::Mismatch,
+            Err(HandshakeError::Mismatch | HandshakeError::NotPlainText) => Outcome::Mismatch,
             Err(HandshakeError::NotOk) if attempt.status.is_some() => Outcome::Failed,
             Err(HandshakeError::NotOk) => Outcome::Unreachable,
         },
@@ -390,6 +390,7 @@ pub(super) async fn create(
             && token.caller.permission_type != PermissionType::DelegatedPersonal
             && prefers(&headers, "includesecuritywebhooks"),
         reauthorization_done_for: None,
+        authorization: core.authorization(),
         api_version: version,
         echo: Echo {
             include_resource_data: body.include_resource_data,
@@ -653,6 +654,7 @@ pub(super) async fn update(
         if accepted.expiration != subscription.expiration {
             subscription.reauthorization_done_for = None;
         }
+        subscription.authorization = core.authorization();
         subscription.expiration = accepted.expiration;
     }
     if let Some(url) = notification_url {
@@ -699,9 +701,7 @@ pub(super) async fn reauthorize(
     {
         return Err(v.into());
     }
-    core.store.update(&id, |s| {
-        s.reauthorization_done_for = Some(s.expiration);
-    });
+    core.reauthorized(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -26,9 +26,12 @@ use super::notify::lifecycle_item;
 use crate::notification::LifecycleEventType;
 
 mod log;
+mod throttle;
 
 pub(crate) use log::DeliveryLog;
 pub use log::{DeliveryKind, DeliveryRecord, EndpointStatus, Outcome, StateChange};
+pub use throttle::Throttling;
+use throttle::Window;
 
 /// State changes kept per URL (the first, and the most recent).
 const MAX_HISTORY: usize = 1_000;
@@ -73,39 +76,6 @@ impl DeliveryPolicy {
         self.first_retry
             .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
             .min(self.max_retry_interval)
-    }
-}
-
-/// The throttling rules of slow endpoints (Microsoft Learn, "Receive change notifications through webhooks", <https://learn.microsoft.com/graph/change-notifications-delivery-webhooks>).
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct Throttling {
-    /// The window responses are counted in (10 minutes).
-    pub window: Duration,
-    /// Share of responses over the first timeout that makes an endpoint slow (0.10).
-    pub slow_ratio: f64,
-    /// Share of responses over the retry timeout that makes it drop (0.15).
-    pub drop_ratio: f64,
-    /// Responses a window needs before a share counts (100, as in the
-    /// older wording of the docs; current docs give no number).
-    pub min_samples: u32,
-    /// How long a slow endpoint's new notifications wait (10 minutes).
-    pub slow_delay: Duration,
-    /// How long a dropping endpoint loses notifications (10 minutes); it is
-    /// then probed as a slow one until a window is under the slow share.
-    pub drop_period: Duration,
-}
-
-impl Default for Throttling {
-    fn default() -> Self {
-        Self {
-            window: Duration::from_secs(600),
-            slow_ratio: 0.10,
-            drop_ratio: 0.15,
-            min_samples: 100,
-            slow_delay: Duration::from_secs(600),
-            drop_period: Duration::from_secs(600),
-        }
     }
 }
 
@@ -156,14 +126,8 @@ struct Pending {
     ready_at: OffsetDateTime,
     attempts: u32,
     first_sent: Option<OffsetDateTime>,
-}
-
-#[derive(Debug, Default)]
-struct Window {
-    start: Option<OffsetDateTime>,
-    responses: u32,
-    over_first: u32,
-    over_retry: u32,
+    /// When it was queued: a paused subscription's items are held from then.
+    queued_at: OffsetDateTime,
 }
 
 #[derive(Debug)]
@@ -175,72 +139,6 @@ struct EndpointInner {
     in_flight: usize,
     history: Vec<StateChange>,
     missed_sent: HashSet<String>,
-}
-
-impl EndpointInner {
-    fn enter(&mut self, state: EndpointState, now: OffsetDateTime, throttling: &Throttling) {
-        if self.state == state {
-            return;
-        }
-        tracing::info!(from = ?self.state, to = ?state, "endpoint throttling state");
-        self.state = state;
-        self.drop_until =
-            (state == EndpointState::Drop).then(|| now + emulated(throttling.drop_period));
-        if state == EndpointState::Drop {
-            self.missed_sent.clear();
-        }
-        if self.history.len() >= MAX_HISTORY {
-            self.history.remove(1);
-        }
-        self.history.push(StateChange { time: now, state });
-    }
-
-    /// Starts a new window when the current one is over; a slow endpoint
-    /// whose closing window was under the slow share is normal again.
-    fn roll_window(&mut self, now: OffsetDateTime, throttling: &Throttling) {
-        let start = *self.window.start.get_or_insert(now);
-        if now < start + emulated(throttling.window) {
-            return;
-        }
-        let w = &self.window;
-        if self.state == EndpointState::Slow
-            && w.responses > 0
-            && f64::from(w.over_first) <= throttling.slow_ratio * f64::from(w.responses)
-        {
-            self.enter(EndpointState::Normal, now, throttling);
-        }
-        self.window = Window {
-            start: Some(now),
-            ..Window::default()
-        };
-    }
-
-    fn record_sample(
-        &mut self,
-        now: OffsetDateTime,
-        over_first: bool,
-        over_retry: bool,
-        throttling: &Throttling,
-    ) {
-        self.roll_window(now, throttling);
-        let w = &mut self.window;
-        w.responses += 1;
-        w.over_first += u32::from(over_first);
-        w.over_retry += u32::from(over_retry);
-        if w.responses < throttling.min_samples.max(1) {
-            return;
-        }
-        let total = f64::from(w.responses);
-        if f64::from(w.over_retry) > throttling.drop_ratio * total {
-            if self.state != EndpointState::Drop {
-                self.enter(EndpointState::Drop, now, throttling);
-            }
-        } else if self.state == EndpointState::Normal
-            && f64::from(w.over_first) > throttling.slow_ratio * total
-        {
-            self.enter(EndpointState::Slow, now, throttling);
-        }
-    }
 }
 
 /// One notification URL: its queue and throttling state.
@@ -255,6 +153,8 @@ struct Endpoint {
 struct Plan {
     batches: Vec<(Vec<Pending>, EndpointState)>,
     dropped: Vec<Pending>,
+    /// Items of paused subscriptions held past [`Reauthorization::hold_paused`](super::Reauthorization::hold_paused).
+    given_up: Vec<Pending>,
     next_wake: Option<OffsetDateTime>,
 }
 
@@ -313,10 +213,19 @@ impl Engine {
                 ready_at,
                 attempts: 0,
                 first_sent: None,
+                queued_at: now,
             });
         }
         drop(inner);
         endpoint.wake.notify_one();
+    }
+
+    /// Wakes every URL's task, to look at its queue again (a paused
+    /// subscription may have been reauthorized).
+    pub(crate) fn wake_all(&self) {
+        for endpoint in lock(&self.endpoints).values() {
+            endpoint.wake.notify_one();
+        }
     }
 
     /// The throttling picture of every URL the emulator has delivered to.
@@ -359,11 +268,23 @@ impl Endpoint {
             dropped = drop;
         }
 
+        // A paused subscription's items wait for its reauthorization, for
+        // a while; lifecycle notifications never wait.
+        let paused = paused_ids(core, &inner.queue, now);
+        let hold = emulated(core.config.reauthorization.hold_paused);
+        let held = |p: &Pending| !p.out.lifecycle && paused.contains(&p.out.subscription_id);
+        let (given_up, queue): (Vec<Pending>, Vec<Pending>) = inner
+            .queue
+            .drain(..)
+            .partition(|p| held(p) && now >= p.queued_at + hold);
+        inner.queue = queue;
+
         inner.queue.sort_by_key(|p| p.sequence);
         let mut batches = Vec::new();
         let max_batch = policy.max_batch.max(1);
+        let sendable = |p: &Pending| p.ready_at <= now && !held(p);
         while inner.in_flight < policy.max_in_flight.max(1) {
-            let Some(first) = inner.queue.iter().position(|p| p.ready_at <= now) else {
+            let Some(first) = inner.queue.iter().position(sendable) else {
                 break;
             };
             let key = |p: &Pending| (p.out.lifecycle, p.attempts > 0, p.out.tokens_null);
@@ -371,7 +292,7 @@ impl Endpoint {
             let mut batch = Vec::new();
             let mut i = first;
             while i < inner.queue.len() && batch.len() < max_batch {
-                if inner.queue[i].ready_at <= now && key(&inner.queue[i]) == wanted {
+                if sendable(&inner.queue[i]) && key(&inner.queue[i]) == wanted {
                     batch.push(inner.queue.remove(i));
                 } else {
                     i += 1;
@@ -395,6 +316,9 @@ impl Endpoint {
         if let Some(until) = inner.drop_until {
             consider(until);
         }
+        for p in inner.queue.iter().filter(|p| held(p)) {
+            consider(p.queued_at + hold);
+        }
         if inner.state != EndpointState::Normal
             && let Some(start) = inner.window.start
         {
@@ -403,6 +327,7 @@ impl Endpoint {
         Plan {
             batches,
             dropped,
+            given_up,
             next_wake,
         }
     }
@@ -423,6 +348,10 @@ async fn run(core: Arc<Core>, endpoint: Arc<Endpoint>) {
         let plan = endpoint.plan(now, &core);
         if !plan.dropped.is_empty() {
             dropped(&core, &endpoint, plan.dropped, now);
+        }
+        if !plan.given_up.is_empty() {
+            let state = lock(&endpoint.inner).state;
+            given_up(&core, &endpoint, &plan.given_up, now, state);
         }
         for (batch, state) in plan.batches {
             sends.spawn(send(core.clone(), endpoint.clone(), batch, state));
@@ -492,6 +421,44 @@ fn send_missed(core: &Arc<Core>, id: String) {
             }],
         );
     }
+}
+
+/// Logs items given up on — retried for the retry period, or held for a
+/// paused subscription too long — and sends `missed` to the Outlook
+/// subscriptions among them, as after a drop.
+fn given_up(
+    core: &Arc<Core>,
+    endpoint: &Endpoint,
+    items: &[Pending],
+    now: OffsetDateTime,
+    state: EndpointState,
+) {
+    core.log.push(record(
+        endpoint,
+        items,
+        now,
+        state,
+        None,
+        Outcome::Expired,
+        None,
+    ));
+    let notifications = items.iter().filter(|p| !p.out.lifecycle);
+    for id in unique(notifications.map(|p| p.out.subscription_id.clone())) {
+        send_missed(core, id);
+    }
+}
+
+/// The subscriptions among `queue`'s whose delivery is paused at `now`.
+fn paused_ids(core: &Core, queue: &[Pending], now: OffsetDateTime) -> HashSet<String> {
+    let ids: HashSet<&String> = queue
+        .iter()
+        .filter(|p| !p.out.lifecycle)
+        .map(|p| &p.out.subscription_id)
+        .collect();
+    ids.into_iter()
+        .filter(|&id| core.store.get(id).is_some_and(|s| Core::paused(&s, now)))
+        .cloned()
+        .collect()
 }
 
 fn unique(ids: impl Iterator<Item = String>) -> Vec<String> {
@@ -649,21 +616,7 @@ async fn send(core: Arc<Core>, endpoint: Arc<Endpoint>, batch: Vec<Pending>, sta
         }
     }
     if !expired.is_empty() {
-        core.log.push(record(
-            &endpoint,
-            &expired,
-            done,
-            state,
-            None,
-            Outcome::Expired,
-            None,
-        ));
-        // Notifications given up on after the retry period: Outlook
-        // subscriptions hear `missed`, as after a drop.
-        let given_up = expired.iter().filter(|p| !p.out.lifecycle);
-        for id in unique(given_up.map(|p| p.out.subscription_id.clone())) {
-            send_missed(&core, id);
-        }
+        given_up(&core, &endpoint, &expired, done, state);
     }
     endpoint.wake.notify_one();
 }
@@ -726,59 +679,12 @@ mod tests {
             ready_at: datetime!(2026-05-01 12:00 UTC),
             attempts: 0,
             first_sent: None,
+            queued_at: datetime!(2026-05-01 12:00 UTC),
         };
         let printed = format!("{pending:?}");
         assert!(
             printed.contains("s1") && !printed.contains("s3cret"),
             "{printed}"
         );
-    }
-
-    fn inner() -> EndpointInner {
-        EndpointInner {
-            queue: Vec::new(),
-            state: EndpointState::Normal,
-            drop_until: None,
-            window: Window::default(),
-            in_flight: 0,
-            history: Vec::new(),
-            missed_sent: HashSet::new(),
-        }
-    }
-
-    #[test]
-    fn throttling_states_follow_the_shares_of_a_window() {
-        let throttling = Throttling {
-            min_samples: 10,
-            ..Throttling::default()
-        };
-        let t0 = datetime!(2026-05-01 12:00 UTC);
-        let mut e = inner();
-        // 9 samples, all slow: below the minimum, nothing happens.
-        for _ in 0..9 {
-            e.record_sample(t0, true, false, &throttling);
-        }
-        assert_eq!(e.state, EndpointState::Normal);
-        e.record_sample(t0, false, false, &throttling);
-        assert_eq!(e.state, EndpointState::Slow, "9 of 10 over 3 s");
-        // Two retries over 10 s of 12: more than 15 %.
-        e.record_sample(t0, true, true, &throttling);
-        assert_eq!(e.state, EndpointState::Slow, "1 of 11 over 10 s");
-        e.record_sample(t0, true, true, &throttling);
-        assert_eq!(e.state, EndpointState::Drop);
-        assert_eq!(e.drop_until, Some(t0 + time::Duration::minutes(10)));
-
-        // A new window of fast answers: a slow endpoint becomes normal when it rolls.
-        let mut e = inner();
-        e.state = EndpointState::Slow;
-        e.record_sample(t0, false, false, &throttling);
-        e.roll_window(t0 + time::Duration::minutes(10), &throttling);
-        assert_eq!(e.state, EndpointState::Normal);
-        // A window still over the share keeps it slow.
-        let mut e = inner();
-        e.state = EndpointState::Slow;
-        e.record_sample(t0, true, false, &throttling);
-        e.roll_window(t0 + time::Duration::minutes(10), &throttling);
-        assert_eq!(e.state, EndpointState::Slow);
     }
 }

@@ -7,9 +7,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::encrypt::encrypt_resource;
-use super::store::{Subscription, graph_time};
-use crate::catalog::ResourcePath;
+use super::store::{Subscription, graph_time, graph_time_as};
 use crate::notification::{ChangeType, LifecycleEventType, ResourceKind};
+use strings::{expiration_form, item_resource, last_key, odata_id, odata_type};
+
+mod matching;
+mod strings;
+
+pub(crate) use matching::{Changed, Target, target};
 
 /// A change to notify subscribers of: the body of `POST /emulator/changes`.
 ///
@@ -81,161 +86,6 @@ impl Change {
     }
 }
 
-/// How a change relates to a subscription.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Target {
-    /// The change names the subscribed resource itself.
-    Subscribed,
-    /// The change names an item beneath it.
-    Beneath,
-}
-
-/// Graph's organisation-wide functions, as the item paths they cover.
-fn expand_get_all(segments: &[String]) -> Vec<String> {
-    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let expanded: &[&str] = match s.as_slice() {
-        ["teams", "getallmessages"] => &["teams", "*", "channels", "*", "messages"],
-        ["chats", "getallmessages"] => &["chats", "*", "messages"],
-        ["chats", "getallmembers"] => &["chats", "*", "members"],
-        ["teams", "getallchannels"] => &["teams", "*", "channels"],
-        ["communications", "onlinemeetings", "getallrecordings"] => {
-            &["communications", "onlinemeetings", "*", "recordings"]
-        }
-        ["communications", "onlinemeetings", "getalltranscripts"] => {
-            &["communications", "onlinemeetings", "*", "transcripts"]
-        }
-        ["teams", team, "channels", "getallmembers"] => {
-            return ["teams", team, "channels", "*", "members"]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
-        }
-        _ => return segments.to_vec(),
-    };
-    expanded.iter().map(|s| (*s).to_owned()).collect()
-}
-
-/// The ids of a presence `$filter=id in ('a','b')`, lower-cased.
-fn filter_ids(filter: &str) -> Vec<String> {
-    let inner = filter
-        .split_once('(')
-        .and_then(|(_, rest)| rest.rsplit_once(')'))
-        .map_or("", |(ids, _)| ids);
-    inner
-        .split(',')
-        .map(|id| id.trim().trim_matches(['\'', '"']).to_lowercase())
-        .filter(|id| !id.is_empty())
-        .collect()
-}
-
-/// Whether `change` concerns `subscription`, and how.
-pub(crate) fn target(subscription: &Subscription, change: &ResourcePath) -> Option<Target> {
-    let split = |s: String| s.split('/').map(str::to_owned).collect::<Vec<_>>();
-    let changed = split(change.canonical(None));
-    let subscribed = split(subscription.path.canonical(subscription.me()));
-    if subscription.entry.filter_required {
-        let ids = filter_ids(subscription.path.query("$filter").unwrap_or_default());
-        return match changed.as_slice() {
-            [c, p, id] if c == "communications" && p == "presences" && ids.contains(id) => {
-                Some(Target::Beneath)
-            }
-            _ => (changed == subscribed).then_some(Target::Subscribed),
-        };
-    }
-    let pattern = expand_get_all(&subscribed);
-    if changed.len() < pattern.len() {
-        return None;
-    }
-    // `me` in a change stands for any user.
-    let any_user = change.user() == Some("me");
-    for (i, (want, got)) in pattern.iter().zip(&changed).enumerate() {
-        let wildcard = want == "*" || (any_user && i == 1 && pattern[0] == "users");
-        if !wildcard && want != got {
-            return None;
-        }
-    }
-    if changed.len() == subscribed.len() && pattern == subscribed {
-        Some(Target::Subscribed)
-    } else {
-        Some(Target::Beneath)
-    }
-}
-
-/// `resource` with a leading `me/` replaced by the subscription's user.
-fn expand_me(subscription: &Subscription, resource: &str) -> String {
-    let resource = resource.trim().trim_start_matches('/');
-    let resource = resource.split('?').next().unwrap_or_default();
-    match (subscription.me(), resource.get(..3)) {
-        (Some(user), Some(prefix)) if prefix.eq_ignore_ascii_case("me/") => {
-            format!("users/{user}/{}", &resource[3..])
-        }
-        _ => resource.to_owned(),
-    }
-}
-
-/// The notification's `resource` for an item with id `id`.
-fn item_resource(subscription: &Subscription, change: &Change, target: Target, id: &str) -> String {
-    if target == Target::Beneath {
-        return expand_me(subscription, &change.resource);
-    }
-    let data = change.data.as_ref();
-    let field = |name: &str| data.and_then(|d| d.get(name)).and_then(Value::as_str);
-    if *subscription.kind() == ResourceKind::ChatMessage {
-        if let Some(chat) = field("chatId") {
-            return format!("chats('{chat}')/messages('{id}')");
-        }
-        let channel = data.and_then(|d| d.get("channelIdentity"));
-        let part = |name: &str| channel.and_then(|c| c.get(name)).and_then(Value::as_str);
-        if let (Some(team), Some(channel)) = (part("teamId"), part("channelId")) {
-            return format!("teams('{team}')/channels('{channel}')/messages('{id}')");
-        }
-    }
-    let base = expand_me(subscription, &subscription.resource);
-    if subscription.entry.single_resource {
-        return base;
-    }
-    if subscription.entry.rules().outlook {
-        let collection = match subscription.kind() {
-            ResourceKind::Event => "Events",
-            ResourceKind::Contact => "Contacts",
-            _ => "Messages",
-        };
-        let user = subscription
-            .me()
-            .or_else(|| subscription.path.user())
-            .unwrap_or("me");
-        return format!("Users/{user}/{collection}/{id}");
-    }
-    if subscription.path.uses_paren_keys() {
-        format!("{base}('{id}')")
-    } else {
-        format!("{base}/{id}")
-    }
-}
-
-/// The key of the item a path ends in: `AAMk1` of `users/ada/messages/AAMk1`
-/// or of `messages('AAMk1')`.
-fn last_key(path: &str) -> Option<String> {
-    let last = path.trim_end_matches('/').rsplit('/').next()?;
-    let key = match last.split_once('(') {
-        Some((_, inner)) => inner.trim_end_matches(')').trim_matches('\''),
-        None => last,
-    };
-    (!key.is_empty()).then(|| key.to_owned())
-}
-
-/// `#Microsoft.Graph.Message`, `#Microsoft.Graph.ChatMessage`, …
-fn odata_type(kind: &ResourceKind) -> String {
-    let name = kind.as_str();
-    let mut chars = name.chars();
-    let first = chars.next().map(|c| c.to_ascii_uppercase());
-    format!(
-        "#Microsoft.Graph.{}{}",
-        first.map(String::from).unwrap_or_default(),
-        chars.as_str()
-    )
-}
-
 /// The resource data a rich subscription gets: the change's JSON, with
 /// `id` and `@odata.type`, cut to `$select` for Outlook, with
 /// `systemEventMessage` hidden unless the subscription asked for unknown
@@ -248,6 +98,10 @@ fn rich_data(subscription: &Subscription, change: &Change, id: &str) -> Map<Stri
     data.entry("id").or_insert_with(|| json!(id));
     data.entry("@odata.type")
         .or_insert_with(|| json!(format!("#microsoft.graph.{}", subscription.kind().as_str())));
+    if *subscription.kind() == ResourceKind::Presence {
+        data.entry("@odata.id")
+            .or_insert_with(|| json!(format!("users/{id}/presence")));
+    }
     if subscription.entry.rules().outlook
         && let Some(select) = subscription.path.query("$select")
     {
@@ -301,11 +155,11 @@ pub(crate) fn change_items(
         Value::Null
     } else {
         let mut data = Map::new();
+        data.insert("@odata.type".to_owned(), json!(odata_type(subscription)));
         data.insert(
-            "@odata.type".to_owned(),
-            json!(odata_type(subscription.kind())),
+            "@odata.id".to_owned(),
+            json!(odata_id(subscription, &resource, &id)),
         );
-        data.insert("@odata.id".to_owned(), json!(resource));
         let etag = change
             .data
             .as_ref()
@@ -341,7 +195,10 @@ pub(crate) fn change_items(
         item.insert("subscriptionId".to_owned(), json!(subscription.id));
         item.insert(
             "subscriptionExpirationDateTime".to_owned(),
-            json!(graph_time(subscription.expiration)),
+            json!(graph_time_as(
+                subscription.expiration,
+                expiration_form(subscription.kind())
+            )),
         );
         item.insert("changeType".to_owned(), json!(change.change_type));
         item.insert("resource".to_owned(), json!(resource));
@@ -350,6 +207,11 @@ pub(crate) fn change_items(
         }
         item.insert("tenantId".to_owned(), json!(subscription.tenant_id));
         item.insert("resourceData".to_owned(), resource_data.clone());
+        if *subscription.kind() == ResourceKind::Presence {
+            // Microsoft Learn, "Get change notifications for presence updates
+            // in Microsoft Teams", <https://learn.microsoft.com/graph/changenotifications-for-presence>.
+            item.insert("organizationId".to_owned(), json!(subscription.tenant_id));
+        }
         if subscription.rich()
             && let Some(certificate) = &subscription.certificate
         {
@@ -376,58 +238,4 @@ pub(crate) fn lifecycle_item(subscription: &Subscription, event: &LifecycleEvent
     }
     item.insert("tenantId".to_owned(), json!(subscription.tenant_id));
     Value::Object(item)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_key_a_path_ends_in() {
-        assert_eq!(
-            last_key("users/ada/messages/AAMk1").as_deref(),
-            Some("AAMk1")
-        );
-        assert_eq!(
-            last_key("chats('19:x')/messages('16169')").as_deref(),
-            Some("16169")
-        );
-        assert_eq!(last_key("users/ada/messages/").as_deref(), Some("messages"));
-        assert_eq!(last_key("").as_deref(), None);
-    }
-
-    #[test]
-    fn presence_filter_ids() {
-        assert_eq!(filter_ids("id in ('A', \"b\",'')"), ["a", "b"]);
-        assert!(filter_ids("garbage").is_empty());
-    }
-
-    #[test]
-    fn odata_types_are_capitalised() {
-        assert_eq!(
-            odata_type(&ResourceKind::ChatMessage),
-            "#Microsoft.Graph.ChatMessage"
-        );
-        assert_eq!(
-            odata_type(&ResourceKind::Message),
-            "#Microsoft.Graph.Message"
-        );
-    }
-
-    #[test]
-    fn get_all_functions_expand_to_item_paths() {
-        let segs = |s: &str| s.split('/').map(str::to_owned).collect::<Vec<_>>();
-        assert_eq!(
-            expand_get_all(&segs("teams/getallmessages")),
-            segs("teams/*/channels/*/messages")
-        );
-        assert_eq!(
-            expand_get_all(&segs("teams/t1/channels/getallmembers")),
-            segs("teams/t1/channels/*/members")
-        );
-        assert_eq!(
-            expand_get_all(&segs("users/u/messages")),
-            segs("users/u/messages")
-        );
-    }
 }
