@@ -150,7 +150,8 @@ async fn tls_delivery_emulate_https_delivers_to_listen_with_its_receiver_certifi
         serde_json::from_str(&listen.next_stdout(Duration::from_secs(20)).await).unwrap();
     assert_eq!(line["kind"], "change", "{line:#}");
     assert_eq!(line["subscriptionId"], created["id"]);
-    assert_eq!(line["resource"], "users/ada/messages/m1");
+    // Graph's spelling of an Outlook item's resource.
+    assert_eq!(line["resource"], "Users/ada/Messages/m1");
 
     // The emulator logs a delivery once its answer is in: poll for it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
