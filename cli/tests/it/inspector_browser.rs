@@ -5,10 +5,14 @@
 //! rejected with its reason, a failing one dead-lettered, and its replay
 //! through the page's button (with the confirmation accepted).
 //!
+//! The emulator's page likewise: a subscription appears, a change fired
+//! through its form is delivered to a real receiver and its body opens, and
+//! the clock's form moves emulated time.
+//!
 //! Runs when `MSGRAPH_WEBHOOKS_CHROMEDRIVER` names a chromedriver (`.ci/run`
 //! installs Debian's `chromium` and `chromium-driver` and sets it); set
 //! `MSGRAPH_WEBHOOKS_SCREENSHOTS=DIR` to write the page's screenshot there
-//! (the README's is taken so).
+//! (the README's are taken so).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +21,10 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
+use msgraph_webhooks::emulator::Emulator;
+
 use crate::inspector::{STATE, item, post, start};
+use crate::support::graph::Graph;
 
 fn chromedriver() -> Option<String> {
     let driver = std::env::var("MSGRAPH_WEBHOOKS_CHROMEDRIVER").ok();
@@ -149,13 +156,7 @@ async fn the_page_follows_deliveries_live_and_replays_a_dead_letter() {
     wait_text(&browser, "#deliveries tbody", "1 handled").await;
 
     // The row opens to the items, with the reason's hint.
-    browser
-        .find(Locator::Css("#deliveries tr.delivery"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#deliveries tr.delivery").await;
     wait_text(&browser, "#deliveries tr.items", "not the one registered").await;
 
     // A failing item: retried, then dead-lettered, listed with a replay button.
@@ -171,19 +172,10 @@ async fn the_page_follows_deliveries_live_and_replays_a_dead_letter() {
     wait_text(&browser, "#dead-letters tbody", "failed on purpose").await;
     wait_text(&browser, "#dead-count", "1").await;
     wait_text(&browser, "#subscriptions tbody", "sub-1").await;
-    if let Ok(dir) = std::env::var("MSGRAPH_WEBHOOKS_SCREENSHOTS") {
-        let png = browser.screenshot().await.unwrap();
-        std::fs::write(std::path::Path::new(&dir).join("inspector.png"), png).unwrap();
-    }
+    screenshot("inspector.png", &browser.screenshot().await.unwrap());
 
     fixed.store(true, Ordering::SeqCst);
-    browser
-        .find(Locator::Css("#dead-letters button.replay"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#dead-letters button.replay").await;
     let asked = browser.get_alert_text().await.unwrap();
     assert!(asked.contains("back into the inbox"), "{asked}");
     browser.accept_alert().await.unwrap();
@@ -202,4 +194,107 @@ async fn the_page_follows_deliveries_live_and_replays_a_dead_letter() {
     assert!(!source.contains(STATE), "the clientState is on the page");
     browser.close().await.unwrap();
     running.stop().await;
+}
+
+fn screenshot(name: &str, png: &[u8]) {
+    if let Ok(dir) = std::env::var("MSGRAPH_WEBHOOKS_SCREENSHOTS") {
+        std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
+    }
+}
+
+/// Clicks the first element matching `css`; the pages redraw their tables
+/// every poll, so an element found just before a redraw is found again.
+async fn click(browser: &Client, css: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let clicked = match browser.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await.is_ok(),
+            Err(_) => false,
+        };
+        if clicked {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{css} could not be clicked");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn fill(browser: &Client, css: &str, text: &str) {
+    let field = browser.find(Locator::Css(css)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_emulators_page_shows_subscriptions_and_fires_changes() {
+    let Some(path) = chromedriver() else { return };
+    let receiver = start(Arc::new(AtomicBool::new(true)), None).await;
+    let graph = Graph::start(Emulator::builder()).await;
+    let mut body = graph.subscription("users/ada/messages", "created,updated", &receiver.endpoint);
+    body["clientState"] = json!(STATE);
+    body["lifecycleNotificationUrl"] = json!(format!("{}lifecycle", receiver.endpoint));
+    let created = graph.create(&graph.app_token(), &body).await;
+    assert_eq!(created.status, 201, "{:?}", created.json);
+    let id = created.json["id"].as_str().unwrap().to_owned();
+
+    let driver = Driver::start(&path).await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&format!("{}/emulator/", graph.emulator.url()))
+        .await
+        .unwrap();
+    wait_text(&browser, "#live", "live").await;
+    wait_text(&browser, "#subscriptions tbody", &id).await;
+    wait_text(&browser, "#quotas tbody", "1 of").await;
+    let before = browser
+        .find(Locator::Css("#now"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    // A change through the page's form, delivered to the receiver.
+    fill(&browser, "#fire-resource", "users/ada/messages/AAMk1").await;
+    fill(&browser, "#fire-data", r#"{"subject": "from the page"}"#).await;
+    click(&browser, "#fire button").await;
+    wait_text(&browser, "#actions-result", &id).await;
+    wait_text(&browser, "#deliveries tbody", "delivered").await;
+    wait_text(&browser, "#endpoints tbody", "normal").await;
+    click(&browser, "#deliveries tr.delivery").await;
+    wait_text(&browser, "#body", "AAMk1").await;
+    // The receiver got it: its inspector says the item was handled.
+    let page: serde_json::Value =
+        reqwest::get(format!("{}/inspector/api/deliveries", receiver.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert!(page.to_string().contains("AAMk1"), "{page}");
+
+    screenshot("emulator.png", &browser.screenshot().await.unwrap());
+
+    // A lifecycle event, and the clock moved by a day.
+    click(&browser, "#lifecycle button").await;
+    wait_text(&browser, "#actions-result", "subscriptionIds").await;
+    fill(&browser, "#advance-seconds", "86400").await;
+    click(&browser, "#advance button").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = browser
+            .find(Locator::Css("#now"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if now != before && !now.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the clock never moved: {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.close().await.unwrap();
+    receiver.stop().await;
 }
