@@ -335,6 +335,20 @@ fn targets(data_dir: &std::path::Path) -> Vec<Target> {
             cleanup: None,
         });
     }
+    // The inspector is on by default; this row is the ack path without it.
+    if wanted("memory") || wanted("no-inspector") {
+        targets.push(Target {
+            name: "listen --memory --inspector-capacity 0",
+            command: listen(&[
+                "--memory",
+                "--inbox-capacity",
+                "10000000,8GiB",
+                "--inspector-capacity",
+                "0",
+            ]),
+            cleanup: None,
+        });
+    }
     if wanted("durable") {
         targets.push(Target {
             name: "listen (embedded durable, fsync)",

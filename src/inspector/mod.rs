@@ -34,10 +34,15 @@ pub use record::{Delivery, DeliveryPath, Fate, Item, hint};
 pub use traffic::{Quiet, Traffic};
 pub use watch::{Risk, ThrottleRisk, Watch};
 
+pub(crate) use record::Kept;
+use record::Record;
 pub(crate) use record::item_of;
 
 /// The most items kept of one delivery; the rest are counted.
 pub const MAX_ITEMS: usize = 100;
+
+/// The most subscriptions whose traffic is counted.
+const MAX_TRAFFIC: usize = 10_000;
 
 /// The most resources whose last resync is kept.
 const MAX_RESYNCS: usize = 1000;
@@ -77,7 +82,7 @@ struct Ring {
     seq: u64,
     /// Bumped by every change; records carry the version of their last one.
     version: u64,
-    deliveries: VecDeque<Delivery>,
+    deliveries: VecDeque<Record>,
     /// Where an item is: its delivery's seq and its index there, by the hash
     /// of its raw text (the same text the worker later holds).
     items: HashMap<u64, (u64, usize)>,
@@ -89,7 +94,7 @@ struct Ring {
 }
 
 impl Ring {
-    fn get_mut(&mut self, seq: u64) -> Option<&mut Delivery> {
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Record> {
         let first = self.deliveries.front()?.seq;
         let index = usize::try_from(seq.checked_sub(first)?).ok()?;
         self.deliveries.get_mut(index)
@@ -100,8 +105,23 @@ impl Ring {
 #[derive(Debug)]
 pub(crate) struct Seen {
     pub(crate) path: DeliveryPath,
-    pub(crate) items: Vec<(u64, Item)>,
+    pub(crate) items: Vec<(u64, Kept)>,
+    /// The accepted items' subscriptions, and the lifecycle event of those
+    /// that are lifecycle notifications: what the traffic counts.
+    pub(crate) arrivals: Vec<(String, Option<String>)>,
     pub(crate) more_items: usize,
+}
+
+impl Seen {
+    /// Nothing seen yet, of a request not yet told apart.
+    pub(crate) fn new() -> Self {
+        Self {
+            path: DeliveryPath::Other,
+            items: Vec::new(),
+            arrivals: Vec::new(),
+            more_items: 0,
+        }
+    }
 }
 
 /// Which deliveries a [`Inspector::deliveries`] call wants.
@@ -178,7 +198,7 @@ impl Inspector {
 
     fn push(&self, seen: Seen, status: Option<u16>, latency: Option<Duration>) {
         let at = OffsetDateTime::now_utc();
-        let (keys, items): (Vec<u64>, Vec<Item>) = seen.items.into_iter().unzip();
+        let (keys, items): (Vec<u64>, Vec<Kept>) = seen.items.into_iter().unzip();
         let mut ring = self.lock();
         ring.seq += 1;
         ring.version += 1;
@@ -196,13 +216,20 @@ impl Inspector {
         for (index, key) in keys.iter().enumerate() {
             ring.items.insert(*key, (seq, index));
         }
-        for item in items.iter().filter(|i| i.fate == Fate::Accepted) {
-            if let Some(id) = &item.subscription_id {
-                let traffic = ring.traffic.entry(id.clone()).or_default();
-                traffic.arrived(at, item.lifecycle_event.as_deref());
+        for (id, lifecycle) in seen.arrivals {
+            let room = ring.traffic.len() < MAX_TRAFFIC;
+            match ring.traffic.get_mut(&id) {
+                Some(traffic) => traffic.arrived(at, lifecycle.as_deref()),
+                // Bounded: with any clientState accepted, senders name the ids.
+                None if room => ring
+                    .traffic
+                    .entry(id)
+                    .or_default()
+                    .arrived(at, lifecycle.as_deref()),
+                None => {}
             }
         }
-        ring.deliveries.push_back(Delivery {
+        ring.deliveries.push_back(Record {
             seq,
             version,
             at,
@@ -226,13 +253,11 @@ impl Inspector {
         let mut ring = self.lock();
         let Some(&(seq, index)) = ring.items.get(&key) else {
             drop(ring);
-            let mut item = item_of(raw, fate);
-            item.resource_data = data;
-            let seen = Seen {
-                path: DeliveryPath::Stored,
-                items: vec![(key, item)],
-                more_items: 0,
-            };
+            let mut kept = Kept::new(raw, fate);
+            kept.resource_data = data;
+            let mut seen = Seen::new();
+            seen.path = DeliveryPath::Stored;
+            seen.items.push((key, kept));
             self.push(seen, None, None);
             return;
         };
@@ -255,18 +280,18 @@ impl Inspector {
     /// The deliveries `filter` asks for, newest first.
     pub fn deliveries(&self, filter: &Filter) -> Page {
         let ring = self.lock();
-        let item_wanted = |i: &Item| {
+        let item_wanted = |kept: &Kept| {
             filter
-                .subscription_id
+                .state
                 .as_deref()
-                .is_none_or(|id| i.subscription_id.as_deref() == Some(id))
+                .is_none_or(|state| kept.fate.state() == state)
                 && filter
-                    .state
+                    .subscription_id
                     .as_deref()
-                    .is_none_or(|state| i.fate.state() == state)
+                    .is_none_or(|id| kept.item().subscription_id.as_deref() == Some(id))
         };
         let unfiltered = filter.subscription_id.is_none() && filter.state.is_none();
-        let wanted = |d: &&Delivery| {
+        let wanted = |d: &&Record| {
             d.version > filter.since && (unfiltered || d.items.iter().any(item_wanted))
         };
         let deliveries = ring
@@ -275,7 +300,7 @@ impl Inspector {
             .rev()
             .filter(wanted)
             .take(filter.limit.unwrap_or(usize::MAX))
-            .cloned()
+            .map(Record::view)
             .collect();
         Page {
             version: ring.version,
@@ -371,7 +396,7 @@ impl Inspector {
 
     /// One delivery by its number, if still kept.
     pub fn delivery(&self, seq: u64) -> Option<Delivery> {
-        self.lock().get_mut(seq).map(|d| d.clone())
+        self.lock().get_mut(seq).map(|d| d.view())
     }
 
     /// Like [`deliveries`](Self::deliveries), but when nothing is newer than
@@ -404,14 +429,17 @@ mod tests {
     }
 
     fn seen(inspector: &Inspector, items: &[&RawValue]) -> Seen {
-        Seen {
-            path: DeliveryPath::Notification,
-            items: items
-                .iter()
-                .map(|raw| (inspector.key(raw), item_of(raw, Fate::Accepted)))
-                .collect(),
-            more_items: 0,
+        let mut seen = Seen::new();
+        seen.path = DeliveryPath::Notification;
+        for raw in items {
+            seen.items
+                .push((inspector.key(raw), Kept::new(raw, Fate::Accepted)));
+            let id = item_of(raw, Fate::Accepted)
+                .subscription_id
+                .unwrap_or_default();
+            seen.arrivals.push((id, None));
         }
+        seen
     }
 
     #[test]

@@ -51,9 +51,84 @@ pub struct Delivery {
     pub items: Vec<Item>,
     /// Items beyond those kept.
     pub more_items: usize,
-    /// The keys of `items`, to forget them when the delivery leaves the ring.
-    #[serde(skip)]
+}
+
+/// A delivery as the ring keeps it: its items as [`Kept`], read into a
+/// [`Delivery`] only when someone asks.
+#[derive(Clone, Debug)]
+pub(crate) struct Record {
+    pub(crate) seq: u64,
+    pub(crate) version: u64,
+    pub(crate) at: OffsetDateTime,
+    pub(crate) path: DeliveryPath,
+    pub(crate) status: Option<u16>,
+    pub(crate) ack_ms: Option<f64>,
+    pub(crate) items: Vec<Kept>,
+    pub(crate) more_items: usize,
+    /// The keys of `items`, to forget them when the record leaves the ring.
     pub(crate) keys: Vec<u64>,
+}
+
+impl Record {
+    /// The record as the API shows it.
+    pub(crate) fn view(&self) -> Delivery {
+        Delivery {
+            seq: self.seq,
+            version: self.version,
+            at: self.at,
+            path: self.path,
+            status: self.status,
+            ack_ms: self.ack_ms,
+            items: self.items.iter().map(Kept::item).collect(),
+            more_items: self.more_items,
+        }
+    }
+}
+
+/// The longest raw item kept as it came; longer ones (rich items, mostly)
+/// are read into their fields at once, so the ring stays small.
+const MAX_RAW: usize = 2048;
+
+/// An item as the ring keeps it. On the ack path it costs a copy of the
+/// item's text (the fields are read when the API is asked); the text holds
+/// the `clientState`, which [`item_of`] never reads.
+#[derive(Clone, Debug)]
+pub(crate) struct Kept {
+    source: Source,
+    pub(crate) fate: Fate,
+    pub(crate) resource_data: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    Raw(Box<RawValue>),
+    Read(Box<Item>),
+}
+
+impl Kept {
+    pub(crate) fn new(raw: &RawValue, fate: Fate) -> Self {
+        let source = if raw.get().len() <= MAX_RAW {
+            Source::Raw(raw.to_owned())
+        } else {
+            Source::Read(Box::new(item_of(raw, Fate::Accepted)))
+        };
+        Self {
+            source,
+            fate,
+            resource_data: None,
+        }
+    }
+
+    /// The item's fields, with its fate.
+    pub(crate) fn item(&self) -> Item {
+        let mut item = match &self.source {
+            Source::Raw(raw) => item_of(raw, Fate::Accepted),
+            Source::Read(item) => (**item).clone(),
+        };
+        item.fate = self.fate.clone();
+        item.resource_data.clone_from(&self.resource_data);
+        item
+    }
 }
 
 /// One item of a delivery.

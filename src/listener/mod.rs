@@ -23,7 +23,7 @@ use http_body::Body;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 
 use crate::handler::BoxError;
-use crate::inspector::{DeliveryPath, Fate, Inspector, MAX_ITEMS, Seen, item_of};
+use crate::inspector::{DeliveryPath, Fate, Inspector, Kept, MAX_ITEMS, Seen, item_of};
 use crate::metrics::Metrics;
 use crate::notification::{Envelope, ItemClass, ItemHead, ValidationTokens};
 use crate::registry::{RejectReason, SubscriptionRegistry};
@@ -104,11 +104,7 @@ impl WebhookService {
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
-        let mut seen = self.shared.inspector.as_ref().map(|_| Seen {
-            path: DeliveryPath::Other,
-            items: Vec::new(),
-            more_items: 0,
-        });
+        let mut seen = self.shared.inspector.as_ref().map(|_| Seen::new());
         let answer = self.answer(request, seen.as_mut()).await;
         let metrics = &self.shared.metrics;
         metrics.delivery(answer.outcome());
@@ -166,10 +162,14 @@ impl WebhookService {
             Ok(()) => Answer::Accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "inbox refused a delivery; answering 503");
-                for (_, item) in seen.map(|s| &mut s.items).into_iter().flatten() {
-                    if item.fate == Fate::Accepted {
-                        item.fate = Fate::NotStored;
+                if let Some(seen) = seen {
+                    for (_, kept) in &mut seen.items {
+                        if kept.fate == Fate::Accepted {
+                            kept.fate = Fate::NotStored;
+                        }
                     }
+                    // Not stored, so not arrived: Graph sends them again.
+                    seen.arrivals.clear();
                 }
                 Rejection::Inbox(e).into()
             }
@@ -246,9 +246,10 @@ impl WebhookService {
             seen.path = DeliveryPath::Notification;
         }
         for raw in &envelope.items {
-            let checked = self.check_item(raw, tokens_ok);
+            let head = ItemHead::parse(raw);
+            let checked = self.check_item(head.as_ref(), tokens_ok);
             if let (Some(seen), Some(inspector)) = (seen.as_deref_mut(), &self.shared.inspector) {
-                note(seen, inspector, raw, &checked);
+                note(seen, inspector, raw, head.as_ref(), &checked);
             }
             match checked {
                 Ok(class) => {
@@ -260,7 +261,6 @@ impl WebhookService {
                     accepted.push(StoredItem::new((*raw).to_owned(), tokens.clone()));
                 }
                 Err(reason) => {
-                    let head = ItemHead::parse(raw);
                     let subscription = head.as_ref().and_then(|h| h.subscription_id.as_deref());
                     metrics.rejected(reason.as_str(), subscription);
                     dropped.add(reason.as_str());
@@ -282,10 +282,10 @@ impl WebhookService {
 
     fn check_item(
         &self,
-        raw: &serde_json::value::RawValue,
+        head: Option<&ItemHead<'_>>,
         tokens_ok: bool,
     ) -> Result<ItemClass, RejectReason> {
-        let head = ItemHead::parse(raw).ok_or(RejectReason::MalformedItem)?;
+        let head = head.ok_or(RejectReason::MalformedItem)?;
         let class = head.class().ok_or(RejectReason::MalformedItem)?;
         let subscription_id = head
             .subscription_id
@@ -353,10 +353,19 @@ fn note(
     seen: &mut Seen,
     inspector: &Inspector,
     raw: &serde_json::value::RawValue,
+    head: Option<&ItemHead<'_>>,
     checked: &Result<ItemClass, RejectReason>,
 ) {
-    if matches!(checked, Ok(ItemClass::Lifecycle)) {
-        seen.path = DeliveryPath::Lifecycle;
+    // Accepted items count in their subscription's traffic, kept or not.
+    if let (Ok(class), Some(id)) = (checked, head.and_then(|h| h.subscription_id.as_deref())) {
+        let lifecycle = match class {
+            ItemClass::Lifecycle => {
+                seen.path = DeliveryPath::Lifecycle;
+                item_of(raw, Fate::Accepted).lifecycle_event
+            }
+            ItemClass::Change => None,
+        };
+        seen.arrivals.push((id.to_owned(), lifecycle));
     }
     if seen.items.len() >= MAX_ITEMS {
         seen.more_items += 1;
@@ -366,5 +375,5 @@ fn note(
         Ok(_) => Fate::Accepted,
         Err(reason) => Fate::rejected(reason.as_str()),
     };
-    seen.items.push((inspector.key(raw), item_of(raw, fate)));
+    seen.items.push((inspector.key(raw), Kept::new(raw, fate)));
 }

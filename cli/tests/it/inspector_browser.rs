@@ -259,7 +259,9 @@ async fn the_emulators_page_shows_subscriptions_and_fires_changes() {
     fill(&browser, "#fire-data", r#"{"subject": "from the page"}"#).await;
     click(&browser, "#fire button").await;
     wait_text(&browser, "#actions-result", &id).await;
-    wait_text(&browser, "#deliveries tbody", "delivered").await;
+    // The newest row is the notification (the validations came before it).
+    wait_text(&browser, "#deliveries tbody tr:first-child", "notification").await;
+    wait_text(&browser, "#deliveries tbody tr:first-child", "delivered").await;
     wait_text(&browser, "#endpoints tbody", "normal").await;
     click(&browser, "#deliveries tr.delivery").await;
     wait_text(&browser, "#body", "AAMk1").await;
