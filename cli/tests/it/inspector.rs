@@ -344,6 +344,16 @@ async fn with_a_token_every_admin_path_but_the_health_check_needs_it() {
         .await;
         assert_eq!(status, 200, "{path} with the token");
     }
+    // The throttle-risk watch is in the metrics, with or without a page.
+    let (_, metrics) = get(
+        &format!("{admin}/metrics"),
+        &[("authorization", "Bearer tok-123")],
+    )
+    .await;
+    assert!(
+        metrics.contains("msgraph_webhooks_slow_answer_share{over=\"3s\"} 0"),
+        "{metrics}"
+    );
     // With a token, a foreign Host is fine: the token is the proof.
     let (status, _) = get(
         &format!("{admin}/inspector/api/health"),
