@@ -130,6 +130,7 @@ pub mod doctor;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod files;
+pub mod forward;
 pub mod handler;
 pub mod inspector;
 pub mod listener;
