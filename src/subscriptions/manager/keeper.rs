@@ -64,9 +64,15 @@ pub(super) async fn keep(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>
                 None => match shared.lease.expires_in(&shared.lease_of(key)).await {
                     Ok(None) => shared.hold(key).await,
                     Ok(Some(left)) => {
-                        // Retried the moment it lapses.
-                        wait = wait.min(left + std::time::Duration::from_millis(20));
-                        Ok(false)
+                        // Held, by this instance's own first pass (which
+                        // takes the lease itself) or by another: acquiring
+                        // tells which, and extends it if it is ours.
+                        let mine = shared.hold(key).await;
+                        if !matches!(mine, Ok(true)) {
+                            // Retried the moment it lapses.
+                            wait = wait.min(left + std::time::Duration::from_millis(20));
+                        }
+                        mine
                     }
                     Err(e) => Err(e),
                 },

@@ -105,6 +105,26 @@ impl Process {
         }
     }
 
+    /// Reads stderr until a line containing `needle` (panics after 30 s);
+    /// returns every line read, the needle's last.
+    pub async fn log_until(&mut self, needle: &str) -> Vec<String> {
+        let stderr = self.stderr.as_mut().expect("stderr not drained");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut lines = Vec::new();
+        loop {
+            let line = tokio::time::timeout_at(deadline, stderr.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("the process logs {needle:?} within 30 s"))
+                .unwrap()
+                .expect("the process is still running");
+            let found = line.contains(needle);
+            lines.push(line);
+            if found {
+                return lines;
+            }
+        }
+    }
+
     /// Keeps reading stderr in the background, so the process never blocks
     /// on a full pipe; lines go to the test's stderr, labelled.
     pub fn drain_stderr(&mut self, label: &'static str) {
