@@ -33,6 +33,14 @@ const SECRET_PREFIX: &str = "whsec_";
 /// The shortest key the specification allows: 24 bytes (192 bits).
 const MIN_SECRET_BYTES: usize = 24;
 
+/// Base64 with or without its padding, as the Standard Webhooks libraries
+/// read secrets.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// The key webhook signatures are made with.
 ///
 /// Given as the specification serializes it, `whsec_` then base64 (as the
@@ -51,7 +59,7 @@ const MIN_SECRET_BYTES: usize = 24;
 pub struct SigningSecret(Arc<Zeroizing<Vec<u8>>>);
 
 impl SigningSecret {
-    /// Reads `whsec_<base64>` (or the base64 alone).
+    /// Reads `whsec_<base64>` (or the base64 alone; padded or not).
     ///
     /// # Errors
     ///
@@ -62,11 +70,9 @@ impl SigningSecret {
             .trim()
             .strip_prefix(SECRET_PREFIX)
             .unwrap_or(text.trim());
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|_| {
-                ForwardError::permanent("the forward secret is not whsec_ followed by base64")
-            })?;
+        let key = LENIENT_BASE64.decode(encoded).map_err(|_| {
+            ForwardError::permanent("the forward secret is not whsec_ followed by base64")
+        })?;
         if key.len() < MIN_SECRET_BYTES {
             return Err(ForwardError::permanent(format!(
                 "the forward secret has {} bytes; Standard Webhooks requires at least {MIN_SECRET_BYTES}",
@@ -275,7 +281,8 @@ mod tests {
             secret.sign(VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY),
             VECTOR_SIGNATURE
         );
-        // The prefix is optional, as in the libraries.
+        // The prefix and the padding are optional, as in the libraries.
+        assert!(SigningSecret::parse("whsec_ZmVlZGZhY2VjYWZlYmFiZWRlYWRiZWVmMDEyMw").is_ok());
         let bare = SigningSecret::parse(&VECTOR_SECRET[SECRET_PREFIX.len()..]).unwrap();
         assert_eq!(
             bare.sign(VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY),
