@@ -21,6 +21,9 @@ const STATE: &str = "forward-secret-state";
 /// 32 bytes, base64, as the specification serializes secrets.
 const SECRET: &str = "whsec_ZmVlZGZhY2VjYWZlYmFiZWRlYWRiZWVmMDEyMzQ1Njc4OWFi";
 
+/// In a script: never answer.
+const HANG: u16 = 0;
+
 /// One request the receiver took.
 #[derive(Clone, Debug)]
 struct Delivery {
@@ -103,6 +106,9 @@ async fn receive(State(target): State<Target>, headers: HeaderMap, body: Bytes) 
         "the signature verifies"
     );
     let status = target.script.lock().unwrap().pop_front().unwrap_or(200);
+    if status == HANG {
+        std::future::pending::<()>().await;
+    }
     if status == 200 {
         let body = serde_json::from_slice(&body).expect("the body is one JSON line");
         target.delivered.lock().unwrap().push(Delivery { id, body });
@@ -130,7 +136,7 @@ fn expected_signature(id: &str, timestamp: &str, body: &[u8]) -> String {
 
 /// `listen` with a store in `dir`, forwarding by `routes`; its address.
 async fn listen(dir: &str, routes: &[String], extra: &[&str]) -> (Process, SocketAddr) {
-    let mut args = vec!["listen", "--addr", "127.0.0.1:0", "--workers", "2"];
+    let mut args = vec!["listen", "--addr", "127.0.0.1:0"];
     for route in routes {
         args.extend(["--forward", route]);
     }
@@ -323,4 +329,102 @@ async fn routes_send_each_kind_only_to_its_target() {
     assert_eq!(kinds, ["change:event", "change:event", "lifecycle"]);
     assert_eq!(mail.requests(), 3);
     assert_eq!(calendar.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_never_answers_times_out_and_the_event_is_retried() {
+    let data = tempfile::tempdir().unwrap();
+    let target = Target::answering(&[HANG]);
+    let at = target.serve().await;
+    let (mut listen, addr) = listen(
+        data.path().to_str().unwrap(),
+        &[format!("http://{at}/hook")],
+        &["--forward-timeout-secs", "0.5"],
+    )
+    .await;
+    post(addr, vec![item("fw-slow", STATE, 0)]).await;
+    let retried = listen.wait_for_log("will retry").await;
+    assert!(retried.contains("timed out"), "{retried}");
+    listen.drain_stderr("listen");
+    let delivered = target.wait_for(1).await;
+    stop(listen).await;
+    assert_eq!(delivered[0].id, "fw-slow");
+    assert_eq!(target.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_forwards_what_an_ingest_only_receiver_stored() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let (mut receiver, addr) = listen(dir, &[], &["--workers", "0"]).await;
+    receiver.drain_stderr("listen");
+    post(
+        addr,
+        vec![item("fw-w-0", STATE, 0), item("fw-w-1", STATE, 0)],
+    )
+    .await;
+    let target = Target::default();
+    let at = target.serve().await;
+    let url = format!("http://{at}/hook");
+    let env = [
+        ("MSGRAPH_WEBHOOKS_DATA_DIR", dir),
+        ("MSGRAPH_WEBHOOKS_FORWARD", url.as_str()),
+        ("MSGRAPH_WEBHOOKS_FORWARD_SECRET", SECRET),
+    ];
+    let mut worker = Process::spawn(&["work", "--workers", "1"], &env);
+    worker.wait_for_log("working").await;
+    worker.drain_stderr("work");
+    let mut ids: Vec<String> = target.wait_for(2).await.into_iter().map(|d| d.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["fw-w-0", "fw-w-1"]);
+    stop(worker).await;
+    stop(receiver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_forward_flags_stop_the_command_with_what_is_wrong() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec!["--forward", "ftp://127.0.0.1/x"],
+            "not a forwarding target",
+        ),
+        (vec!["--forward", "nats://127.0.0.1:4222/s"], "nats://"),
+        (vec!["--forward", "resource=x=>http://127.0.0.1/"], "kind="),
+        (
+            vec![
+                "--forward",
+                "http://127.0.0.1/",
+                "--forward-secret",
+                "whsec_c2hvcnQ=",
+            ],
+            "at least 24",
+        ),
+        (
+            vec![
+                "--forward",
+                "http://127.0.0.1/",
+                "--forward-timeout-secs",
+                "0",
+            ],
+            "--forward-timeout-secs",
+        ),
+    ] {
+        let mut all = vec!["listen", "--addr", "127.0.0.1:0", "--data-dir", dir];
+        all.extend(&args);
+        let mut process = Process::spawn(&all, &[("MSGRAPH_WEBHOOKS_CLIENT_STATE", STATE)]);
+        let mut stderr = String::new();
+        while let Ok(Some(line)) = process.stderr.as_mut().unwrap().next_line().await {
+            stderr.push_str(&line);
+            stderr.push('\n');
+        }
+        let status = process.child.wait().await.unwrap();
+        assert!(!status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("c2hvcnQ"),
+            "the secret is not echoed: {stderr}"
+        );
+    }
 }
