@@ -428,3 +428,32 @@ async fn bad_forward_flags_stop_the_command_with_what_is_wrong() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_done_only_once_every_target_took_it() {
+    let data = tempfile::tempdir().unwrap();
+    let steady = Target::default();
+    let flaky = Target::answering(&[503]);
+    let steady_at = steady.serve().await;
+    let flaky_at = flaky.serve().await;
+    let (mut listen, addr) = listen(
+        data.path().to_str().unwrap(),
+        &[
+            format!("http://{steady_at}/hook"),
+            format!("http://{flaky_at}/hook"),
+        ],
+        &[],
+    )
+    .await;
+    listen.drain_stderr("listen");
+    post(addr, vec![item("fw-both", STATE, 0)]).await;
+    // The flaky target's refusal sends the event around again, to both:
+    // at least once, the steady target sees the same webhook-id twice.
+    let to_flaky = flaky.wait_for(1).await;
+    let to_steady = steady.wait_for(2).await;
+    stop(listen).await;
+    assert_eq!(to_flaky[0].id, "fw-both");
+    assert!(to_steady.iter().all(|d| d.id == "fw-both"));
+    assert_eq!(flaky.requests(), 2);
+    assert_eq!(steady.requests(), 2);
+}
