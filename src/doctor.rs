@@ -634,7 +634,7 @@ fn transport_failure(check: &'static str, error: &reqwest::Error, url: &url::Url
     finding(check, Verdict::Fail, diagnosis, detail, Some(fix), None)
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

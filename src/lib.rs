@@ -95,6 +95,7 @@
 //! | [`tokens`] | validation tokens of rich notifications: JWKS, RS256, claims |
 //! | [`crypto`] | key ring, decryption of rich notifications, certificate generation |
 //! | [`handler`] | the [`Handler`] trait, [`handler_fn`], the events |
+//! | [`forward`] | forward events to other systems: the [`Sink`](forward::Sink) contract, the [`Forward`](forward::Forward) handler and its routes, HTTP signed per Standard Webhooks |
 //! | [`metrics`] | Prometheus counters and the ack-latency histogram |
 //! | [`admin`] | the admin address: `/metrics`, never on the notification port |
 //! | [`subscriptions`] | Graph client (model, errors, HTTP, app tokens), pre-flight checks, and a manager (builder, declared, activity, records, the reconcile pass, lifecycle actions, leases) that keeps declared subscriptions alive |

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msgraph_webhooks::handler::JsonLines;
 use msgraph_webhooks::listener::{ServerConfig, TlsConfig};
 use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::subscriptions::SubscriptionManager;
@@ -155,6 +154,9 @@ pub(crate) struct WorkArgs {
 
     #[command(flatten)]
     pub(crate) rich: crate::rich::RichArgs,
+
+    #[command(flatten)]
+    pub(crate) forward: crate::forward::ForwardArgs,
 }
 
 pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
@@ -185,6 +187,7 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
         }
     };
     let store = args.store.open().await?;
+    let output = args.work.forward.output().await?;
     if args.subscription_records {
         tracing::info!("authenticating each item by its subscription's record in the store");
     }
@@ -194,7 +197,7 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
         registry
     });
     if !subscribing {
-        let builder = store.configure(Receiver::builder(JsonLines::stdout()));
+        let builder = store.configure(Receiver::builder(output));
         return serve(args, builder, registry, None).await;
     }
     // Validation tokens of rich subscriptions are issued to our app.
@@ -230,7 +233,7 @@ pub(crate) async fn run(mut args: Args) -> Result<ExitCode, BoxError> {
         .backend(&store.backend)
         .registry(registry.clone())
         .build()?;
-    let builder = store.configure(Receiver::builder(manager.handler(JsonLines::stdout())));
+    let builder = store.configure(Receiver::builder(manager.handler(output)));
     serve(args, builder, registry, Some(manager)).await
 }
 

@@ -10,6 +10,7 @@ mod dlq;
 mod doctor;
 mod emulate;
 mod env_vars;
+mod forward;
 mod inspect;
 mod listen;
 mod rich;

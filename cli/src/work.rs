@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msgraph_webhooks::admin;
-use msgraph_webhooks::handler::JsonLines;
 use msgraph_webhooks::retry::RetryPolicy;
 use msgraph_webhooks::{BoxError, Receiver, SubscriptionRegistry};
 
@@ -33,9 +32,10 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         return Err("--workers 0 leaves nothing to do".into());
     }
     let store = args.store.open().await?;
+    let output = args.work.forward.output().await?;
     // The endpoint is not served here: items were authenticated on ingest.
     let mut builder = store
-        .configure(Receiver::builder(JsonLines::stdout()))
+        .configure(Receiver::builder(output))
         .registry(Arc::new(SubscriptionRegistry::new()))
         .retry(RetryPolicy::new(
             args.work.max_attempts,

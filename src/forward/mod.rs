@@ -9,10 +9,18 @@
 //! `listen` prints ([`HandlerEvent::to_json`](crate::HandlerEvent::to_json)),
 //! so consumers parse one format whatever the transport.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use url::Url;
 
 use crate::HandlerEvent;
+
+mod handler;
+pub mod http;
+
+pub use handler::{Forward, RouteError, RouteSpec};
 
 /// One event on its way to a target.
 #[derive(Clone, Debug)]
@@ -106,4 +114,64 @@ pub trait Sink: Send + Sync + 'static {
     /// The target for logs: its scheme, host and subject or stream, never a
     /// password or secret.
     fn describe(&self) -> String;
+}
+
+/// What [`connect`] needs besides the URL.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SinkOptions {
+    /// The key HTTP deliveries are signed with (Standard Webhooks); unsigned without.
+    pub secret: Option<http::SigningSecret>,
+    /// How long one delivery may take.
+    pub timeout: Duration,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            timeout: http::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl SinkOptions {
+    /// Signs HTTP deliveries with `secret`.
+    #[must_use]
+    pub fn secret(mut self, secret: http::SigningSecret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Gives each delivery `timeout`.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// The sink for `url`, by its scheme: `http`/`https` ([`http::HttpSink`]),
+/// `nats`, `amqp`/`amqps`, `redis`/`rediss`.
+///
+/// # Errors
+///
+/// A scheme that is not a target, or one whose sink is not built in; the
+/// target refusing the connection.
+pub async fn connect(url: &Url, options: &SinkOptions) -> Result<Box<dyn Sink>, ForwardError> {
+    match url.scheme() {
+        "http" | "https" => Ok(Box::new(http::HttpSink::new(
+            url.clone(),
+            options.secret.clone(),
+            options.timeout,
+        )?)),
+        // The broker sinks are wired here, one arm each, e.g.
+        // `"nats" => Ok(Box::new(nats::NatsSink::connect(url).await?)),`.
+        scheme @ ("nats" | "amqp" | "amqps" | "redis" | "rediss") => Err(ForwardError::permanent(
+            format!("{scheme}:// forwarding is not built into this version"),
+        )),
+        other => Err(ForwardError::permanent(format!(
+            "{other}:// is not a forwarding target: use http(s)://, nats://, amqp(s):// or redis(s)://"
+        ))),
+    }
 }
