@@ -8,7 +8,9 @@ use futures_util::future::join_all;
 use url::Url;
 
 use super::{Outgoing, Sink};
-use crate::handler::{BoxError, ChangeEvent, Handler, HandlerEvent, LifecycleEvent, ResyncEvent};
+use crate::handler::{
+    BoxError, ChangeEvent, GiveUp, Handler, HandlerEvent, LifecycleEvent, ResyncEvent,
+};
 
 /// Where events go, as written on the command line: `URL` takes every
 /// event, `kind=K=>URL` only those of kind `K`, `kind=K1,K2=>URL` either.
@@ -126,9 +128,9 @@ struct Route {
 ///
 /// A failure of any sink fails the event: the worker retries it with
 /// backoff, then dead-letters it with the reasons, each naming its target
-/// and whether retrying can help ("permanent"). The handler API has no way
-/// to dead-letter at once, so a permanent refusal is retried like the rest
-/// (the attempts are bounded by the retry policy). A retry sends to every
+/// and whether retrying can help ("permanent"). When every failing target
+/// refused for good (a permanent [`ForwardError`]), the event goes to the
+/// dead letters at once ([`GiveUp`]). A retry sends to every
 /// matching sink again, those that had confirmed included: delivery is at
 /// least once, and consumers deduplicate by the event's id (`webhook-id`,
 /// `Nats-Msg-Id`, `message_id`).
@@ -185,9 +187,12 @@ impl Forward {
                 r.sink.send(&outgoing).await.map_err(|e| {
                     let target = r.sink.describe();
                     if e.is_retryable() {
-                        format!("{target}: {e}")
+                        (format!("{target}: {e}"), true)
                     } else {
-                        format!("{target}: {e} (permanent: retrying will not help)")
+                        (
+                            format!("{target}: {e} (permanent: retrying will not help)"),
+                            false,
+                        )
                     }
                 })
             });
@@ -196,11 +201,18 @@ impl Forward {
             tracing::debug!(id = %outgoing.id, kind = outgoing.kind, "no route takes this event");
             return Ok(());
         }
-        let failures: Vec<String> = answers.into_iter().filter_map(Result::err).collect();
+        let failures: Vec<(String, bool)> = answers.into_iter().filter_map(Result::err).collect();
         if failures.is_empty() {
-            Ok(())
+            return Ok(());
+        }
+        let retryable = failures.iter().any(|(_, retryable)| *retryable);
+        let reasons: Vec<&str> = failures.iter().map(|(reason, _)| reason.as_str()).collect();
+        let reason = format!("forwarding failed: {}", reasons.join("; "));
+        if retryable {
+            Err(reason.into())
         } else {
-            Err(format!("forwarding failed: {}", failures.join("; ")).into())
+            // Every failing target refused for good: a dead letter now.
+            Err(GiveUp::new(reason).into())
         }
     }
 }

@@ -118,14 +118,15 @@ impl std::fmt::Debug for SigningSecret {
 /// What an answer means:
 ///
 /// - a 2xx: delivered;
-/// - 408, 429, a 5xx, no connection, a timeout: [retryable](ForwardError::retryable),
-///   the target is down, slow or overloaded;
+/// - 404, 408, 409, 425, 429, a 5xx, no connection, a timeout:
+///   [retryable](ForwardError::retryable), the target is down, slow,
+///   overloaded or being redeployed (a proxy answers 404 until the new
+///   version is up);
 /// - any other status (3xx, since redirects are not followed, and the
 ///   other 4xx): [permanent](ForwardError::permanent), the target refused
-///   this event and will refuse it again (a wrong path, a failed signature
-///   check). The worker still retries it like any handler error, then
-///   dead-letters it with the reason: a receiver being redeployed briefly
-///   answers 404 too, and the dead letters can be replayed once it is fixed.
+///   this event and will refuse it again (a bad request, a failed signature
+///   check): the item goes to the dead letters at once, with the status,
+///   to be replayed once the target is fixed.
 #[derive(Clone)]
 pub struct HttpSink {
     url: Url,
@@ -211,7 +212,7 @@ fn classify(target: &str, status: reqwest::StatusCode) -> Result<(), ForwardErro
     let code = status.as_u16();
     match code {
         200..=299 => Ok(()),
-        408 | 429 | 500..=599 => Err(ForwardError::retryable(format!(
+        404 | 408 | 409 | 425 | 429 | 500..=599 => Err(ForwardError::retryable(format!(
             "{target} answered {status}"
         ))),
         _ => Err(ForwardError::permanent(format!(
@@ -306,11 +307,11 @@ mod tests {
         use reqwest::StatusCode;
         assert!(classify("t", StatusCode::OK).is_ok());
         assert!(classify("t", StatusCode::NO_CONTENT).is_ok());
-        for retry in [408, 429, 500, 502, 503, 599] {
+        for retry in [404, 408, 409, 425, 429, 500, 502, 503, 599] {
             let e = classify("t", StatusCode::from_u16(retry).unwrap()).unwrap_err();
             assert!(e.is_retryable(), "{retry}");
         }
-        for refused in [301, 400, 401, 403, 404, 410, 422] {
+        for refused in [301, 400, 401, 403, 410, 413, 422] {
             let e = classify("t", StatusCode::from_u16(refused).unwrap()).unwrap_err();
             assert!(!e.is_retryable(), "{refused}");
             assert!(e.to_string().contains("permanent"), "{e}");

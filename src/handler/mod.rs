@@ -128,6 +128,38 @@ impl fmt::Display for HandlerPanicked {
 
 impl std::error::Error for HandlerPanicked {}
 
+/// A handler error that retrying won't fix: the item goes to the dead
+/// letters at once, with this reason, instead of after the retry policy's
+/// attempts. Return it (boxed) from a handler when the failure is certain
+/// to repeat — a target that refuses the event, data that can never be
+/// processed.
+///
+/// ```
+/// use msgraph_webhooks::handler::{BoxError, GiveUp};
+///
+/// fn refuse() -> Result<(), BoxError> {
+///     Err(GiveUp::new("the target refused the event: 400 Bad Request").into())
+/// }
+/// # assert!(refuse().is_err());
+/// ```
+#[derive(Debug)]
+pub struct GiveUp(String);
+
+impl GiveUp {
+    /// Gives up on the item for `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+}
+
+impl fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GiveUp {}
+
 impl<H: Handler> Handler for Arc<H> {
     fn on_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).on_change(event)

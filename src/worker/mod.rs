@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::handler::{
-    ChangeEvent, Handler, HandlerEvent, HandlerPanicked, LifecycleEvent, ResyncEvent,
+    ChangeEvent, GiveUp, Handler, HandlerEvent, HandlerPanicked, LifecycleEvent, ResyncEvent,
 };
 use crate::inspector::{Fate, Inspector};
 use crate::metrics::Metrics;
@@ -218,8 +218,9 @@ impl<H: Handler> Pipeline<H> {
     }
 
     /// Calls the handler once for `events`; a panic fails them all. One
-    /// result per event, counted in the metrics.
-    async fn call_batch(&self, events: Vec<HandlerEvent>) -> Vec<Result<(), String>> {
+    /// result per event, counted in the metrics: `Err` an outcome, a retry
+    /// or, for [`GiveUp`], a dead letter at once.
+    async fn call_batch(&self, events: Vec<HandlerEvent>) -> Vec<Result<(), Outcome>> {
         let n = events.len();
         if n == 0 {
             return Vec::new();
@@ -237,11 +238,15 @@ impl<H: Handler> Pipeline<H> {
                     }
                     Err(e) if e.is::<HandlerPanicked>() => {
                         self.metrics.handled("panic");
-                        Err(e.to_string())
+                        Err(Outcome::Failed(e.to_string()))
+                    }
+                    Err(e) if e.is::<GiveUp>() => {
+                        self.metrics.handled("error");
+                        Err(Outcome::DeadLetter(format!("handler gave up: {e}")))
                     }
                     Err(e) => {
                         self.metrics.handled("error");
-                        Err(format!("handler error: {e}"))
+                        Err(Outcome::Failed(format!("handler error: {e}")))
                     }
                 })
                 .collect(),
@@ -249,13 +254,19 @@ impl<H: Handler> Pipeline<H> {
                 for _ in 0..n {
                     self.metrics.handled("error");
                 }
-                vec![Err("the handler answered for the wrong number of events".to_owned()); n]
+                let lost = "the handler answered for the wrong number of events";
+                (0..n)
+                    .map(|_| Err(Outcome::Failed(lost.to_owned())))
+                    .collect()
             }
             Err(panic) => {
                 for _ in 0..n {
                     self.metrics.handled("panic");
                 }
-                vec![Err(HandlerPanicked::from_payload(&*panic).to_string()); n]
+                let reason = HandlerPanicked::from_payload(&*panic).to_string();
+                (0..n)
+                    .map(|_| Err(Outcome::Failed(reason.clone())))
+                    .collect()
             }
         }
     }
@@ -328,7 +339,7 @@ impl<H: Handler> Pipeline<H> {
         for (claimed, held, outcome, shown) in items {
             let outcome = outcome.unwrap_or_else(|| match results.next() {
                 Some(Ok(())) => Outcome::Done,
-                Some(Err(reason)) => Outcome::Failed(reason),
+                Some(Err(outcome)) => outcome,
                 None => Outcome::Failed("the handler lost an event".into()),
             });
             if let Some(inspector) = &self.inspector {
@@ -437,6 +448,7 @@ impl<H: Handler> Pipeline<H> {
                 Outcome::Done | Outcome::Rejected(_) => inbox.complete(id.clone()).await,
                 Outcome::DeadLetter(reason) => {
                     if attempt == 0 {
+                        tracing::error!(%id, %reason, "dead-lettering item");
                         self.metrics.dead_lettered();
                     }
                     inbox.dead_letter(claimed.clone(), reason.clone()).await

@@ -223,18 +223,14 @@ async fn a_refusing_target_dead_letters_the_event_with_the_reason() {
     let dir = data.path().to_str().unwrap().to_owned();
     let target = Target::answering(&[400, 400]);
     let at = target.serve().await;
-    let (mut listen, addr) = listen(
-        &dir,
-        &[format!("http://{at}/hook")],
-        &["--max-attempts", "2"],
-    )
-    .await;
+    let (mut listen, addr) = listen(&dir, &[format!("http://{at}/hook")], &[]).await;
     post(addr, vec![item("fw-refused", STATE, 0)]).await;
     listen.wait_for_log("dead-lettering item").await;
     listen.drain_stderr("listen");
     stop(listen).await;
     assert!(target.delivered().is_empty());
-    assert_eq!(target.requests(), 2);
+    // A permanent refusal is not retried: one request, then the dead letter.
+    assert_eq!(target.requests(), 1);
 
     let mut dlq = Process::spawn(&["dlq", "list", "--data-dir", &dir], &[]);
     dlq.drain_stderr("dlq");
