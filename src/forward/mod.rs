@@ -9,6 +9,13 @@
 //! `listen` prints ([`HandlerEvent::to_json`](crate::HandlerEvent::to_json)),
 //! so consumers parse one format whatever the transport.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis_stream;
+
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
