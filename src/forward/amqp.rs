@@ -269,7 +269,7 @@ mod tests {
             "amqp://guest:secret@127.0.0.1:5672/%2f?exchange=graph",
             "amqp://guest:secret@127.0.0.1:5672/%2f?routing_key=k&bogus=1",
         ] {
-            let error = parse(url).err().expect("refused");
+            let error = parse(url).expect_err("refused");
             assert!(!error.is_retryable(), "{url}");
             assert!(!error.to_string().contains("secret"), "{error}");
         }

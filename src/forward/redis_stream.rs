@@ -156,7 +156,7 @@ mod tests {
             "redis://:secret@127.0.0.1:6379/?stream=s&maxlen=many",
             "redis://:secret@127.0.0.1:6379/?stream=s&bogus=1",
         ] {
-            let error = connect(url).await.err().expect("refused");
+            let error = connect(url).await.expect_err("refused");
             assert!(!error.is_retryable(), "{url}");
             assert!(!error.to_string().contains("secret"), "{error}");
         }

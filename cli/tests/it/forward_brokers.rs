@@ -191,7 +191,7 @@ async fn nats_a_subject_no_stream_captures_is_a_clear_permanent_error() {
     };
     let subject = unique("mgw.nostream.");
     let url = Url::parse(&format!("{base}/{subject}")).unwrap();
-    let error = NatsSink::connect(&url).await.err().expect("refused");
+    let error = NatsSink::connect(&url).await.expect_err("refused");
     assert!(!error.is_retryable());
     let message = error.to_string();
     assert!(
@@ -273,7 +273,7 @@ async fn nats_killed_and_restarted_sends_fail_retryable_then_nothing_acked_is_lo
 
     server.kill();
     for event in &sent[20..23] {
-        let error = sink.send(event).await.err().expect("the server is down");
+        let error = sink.send(event).await.expect_err("the server is down");
         assert!(error.is_retryable(), "{error}");
     }
 
@@ -394,7 +394,7 @@ async fn amqp_every_event_arrives_persistent_with_its_message_id() {
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
-    let error = sink.send(&sent[0]).await.err().expect("unroutable");
+    let error = sink.send(&sent[0]).await.expect_err("unroutable");
     assert!(error.is_retryable());
     assert!(error.to_string().contains("no queue is bound"), "{error}");
     channel
@@ -410,12 +410,15 @@ async fn amqp_a_missing_exchange_is_a_permanent_error() {
     };
     let exchange = unique("mgw-test-missing-");
     let url = Url::parse(&format!("{base}?exchange={exchange}&routing_key=k")).unwrap();
-    let error = AmqpSink::connect(&url).await.err().expect("refused");
+    let error = AmqpSink::connect(&url).await.expect_err("refused");
     assert!(!error.is_retryable());
     assert!(error.to_string().contains(&exchange), "{error}");
 }
 
 // ---- Redis Streams ----
+
+/// One `XRANGE` entry: its id and its field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 #[tokio::test]
 async fn redis_every_event_is_one_stream_entry_with_id_kind_and_body() {
@@ -431,7 +434,7 @@ async fn redis_every_event_is_one_stream_entry_with_id_kind_and_body() {
     }
     let client = redis::Client::open(base.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
         .arg(&key)
         .arg("-")
         .arg("+")
@@ -475,7 +478,7 @@ async fn redis_sends_to_a_key_of_another_type_are_permanent_errors() {
     let url = Url::parse(&format!("{}/?stream={key}", base.trim_end_matches('/'))).unwrap();
     let sink = RedisStreamSink::connect(&url).await.unwrap();
     let sent = events(1).await;
-    let error = sink.send(&sent[0]).await.err().expect("WRONGTYPE");
+    let error = sink.send(&sent[0]).await.expect_err("WRONGTYPE");
     let _: () = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut conn)
