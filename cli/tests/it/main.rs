@@ -19,6 +19,7 @@ mod emulator_reauthorization;
 mod emulator_rules;
 mod emulator_throttle;
 mod fixtures;
+mod forward_brokers;
 mod forward_http;
 mod hostile;
 mod hostile_bodies;
