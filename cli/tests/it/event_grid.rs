@@ -9,10 +9,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use msgraph_webhooks::emulator::{Change, Emulator};
 use msgraph_webhooks::listener::{Limits, ServerConfig};
-use msgraph_webhooks::{ClientState, Receiver};
+use msgraph_webhooks::{ChangeType, ClientState, Receiver};
 use serde_json::{Value, json};
 
+use crate::support::graph::Graph;
 use crate::support::http::{Reply, post_json, request};
 use crate::support::{Recorder, TestServer, envelope, message_item};
 
@@ -251,4 +253,132 @@ async fn a_huge_batch_is_refused_like_a_huge_delivery() {
     .await;
     assert_eq!(reply.status, 413);
     assert!(reply.body.is_empty());
+}
+
+const GRID: &str = "EventGrid:?azuresubscriptionid=8aa4c1d2-0000-4000-8000-000000000001&resourcegroup=rg&partnertopic=graph&location=westus";
+
+#[tokio::test]
+async fn the_emulator_delivers_event_grid_subscriptions_into_the_receiver() {
+    let recorder = Recorder::default();
+    let receiver = server(&recorder).await;
+    let endpoint = url::Url::parse(&receiver.url("/eventgrid")).unwrap();
+    let graph = Graph::start(Emulator::builder().event_grid_endpoint(endpoint)).await;
+    // No validation request reaches anyone: the partner topic is Azure's.
+    let answer = graph
+        .create(
+            &graph.app_token(),
+            &graph.subscription("users/u1/messages", "created", GRID),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{:#}", answer.json);
+    let id = answer.json["id"].as_str().unwrap().to_owned();
+    assert!(
+        answer.json["notificationUrl"]
+            .as_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .starts_with("eventgrid:?")
+    );
+
+    let fired = graph
+        .emulator
+        .fire(
+            &Change::new("users/u1/messages", ChangeType::Created)
+                .data(json!({ "id": "AAMkEG1", "subject": "Through the grid" })),
+        )
+        .unwrap();
+    assert_eq!(fired.items, 1);
+    let changes = recorder.changes_after(1).await;
+    assert_eq!(changes[0].subscription_id(), id);
+    assert_eq!(changes[0].resource(), "Users/u1/Messages/AAMkEG1");
+    assert_eq!(*changes[0].change_type(), ChangeType::Created);
+    // It came as CloudEvents after the handshake: the endpoint counted both.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let handshakes = || {
+        receiver
+            .metrics
+            .render(None)
+            .lines()
+            .filter(|l| l.contains("outcome=\"cloudevents_handshake\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    while handshakes() < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no handshake seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_emulator_validates_azure_notification_urls() {
+    let endpoint = url::Url::parse("http://127.0.0.1:9/").unwrap();
+    let graph = Graph::start(Emulator::builder().event_grid_endpoint(endpoint)).await;
+    for name in [
+        "azuresubscriptionid",
+        "resourcegroup",
+        "partnertopic",
+        "location",
+    ] {
+        let url: String = GRID
+            .split(['?', '&'])
+            .skip(1)
+            .filter(|pair| !pair.starts_with(name))
+            .collect::<Vec<_>>()
+            .join("&");
+        let answer = graph
+            .create(
+                &graph.app_token(),
+                &graph.subscription("users/u1/messages", "created", &format!("EventGrid:?{url}")),
+            )
+            .await;
+        assert_eq!(answer.status, 400, "{name}");
+        assert_eq!(answer.code(), "InvalidRequest", "{:#}", answer.json);
+        assert!(
+            answer.message().contains(&format!("'{name}'")),
+            "{}",
+            answer.message()
+        );
+    }
+    let hub = "EventHub:https://vault.vault.azure.net/secrets/hub?tenantId=contoso.com";
+    let answer = graph
+        .create(
+            &graph.app_token(),
+            &graph.subscription("users/u1/messages", "created", hub),
+        )
+        .await;
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer
+            .message()
+            .contains("Event Hubs delivery is not emulated"),
+        "{}",
+        answer.message()
+    );
+    let answer = graph
+        .create(
+            &graph.app_token(),
+            &graph.subscription("users/u1/messages", "created", "EventHub:http://x.example/"),
+        )
+        .await;
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.message().contains("https://"),
+        "{}",
+        answer.message()
+    );
+
+    // Without a partner-topic endpoint, EventGrid: is refused up front.
+    let bare = Graph::start(Emulator::builder()).await;
+    let answer = bare
+        .create(
+            &bare.app_token(),
+            &bare.subscription("users/u1/messages", "created", GRID),
+        )
+        .await;
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.message().contains("--event-grid-endpoint"),
+        "{}",
+        answer.message()
+    );
 }
