@@ -14,6 +14,7 @@ use msgraph_webhooks::listener::{Limits, ServerConfig};
 use msgraph_webhooks::{ChangeType, ClientState, Receiver};
 use serde_json::{Value, json};
 
+use crate::support::cli::Process;
 use crate::support::graph::Graph;
 use crate::support::http::{Reply, post_json, request};
 use crate::support::{Recorder, TestServer, envelope, message_item};
@@ -381,4 +382,73 @@ async fn the_emulator_validates_azure_notification_urls() {
         "{}",
         answer.message()
     );
+}
+
+/// `emulate --event-grid-endpoint` into `listen`, both as processes.
+#[tokio::test]
+async fn emulate_delivers_through_event_grid_into_listen() {
+    let mut listen = Process::spawn(
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1:0",
+            "--memory",
+            "--client-state",
+            STATE,
+        ],
+        &[],
+    );
+    let receiver = listen.listening_addr().await;
+    let endpoint = format!("http://{receiver}/eventgrid");
+    let mut emulator = Process::spawn(
+        &[
+            "emulate",
+            "--addr",
+            "127.0.0.1:0",
+            "--event-grid-endpoint",
+            &endpoint,
+        ],
+        &[],
+    );
+    let base = format!("http://{}", emulator.listening_addr().await);
+    let client = reqwest::Client::new();
+    let token: Value = client
+        .post(format!("{base}/common/oauth2/v2.0/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&client_id=cli-test&client_secret=s&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::minutes(50))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let created = client
+        .post(format!("{base}/v1.0/subscriptions"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&json!({
+            "changeType": "created",
+            "notificationUrl": GRID,
+            "resource": "users/u1/messages",
+            "expirationDateTime": expires,
+            "clientState": STATE,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    client
+        .post(format!("{base}/emulator/changes"))
+        .json(&json!({"resource": "users/u1/messages", "changeType": "created", "data": {"id": "AAMkCLI"}}))
+        .send()
+        .await
+        .unwrap();
+    let line: Value =
+        serde_json::from_str(&listen.next_stdout(Duration::from_secs(20)).await).unwrap();
+    assert_eq!(line["kind"], "change");
+    assert_eq!(line["resource"], "Users/u1/Messages/AAMkCLI");
+    listen.terminate();
+    emulator.terminate();
 }
