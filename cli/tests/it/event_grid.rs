@@ -9,13 +9,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use msgraph_webhooks::emulator::{Change, Emulator};
+use msgraph_webhooks::emulator::{Change, DeliveryKind, Emulator, Outcome};
 use msgraph_webhooks::listener::{Limits, ServerConfig};
 use msgraph_webhooks::{ChangeType, ClientState, Receiver};
 use serde_json::{Value, json};
 
 use crate::support::cli::Process;
-use crate::support::graph::Graph;
+use crate::support::graph::{Answering, Graph, Hook};
 use crate::support::http::{Reply, post_json, request};
 use crate::support::{Recorder, TestServer, envelope, message_item};
 
@@ -451,4 +451,49 @@ async fn emulate_delivers_through_event_grid_into_listen() {
     assert_eq!(line["resource"], "Users/u1/Messages/AAMkCLI");
     listen.terminate();
     emulator.terminate();
+}
+
+/// An endpoint that does not agree in the handshake (a plain webhook)
+/// gets no CloudEvents: the delivery is recorded as failed and retried.
+#[tokio::test]
+async fn the_emulator_posts_nothing_to_an_endpoint_that_does_not_agree() {
+    let hook = Hook::start(Answering::Well).await;
+    let endpoint = url::Url::parse(&hook.url("/grid")).unwrap();
+    let graph = Graph::start(Emulator::builder().event_grid_endpoint(endpoint)).await;
+    let answer = graph
+        .create(
+            &graph.app_token(),
+            &graph.subscription("users/u1/messages", "created", GRID),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{:#}", answer.json);
+    graph
+        .emulator
+        .fire(
+            &Change::new("users/u1/messages", ChangeType::Created).data(json!({ "id": "AAMkNo" })),
+        )
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let log = graph.emulator.deliveries();
+        if let Some(record) = log
+            .into_iter()
+            .find(|d| d.kind == DeliveryKind::Notification)
+        {
+            break record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery attempt recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(record.status, Some(403));
+    assert_eq!(record.outcome, Outcome::Failed);
+    let captured = hook.captured();
+    assert!(!captured.is_empty(), "the handshake reached the endpoint");
+    assert!(
+        captured.iter().all(|c| c.body.is_empty()),
+        "only handshakes, no events: {captured:?}"
+    );
 }
