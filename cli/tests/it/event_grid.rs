@@ -497,3 +497,45 @@ async fn the_emulator_posts_nothing_to_an_endpoint_that_does_not_agree() {
         "only handshakes, no events: {captured:?}"
     );
 }
+
+/// JSON-shaped text around CloudEvents attribute names.
+fn cloud_eventish() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let atom = prop_oneof![
+        Just("\"specversion\"".to_owned()),
+        Just("\"1.0\"".to_owned()),
+        Just("\"id\"".to_owned()),
+        Just("\"source\"".to_owned()),
+        Just("\"type\"".to_owned()),
+        Just("\"data\"".to_owned()),
+        Just("\"subscriptionId\"".to_owned()),
+        Just("null".to_owned()),
+        Just("{".to_owned()),
+        Just("}".to_owned()),
+        Just("[".to_owned()),
+        Just("]".to_owned()),
+        Just(":".to_owned()),
+        Just(",".to_owned()),
+        Just("\"\\ud800\"".to_owned()),
+        "\"[a-z0-9.]{0,8}\"",
+    ];
+    proptest::collection::vec(atom, 0..64).prop_map(|parts| parts.concat())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Whatever the bytes, the parser answers; what it accepts is objects.
+    #[test]
+    fn cloud_events_parsing_never_panics(body in cloud_eventish()) {
+        use msgraph_webhooks::notification::{CloudEventsMode, parse_cloud_events};
+        for mode in [CloudEventsMode::Structured, CloudEventsMode::Batch] {
+            for text in [body.clone(), format!("[{body}]")] {
+                if let Ok(envelope) = parse_cloud_events(text.as_bytes(), mode) {
+                    let objects = envelope.items.iter().all(|i| i.get().starts_with('{'));
+                    proptest::prop_assert!(objects, "a non-object item was accepted");
+                }
+            }
+        }
+    }
+}
