@@ -66,6 +66,15 @@ pub(crate) struct Args {
     #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_ALLOW_HTTP")]
     allow_http: bool,
 
+    /// Deliver `EventGrid:` subscriptions here, as an Event Grid event
+    /// subscription's webhook (CloudEvents handshake, then batched CloudEvents).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "MSGRAPH_WEBHOOKS_EMULATOR_EVENT_GRID_ENDPOINT"
+    )]
+    event_grid_endpoint: Option<url::Url>,
+
     /// A drive item id that is a file, not a folder (repeatable).
     #[arg(long, env = "MSGRAPH_WEBHOOKS_EMULATOR_DRIVE_FILE")]
     drive_file: Vec<String>,
@@ -115,6 +124,9 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
         })
         .allow_http(args.allow_http)
         .copilot_tenant_licensed(!args.no_copilot_tenant_license);
+    if let Some(url) = args.event_grid_endpoint {
+        builder = builder.event_grid_endpoint(url);
+    }
     if let Some(tenant) = args.tenant_id {
         builder = builder.tenant_id(tenant);
     }

@@ -6,6 +6,13 @@
 //! local development also take `http://` to a loopback host (`localhost`,
 //! `127.0.0.1`, `[::1]`).
 //!
+//! Graph also delivers through Azure: [`check_destination`] takes the
+//! `EventGrid:?azuresubscriptionid=…&resourcegroup=…&partnertopic=…&location=…`
+//! form (all four parameters required,
+//! <https://learn.microsoft.com/graph/change-notifications-delivery-event-grid>)
+//! and `EventHub:https://…` (an `https://` URL after the prefix,
+//! <https://learn.microsoft.com/graph/change-notifications-delivery-event-hubs>).
+//!
 //! ```
 //! use msgraph_webhooks::catalog::{EndpointError, check_endpoint};
 //!
@@ -34,7 +41,42 @@ pub enum EndpointError {
     Scheme(String),
     /// It has no host.
     NoHost,
+    /// An `EventGrid:` URL without this query parameter (or with it empty).
+    EventGridParameter(&'static str),
+    /// An `EventHub:` URL whose rest is not an `https://` URL with a host.
+    EventHubUrl,
 }
+
+/// Where a notification URL has Graph deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Destination {
+    /// A webhook: POSTs of notification collections.
+    Webhook(Url),
+    /// An Event Grid partner topic (the URL as given, scheme lowercased).
+    EventGrid(Url),
+    /// An Event Hub, through the Key Vault secret the URL names.
+    EventHub(Url),
+}
+
+impl Destination {
+    /// The URL, whatever the kind.
+    pub fn url(&self) -> &Url {
+        match self {
+            Destination::Webhook(url)
+            | Destination::EventGrid(url)
+            | Destination::EventHub(url) => url,
+        }
+    }
+}
+
+/// The query parameters Graph requires of an `EventGrid:` URL.
+pub const EVENT_GRID_PARAMETERS: [&str; 4] = [
+    "azuresubscriptionid",
+    "resourcegroup",
+    "partnertopic",
+    "location",
+];
 
 impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,6 +87,12 @@ impl fmt::Display for EndpointError {
                 "is {scheme}://, and Graph delivers only to https:// URLs"
             ),
             EndpointError::NoHost => f.write_str("has no host"),
+            EndpointError::EventGridParameter(name) => {
+                write!(f, "is an EventGrid: URL without its '{name}' parameter")
+            }
+            EndpointError::EventHubUrl => {
+                f.write_str("is an EventHub: URL without an https:// URL after the prefix")
+            }
         }
     }
 }
@@ -69,6 +117,56 @@ pub fn check_endpoint(value: &str, allow_http: bool) -> Result<Url, EndpointErro
         return Err(EndpointError::NoHost);
     }
     Ok(url)
+}
+
+/// Checks any notification URL Graph takes: a webhook by
+/// [`check_endpoint`]'s rule, an `EventGrid:` URL with its four parameters
+/// ([`EVENT_GRID_PARAMETERS`], names matched without regard to case), or
+/// an `EventHub:https://…` URL.
+///
+/// ```
+/// use msgraph_webhooks::catalog::{Destination, EndpointError, check_destination};
+///
+/// let grid = "EventGrid:?azuresubscriptionid=8aa4&resourcegroup=rg&partnertopic=graph&location=westus";
+/// assert!(matches!(check_destination(grid, false), Ok(Destination::EventGrid(_))));
+/// assert_eq!(
+///     check_destination("EventGrid:?azuresubscriptionid=8aa4&resourcegroup=rg&location=westus", false),
+///     Err(EndpointError::EventGridParameter("partnertopic"))
+/// );
+/// ```
+///
+/// # Errors
+///
+/// [`EndpointError`]: the first rule broken.
+pub fn check_destination(value: &str, allow_http: bool) -> Result<Destination, EndpointError> {
+    let trimmed = value.trim();
+    let prefix = |p: &str| {
+        trimmed
+            .get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    };
+    if prefix("eventgrid:") {
+        let url = Url::parse(trimmed).map_err(|_| EndpointError::NotAbsolute)?;
+        for name in EVENT_GRID_PARAMETERS {
+            let present = url
+                .query_pairs()
+                .any(|(k, v)| k.eq_ignore_ascii_case(name) && !v.trim().is_empty());
+            if !present {
+                return Err(EndpointError::EventGridParameter(name));
+            }
+        }
+        return Ok(Destination::EventGrid(url));
+    }
+    if prefix("eventhub:") {
+        let rest = &trimmed["eventhub:".len()..];
+        match check_endpoint(rest, false) {
+            Ok(inner) if inner.scheme() == "https" => {}
+            _ => return Err(EndpointError::EventHubUrl),
+        }
+        let url = Url::parse(trimmed).map_err(|_| EndpointError::NotAbsolute)?;
+        return Ok(Destination::EventHub(url));
+    }
+    check_endpoint(value, allow_http).map(Destination::Webhook)
 }
 
 /// Whether `url`'s host is loopback: `localhost` or a loopback address.
@@ -116,5 +214,50 @@ mod tests {
             check_endpoint("https:", false),
             Err(EndpointError::NotAbsolute)
         );
+    }
+
+    #[test]
+    fn azure_destinations() {
+        let full =
+            "EventGrid:?azuresubscriptionid=8aa4&resourcegroup=rg&partnertopic=t&location=westus";
+        assert!(matches!(
+            check_destination(full, false),
+            Ok(Destination::EventGrid(_))
+        ));
+        for name in EVENT_GRID_PARAMETERS {
+            let without: String = full
+                .split(['?', '&'])
+                .skip(1)
+                .filter(|pair| !pair.starts_with(name))
+                .collect::<Vec<_>>()
+                .join("&");
+            assert_eq!(
+                check_destination(&format!("EventGrid:?{without}"), false),
+                Err(EndpointError::EventGridParameter(name))
+            );
+            let empty = full.replace(&format!("{name}="), &format!("{name}=&x="));
+            assert_eq!(
+                check_destination(&empty, false),
+                Err(EndpointError::EventGridParameter(name))
+            );
+        }
+        assert!(matches!(
+            check_destination(
+                "EventHub:https://v.vault.azure.net/secrets/hub?tenantId=c.com",
+                false
+            ),
+            Ok(Destination::EventHub(_))
+        ));
+        for bad in ["EventHub:", "EventHub:http://v.example/", "EventHub:nope"] {
+            assert_eq!(
+                check_destination(bad, false),
+                Err(EndpointError::EventHubUrl),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            check_destination("https://example.com/", false),
+            Ok(Destination::Webhook(_))
+        ));
     }
 }

@@ -51,7 +51,9 @@ pub use check::{
     Accepted, Caller, Request, Resolved, join_change_types, parse_change_types, resolve,
 };
 pub use delta::{Delta, DeltaQuery, delta};
-pub use endpoint::{EndpointError, check_endpoint};
+pub use endpoint::{
+    Destination, EVENT_GRID_PARAMETERS, EndpointError, check_destination, check_endpoint,
+};
 pub use model::{Entry, PaymentModel, PaymentModels, Permission, PermissionType, entries};
 pub use path::{PathError, ResourcePath};
 pub use quota::{Quota, QuotaScope, quotas};

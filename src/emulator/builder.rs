@@ -102,6 +102,15 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Delivers `EventGrid:` subscriptions' notifications to this webhook,
+    /// as Event Grid does for an event subscription on the partner topic:
+    /// a CloudEvents `OPTIONS` handshake before each POST, then batches of
+    /// CloudEvents (`application/cloudevents-batch+json`).
+    pub fn event_grid_endpoint(mut self, url: url::Url) -> Self {
+        self.config.event_grid_endpoint = Some(url);
+        self
+    }
+
     /// Treats this drive item id as a file.
     pub fn drive_file(mut self, item_id: impl Into<String>) -> Self {
         self.config.drive_files.push(item_id.into());

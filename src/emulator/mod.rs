@@ -185,6 +185,10 @@ pub struct Config {
     /// Accept `http://` notification URLs on any host, not only loopback
     /// (e.g. a receiver in another container).
     pub allow_http: bool,
+    /// Where `EventGrid:` subscriptions' notifications go, as an Event
+    /// Grid event subscription's webhook would get them (the CloudEvents
+    /// handshake, then batched CloudEvents); `None`: they are not delivered.
+    pub event_grid_endpoint: Option<url::Url>,
     /// Subscriptions per page of `GET /subscriptions`.
     pub page_size: usize,
     /// How long delta tokens of Outlook (messages, events), Teams and drive
@@ -219,6 +223,7 @@ impl Default for Config {
             copilot_unlicensed_users: Vec::new(),
             drive_files: Vec::new(),
             allow_http: false,
+            event_grid_endpoint: None,
             page_size: 100,
             delta_token_lifetime: Duration::from_secs(30 * 86_400),
             quota_limits: Vec::new(),

@@ -5,6 +5,7 @@
 //! with a [`TlsConfig`].
 
 mod connections;
+mod event_grid;
 mod handshake;
 mod response;
 mod server;
@@ -25,9 +26,10 @@ use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use crate::handler::BoxError;
 use crate::inspector::{DeliveryPath, Fate, Inspector, Kept, MAX_ITEMS, Seen, item_of};
 use crate::metrics::Metrics;
-use crate::notification::{Envelope, ItemClass, ItemHead, ValidationTokens};
+use crate::notification::{Envelope, ItemClass, ItemHead, ValidationTokens, parse_cloud_events};
 use crate::registry::{RejectReason, SubscriptionRegistry};
 use crate::store::{Inbox, StoreError, StoredItem};
+use event_grid::AbuseProtection;
 use handshake::Handshake;
 use response::{Answer, Rejection};
 
@@ -108,7 +110,7 @@ impl WebhookService {
         let answer = self.answer(request, seen.as_mut()).await;
         let metrics = &self.shared.metrics;
         metrics.delivery(answer.outcome());
-        if !matches!(answer, Answer::Handshake(_)) {
+        if !matches!(answer, Answer::Handshake(_) | Answer::AbuseProtection(_)) {
             metrics.ack_latency(started.elapsed());
         }
         let response = answer.into_response();
@@ -135,14 +137,35 @@ impl WebhookService {
             Handshake::Invalid if is_get_or_post => return Rejection::BadToken.into(),
             _ => {}
         }
+        if request.method() == Method::OPTIONS {
+            // Event Grid's CloudEvents handshake; any other OPTIONS is a
+            // wrong method, as before.
+            match event_grid::abuse_protection(request.headers()) {
+                AbuseProtection::Origin(origin) => {
+                    if let Some(seen) = seen {
+                        seen.path = DeliveryPath::Handshake;
+                    }
+                    return Answer::AbuseProtection(origin);
+                }
+                AbuseProtection::Invalid => return Rejection::BadOrigin.into(),
+                AbuseProtection::Absent => {}
+            }
+        }
         if request.method() != Method::POST {
             return Rejection::Method.into();
         }
+        let cloud_events = event_grid::cloud_events_mode(request.headers());
         let body = match self.read_body(request).await {
             Ok(body) => body,
             Err(rejection) => return rejection.into(),
         };
-        let envelope = match Envelope::parse(&body) {
+        // Through Event Grid each CloudEvent's `data` is one item of the
+        // same pipeline as a direct delivery's `value`.
+        let parsed = match cloud_events {
+            Some(mode) => parse_cloud_events(&body, mode),
+            None => Envelope::parse(&body),
+        };
+        let envelope = match parsed {
             Ok(envelope) => envelope,
             Err(e) => {
                 tracing::debug!(error = %e, "rejecting delivery");

@@ -15,6 +15,9 @@ use crate::store::StoreError;
 pub(crate) enum Answer {
     /// Echo a validation token.
     Handshake(String),
+    /// Agree to a CloudEvents sender (Event Grid): `200` with
+    /// `WebHook-Allowed-Origin` echoing this origin and `WebHook-Allowed-Rate: *`.
+    AbuseProtection(HeaderValue),
     /// The delivery's accepted items are stored (or there were none).
     Accepted,
     /// The request was refused.
@@ -26,6 +29,8 @@ pub(crate) enum Answer {
 pub(crate) enum Rejection {
     /// `validationToken` too long or not UTF-8.
     BadToken,
+    /// `WebHook-Request-Origin` empty, repeated, too long or not DNS-like.
+    BadOrigin,
     /// Neither a handshake nor a POST.
     Method,
     /// The body is over the limit.
@@ -48,9 +53,11 @@ impl Answer {
     pub(crate) fn outcome(&self) -> &'static str {
         match self {
             Answer::Handshake(_) => "handshake",
+            Answer::AbuseProtection(_) => "cloudevents_handshake",
             Answer::Accepted => "accepted",
             Answer::Rejected(r) => match r {
                 Rejection::BadToken => "bad_token",
+                Rejection::BadOrigin => "bad_origin",
                 Rejection::Method => "method_not_allowed",
                 Rejection::TooLarge => "too_large",
                 Rejection::BodyTimeout => "body_timeout",
@@ -75,6 +82,17 @@ impl Answer {
                 headers.insert(
                     header::X_CONTENT_TYPE_OPTIONS,
                     HeaderValue::from_static("nosniff"),
+                );
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return response;
+            }
+            Answer::AbuseProtection(origin) => {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                let headers = response.headers_mut();
+                headers.insert(super::event_grid::ALLOWED_ORIGIN, origin);
+                headers.insert(
+                    super::event_grid::ALLOWED_RATE,
+                    HeaderValue::from_static("*"),
                 );
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 return response;
@@ -105,9 +123,10 @@ impl Answer {
 impl Rejection {
     fn status(&self) -> StatusCode {
         match self {
-            Rejection::BadToken | Rejection::BodyError | Rejection::Envelope(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Rejection::BadToken
+            | Rejection::BadOrigin
+            | Rejection::BodyError
+            | Rejection::Envelope(_) => StatusCode::BAD_REQUEST,
             Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,

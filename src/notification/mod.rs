@@ -9,12 +9,14 @@
 //!   type keeps what it does not know (`other` maps, `Unknown` variants), and
 //!   the raw JSON of each item travels with it.
 
+mod cloud_events;
 mod envelope;
 mod item;
 mod kind;
 mod lenient;
 pub mod resources;
 
+pub use cloud_events::{CLOUD_EVENTS_SPEC_VERSION, CloudEventsMode, parse_cloud_events};
 pub use envelope::{
     Envelope, EnvelopeError, ItemClass, ItemHead, MAX_VALIDATION_TOKEN_BYTES,
     MAX_VALIDATION_TOKENS, ValidationTokens,

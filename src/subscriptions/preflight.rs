@@ -171,7 +171,7 @@ impl std::error::Error for PreflightError {}
 
 /// The catalog's [endpoint rule](catalog::check_endpoint), as a problem.
 fn check_url(field: &'static str, value: &str) -> Option<Problem> {
-    let why = match catalog::check_endpoint(value, false) {
+    let why = match catalog::check_destination(value, false) {
         Ok(_) => return None,
         Err(EndpointError::NotAbsolute) => {
             format!("'{}' is not an absolute URL", super::http::clean(value))

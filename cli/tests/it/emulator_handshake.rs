@@ -262,7 +262,7 @@ async fn https_only_except_loopback() {
         ),
         (
             "EventHub:https://vault.vault.azure.net/secrets/hub?tenantId=contoso.com",
-            "notificationUrl: Event Hubs and Event Grid delivery are not emulated; use an https:// URL (http:// for loopback).",
+            "notificationUrl: Event Hubs delivery is not emulated; use an https:// URL (http:// for loopback) or an EventGrid: URL.",
         ),
     ] {
         let answer = graph

@@ -18,6 +18,7 @@ mod emulator_quota;
 mod emulator_reauthorization;
 mod emulator_rules;
 mod emulator_throttle;
+mod event_grid;
 mod fixtures;
 mod forward_brokers;
 mod forward_http;

@@ -9,6 +9,8 @@ mod page;
 mod subscriptions;
 mod throttle;
 
+pub(crate) use subscriptions::is_event_grid;
+
 use std::sync::Arc;
 
 use axum::Router;

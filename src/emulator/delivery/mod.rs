@@ -25,6 +25,7 @@ use super::clock::emulated;
 use super::notify::lifecycle_item;
 use crate::notification::LifecycleEventType;
 
+mod event_grid;
 mod log;
 mod throttle;
 
@@ -559,13 +560,23 @@ async fn send(core: Arc<Core>, endpoint: Arc<Endpoint>, batch: Vec<Pending>, sta
     } else {
         policy.first_timeout
     };
-    let body = bytes::Bytes::from(body(&core, &batch));
+    // `EventGrid:` subscriptions go to the partner topic's webhook, as
+    // CloudEvents (create refuses them when no endpoint is configured).
+    let event_grid = crate::emulator::api::is_event_grid(&endpoint.url)
+        .then_some(core.config.event_grid_endpoint.as_ref())
+        .flatten();
+    let body = bytes::Bytes::from(match event_grid {
+        Some(_) => event_grid::body(&core, &batch),
+        None => body(&core, &batch),
+    });
     let started = Instant::now();
-    let answer = tokio::time::timeout(
-        core.config.real_timeout(limit),
-        post(&core.client, &endpoint.url, body.clone()),
-    )
-    .await;
+    let attempt = async {
+        match event_grid {
+            Some(target) => event_grid::post(&core.client, target, body.clone()).await,
+            None => post(&core.client, &endpoint.url, body.clone()).await,
+        }
+    };
+    let answer = tokio::time::timeout(core.config.real_timeout(limit), attempt).await;
     let latency = started.elapsed();
     // The endpoint's latency as Graph would have measured it, in Graph time.
     let graph_latency =
