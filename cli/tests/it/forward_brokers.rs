@@ -486,3 +486,110 @@ async fn redis_sends_to_a_key_of_another_type_are_permanent_errors() {
         .unwrap();
     assert!(!error.is_retryable(), "{error}");
 }
+
+// ---- End to end: Graph through Event Grid into listen --forward nats:// ----
+
+/// The emulator delivers through Event Grid (the CloudEvents handshake,
+/// then batched events) into the real `listen --forward nats://…`, on a
+/// durable store; a JetStream consumer sees every event once, as the JSON
+/// line `listen` would print, with the notification's id as `Nats-Msg-Id`.
+#[tokio::test]
+async fn event_grid_into_listen_forwarding_to_nats_delivers_every_event() {
+    let Some(base) = broker_url("MSGRAPH_WEBHOOKS_NATS_URL") else {
+        return;
+    };
+    let subject = unique("mgw.e2e.");
+    let stream = unique("MGW_E2E_");
+    let data = tempfile::tempdir().unwrap();
+    let forward = format!("{base}/{subject}?create_stream=true&stream={stream}");
+    let mut listen = crate::support::cli::Process::spawn(
+        &[
+            "listen",
+            "--addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "off",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--client-state",
+            STATE,
+            "--forward",
+            &forward,
+        ],
+        &[],
+    );
+    let receiver = listen.listening_addr().await;
+    listen.drain_stderr("listen");
+    let emulator = msgraph_webhooks::emulator::Emulator::builder()
+        .event_grid_endpoint(url::Url::parse(&format!("http://{receiver}/")).unwrap())
+        .start()
+        .await
+        .unwrap();
+    let graph = reqwest::Client::new();
+    let token = emulator.app_token("11111111-2222-3333-4444-555555555555");
+    let expires = (emulator.clock().now() + time::Duration::minutes(50))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let created = graph
+        .post(format!("{}/v1.0/subscriptions", emulator.url()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "changeType": "created",
+            "notificationUrl": "EventGrid:?azuresubscriptionid=8aa4c1d2-0000-4000-8000-000000000001&resourcegroup=rg&partnertopic=graph&location=westus",
+            "resource": "users/u1/messages",
+            "expirationDateTime": expires,
+            "clientState": STATE,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let created: serde_json::Value = created.json().await.unwrap();
+    const N: usize = 25;
+    let changes: Vec<serde_json::Value> = (0..N)
+        .map(|i| serde_json::json!({"resource": "users/u1/messages", "changeType": "created", "data": {"id": format!("AAMkE2E{i}")}}))
+        .collect();
+    let fired = graph
+        .post(format!("{}/emulator/changes", emulator.url()))
+        .json(&changes)
+        .send()
+        .await
+        .unwrap();
+    assert!(fired.status().is_success(), "{}", fired.status());
+
+    // Wait until the stream holds every event (the forwarder creates it).
+    let js = jetstream_of(&base).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = match js.get_stream(&stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if held as usize >= N {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{held} of {N} events in the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = consume_nats(&js, &stream).await;
+    let mut resources: Vec<String> = seen
+        .iter()
+        .map(|(_, body)| {
+            let line: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(line["kind"], "change", "{line}");
+            assert_eq!(line["subscriptionId"], created["id"]);
+            line["resource"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    resources.sort();
+    resources.dedup();
+    assert_eq!(resources.len(), N, "every event once: {resources:?}");
+    let ids: std::collections::HashSet<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), seen.len(), "each Nats-Msg-Id once");
+    js.delete_stream(&stream).await.unwrap();
+    listen.terminate();
+    emulator.shutdown().await;
+}
