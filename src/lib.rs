@@ -116,6 +116,10 @@
 //! | `redis` | no | `store::RedisStore`: the store for several instances |
 //! | `axum` | no | `Receiver::router()`: the endpoint, its lifecycle path and health as an axum `Router` to nest in an app |
 //! | `emulator` | no | `emulator`: a local Graph that creates subscriptions by the [`catalog`]'s rules and delivers notifications (axum); implies `axum` |
+//! | `nats` | no | `forward::nats::NatsSink`: forwarding to NATS JetStream (`async-nats`) |
+//! | `amqp` | no | `forward::amqp::AmqpSink`: forwarding to RabbitMQ with publisher confirms (`lapin`) |
+//!
+//! With `redis`, `forward::redis_stream::RedisStreamSink` forwards to a Redis stream.
 //!
 //! The command-line tool is a package of its own (`msgraph-webhooks-cli`,
 //! in the repository's `cli/`), so none of its dependencies (clap, a log
