@@ -129,7 +129,7 @@ struct Route {
 /// A failure of any sink fails the event: the worker retries it with
 /// backoff, then dead-letters it with the reasons, each naming its target
 /// and whether retrying can help ("permanent"). When every failing target
-/// refused for good (a permanent [`ForwardError`]), the event goes to the
+/// refused for good (a permanent [`ForwardError`](super::ForwardError)), the event goes to the
 /// dead letters at once ([`GiveUp`]). A retry sends to every
 /// matching sink again, those that had confirmed included: delivery is at
 /// least once, and consumers deduplicate by the event's id (`webhook-id`,
