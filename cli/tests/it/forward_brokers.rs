@@ -23,7 +23,7 @@ use crate::support::{Recorder, TestServer, envelope, message_item};
 
 const STATE: &str = "forward-brokers-state";
 
-fn broker_url(var: &str) -> Option<String> {
+pub(crate) fn broker_url(var: &str) -> Option<String> {
     let url = std::env::var(var).ok().filter(|u| !u.is_empty());
     if url.is_none() {
         eprintln!("{var} unset: skipping (point it at a running broker)");
@@ -32,7 +32,7 @@ fn broker_url(var: &str) -> Option<String> {
 }
 
 /// A name no other test or run uses.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -76,7 +76,7 @@ fn by_id(events: &[Outgoing]) -> HashMap<String, Vec<u8>> {
 // ---- NATS JetStream ----
 
 /// Every message of `stream`, as (Nats-Msg-Id, payload), read by a consumer.
-async fn consume_nats(js: &jetstream::Context, stream: &str) -> Vec<(String, Vec<u8>)> {
+pub(crate) async fn consume_nats(js: &jetstream::Context, stream: &str) -> Vec<(String, Vec<u8>)> {
     let stream = js.get_stream(stream).await.unwrap();
     let total = stream.get_info().await.unwrap().state.messages as usize;
     let consumer = stream
@@ -111,7 +111,7 @@ async fn consume_nats(js: &jetstream::Context, stream: &str) -> Vec<(String, Vec
     seen
 }
 
-async fn jetstream_of(url: &str) -> jetstream::Context {
+pub(crate) async fn jetstream_of(url: &str) -> jetstream::Context {
     jetstream::new(async_nats::connect(url).await.unwrap())
 }
 
@@ -205,12 +205,12 @@ async fn nats_a_subject_no_stream_captures_is_a_clear_permanent_error() {
 }
 
 /// A `nats-server` of this test's own, with JetStream in `dir`.
-struct OwnNats {
+pub(crate) struct OwnNats {
     child: std::process::Child,
 }
 
 impl OwnNats {
-    async fn start(port: u16, dir: &std::path::Path) -> Self {
+    pub(crate) async fn start(port: u16, dir: &std::path::Path) -> Self {
         let child = std::process::Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir)
@@ -232,7 +232,7 @@ impl OwnNats {
         Self { child }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         // SIGKILL to this child only, by its pid.
         self.child.kill().unwrap();
         self.child.wait().unwrap();

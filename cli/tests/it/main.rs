@@ -21,6 +21,7 @@ mod emulator_throttle;
 mod event_grid;
 mod fixtures;
 mod forward_brokers;
+mod forward_faults;
 mod forward_http;
 mod hostile;
 mod hostile_bodies;
