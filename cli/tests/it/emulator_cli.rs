@@ -55,17 +55,7 @@ async fn emulate_serves_the_local_graph_until_terminated() {
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
 
-    let token: Value = client
-        .post(format!("{base}/common/oauth2/v2.0/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials&client_id=cli-test&client_secret=s&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap();
+    let token = &crate::support::graph::client_token(&client, &base, "cli-test").await;
     let hook = Hook::start(Answering::Well).await;
     let expires = (time::OffsetDateTime::now_utc() + time::Duration::hours(2))
         .format(&time::format_description::well_known::Rfc3339)
@@ -166,24 +156,13 @@ async fn listen_decrypts_and_verifies_what_emulate_sends() {
     let receiver = listen.listening_addr().await;
 
     let client = reqwest::Client::new();
-    let token: Value = client
-        .post(format!("{base}/common/oauth2/v2.0/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "grant_type=client_credentials&client_id={APP}&client_secret=s&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = crate::support::graph::client_token(&client, &base, APP).await;
     let expires = (time::OffsetDateTime::now_utc() + time::Duration::minutes(50))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     let created = client
         .post(format!("{base}/v1.0/subscriptions"))
-        .bearer_auth(token["access_token"].as_str().unwrap())
+        .bearer_auth(&token)
         .json(&json!({
             "changeType": "created",
             "notificationUrl": format!("http://{receiver}/"),

@@ -288,19 +288,7 @@ async fn emulator_throttle_emulate_takes_a_limit_from_the_command_line() {
     let base = format!("http://{}", emulate.listening_addr().await);
     emulate.drain_stderr("emulate");
     let client = reqwest::Client::new();
-    let token: Value = client
-        .post(format!("{base}/common/oauth2/v2.0/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "grant_type=client_credentials&client_id={APP}&client_secret=s&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap();
+    let token = &crate::support::graph::client_token(&client, &base, APP).await;
     let list = || {
         client
             .get(format!("{base}/v1.0/subscriptions"))

@@ -412,22 +412,13 @@ async fn emulate_delivers_through_event_grid_into_listen() {
     );
     let base = format!("http://{}", emulator.listening_addr().await);
     let client = reqwest::Client::new();
-    let token: Value = client
-        .post(format!("{base}/common/oauth2/v2.0/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials&client_id=cli-test&client_secret=s&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = crate::support::graph::client_token(&client, &base, "cli-test").await;
     let expires = (time::OffsetDateTime::now_utc() + time::Duration::minutes(50))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     let created = client
         .post(format!("{base}/v1.0/subscriptions"))
-        .bearer_auth(token["access_token"].as_str().unwrap())
+        .bearer_auth(&token)
         .json(&json!({
             "changeType": "created",
             "notificationUrl": GRID,

@@ -57,19 +57,7 @@ async fn listen(cert: &Path, key: &Path) -> (Process, SocketAddr) {
 
 /// An app token from the emulator's token endpoint at `base`.
 async fn token(client: &reqwest::Client, base: &str) -> String {
-    let answer: Value = client
-        .post(format!("{base}/common/oauth2/v2.0/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "grant_type=client_credentials&client_id={APP}&client_secret=s&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["access_token"].as_str().unwrap().to_owned()
+    crate::support::graph::client_token(client, base, APP).await
 }
 
 /// `POST /v1.0/subscriptions` for Ada's messages to `url`: status and body.

@@ -396,3 +396,21 @@ impl Drop for Hook {
         self.task.abort();
     }
 }
+
+/// An app token for `app` from the token endpoint of the emulator at
+/// `base`, as a client of a running `emulate` process gets one.
+pub async fn client_token(client: &reqwest::Client, base: &str, app: &str) -> String {
+    let answer: Value = client
+        .post(format!("{base}/common/oauth2/v2.0/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_id={app}&client_secret=s&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["access_token"].as_str().unwrap().to_owned()
+}
