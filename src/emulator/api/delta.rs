@@ -506,12 +506,10 @@ pub(super) async fn serve(
     }
     let token = authorize(&core, &endpoint, &headers)?;
     if let Some(retry_after) = core.delta.throttled() {
-        let error = GraphError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
+        return Ok(GraphError::throttled(
             "Too many requests. Retry after the time in the Retry-After header.",
-        );
-        return Ok(([(header::RETRY_AFTER, retry_after.to_string())], error).into_response());
+            retry_after,
+        ));
     }
     let options = options(uri.query());
     let links = Links::new(&core, &uri, &headers, version, &endpoint.prefix);

@@ -191,6 +191,13 @@ impl GraphError {
             message,
         )
     }
+
+    /// `429 TooManyRequests` with `Retry-After: {retry_after}` seconds:
+    /// Graph's throttling answer.
+    pub(crate) fn throttled(message: impl Into<String>, retry_after: u64) -> Response {
+        let error = Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
+        ([(header::RETRY_AFTER, retry_after.to_string())], error).into_response()
+    }
 }
 
 impl From<Violation> for GraphError {

@@ -15,9 +15,9 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tokio::time::Instant;
 
 use super::{GraphError, authenticate};
@@ -54,17 +54,11 @@ pub(super) async fn limit(State(core): State<Arc<Core>>, request: Request, next:
         retry_after = refusal.retry_after,
         "throttled: 429"
     );
-    let error = GraphError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "TooManyRequests",
+    GraphError::throttled(
         format!(
             "Too many requests from Identifier:{} under category:throttle.aad.ags.subscriptionservice.{}. Please try again later.",
             refusal.identifier, refusal.row
         ),
-    );
-    (
-        [(header::RETRY_AFTER, refusal.retry_after.to_string())],
-        error,
+        refusal.retry_after,
     )
-        .into_response()
 }
