@@ -90,7 +90,7 @@
 //! | [`listener`] | the endpoint: handshake, limits, request path, standalone hyper server |
 //! | [`notification`] | the envelope, typed change/lifecycle items, [`ResourceKind`], typed resources |
 //! | [`registry`] | which subscriptions are ours and the `clientState` each carries |
-//! | [`store`] | every storage contract (inbox — the ack boundary —, dead letters, dedupe, subscription records, leases, delta cursors), its one error, and the backends: memory, SQLite, Redis |
+//! | [`store`] | every storage contract (inbox — the ack boundary —, dead letters, dedupe, subscription records, leases, delta cursors), its one error, and the backends: memory, SQLite, Redis, PostgreSQL |
 //! | [`worker`] | behind the ack: claim, verify rich items, build events, call the handler, retry |
 //! | [`tokens`] | validation tokens of rich notifications: JWKS, RS256, claims |
 //! | [`crypto`] | key ring, decryption of rich notifications, certificate generation |
@@ -114,6 +114,7 @@
 //! |---|---|---|
 //! | `sqlite` | yes | [`store::SqliteStore`]: the embedded durable store (SQLite, bundled) |
 //! | `redis` | no | `store::RedisStore`: the store for several instances |
+//! | `postgres` | no | `store::PostgresStore`: the store for several instances on PostgreSQL (`tokio-postgres`, `deadpool-postgres`) |
 //! | `axum` | no | `Receiver::router()`: the endpoint, its lifecycle path and health as an axum `Router` to nest in an app |
 //! | `emulator` | no | `emulator`: a local Graph that creates subscriptions by the [`catalog`]'s rules and delivers notifications (axum); implies `axum` |
 //! | `nats` | no | `forward::nats::NatsSink`: forwarding to NATS JetStream (`async-nats`) |

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
+use super::PostgresStore;
 #[cfg(feature = "redis")]
 use super::RedisStore;
 #[cfg(feature = "sqlite")]
@@ -111,6 +113,24 @@ impl Backend {
         }
     }
 
+    /// PostgreSQL, shared by every instance: `202` after the commit. A
+    /// silent worker's claims lapse after the store's claim timeout, so its
+    /// dedupe claims last exactly as long, as with [`redis`](Self::redis).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(store: Arc<PostgresStore>) -> Self {
+        Self {
+            owner: Some(store.consumer().to_owned()),
+            dedupe_lease: store.claim_idle(),
+            inbox: store.clone(),
+            dead_letters: store.clone(),
+            dedupe: store.clone(),
+            records: store.clone(),
+            cursors: store.clone(),
+            lease: store,
+            kind: "postgres",
+        }
+    }
+
     /// Where accepted items wait for the workers.
     pub fn inbox(&self) -> Arc<dyn Inbox> {
         self.inbox.clone()
@@ -152,7 +172,7 @@ impl Backend {
         self.dedupe_lease
     }
 
-    /// `memory`, `sqlite` or `redis`.
+    /// `memory`, `sqlite`, `redis` or `postgres`.
     pub fn kind(&self) -> &'static str {
         self.kind
     }

@@ -5,7 +5,8 @@
 //! the consumer group) is tested beside it.
 //!
 //! Each check takes two handles on one store (`a` and `b`): two processes
-//! on one data directory or one Redis, or the same memory twice.
+//! on one data directory, one Redis or one PostgreSQL schema, or the same
+//! memory twice.
 
 use std::time::Duration;
 
@@ -399,4 +400,20 @@ async fn redis_keeps_every_contract() {
     let b = Arc::new(RedisStore::connect(&url, config).await.unwrap());
     all(&Backend::redis(a.clone()), &Backend::redis(b)).await;
     cleanup(&a).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_keeps_every_contract() {
+    use std::sync::Arc;
+
+    use super::PostgresStore;
+    use super::postgres::tests::{postgres_url, test_config};
+
+    let Some(url) = postgres_url() else { return };
+    let config = test_config();
+    let a = Arc::new(PostgresStore::connect(&url, config.clone()).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&url, config).await.unwrap());
+    all(&Backend::postgres(a.clone()), &Backend::postgres(b)).await;
+    a.drop_schema().await;
 }

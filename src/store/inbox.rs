@@ -50,7 +50,7 @@ impl StoredItem {
 
 /// What a durable store writes of an item whose tokens it keeps apart (in
 /// a record of the delivery): [`StoredItem`]'s fields but the tokens.
-#[cfg(any(feature = "sqlite", feature = "redis"))]
+#[cfg(any(feature = "sqlite", feature = "redis", feature = "postgres"))]
 #[derive(Serialize)]
 struct Untokened<'a> {
     #[serde(rename = "item")]
@@ -59,7 +59,7 @@ struct Untokened<'a> {
     received_at_ms: i64,
 }
 
-#[cfg(any(feature = "sqlite", feature = "redis"))]
+#[cfg(any(feature = "sqlite", feature = "redis", feature = "postgres"))]
 impl StoredItem {
     /// The item as JSON, without its tokens when `tokens_apart` (the store
     /// keeps them with the delivery); read back with [`from_json`](Self::from_json).

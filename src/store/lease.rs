@@ -46,13 +46,13 @@ pub trait Lease: Send + Sync + 'static {
 
 /// The lease name a backend keeps `member` of `group` under, for backends
 /// that keep presence as leases: one per member, named by group then member.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn member_lease(group: &str, member: &str) -> String {
     format!("{}{member}", member_prefix(group))
 }
 
 /// What the lease names of `group`'s members start with.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn member_prefix(group: &str) -> String {
     // The unit separator: in no group name, so no group's members are
     // taken for another's.

@@ -22,7 +22,10 @@
 //! - [`SqliteStore`] (feature `sqlite`): one data directory on local disk;
 //!   `202` only after the items are fsynced; several processes may share it;
 //! - [`RedisStore`] (feature `redis`): streams and a consumer group, for
-//!   several instances behind a load balancer.
+//!   several instances behind a load balancer;
+//! - [`PostgresStore`] (feature `postgres`): tables in one schema, for
+//!   several instances on the PostgreSQL every cloud offers; `202` only
+//!   after the items are committed.
 
 mod backend;
 #[cfg(test)]
@@ -35,6 +38,8 @@ mod files;
 mod inbox;
 mod lease;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod records;
 #[cfg(feature = "redis")]
 mod redis;
@@ -50,12 +55,14 @@ pub use error::StoreError;
 pub use inbox::{Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoredItem};
 pub(crate) use inbox::{token_groups, unix_ms};
 pub use lease::Lease;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use lease::{member_lease, member_prefix};
 pub use memory::{
     DEFAULT_MAX_KEYS as DEDUPE_MAX_KEYS, MemoryCursors, MemoryDedupe, MemoryInbox, MemoryLease,
     MemoryRecords,
 };
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresConfig, PostgresStore};
 pub use records::{RecordStore, SubscriptionRecord};
 #[cfg(feature = "redis")]
 pub use redis::{RedisConfig, RedisStore};
