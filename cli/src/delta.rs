@@ -61,7 +61,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let store = args.store.open().await?;
     if store.backend.kind() == "memory" {
         tracing::warn!(
-            "the cursor is kept in memory: the next run starts over (use --data-dir or --redis-url)"
+            "the cursor is kept in memory: the next run starts over (use --data-dir, --redis or --postgres)"
         );
     }
     let mut engine = DeltaResync::builder(client, &store.backend)

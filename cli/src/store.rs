@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msgraph_webhooks::BoxError;
-use msgraph_webhooks::store::{Backend, MemoryInbox, RedisConfig, RedisStore, SqliteStore};
+use msgraph_webhooks::store::{
+    Backend, MemoryInbox, PostgresConfig, PostgresStore, RedisConfig, RedisStore, SqliteStore,
+};
 
 /// Where the store is: shared by every command that opens one.
 #[derive(Debug, clap::Args)]
@@ -19,7 +21,7 @@ pub(crate) struct StoreLocation {
         long,
         global = true,
         env = "MSGRAPH_WEBHOOKS_DATA_DIR",
-        conflicts_with = "redis"
+        conflicts_with_all = ["redis", "postgres"]
     )]
     data_dir: Option<PathBuf>,
 
@@ -36,13 +38,35 @@ pub(crate) struct StoreLocation {
         env = "MSGRAPH_WEBHOOKS_REDIS_PREFIX"
     )]
     redis_prefix: String,
+
+    /// PostgreSQL URL (e.g. postgres://user@db.internal/graph, with
+    /// ?sslmode=require to insist on verified TLS): inbox, dedupe, dead
+    /// letters, records and cursors shared by every instance that names it;
+    /// 202 once committed.
+    #[arg(
+        long,
+        global = true,
+        env = "MSGRAPH_WEBHOOKS_POSTGRES",
+        conflicts_with = "redis"
+    )]
+    postgres: Option<String>,
+
+    /// The PostgreSQL schema the store's tables live in (created and
+    /// migrated by the store), so deployments can share one database.
+    #[arg(
+        long,
+        global = true,
+        default_value = "msgraph_webhooks",
+        env = "MSGRAPH_WEBHOOKS_POSTGRES_SCHEMA"
+    )]
+    postgres_schema: String,
 }
 
 /// What workers need of the store: `listen` and `work`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ConsumerArgs {
-    /// Seconds an item may stay claimed by a silent Redis consumer before
-    /// another takes it over; longer than your slowest handler.
+    /// Seconds an item may stay claimed by a silent Redis or PostgreSQL
+    /// consumer before another takes it over; longer than your slowest handler.
     #[arg(long, default_value_t = CLAIM_IDLE_SECS, env = "MSGRAPH_WEBHOOKS_CLAIM_IDLE_SECS")]
     claim_idle_secs: u64,
 
@@ -74,7 +98,7 @@ impl Default for ConsumerArgs {
 pub(crate) struct MemoryArgs {
     /// Keep everything in memory only: fastest, lost with the process, and
     /// shared with no other.
-    #[arg(long, env = "MSGRAPH_WEBHOOKS_MEMORY", conflicts_with_all = ["data_dir", "redis"])]
+    #[arg(long, env = "MSGRAPH_WEBHOOKS_MEMORY", conflicts_with_all = ["data_dir", "redis", "postgres"])]
     memory: bool,
 }
 
@@ -268,6 +292,17 @@ async fn open(
             tracing::info!(prefix = %location.redis_prefix, "store: redis");
             return Ok(Store {
                 backend: Backend::redis(store),
+                dedupe_ttl,
+            });
+        }
+        if let Some(url) = &location.postgres {
+            let mut config = PostgresConfig::default();
+            config.schema = location.postgres_schema.clone();
+            config.claim_idle = Duration::from_secs(consumer.claim_idle_secs);
+            let store = Arc::new(PostgresStore::connect(url, config).await?);
+            tracing::info!(schema = %location.postgres_schema, "store: postgres");
+            return Ok(Store {
+                backend: Backend::postgres(store),
                 dedupe_ttl,
             });
         }

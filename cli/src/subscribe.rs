@@ -377,7 +377,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if args.subscription.resync.by_delta() && store.backend.kind() == "memory" {
         tracing::warn!(
             "resynced changes go to the store's inbox, which is in memory here: \
-             nobody hands them out. Use --data-dir or --redis-url, shared with a `listen` or `work`"
+             nobody hands them out. Use --data-dir, --redis or --postgres, shared with a `listen` or `work`"
         );
     }
     let manager = args

@@ -1,5 +1,6 @@
 //! Nothing acknowledged is lost: receivers and workers killed with SIGKILL
-//! mid-stream, Redis restarted under load, a disk that fills up.
+//! mid-stream, Redis restarted under load, a disk that fills up. (The same
+//! on PostgreSQL is in `durability_postgres`, with these helpers.)
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use crate::support::cli::Process;
 use crate::support::load::{Load, Seen, batches};
 
-const STATE: &str = "durability-secret";
-const WORKERS: usize = 4;
+pub(crate) const STATE: &str = "durability-secret";
+pub(crate) const WORKERS: usize = 4;
 /// Items a worker holds at once (the worker's claim batch, `CLAIM_BATCH` in
 /// `src/worker/mod.rs`): what a kill can leave handled but not yet recorded
 /// as handled.
@@ -17,10 +18,10 @@ const CLAIM_BATCH: usize = 64;
 
 /// A small deterministic generator for kill points; the seed is printed so
 /// a failing run can be repeated with `MSGRAPH_WEBHOOKS_TEST_SEED`.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let seed = std::env::var("MSGRAPH_WEBHOOKS_TEST_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -35,7 +36,7 @@ impl Rng {
     }
 
     /// A number in `low..high`.
-    fn between(&mut self, low: usize, high: usize) -> usize {
+    pub(crate) fn between(&mut self, low: usize, high: usize) -> usize {
         // xorshift64*
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -45,7 +46,7 @@ impl Rng {
     }
 }
 
-async fn started(
+pub(crate) async fn started(
     args: &[&str],
     env: &[(&str, &str)],
     seen: Option<&Seen>,
@@ -69,7 +70,7 @@ async fn started(
     (process, addr)
 }
 
-async fn wait_until(what: &str, wait: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, wait: Duration, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + wait;
     while !done() {
         assert!(
@@ -84,7 +85,7 @@ async fn wait_until(what: &str, wait: Duration, mut done: impl FnMut() -> bool) 
 /// window a kill can open (items a killed worker held: handled, but not yet
 /// recorded as handled). The test's intentional copies (hundreds of items)
 /// must all be dropped, so a broken dedupe shows far above this bound.
-async fn assert_delivered(load: &Load, seen: &Seen, expected: usize, kills: usize) {
+pub(crate) async fn assert_delivered(load: &Load, seen: &Seen, expected: usize, kills: usize) {
     let acked = load.acked();
     assert_eq!(
         acked.len(),

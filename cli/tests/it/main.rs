@@ -6,6 +6,7 @@ mod catalog_rows;
 mod cli_env;
 mod doctor;
 mod durability;
+mod durability_postgres;
 mod emulator_api;
 mod emulator_cli;
 mod emulator_delivery;
