@@ -46,6 +46,11 @@
 //! Every expiry (claims, dedupe keys, leases, presence) is measured by the
 //! PostgreSQL server's clock, so instances whose clocks differ agree.
 //!
+//! Connect to the server itself or through a pooler in session mode: the
+//! store keeps prepared statements per connection and sets
+//! `synchronous_commit` as a startup option, which a pooler in transaction
+//! mode (PgBouncer's default there) does not carry.
+//!
 //! When PostgreSQL is unreachable, [`connect`](PostgresStore::connect)
 //! still succeeds (the schema is made on first use), and every operation
 //! fails within [`PostgresConfig::timeout`] with

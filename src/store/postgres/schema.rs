@@ -26,6 +26,8 @@ const MIGRATIONS: &[&str] = &[
         tokens bytea NOT NULL,
         refs integer NOT NULL
     );
+    -- What the sweep looks for: deliveries a failed complete left unnamed.
+    CREATE INDEX deliveries_unnamed ON {s}.deliveries (id) WHERE refs <= 0;
 
     -- The inbox. available_at_ms is when the item may be claimed: its
     -- arrival, a retry's due time, or when its claim lapses (the claimer
