@@ -220,7 +220,7 @@ impl Cursors for PostgresStore {
 }
 
 /// Leases are rows of `leases`, taken or extended by one upsert; presence is
-/// a lease per member (see [`member_lease`]).
+/// a lease per member, as on the embedded store.
 impl Lease for PostgresStore {
     fn acquire(
         &self,
