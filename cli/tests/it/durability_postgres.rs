@@ -1,13 +1,17 @@
 //! Nothing acknowledged is lost on PostgreSQL: receivers and workers on one
-//! PostgreSQL killed with SIGKILL under load, and a PostgreSQL of the
-//! test's own stopped and started again mid-load.
+//! PostgreSQL killed with SIGKILL under load, a PostgreSQL of the test's
+//! own stopped and started again mid-load; and `dlq` on a PostgreSQL schema.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use msgraph_webhooks::notification::ValidationTokens;
+use msgraph_webhooks::store::{Inbox as _, PostgresConfig, PostgresStore, StoredItem};
+
 use crate::durability::{Rng, STATE, WORKERS, assert_delivered, started, wait_until};
-use crate::support::load::{Load, Seen, batches};
+use crate::support::cli::Process;
+use crate::support::load::{Load, Seen, batches, item};
 
 /// The machine's PostgreSQL (`MSGRAPH_WEBHOOKS_POSTGRES_URL`), or `None`
 /// with a note.
@@ -274,6 +278,7 @@ async fn postgres_restarted_under_load_loses_nothing_acknowledged() {
         || load.statuses().get("503").copied().unwrap_or(0) >= refused_before + 20,
     )
     .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         load.acked().len(),
         acked_before,
@@ -290,4 +295,63 @@ async fn postgres_restarted_under_load_loses_nothing_acknowledged() {
     assert_delivered(&load, &seen, COUNT, 1).await;
     drop(receiver);
     drop(postgres);
+}
+
+/// Runs `dlq ARGS` on the schema; its exit status and stdout lines.
+async fn dlq(args: &[&str], url: &str, schema: &str) -> (bool, Vec<String>) {
+    let mut args = args.to_vec();
+    args.insert(0, "dlq");
+    let env = [
+        ("MSGRAPH_WEBHOOKS_POSTGRES", url),
+        ("MSGRAPH_WEBHOOKS_POSTGRES_SCHEMA", schema),
+    ];
+    let mut process = Process::spawn(&args, &env);
+    process.drain_stderr("dlq");
+    let mut lines = Vec::new();
+    while let Some(line) = process.try_next_stdout(Duration::from_secs(30)).await {
+        lines.push(line);
+    }
+    (process.child.wait().await.unwrap().success(), lines)
+}
+
+#[tokio::test]
+async fn dlq_lists_and_replays_dead_letters_on_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let schema = unique_schema();
+    let mut config = PostgresConfig::default();
+    config.schema = schema.clone();
+    let store = PostgresStore::connect(&url, config).await.unwrap();
+    let raw = serde_json::value::RawValue::from_string(item("dead-1", STATE, 0).to_string());
+    store
+        .append(vec![StoredItem::new(
+            raw.unwrap(),
+            ValidationTokens::Absent,
+        )])
+        .await
+        .unwrap();
+    let mut claimed = store.claim(1, Duration::from_secs(1)).await.unwrap();
+    let mut dead = claimed.pop().expect("the item is claimed");
+    dead.attempts = 5;
+    store
+        .dead_letter(dead, "handler error: boom".into())
+        .await
+        .unwrap();
+
+    let (ok, lines) = dlq(&["list"], &url, &schema).await;
+    assert!(ok);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let letter: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(letter["reason"], "handler error: boom");
+    assert_eq!(letter["attempts"], 5);
+    assert_eq!(letter["item"]["id"], "dead-1");
+
+    let id = letter["id"].as_str().unwrap();
+    let (ok, lines) = dlq(&["replay", id], &url, &schema).await;
+    assert!(ok, "{lines:?}");
+    assert_eq!(lines, ["1 dead letter(s) moved back into the inbox"]);
+    let (ok, lines) = dlq(&["list"], &url, &schema).await;
+    assert!(ok && lines.is_empty(), "{lines:?}");
+    let again = store.claim(1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 0));
+    drop_schema(&url, &schema).await;
 }
