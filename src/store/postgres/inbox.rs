@@ -29,16 +29,21 @@ UPDATE {s}.items i SET claimed_by = $1, available_at_ms = {s}.now_ms() + $3
 FROM c WHERE i.id = c.id
 RETURNING i.id, i.payload, i.attempts, i.delivery_id, c.claimed_by";
 
-/// Removes items and counts them off their deliveries.
+/// Removes items and counts them off their deliveries. The deliveries are
+/// locked in id order first, so two workers completing items of the same
+/// deliveries never wait on each other in a circle (a deadlock).
 const COMPLETE: &str = "
 WITH gone AS (
     DELETE FROM {s}.items WHERE id = ANY($1) RETURNING delivery_id
 ), named AS (
     SELECT delivery_id, count(*)::integer AS n FROM gone
     WHERE delivery_id IS NOT NULL GROUP BY delivery_id
+), locked AS MATERIALIZED (
+    SELECT d.id, named.n FROM {s}.deliveries d JOIN named ON d.id = named.delivery_id
+    ORDER BY d.id FOR UPDATE OF d
 )
-UPDATE {s}.deliveries d SET refs = d.refs - named.n
-FROM named WHERE d.id = named.delivery_id
+UPDATE {s}.deliveries d SET refs = d.refs - locked.n
+FROM locked WHERE d.id = locked.id
 RETURNING d.id, d.refs";
 
 /// Moves an item to the dead letters; its delivery's tokens stay, named

@@ -248,3 +248,53 @@ async fn bad_schema_names_and_urls_are_refused() {
     let refused = PostgresStore::connect("mysql:://nope", PostgresConfig::default()).await;
     assert!(refused.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_completes_leave_no_delivery_behind() {
+    let Some(url) = postgres_url() else { return };
+    let config = test_config();
+    let a = Arc::new(PostgresStore::connect(&url, config.clone()).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&url, config).await.unwrap());
+    for d in 0..20u32 {
+        let tokens = ValidationTokens::Tokens(vec![format!("token-{d}")].into());
+        let delivery = (0..10)
+            .map(|k| {
+                let raw =
+                    serde_json::value::RawValue::from_string(format!("{{\"n\":{}}}", d * 10 + k));
+                StoredItem::new(raw.unwrap(), tokens.clone())
+            })
+            .collect();
+        a.append(delivery).await.unwrap();
+    }
+    // Two workers take small batches that cut across deliveries, and
+    // complete them at the same time.
+    let drain = |store: Arc<PostgresStore>| {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let batch = store.claim(7, Duration::ZERO).await.unwrap();
+                if batch.is_empty() {
+                    return seen;
+                }
+                seen.extend(batch.iter().map(n));
+                store
+                    .complete_many(batch.into_iter().map(|c| c.id).collect())
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let (from_a, from_b) = (drain(a.clone()), drain(b.clone()));
+    let mut seen = from_a.await.unwrap();
+    seen.extend(from_b.await.unwrap());
+    seen.sort_unstable();
+    assert_eq!(seen, (0..200).collect::<Vec<u64>>(), "every item, once");
+    let count = a.sql("SELECT count(*) FROM {s}.deliveries");
+    let left: i64 = a
+        .with(|client| async move { client.query_one(&count, &[]).await })
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "each delivery went with its last item");
+    a.drop_schema().await;
+}
