@@ -152,6 +152,16 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::unavailable(format!("postgres: {e}"))
 }
 
+/// What a client error says: the server's message, or the error with its
+/// cause (tokio-postgres's own text is only "db error", "error connecting").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => db.to_string(),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`, or
     /// libpq's `key=value` form) and creates or migrates the schema. Like
@@ -249,11 +259,10 @@ impl PostgresStore {
     /// A pooled connection, the schema migrated on it first if this process
     /// has not yet.
     async fn client(&self) -> Result<Object, Refused> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| Refused::Unreachable(unavailable(e)))?;
+        let client = self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => Refused::of(e, "connecting"),
+            e => Refused::Unreachable(unavailable(e)),
+        })?;
         if self.migrated.initialized() {
             return Ok(client);
         }
@@ -295,7 +304,7 @@ impl PostgresStore {
     {
         let work = async {
             let client = self.client().await.map_err(Refused::into_error)?;
-            op(client).await.map_err(unavailable)
+            op(client).await.map_err(|e| unavailable(describe(&e)))
         };
         tokio::time::timeout(self.config.timeout, work)
             .await
@@ -362,6 +371,24 @@ enum Refused {
 }
 
 impl Refused {
+    /// Tells the server's answers that mean "not now" (starting up, shutting
+    /// down, out of connections: SQLSTATE classes 08, 53 and 57) and failures
+    /// to reach it apart from those that need a fix (a wrong password, no
+    /// such database, no right to create the schema).
+    /// `doing` says what failed.
+    fn of(e: tokio_postgres::Error, doing: &str) -> Self {
+        let fix = e.as_db_error().is_some_and(|db| {
+            let class = &db.code().code()[..2];
+            !matches!(class, "08" | "53" | "57")
+        });
+        let error = unavailable(format!("{doing}: {}", describe(&e)));
+        if fix {
+            Refused::Server(error)
+        } else {
+            Refused::Unreachable(error)
+        }
+    }
+
     fn into_error(self) -> StoreError {
         match self {
             Refused::Unreachable(e) | Refused::Server(e) => e,

@@ -3,7 +3,7 @@
 
 use deadpool_postgres::Object;
 
-use super::{Refused, unavailable};
+use super::Refused;
 use crate::store::StoreError;
 
 /// The migrations, in order: version `n` is `MIGRATIONS[n - 1]`. `{s}` is
@@ -227,12 +227,7 @@ async fn migrate_locked(client: &Object, schema: &Schema) -> Result<(), Refused>
     Ok(())
 }
 
-/// An error the server answered (a configuration to fix) apart from one of
-/// reaching it (retry later).
+/// [`Refused::of`] for a step of the migration.
 fn classify(e: tokio_postgres::Error) -> Refused {
-    if e.as_db_error().is_some() {
-        Refused::Server(unavailable(format!("migrating the schema: {e}")))
-    } else {
-        Refused::Unreachable(unavailable(e))
-    }
+    Refused::of(e, "migrating the schema")
 }

@@ -298,3 +298,46 @@ async fn concurrent_completes_leave_no_delivery_behind() {
     assert_eq!(left, 0, "each delivery went with its last item");
     a.drop_schema().await;
 }
+
+#[tokio::test]
+async fn a_database_that_does_not_exist_is_refused_at_connect() {
+    let Some(url) = postgres_url() else { return };
+    let Ok(mut parsed) = url::Url::parse(&url) else {
+        eprintln!("skipped: MSGRAPH_WEBHOOKS_POSTGRES_URL is not a URL this test can edit");
+        return;
+    };
+    parsed.set_path("msgraph_webhooks_no_such_database");
+    let refused = PostgresStore::connect(parsed.as_str(), test_config()).await;
+    let Err(e) = refused else {
+        panic!("connected to a database that does not exist")
+    };
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
+
+#[tokio::test]
+async fn the_default_sslmode_encrypts_when_the_server_offers_tls() {
+    let Some(url) = postgres_url() else { return };
+    let store = PostgresStore::connect(&url, test_config()).await.unwrap();
+    let row = store
+        .with(|client| async move {
+            client
+                .query_one(
+                    "SELECT current_setting('ssl') = 'on', \
+                     (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())",
+                    &[],
+                )
+                .await
+        })
+        .await
+        .unwrap();
+    let (offered, encrypted): (bool, bool) = (row.get(0), row.get(1));
+    if url.contains("sslmode=disable") {
+        assert!(!encrypted);
+    } else {
+        assert_eq!(
+            encrypted, offered,
+            "TLS is used exactly when the server offers it"
+        );
+    }
+    store.drop_schema().await;
+}

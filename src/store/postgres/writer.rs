@@ -9,7 +9,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::schema::Schema;
-use super::unavailable;
+use super::{describe, unavailable};
 use crate::store::{StoreError, StoredItem, token_groups};
 
 /// Items the writer stores in one statement at most; appends beyond wait
@@ -167,11 +167,11 @@ async fn write(pool: &Pool, sql: &str, group: &[Append]) -> Result<(), String> {
             token_sets.push(set.map(|g| (offset + g + 1) as i64));
         }
     }
-    let client = pool.get().await.map_err(|e| e.to_string())?;
-    let statement = client
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => describe(&e),
+        e => e.to_string(),
+    })?;
+    let statement = client.prepare_cached(sql).await.map_err(|e| describe(&e))?;
     client
         .execute(
             &statement,
@@ -179,5 +179,5 @@ async fn write(pool: &Pool, sql: &str, group: &[Append]) -> Result<(), String> {
         )
         .await
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| describe(&e))
 }
