@@ -39,7 +39,8 @@ ON CONFLICT (key) DO UPDATE SET owner = NULL, expires_at_ms = excluded.expires_a
 /// Dedupe on PostgreSQL. Handled keys and keys being handled are rows of
 /// `dedupe`, shared by every instance: a copy claimed by another instance
 /// while its original is handled waits ([`Claim::InProgress`]) rather than
-/// running beside it. Expired rows are swept now and then by the claimers.
+/// running beside it. Expired rows are deleted by each process's sweeper
+/// (`sweep.rs`), every few seconds whatever the load.
 impl Dedupe for PostgresStore {
     fn begin(
         &self,

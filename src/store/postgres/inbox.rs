@@ -176,9 +176,6 @@ impl Inbox for PostgresStore {
                 if !claimed.is_empty() {
                     return Ok(claimed);
                 }
-                if self.sweep_due() {
-                    self.sweep().await;
-                }
                 let now = tokio::time::Instant::now();
                 if now >= deadline {
                     return Ok(Vec::new());

@@ -60,7 +60,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{Notify, OnceCell};
@@ -71,14 +71,13 @@ mod coordination;
 mod dedupe;
 mod inbox;
 mod schema;
+mod sweep;
 mod writer;
 
 use schema::Schema;
 
 /// How often an idle claimer looks for items appended by other processes.
 const POLL: Duration = Duration::from_millis(50);
-/// How often expired dedupe keys and unnamed deliveries are swept.
-const SWEEP: Duration = Duration::from_secs(5);
 
 /// Settings of a [`PostgresStore`].
 #[derive(Clone, Debug)]
@@ -134,7 +133,7 @@ pub struct PostgresStore {
     appended: Arc<Notify>,
     /// A claimer was woken for appended items and has not claimed yet.
     waking: AtomicBool,
-    swept_at: std::sync::Mutex<Option<Instant>>,
+    sweeper: tokio::task::JoinHandle<()>,
     /// Transactions the append writer committed.
     commits: Arc<AtomicU64>,
 }
@@ -216,6 +215,7 @@ impl PostgresStore {
             config.timeout,
             commits.clone(),
         );
+        let sweeper = sweep::spawn(pool.clone(), &schema, config.timeout);
         let store = Self {
             consumer: crate::random::hex_id(12),
             config,
@@ -225,7 +225,7 @@ impl PostgresStore {
             appends,
             appended: Arc::new(Notify::new()),
             waking: AtomicBool::new(false),
-            swept_at: std::sync::Mutex::default(),
+            sweeper,
             commits,
         };
         match store.client().await {
@@ -324,35 +324,6 @@ impl PostgresStore {
         }
     }
 
-    /// Whether the periodic sweep is due (and, if so, marks it done).
-    fn sweep_due(&self) -> bool {
-        let mut swept_at = self.swept_at.lock().unwrap_or_else(|e| e.into_inner());
-        if swept_at.is_some_and(|t| t.elapsed() < SWEEP) {
-            return false;
-        }
-        *swept_at = Some(Instant::now());
-        true
-    }
-
-    /// Forgets expired dedupe keys and deliveries no item names any more
-    /// (left by a complete that failed halfway). Bounded per run.
-    async fn sweep(&self) {
-        let dedupe = self.sql(
-            "DELETE FROM {s}.dedupe WHERE key IN (SELECT key FROM {s}.dedupe \
-             WHERE expires_at_ms < {s}.now_ms() LIMIT 10000)",
-        );
-        let deliveries = self.sql("DELETE FROM {s}.deliveries WHERE refs <= 0");
-        let swept = self
-            .with(|client| async move {
-                client.execute(&dedupe, &[]).await?;
-                client.execute(&deliveries, &[]).await
-            })
-            .await;
-        if let Err(e) = swept {
-            tracing::debug!(error = %e, "sweeping expired dedupe keys failed");
-        }
-    }
-
     /// Drops the schema and everything in it (tests clean up with it).
     #[cfg(test)]
     pub(crate) async fn drop_schema(&self) {
@@ -360,6 +331,12 @@ impl PostgresStore {
         self.with(|client| async move { client.batch_execute(&drop).await })
             .await
             .expect("the schema is dropped");
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.sweeper.abort();
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::notification::ValidationTokens;
-use crate::store::{Claimed, DeadLetters, Inbox, StoredItem};
+use crate::store::{Claim, Claimed, DeadLetters, Dedupe, DedupeKey, Inbox, StoredItem};
 
 /// The PostgreSQL of `MSGRAPH_WEBHOOKS_POSTGRES_URL`, or `None` (and a
 /// note) when unset.
@@ -339,5 +339,46 @@ async fn the_default_sslmode_encrypts_when_the_server_offers_tls() {
             "TLS is used exactly when the server offers it"
         );
     }
+    store.drop_schema().await;
+}
+
+#[tokio::test]
+async fn expired_dedupe_keys_are_swept() {
+    let Some(url) = postgres_url() else { return };
+    let store = PostgresStore::connect(&url, test_config()).await.unwrap();
+    let (lapsed, kept) = (
+        DedupeKey::from_bytes([1; 32]),
+        DedupeKey::from_bytes([2; 32]),
+    );
+    store.finish(lapsed, "a", Duration::ZERO).await.unwrap();
+    store
+        .finish(kept, "a", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let count = store.sql("SELECT count(*) FROM {s}.dedupe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let count = count.clone();
+        let left: i64 = store
+            .with(|client| async move { client.query_one(&count, &[]).await })
+            .await
+            .unwrap()
+            .get(0);
+        if left == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} keys left after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        store
+            .begin(kept, "b", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Claim::Duplicate
+    );
     store.drop_schema().await;
 }
