@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::Row;
 
 use super::writer::Rows;
-use super::{POLL, PostgresStore, unavailable};
+use super::{PostgresStore, unavailable};
 use crate::notification::ValidationTokens;
 use crate::store::{
     Claimed, DeadLetter, DeadLetters, EntryId, Inbox, InboxStats, StoreError, StoredItem, unix_ms,
@@ -164,10 +164,10 @@ impl Inbox for PostgresStore {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
-                let appended = self.appended.notified();
+                let appended = self.wakeup.appended.notified();
                 tokio::pin!(appended);
                 appended.as_mut().enable();
-                self.waking.store(false, Ordering::SeqCst);
+                self.wakeup.waking.store(false, Ordering::SeqCst);
                 let claimed = self.claim_now(max).await?;
                 if claimed.len() >= max {
                     // Perhaps more are waiting: another claimer's turn.
@@ -180,8 +180,10 @@ impl Inbox for PostgresStore {
                 if now >= deadline {
                     return Ok(Vec::new());
                 }
-                // Appends of this process wake us at once; others' are polled.
-                let _ = tokio::time::timeout((deadline - now).min(POLL), appended).await;
+                // Appends wake us at once (ours directly, others' by NOTIFY);
+                // retries coming due and lapsed claims are polled.
+                let poll = self.wakeup.poll();
+                let _ = tokio::time::timeout((deadline - now).min(poll), appended).await;
             }
         })
     }
@@ -324,7 +326,7 @@ impl DeadLetters for PostgresStore {
                 .with(|client| async move { client.execute(&sql, &[&ids]).await })
                 .await?;
             if moved > 0 {
-                self.appended.notify_waiters();
+                self.wakeup.appended.notify_waiters();
             }
             Ok(usize::try_from(moved).unwrap_or(usize::MAX))
         })

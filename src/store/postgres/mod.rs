@@ -43,6 +43,12 @@
 //! delivery (group commit). An append resolves after its commit, with
 //! `synchronous_commit` on, so `202` means "committed in PostgreSQL".
 //!
+//! That statement also sends a `NOTIFY` on the schema's channel, which
+//! every process `LISTEN`s to on a connection of its own: a worker waiting
+//! for items in another process wakes at once, and idle workers poll only
+//! twice a second (for retries coming due and lapsed claims), or every
+//! 50 ms while the listening connection is down.
+//!
 //! Every expiry (claims, dedupe keys, leases, presence) is measured by the
 //! PostgreSQL server's clock, so instances whose clocks differ agree.
 //!
@@ -59,11 +65,11 @@
 //! resumes without a restart.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 
 use crate::store::StoreError;
 
@@ -72,12 +78,11 @@ mod dedupe;
 mod inbox;
 mod schema;
 mod sweep;
+mod wakeup;
 mod writer;
 
 use schema::Schema;
-
-/// How often an idle claimer looks for items appended by other processes.
-const POLL: Duration = Duration::from_millis(50);
+use wakeup::Wakeup;
 
 /// Settings of a [`PostgresStore`].
 #[derive(Clone, Debug)]
@@ -130,9 +135,8 @@ pub struct PostgresStore {
     schema: Schema,
     migrated: OnceCell<()>,
     appends: writer::Appends,
-    appended: Arc<Notify>,
-    /// A claimer was woken for appended items and has not claimed yet.
-    waking: AtomicBool,
+    wakeup: Wakeup,
+    listener: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     /// Transactions the append writer committed.
     commits: Arc<AtomicU64>,
@@ -193,6 +197,13 @@ impl PostgresStore {
         pg.options(options);
         pg.application_name("msgraph-webhooks");
         let tls = tls(pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require)?;
+        let wakeup = Wakeup::default();
+        let listener = wakeup::spawn(
+            pg.clone(),
+            tls.clone(),
+            schema.channel().to_owned(),
+            wakeup.clone(),
+        );
         let manager = Manager::from_config(
             pg,
             tls,
@@ -223,8 +234,8 @@ impl PostgresStore {
             schema,
             migrated: OnceCell::new(),
             appends,
-            appended: Arc::new(Notify::new()),
-            waking: AtomicBool::new(false),
+            wakeup,
+            listener,
             sweeper,
             commits,
         };
@@ -319,9 +330,7 @@ impl PostgresStore {
     /// Wakes one waiting claimer of this process for appended items, unless
     /// one is already on its way (it claims everything appended meanwhile).
     fn wake_claimer(&self) {
-        if !self.waking.swap(true, Ordering::SeqCst) {
-            self.appended.notify_one();
-        }
+        self.wakeup.wake_one();
     }
 
     /// Drops the schema and everything in it (tests clean up with it).
@@ -337,6 +346,7 @@ impl PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.sweeper.abort();
+        self.listener.abort();
     }
 }
 

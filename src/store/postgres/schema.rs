@@ -120,6 +120,12 @@ impl Schema {
         })
     }
 
+    /// The channel appends are announced on: the schema's name (channels
+    /// are the database's, as schemas are).
+    pub(super) fn channel(&self) -> &str {
+        &self.name
+    }
+
     /// `template` with `{s}` replaced by the quoted schema name.
     pub(super) fn sql(&self, template: &str) -> String {
         template.replace("{s}", &self.ident)

@@ -382,3 +382,36 @@ async fn expired_dedupe_keys_are_swept() {
     );
     store.drop_schema().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_stores_append_wakes_a_waiting_claimer_by_notify() {
+    let Some(url) = postgres_url() else { return };
+    let config = test_config();
+    let appender = Arc::new(PostgresStore::connect(&url, config.clone()).await.unwrap());
+    let claimer = Arc::new(PostgresStore::connect(&url, config).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !claimer.wakeup.listening.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "the claimer listens");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = tokio::spawn({
+        let claimer = claimer.clone();
+        async move {
+            let claimed = claimer.claim(10, Duration::from_secs(5)).await.unwrap();
+            (claimed.len(), std::time::Instant::now())
+        }
+    });
+    // The claimer has polled once and now waits: only a notification wakes
+    // it before its next poll, half a second on.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    appender.append(vec![item(1)]).await.unwrap();
+    let appended = std::time::Instant::now();
+    let (claimed, at) = waiting.await.unwrap();
+    assert_eq!(claimed, 1);
+    let took = at.duration_since(appended);
+    assert!(
+        took < wakeup::POLL_LISTENING / 2,
+        "woken {took:?} after the append: by a poll, not by NOTIFY"
+    );
+    appender.drop_schema().await;
+}

@@ -19,19 +19,23 @@ const MAX_ITEMS: usize = 4096;
 /// One statement stores a group: the token sets of its deliveries get ids
 /// from the sequence, and each item names its set by its place in the
 /// group's list (`token_set`, 1-based; NULL for none). A single statement
-/// is a transaction of its own: all of the group's items, or none.
+/// is a transaction of its own: all of the group's items, or none; its
+/// `NOTIFY` on the schema's channel (`$6`) is sent when it commits.
 const APPEND: &str = "
 WITH d AS (
     SELECT nextval('{s}.delivery_ids') AS id, t.tokens, t.refs, t.n
     FROM unnest($1::bytea[], $2::integer[]) WITH ORDINALITY AS t(tokens, refs, n)
 ), stored AS (
     INSERT INTO {s}.deliveries (id, tokens, refs) SELECT id, tokens, refs FROM d
+), notified AS (
+    SELECT pg_notify($6, '')
 )
 INSERT INTO {s}.items (payload, received_at_ms, delivery_id, available_at_ms)
 SELECT i.payload, i.received_at_ms, d.id, {s}.now_ms()
 FROM unnest($3::bytea[], $4::bigint[], $5::bigint[])
     WITH ORDINALITY AS i(payload, received_at_ms, token_set, n)
 LEFT JOIN d ON d.n = i.token_set
+CROSS JOIN notified
 ORDER BY i.n";
 
 /// An append as rows: each token set once (JSON) with how many items name
@@ -100,6 +104,7 @@ pub(super) fn spawn(
     tokio::spawn(write_loop(
         pool,
         schema.sql(APPEND),
+        schema.channel().to_owned(),
         timeout,
         commits,
         waiting,
@@ -110,6 +115,7 @@ pub(super) fn spawn(
 async fn write_loop(
     pool: Pool,
     sql: String,
+    channel: String,
     timeout: Duration,
     commits: Arc<AtomicU64>,
     mut waiting: mpsc::UnboundedReceiver<Append>,
@@ -130,14 +136,15 @@ async fn write_loop(
         if group.is_empty() {
             continue;
         }
-        let written = match tokio::time::timeout(timeout, write(&pool, &sql, &group)).await {
-            Ok(Ok(())) => {
-                commits.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("no answer in time".to_owned()),
-        };
+        let written =
+            match tokio::time::timeout(timeout, write(&pool, &sql, &channel, &group)).await {
+                Ok(Ok(())) => {
+                    commits.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("no answer in time".to_owned()),
+            };
         if let Err(e) = &written {
             tracing::warn!(error = %e, appends = group.len(), "storing appended items failed");
         }
@@ -148,7 +155,7 @@ async fn write_loop(
 }
 
 /// Stores every append of `group` in one statement.
-async fn write(pool: &Pool, sql: &str, group: &[Append]) -> Result<(), String> {
+async fn write(pool: &Pool, sql: &str, channel: &str, group: &[Append]) -> Result<(), String> {
     let mut tokens: Vec<&[u8]> = Vec::new();
     let mut refs: Vec<i32> = Vec::new();
     let mut payloads: Vec<&[u8]> = Vec::new();
@@ -175,7 +182,7 @@ async fn write(pool: &Pool, sql: &str, group: &[Append]) -> Result<(), String> {
     client
         .execute(
             &statement,
-            &[&tokens, &refs, &payloads, &received, &token_sets],
+            &[&tokens, &refs, &payloads, &received, &token_sets, &channel],
         )
         .await
         .map(drop)
