@@ -98,7 +98,8 @@ pub struct PostgresConfig {
     /// Time allowed for connecting, and for each operation (default 2 s):
     /// an append that takes longer becomes a `503`.
     pub timeout: Duration,
-    /// Connections this process keeps at most (default 16).
+    /// Connections this process keeps in its pool at most (default 16),
+    /// besides the one that listens for appends.
     pub max_connections: usize,
 }
 
