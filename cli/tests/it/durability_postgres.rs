@@ -121,7 +121,7 @@ struct OwnPostgres {
 
 impl OwnPostgres {
     /// Initializes and starts one; `None` (with a note) when initdb or
-    /// pg_ctl is missing.
+    /// pg_ctl is missing, or there is no user to run them as.
     fn start() -> Option<Self> {
         for tool in ["initdb", "pg_ctl"] {
             if Command::new(tool).arg("--version").output().is_err() {
@@ -134,6 +134,15 @@ impl OwnPostgres {
             .output()
             .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
         let user = root.then_some("postgres");
+        if root
+            && !Command::new("id")
+                .arg("postgres")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        {
+            eprintln!("skipped: running as root with no postgres user to run initdb as");
+            return None;
+        }
         let dir = tempfile::tempdir().unwrap();
         if let Some(user) = user {
             let owned = Command::new("chown")
