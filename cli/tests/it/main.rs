@@ -31,6 +31,7 @@ mod interop;
 mod limits;
 mod listener;
 mod parser_props;
+mod recipes;
 mod resync;
 mod resync_cli;
 mod rich;
