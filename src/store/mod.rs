@@ -25,6 +25,7 @@
 //!   several instances behind a load balancer.
 
 mod backend;
+mod bounded;
 #[cfg(test)]
 mod contract;
 mod cursors;
@@ -42,6 +43,7 @@ mod redis;
 mod sqlite;
 
 pub use backend::Backend;
+pub use bounded::BoundedInbox;
 pub use cursors::{CursorProgress, Cursors, DeltaCursor};
 pub use dedupe::{
     Claim, DEFAULT_LEASE as DEDUPE_LEASE, DEFAULT_TTL as DEDUPE_TTL, Dedupe, DedupeKey,

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod backlog;
 mod catalog_rows;
 mod cli_env;
 mod doctor;
