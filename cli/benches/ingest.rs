@@ -258,6 +258,23 @@ fn targets(data_dir: &std::path::Path) -> Vec<Target> {
         command: bare,
         cleanup: None,
     });
+    // The peer: an Express receiver like Microsoft's Node sample (bench/peers).
+    let express = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/peers/express");
+    if wanted("express") {
+        if std::path::Path::new(express).join("node_modules/express").is_dir() {
+            let mut node = tokio::process::Command::new("node");
+            node.arg(format!("{express}/server.mjs"))
+                .env("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)
+                .env("NODE_ENV", "production");
+            targets.push(Target {
+                name: "Express 5, like Microsoft's Node sample (keeps nothing)",
+                command: node,
+                cleanup: None,
+            });
+        } else {
+            eprintln!("Express row skipped: run `npm ci` in bench/peers/express (bench/ingest.sh does)");
+        }
+    }
     if wanted("memory") {
         targets.push(Target {
             name: "listen --memory",
