@@ -37,14 +37,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 mod common;
-use common::{BIN, CLIENT_STATE, Server};
+use common::{BIN, Server, fill};
 
 const ROLE: &str = "FORWARD_BENCH_ROLE";
 /// Workers `work` runs, and items each claims at once (`src/worker/mod.rs`).
 const WORKERS: usize = 4;
 const CLAIM_BATCH: usize = 64;
-/// Notifications per POST when filling the store.
-const PER_POST: usize = 100;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -122,61 +120,6 @@ impl Settings {
             rounds: number("BENCH_ROUNDS", 3).max(1),
         }
     }
-}
-
-/// A notification as the bench sends it, `n` making its id unique.
-fn notification(n: usize) -> serde_json::Value {
-    serde_json::json!({
-        "id": format!("forward-bench-{n}"),
-        "subscriptionId": "7f105c7d-2dc5-4530-97cd-4e7ae6534c07",
-        "subscriptionExpirationDateTime": "2026-03-19T22:11:09.952Z",
-        "clientState": CLIENT_STATE,
-        "changeType": "created",
-        "resource": format!("Users/622eaaff-0683-4862-9de4-f2ec83c2bd98/Messages/AAMk{n:08}"),
-        "tenantId": "84bd8158-6d4d-4958-8b9f-9d6445542f95",
-        "resourceData": {
-            "@odata.type": "#Microsoft.Graph.Message",
-            "@odata.id": format!("Users/622eaaff-0683-4862-9de4-f2ec83c2bd98/Messages/AAMk{n:08}"),
-            "@odata.etag": "W/\"CQAAABYAAACQ2fKdhq8oSKEDSVrdi3lRAAGDUUXn\"",
-            "id": format!("AAMk{n:08}")
-        }
-    })
-}
-
-/// Fills a durable store in `dir` with `items` accepted notifications, through
-/// `listen --workers 0`.
-async fn fill(dir: &Path, items: usize) {
-    let mut command = tokio::process::Command::new(BIN);
-    command
-        .args(["listen", "--addr", "127.0.0.1:0", "--admin-addr", "off"])
-        .args(["--workers", "0", "--data-dir", dir.to_str().unwrap()])
-        .env("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)
-        .env("RUST_LOG", "warn,msgraph_webhooks::listener::server=info");
-    let mut server = Server::start(command).await;
-    let client = reqwest::Client::new();
-    let url = format!("http://{}/", server.addr);
-    let posts: Vec<Vec<serde_json::Value>> = (0..items)
-        .collect::<Vec<_>>()
-        .chunks(PER_POST)
-        .map(|chunk| chunk.iter().map(|&n| notification(n)).collect())
-        .collect();
-    for wave in posts.chunks(8) {
-        let answers = join_all(wave.iter().map(|items| {
-            client
-                .post(&url)
-                .json(&serde_json::json!({ "value": items }))
-                .send()
-        }))
-        .await;
-        for answer in answers {
-            assert_eq!(answer.unwrap().status().as_u16(), 202, "the store takes it");
-        }
-    }
-    let pid = server.child.id().unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = server.child.wait().await;
 }
 
 /// Copies the files of `from` into a new directory.
@@ -560,7 +503,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 async fn run() {
     let settings = Settings::from_env();
     let filled = tempfile::tempdir().unwrap();
-    fill(filled.path(), settings.items).await;
+    fill(filled.path(), 0, settings.items as u64).await;
     let in_flight = WORKERS * CLAIM_BATCH;
     let mut pipeline = Vec::new();
     for _ in 0..settings.rounds {
