@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Ingest requests per second and ack latency of `msgraph-webhooks listen`
 # with the in-memory, embedded durable and Redis inboxes, against a bare hyper
-# server measured in the same run (cli/benches/ingest.rs); prints Markdown tables.
+# server and a peer (an Express 5 receiver written like Microsoft's Node
+# sample, bench/peers/express) measured in the same run
+# (cli/benches/ingest.rs); prints Markdown tables.
 # Two passes: the whole pipeline (listen's workers handle every item and
 # print it, on the same cores), and ingest only (`--workers 0`: the items
 # wait in the store for `msgraph-webhooks work`). The Redis rows need
@@ -10,6 +12,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --bench ingest --no-run 2>/dev/null
+# The peer row: an Express receiver like Microsoft's Node sample, pinned by its lockfile.
+if command -v npm >/dev/null 2>&1; then
+  (cd bench/peers/express && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo
 echo "### Whole pipeline (listen with its workers)"
 cargo bench --bench ingest 2>/dev/null

@@ -17,7 +17,9 @@ use crate::listener::{Limits, ServerConfig, Shared, WebhookService};
 use crate::metrics::Metrics;
 use crate::registry::SubscriptionRegistry;
 use crate::retry::RetryPolicy;
-use crate::store::{Backend, DeadLetters, Dedupe, Inbox, MemoryDedupe, MemoryInbox, RecordStore};
+use crate::store::{
+    Backend, BoundedInbox, DeadLetters, Dedupe, Inbox, MemoryDedupe, MemoryInbox, RecordStore,
+};
 use crate::tokens::{Jwks, TokenValidator};
 use crate::worker::{Pipeline, Verifier, Workers};
 
@@ -67,6 +69,7 @@ pub struct ReceiverBuilder<H> {
     handler: H,
     registry: Option<Arc<SubscriptionRegistry>>,
     inbox: Option<Arc<dyn Inbox>>,
+    max_backlog: Option<u64>,
     dedupe: Option<Arc<dyn Dedupe>>,
     dedupe_ttl: Duration,
     dedupe_lease: Duration,
@@ -159,6 +162,7 @@ impl Receiver<()> {
             handler,
             registry: None,
             inbox: None,
+            max_backlog: None,
             dedupe: None,
             dedupe_ttl: crate::store::DEDUPE_TTL,
             dedupe_lease: crate::store::DEDUPE_LEASE,
@@ -214,6 +218,15 @@ impl<H: Handler> ReceiverBuilder<H> {
     /// and 256 MiB, lost with the process).
     pub fn inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
         self.inbox = Some(inbox);
+        self
+    }
+
+    /// Answers `503` with `Retry-After` once `max` items wait in the inbox
+    /// (default: no bound but the inbox's own), so under sustained overload
+    /// Graph holds the notifications and retries them later instead of the
+    /// backlog filling the disk; see [`BoundedInbox`].
+    pub fn max_backlog(mut self, max: u64) -> Self {
+        self.max_backlog = Some(max);
         self
     }
 
@@ -353,9 +366,12 @@ impl<H: Handler> ReceiverBuilder<H> {
         let registry = self.registry.ok_or(ReceiverBuildError::NoAuthentication)?;
         let verifier = self.rich.verifier()?.map(Arc::new);
         let metrics = self.metrics.unwrap_or_default();
-        let inbox = self
+        let mut inbox = self
             .inbox
             .unwrap_or_else(|| Arc::new(MemoryInbox::new(MemoryInbox::DEFAULT_CAPACITY)));
+        if let Some(max) = self.max_backlog {
+            inbox = Arc::new(BoundedInbox::new(inbox, max));
+        }
         Ok(Receiver {
             shared: Arc::new(Shared {
                 registry,

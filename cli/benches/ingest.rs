@@ -15,23 +15,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+mod common;
+use common::{BIN, CLIENT_STATE, Server, Settings, load};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncBufReadExt as _;
-use tokio::net::{TcpListener, TcpStream};
-
-const BIN: &str = env!("CARGO_BIN_EXE_msgraph-webhooks");
 const ROLE: &str = "INGEST_BENCH_ROLE";
-const CLIENT_STATE: &str = "bench-client-state";
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -39,7 +26,7 @@ fn main() {
         .build()
         .unwrap();
     if std::env::var(ROLE).as_deref() == Ok("bare") {
-        runtime.block_on(bare_server());
+        runtime.block_on(common::bare_server());
         return;
     }
     // `cargo test --benches` runs bench targets with `--bench` absent: do nothing then.
@@ -47,252 +34,6 @@ fn main() {
         return;
     }
     runtime.block_on(run());
-}
-
-/// The baseline: hyper, one task per connection, 202 to any POST after
-/// reading its body.
-async fn bare_server() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    println!("listening local={}", listener.local_addr().unwrap());
-    loop {
-        let (stream, _) = listener.accept().await.unwrap();
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let service = service_fn(
-                |request: hyper::Request<hyper::body::Incoming>| async move {
-                    let _ = request.into_body().collect().await;
-                    let mut response = hyper::Response::new(Empty::<Bytes>::new());
-                    *response.status_mut() = hyper::StatusCode::ACCEPTED;
-                    Ok::<_, Infallible>(response)
-                },
-            );
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-struct Settings {
-    duration: Duration,
-    warmup: Duration,
-    connections: usize,
-}
-
-impl Settings {
-    fn from_env() -> Self {
-        let secs = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
-        Self {
-            duration: Duration::from_secs(secs("BENCH_SECS", 10)),
-            warmup: Duration::from_secs(secs("BENCH_WARMUP_SECS", 2)),
-            connections: usize::try_from(secs("BENCH_CONNECTIONS", 32)).unwrap(),
-        }
-    }
-}
-
-/// A server process under test.
-struct Server {
-    child: tokio::process::Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    async fn start(mut command: tokio::process::Command) -> Self {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().unwrap();
-        // The bare server says where it listens on stdout, `listen` in its log on stderr.
-        let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async move {
-            let (mut stdout, mut stderr) = (stdout, stderr);
-            loop {
-                let line = tokio::select! {
-                    line = stdout.next_line() => line,
-                    line = stderr.next_line() => line,
-                };
-                let line = line.unwrap().expect("server exited before listening");
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("local="))
-                {
-                    // Keep draining both pipes so the server never blocks on them.
-                    tokio::spawn(
-                        async move { while let Ok(Some(_)) = stdout.next_line().await {} },
-                    );
-                    tokio::spawn(
-                        async move { while let Ok(Some(_)) = stderr.next_line().await {} },
-                    );
-                    return addr.parse::<SocketAddr>().unwrap();
-                }
-            }
-        })
-        .await
-        .expect("server listening within 30 s");
-        Self { child, addr }
-    }
-}
-
-/// What one load run measured.
-struct Measured {
-    /// CPU seconds the server process used while measuring.
-    server_cpu: f64,
-    /// CPU seconds everything else on the machine used (the load generator
-    /// included), from /proc/stat.
-    other_cpu: f64,
-    requests: u64,
-    errors: u64,
-    elapsed: Duration,
-    latencies_us: Vec<u32>,
-}
-
-impl Measured {
-    /// Server CPU time per answered request, in microseconds.
-    fn cpu_us_per_request(&self) -> f64 {
-        1e6 * self.server_cpu / self.requests.max(1) as f64
-    }
-
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        f64::from(self.latencies_us[index]) / 1000.0
-    }
-}
-
-/// A single-item basic notification; each request gets a notification id of
-/// its own (as Graph's are), so dedupe treats none as a duplicate.
-fn body(id: u64) -> Bytes {
-    Bytes::from(
-        serde_json::json!({"value": [{
-            "id": format!("bench-{id}"),
-            "subscriptionId": "7f105c7d-2dc5-4530-97cd-4e7ae6534c07",
-            "subscriptionExpirationDateTime": "2026-03-19T22:11:09.952Z",
-            "clientState": CLIENT_STATE,
-            "changeType": "created",
-            "resource": "Users/622eaaff-0683-4862-9de4-f2ec83c2bd98/Messages/AAMkAGUwNjQ4ZjIxAAA=",
-            "tenantId": "84bd8158-6d4d-4958-8b9f-9d6445542f95",
-            "resourceData": {
-                "@odata.type": "#Microsoft.Graph.Message",
-                "@odata.id": "Users/622eaaff-0683-4862-9de4-f2ec83c2bd98/Messages/AAMkAGUwNjQ4ZjIxAAA=",
-                "@odata.etag": "W/\"CQAAABYAAACQ2fKdhq8oSKEDSVrdi3lRAAGDUUXn\"",
-                "id": "AAMkAGUwNjQ4ZjIxAAA="
-            }
-        }]})
-        .to_string(),
-    )
-}
-
-/// Load on `connections` keep-alive connections. Closed loop (`rate` None):
-/// each connection sends the next request as soon as the previous answer is
-/// in. Open loop (`rate` Some): requests are scheduled at a fixed total rate
-/// and latency counts from the scheduled time, so queueing behind a slow
-/// answer is measured, not hidden. Only requests after the warm-up count.
-async fn load(
-    addr: SocketAddr,
-    pid: Option<u32>,
-    settings: &Settings,
-    rate: Option<f64>,
-) -> Measured {
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let connections = settings.connections;
-    for _ in 0..connections {
-        let measuring = measuring.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let stream = TcpStream::connect(addr).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
-            let (mut requests, mut errors, mut latencies) =
-                (0u64, 0u64, Vec::with_capacity(1 << 16));
-            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
-            let mut next = tokio::time::Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                if interval.is_some() {
-                    tokio::time::sleep_until(next).await;
-                }
-                let request = hyper::Request::post("/")
-                    .header("host", "127.0.0.1")
-                    .header("content-type", "application/json")
-                    .body(Full::new(body(NEXT_ID.fetch_add(1, Ordering::Relaxed))))
-                    .unwrap();
-                let started = match interval {
-                    Some(_) => next.into_std(),
-                    None => Instant::now(),
-                };
-                if let Some(interval) = interval {
-                    next += interval;
-                }
-                let ok = match sender.send_request(request).await {
-                    Ok(response) => {
-                        let status = response.status();
-                        let _ = response.into_body().collect().await;
-                        status == hyper::StatusCode::ACCEPTED
-                    }
-                    Err(_) => false,
-                };
-                if measuring.load(Ordering::Relaxed) {
-                    if ok {
-                        requests += 1;
-                        latencies
-                            .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
-                    } else {
-                        errors += 1;
-                    }
-                }
-                if !ok && sender.ready().await.is_err() {
-                    break;
-                }
-            }
-            (requests, errors, latencies)
-        }));
-    }
-    tokio::time::sleep(settings.warmup).await;
-    let (server_before, busy_before) = (pid.map_or(0.0, process_cpu), machine_busy_cpu());
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(settings.duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let server_cpu = pid.map_or(0.0, process_cpu) - server_before;
-    let other_cpu = machine_busy_cpu() - busy_before - server_cpu;
-    stop.store(true, Ordering::Relaxed);
-    let mut measured = Measured {
-        server_cpu,
-        other_cpu,
-        requests: 0,
-        errors: 0,
-        elapsed,
-        latencies_us: Vec::new(),
-    };
-    for task in tasks {
-        let (requests, errors, latencies) = task.await.unwrap();
-        measured.requests += requests;
-        measured.errors += errors;
-        measured.latencies_us.extend(latencies);
-    }
-    measured.latencies_us.sort_unstable();
-    measured
 }
 
 /// One server to measure.
@@ -328,6 +69,28 @@ fn targets(data_dir: &std::path::Path) -> Vec<Target> {
         command: bare,
         cleanup: None,
     });
+    // The peer: an Express receiver like Microsoft's Node sample (bench/peers).
+    let express = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/peers/express");
+    if wanted("express") {
+        if std::path::Path::new(express)
+            .join("node_modules/express")
+            .is_dir()
+        {
+            let mut node = tokio::process::Command::new("node");
+            node.arg(format!("{express}/server.mjs"))
+                .env("MSGRAPH_WEBHOOKS_CLIENT_STATE", CLIENT_STATE)
+                .env("NODE_ENV", "production");
+            targets.push(Target {
+                name: "Express 5, like Microsoft's Node sample (keeps nothing)",
+                command: node,
+                cleanup: None,
+            });
+        } else {
+            eprintln!(
+                "Express row skipped: run `npm ci` in bench/peers/express (bench/ingest.sh does)"
+            );
+        }
+    }
     if wanted("memory") {
         targets.push(Target {
             name: "listen --memory",
@@ -450,57 +213,4 @@ async fn run() {
             max.errors + half.errors
         );
     }
-}
-
-/// Clock ticks per second of /proc's CPU counters.
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// User + system CPU seconds a process used so far (0 if unknown).
-fn process_cpu(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the line.
-    let Some(rest) = stat.rsplit(')').next() else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / clock_ticks()
-}
-
-/// CPU seconds the whole machine spent busy so far, from /proc/stat.
-fn machine_busy_cpu() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let Some(line) = stat.lines().next() else {
-        return 0.0;
-    };
-    let values: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal …: busy = all − idle − iowait.
-    let total: f64 = values.iter().take(8).sum();
-    let idle = values.get(3).copied().unwrap_or(0.0) + values.get(4).copied().unwrap_or(0.0);
-    (total - idle) / clock_ticks()
 }

@@ -50,6 +50,14 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1024 * 1024, env = "MSGRAPH_WEBHOOKS_MAX_BODY")]
     max_body: usize,
 
+    /// Items waiting in the store at most (every process's, on a shared
+    /// store); beyond it deliveries get 503 with Retry-After, so Graph holds
+    /// them and retries later (for up to 4 hours) instead of the backlog
+    /// filling the disk while the workers fall behind [default: no bound]
+    #[arg(long, value_name = "N", env = "MSGRAPH_WEBHOOKS_MAX_BACKLOG",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_backlog: Option<u64>,
+
     #[command(flatten)]
     store: StoreArgs,
 
@@ -257,6 +265,9 @@ async fn serve<H: Handler>(
         .worker_drain(drain);
     if let Some(workers) = args.work.workers {
         builder = builder.workers(workers);
+    }
+    if let Some(max) = args.max_backlog {
+        builder = builder.max_backlog(max);
     }
     builder = args.work.rich.configure(builder)?;
     builder = args.admin.configure(builder);

@@ -73,7 +73,7 @@ impl Outgoing {
 }
 
 /// Why a target did not take an event.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ForwardError {
     message: String,
@@ -160,11 +160,32 @@ impl SinkOptions {
 /// The sink for `url`, by its scheme: `http`/`https` ([`http::HttpSink`]),
 /// `nats`, `amqp`/`amqps`, `redis`/`rediss`.
 ///
+/// A broker that can't be reached now doesn't stop the receiver from
+/// starting: the sink connects on a later send (see [`Lazy`]), and until
+/// then every send fails retryable, so items wait in the inbox. What the
+/// target refuses for good (a bad option, a wrong password, a stream or
+/// exchange that doesn't exist) is an error here, at start.
+///
 /// # Errors
 ///
 /// A scheme that is not a target, or one whose sink is not built in; the
-/// target refusing the connection.
+/// target refusing the connection for good.
 pub async fn connect(url: &Url, options: &SinkOptions) -> Result<Box<dyn Sink>, ForwardError> {
+    match connect_now(url, options).await {
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(
+                target = %describe_url(url),
+                error = %e,
+                "forwarding target unreachable for now; items wait in the inbox and each send tries again"
+            );
+            Ok(Box::new(Lazy::new(url.clone(), options.clone())))
+        }
+        answer => answer,
+    }
+}
+
+/// Connects to `url` once, with no deferral.
+async fn connect_now(url: &Url, options: &SinkOptions) -> Result<Box<dyn Sink>, ForwardError> {
     match url.scheme() {
         "http" | "https" => Ok(Box::new(http::HttpSink::new(
             url.clone(),
@@ -187,5 +208,97 @@ pub async fn connect(url: &Url, options: &SinkOptions) -> Result<Box<dyn Sink>, 
         other => Err(ForwardError::permanent(format!(
             "{other}:// is not a forwarding target: use http(s)://, nats://, amqp(s):// or redis(s)://"
         ))),
+    }
+}
+
+/// A target for logs before its sink exists: scheme, host, port and path,
+/// never credentials or options.
+fn describe_url(url: &Url) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.path()
+    )
+}
+
+/// How long a failed connection attempt answers every send before the
+/// next one tries again, so a batch of sends to a broker that is down
+/// costs one connection attempt, not one each.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// A sink whose target was unreachable when the receiver started: each send
+/// connects first (one attempt at a time, at most one a second), and once
+/// connected the real sink does the work and its client reconnects on its
+/// own. A permanent refusal met on a later connection (the stream doesn't
+/// exist) fails the send permanently, so the item is dead-lettered with the
+/// reason.
+pub struct Lazy {
+    url: Url,
+    options: SinkOptions,
+    sink: tokio::sync::OnceCell<Box<dyn Sink>>,
+    /// When the last connection attempt failed, and why.
+    failed: tokio::sync::Mutex<Option<(std::time::Instant, ForwardError)>>,
+}
+
+impl Lazy {
+    /// A sink for `url` that connects on its first send.
+    pub fn new(url: Url, options: SinkOptions) -> Self {
+        Self {
+            url,
+            options,
+            sink: tokio::sync::OnceCell::new(),
+            failed: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn sink(&self) -> Result<&dyn Sink, ForwardError> {
+        if let Some(sink) = self.sink.get() {
+            return Ok(sink.as_ref());
+        }
+        // One attempt at a time; the others wait for its answer.
+        let mut failed = self.failed.lock().await;
+        if let Some(sink) = self.sink.get() {
+            return Ok(sink.as_ref());
+        }
+        if let Some((at, error)) = failed.as_ref()
+            && at.elapsed() < RECONNECT_PAUSE
+        {
+            return Err(error.clone());
+        }
+        match connect_now(&self.url, &self.options).await {
+            Ok(sink) => {
+                tracing::info!(target = %sink.describe(), "forwarding target reached");
+                *failed = None;
+                Ok(self.sink.get_or_init(|| async { sink }).await.as_ref())
+            }
+            Err(error) => {
+                *failed = Some((std::time::Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Sink for Lazy {
+    fn send<'a>(&'a self, event: &'a Outgoing) -> BoxFuture<'a, Result<(), ForwardError>> {
+        Box::pin(async move { self.sink().await?.send(event).await })
+    }
+
+    fn describe(&self) -> String {
+        match self.sink.get() {
+            Some(sink) => sink.describe(),
+            None => describe_url(&self.url),
+        }
+    }
+}
+
+impl std::fmt::Debug for Lazy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lazy")
+            .field("target", &self.describe())
+            .field("connected", &self.sink.initialized())
+            .finish_non_exhaustive()
     }
 }

@@ -184,7 +184,11 @@ impl WebhookService {
         match self.shared.inbox.append(accepted).await {
             Ok(()) => Answer::Accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "inbox refused a delivery; answering 503");
+                if matches!(e, StoreError::Full) {
+                    full_logged();
+                } else {
+                    tracing::warn!(error = %e, "inbox refused a delivery; answering 503");
+                }
                 if let Some(seen) = seen {
                     for (_, kept) in &mut seen.items {
                         if kept.fate == Fate::Accepted {
@@ -400,3 +404,29 @@ fn note(
     };
     seen.items.push((inspector.key(raw), Kept::new(raw, fate)));
 }
+
+/// Logs a full inbox at most once per [`FULL_LOG_EVERY`], with how many
+/// deliveries it refused since: under sustained overload every delivery is
+/// refused, and a line per refusal would only add to the load.
+fn full_logged() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    static LOGGED_AT_SECS: AtomicU64 = AtomicU64::new(0);
+    let refused = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = crate::store::unix_ms(std::time::SystemTime::now()).max(0) as u64 / 1000;
+    let last = LOGGED_AT_SECS.load(Ordering::Relaxed);
+    if now >= last + FULL_LOG_EVERY.as_secs()
+        && LOGGED_AT_SECS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        REFUSED.fetch_sub(refused, Ordering::Relaxed);
+        tracing::warn!(
+            refused,
+            "inbox full (its capacity or --max-backlog): answering 503 with Retry-After until the workers catch up"
+        );
+    }
+}
+
+/// How often a full inbox is logged.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(10);

@@ -9,7 +9,11 @@
 //! delivery carries in its `value` array (`subscriptionId`, `clientState`,
 //! `changeType`, `resource`, `resourceData`, …): see the event examples in
 //! <https://learn.microsoft.com/azure/event-grid/microsoft-entra-events> and
-//! <https://learn.microsoft.com/graph/change-notifications-delivery-event-grid>.
+//! <https://learn.microsoft.com/graph/change-notifications-delivery-event-grid>;
+//! Event Grid's side of it (the partner topic Graph creates, the event
+//! subscription you add to it, `Microsoft.Graph.*` event types) is
+//! "Receive Microsoft Graph API change events through Azure Event Grid",
+//! <https://learn.microsoft.com/azure/event-grid/subscribe-to-graph-api-events>.
 //! The envelope around it is CloudEvents 1.0's, as those examples show:
 //! `specversion` `1.0`, `id`, `source`, `type`, then `data`.
 //!

@@ -215,6 +215,14 @@ pub trait Inbox: Send + Sync + 'static {
 
     /// Depth and age, for `/metrics`.
     fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>>;
+
+    /// Whether the items outlive this process (a durable store). At
+    /// shutdown, workers on a durable inbox finish the batches they hold
+    /// and stop, leaving the backlog for the next start or another
+    /// process; on one that isn't they drain it, or it would be lost.
+    fn is_durable(&self) -> bool {
+        false
+    }
 }
 
 /// An item that failed too often, kept for inspection and replay.

@@ -28,6 +28,7 @@
 //!   after the items are committed.
 
 mod backend;
+mod bounded;
 #[cfg(test)]
 mod contract;
 mod cursors;
@@ -47,6 +48,7 @@ mod redis;
 mod sqlite;
 
 pub use backend::Backend;
+pub use bounded::BoundedInbox;
 pub use cursors::{CursorProgress, Cursors, DeltaCursor};
 pub use dedupe::{
     Claim, DEFAULT_LEASE as DEDUPE_LEASE, DEFAULT_TTL as DEDUPE_TTL, Dedupe, DedupeKey,

@@ -530,10 +530,15 @@ impl Workers {
         Self { stop, tasks }
     }
 
-    /// Stops the workers: each finishes what it holds and keeps taking ready
-    /// items until the inbox has none, for at most `deadline`; then the
-    /// remaining ones are cancelled (their items stay claimed, and a durable
-    /// inbox hands them out again after a restart).
+    /// Stops the workers, for at most `deadline`; then the remaining ones
+    /// are cancelled (their items stay claimed, and a durable inbox hands
+    /// them out again after a restart). On a durable inbox
+    /// ([`Inbox::is_durable`]) each finishes the batches it holds (at most
+    /// three: the one with the handler, one prepared, one claimed waiting
+    /// to be) and stops: the backlog waits in the store for the next
+    /// start or another process, so a long one doesn't hold the exit up.
+    /// On one that isn't, each keeps taking ready items until the inbox has
+    /// none, since what is left would be lost.
     pub async fn shutdown(mut self, deadline: Duration) {
         let _ = self.stop.send(true);
         let drained = tokio::time::timeout(deadline, async {
@@ -557,11 +562,15 @@ async fn work<H: Handler>(
     // ahead of the handler, so the cores stay busy with RSA however long the
     // handler takes to answer; the handler still takes the items in order.
     let (ready, mut prepared) = tokio::sync::mpsc::channel::<Vec<(Claimed, Prepared)>>(1);
+    let drain_backlog = !inbox.is_durable();
     let (inbox, pipeline, stopped) = (&inbox, &pipeline, &stopped);
     let produce = async move {
         let mut backoff = Duration::from_millis(50);
         loop {
             let draining = *stopped.borrow();
+            if draining && !drain_backlog {
+                return;
+            }
             let wait = if draining { Duration::ZERO } else { CLAIM_WAIT };
             match inbox.claim(CLAIM_BATCH, wait).await {
                 Ok(batch) if batch.is_empty() && draining => return,

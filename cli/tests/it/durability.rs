@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::support::cli::Process;
 use crate::support::load::{Load, Seen, batches};
+use crate::support::services::{OwnRedis, free_port};
 
 pub(crate) const STATE: &str = "durability-secret";
 pub(crate) const WORKERS: usize = 4;
@@ -244,64 +245,6 @@ pub(crate) async fn cleanup(url: &str, prefix: &str) {
     }
 }
 
-/// A Redis of the test's own (the machine's must keep running for others),
-/// persisting every write (appendfsync always) in `dir`.
-struct OwnRedis {
-    child: tokio::process::Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl OwnRedis {
-    async fn start(port: u16, dir: &std::path::Path) -> Self {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server starts");
-        let own = Self {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-        };
-        wait_for_port(port).await;
-        own
-    }
-
-    async fn kill_and_restart(&mut self) {
-        self.child.start_kill().unwrap();
-        let _ = self.child.wait().await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        *self = Self::start(self.port, &self.dir.clone()).await;
-    }
-}
-
-async fn wait_for_port(port: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "redis-server listens within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_under_load_loses_nothing_acknowledged() {
     const COUNT: usize = 4_000;
@@ -309,10 +252,7 @@ async fn redis_restarted_under_load_loses_nothing_acknowledged() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut redis = OwnRedis::start(port, dir.path()).await;
     let url = format!("redis://127.0.0.1:{port}");
     let env = [

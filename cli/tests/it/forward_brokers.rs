@@ -19,6 +19,7 @@ use msgraph_webhooks::{ClientState, Receiver};
 use url::Url;
 
 use crate::support::http::post_json;
+use crate::support::services::{OwnNats, free_port};
 use crate::support::{Recorder, TestServer, envelope, message_item};
 
 const STATE: &str = "forward-brokers-state";
@@ -204,58 +205,12 @@ async fn nats_a_subject_no_stream_captures_is_a_clear_permanent_error() {
     assert!(js.stream_by_subject(subject).await.is_err());
 }
 
-/// A `nats-server` of this test's own, with JetStream in `dir`.
-pub(crate) struct OwnNats {
-    child: std::process::Child,
-}
-
-impl OwnNats {
-    pub(crate) async fn start(port: u16, dir: &std::path::Path) -> Self {
-        let child = std::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is installed");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { child }
-    }
-
-    pub(crate) fn kill(&mut self) {
-        // SIGKILL to this child only, by its pid.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn nats_killed_and_restarted_sends_fail_retryable_then_nothing_acked_is_lost() {
     if broker_url("MSGRAPH_WEBHOOKS_NATS_URL").is_none() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut server = OwnNats::start(port, dir.path()).await;
     let base = format!("nats://127.0.0.1:{port}");
@@ -277,7 +232,7 @@ async fn nats_killed_and_restarted_sends_fail_retryable_then_nothing_acked_is_lo
         assert!(error.is_retryable(), "{error}");
     }
 
-    let _server = OwnNats::start(port, dir.path()).await;
+    server.restart().await;
     // The client reconnects on its own; the failed ones are retried as a
     // forwarding handler would, then the rest go out.
     for event in &sent[20..] {

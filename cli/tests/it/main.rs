@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod backlog;
 mod catalog_rows;
 mod cli_env;
 mod doctor;
@@ -32,6 +33,7 @@ mod interop;
 mod limits;
 mod listener;
 mod parser_props;
+mod recipes;
 mod resync;
 mod resync_cli;
 mod rich;

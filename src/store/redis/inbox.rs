@@ -178,6 +178,10 @@ impl Inbox for RedisStore {
             })
         })
     }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
 }
 
 impl DeadLetters for RedisStore {

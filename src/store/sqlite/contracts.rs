@@ -166,6 +166,10 @@ impl Inbox for SqliteStore {
             })
         })
     }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
 }
 
 impl DeadLetters for SqliteStore {

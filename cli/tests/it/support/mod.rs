@@ -9,6 +9,7 @@ pub mod load;
 pub mod receivers;
 pub mod relay;
 pub mod rich;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
