@@ -279,6 +279,10 @@ impl Inbox for PostgresStore {
             })
         })
     }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
 }
 
 impl DeadLetters for PostgresStore {
