@@ -7,7 +7,8 @@
 # Two passes: the whole pipeline (listen's workers handle every item and
 # print it, on the same cores), and ingest only (`--workers 0`: the items
 # wait in the store for `msgraph-webhooks work`). The Redis rows need
-# MSGRAPH_WEBHOOKS_REDIS_URL (or BENCH_REDIS_URL). BENCH_SECS,
+# MSGRAPH_WEBHOOKS_REDIS_URL (or BENCH_REDIS_URL), the PostgreSQL rows
+# MSGRAPH_WEBHOOKS_POSTGRES_URL (or BENCH_POSTGRES_URL). BENCH_SECS,
 # BENCH_WARMUP_SECS, BENCH_CONNECTIONS tune it. Talks to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."

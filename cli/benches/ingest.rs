@@ -146,6 +146,37 @@ fn targets(data_dir: &std::path::Path) -> Vec<Target> {
         }
         _ => {}
     }
+    let postgres = std::env::var("BENCH_POSTGRES_URL")
+        .or_else(|_| std::env::var("MSGRAPH_WEBHOOKS_POSTGRES_URL"))
+        .ok();
+    match postgres {
+        Some(url) if wanted("postgres") => {
+            let schema = format!("msgraph_webhooks_bench_{}", std::process::id());
+            let (cleanup_url, cleanup_schema) = (url.clone(), schema.clone());
+            targets.push(Target {
+                name: "listen --postgres",
+                command: listen(&["--postgres", &url, "--postgres-schema", &schema]),
+                cleanup: Some(Box::new(move || {
+                    // Remove what the run left behind in the shared PostgreSQL.
+                    let _ = std::process::Command::new("psql")
+                        .args([
+                            &cleanup_url,
+                            "-qc",
+                            &format!("DROP SCHEMA IF EXISTS {cleanup_schema} CASCADE"),
+                        ])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                })),
+            });
+        }
+        _ if wanted("postgres") => {
+            eprintln!(
+                "postgres row skipped: set BENCH_POSTGRES_URL or MSGRAPH_WEBHOOKS_POSTGRES_URL"
+            )
+        }
+        _ => {}
+    }
     targets
 }
 

@@ -24,8 +24,12 @@ use super::{Claimed, EntryId, Inbox, InboxStats, StoreError, StoredItem};
 const REFRESH: Duration = Duration::from_millis(100);
 
 /// An [`Inbox`] that refuses appends once `max` items wait in it; every
-/// other operation goes to the inner inbox as is. See the
-/// [module](self) for how the depth is known.
+/// other operation goes to the inner inbox as is.
+///
+/// The depth is the store's own ([`Inbox::stats`], counting every
+/// process's items on a shared store), read at most every 100 ms and
+/// counted up by this process's appends in between; the bound may be
+/// overshot by what other processes append within one interval.
 ///
 /// ```
 /// use std::sync::Arc;
