@@ -73,7 +73,11 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     n INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO counters (name, n) SELECT 'depth', COUNT(*) FROM items;
+-- (The count is a scalar subquery of a row that exists only while the
+-- counter doesn't: every later open skips it, instead of counting a
+-- million-item backlog to ignore the result.)
+INSERT INTO counters (name, n) SELECT 'depth', (SELECT COUNT(*) FROM items)
+WHERE NOT EXISTS (SELECT 1 FROM counters WHERE name = 'depth');
 CREATE TRIGGER IF NOT EXISTS items_added AFTER INSERT ON items
 BEGIN UPDATE counters SET n = n + 1 WHERE name = 'depth'; END;
 CREATE TRIGGER IF NOT EXISTS items_removed AFTER DELETE ON items
