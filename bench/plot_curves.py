@@ -32,7 +32,7 @@ right.plot(x, [float(r["p99_ms"]) for r in backlog], "s--", color="tab:red", lab
 right.set_ylabel("p99 ack (ms)")
 right.set_ylim(bottom=0)
 left.set_title("Embedded durable store: ingest with a backlog")
-fig.legend(loc="lower left")
+fig.legend(loc="lower center", bbox_to_anchor=(0.5, 0.22))
 fig.tight_layout()
 fig.savefig(out / "curves-backlog.png", dpi=110)
 
@@ -49,7 +49,7 @@ right.plot(x, [float(r["p99_ms"]) for r in per_post], "s--", color="tab:red", la
 right.set_ylabel("p99 ack (ms)")
 right.set_ylim(bottom=0)
 left.set_title("Embedded durable store: items per POST")
-fig.legend(loc="upper left")
+fig.legend(loc="lower center", bbox_to_anchor=(0.5, 0.22))
 fig.tight_layout()
 fig.savefig(out / "curves-per-post.png", dpi=110)
 print("charts:", out / "curves-backlog.png", out / "curves-per-post.png")
