@@ -37,7 +37,7 @@ pub(crate) struct Args {
 
     /// Authenticate each item by the clientState of its subscription's
     /// record in the store, as written by `subscribe` or `listen --subscribe`
-    /// on the same --data-dir or --redis: a receiver-only instance of a
+    /// on the same --data-dir, --redis or --postgres: a receiver-only instance of a
     /// split deployment. Items of subscriptions without a record are dropped.
     #[arg(
         long,
