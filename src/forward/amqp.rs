@@ -30,6 +30,13 @@ pub struct AmqpSink {
     routing_key: String,
     describe: String,
     link: tokio::sync::Mutex<Option<Link>>,
+    /// One publish in flight on the channel at a time: lapin hands a
+    /// `basic.return` to whichever pending confirm completes next, so with
+    /// several in flight an unroutable message's return can land on another
+    /// message's confirm and the unroutable one look confirmed (found by the
+    /// broker-restart fault test: a queue not yet recovered returns them).
+    /// One at a time, the return and the confirm are the same message's.
+    in_flight: tokio::sync::Mutex<()>,
 }
 
 /// An open connection and its confirm-mode channel.
@@ -124,6 +131,7 @@ impl AmqpSink {
             exchange,
             routing_key,
             link: tokio::sync::Mutex::new(None),
+            in_flight: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -164,6 +172,7 @@ impl AmqpSink {
                 self.describe
             )));
         }
+        let _alone = self.in_flight.lock().await;
         let channel = self.channel().await?;
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
