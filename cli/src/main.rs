@@ -81,6 +81,10 @@ enum Command {
     Cert(cert::Args),
 }
 
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let (command, deprecated) = env_vars::accept_deprecated_names(Cli::command());
     let matches = command.get_matches();
