@@ -25,7 +25,7 @@ impl Inbox for SqliteStore {
                 .map(|t| serde_json::to_vec(t).map(|json| (json, 0)))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| unavailable(e.to_string()))?;
-            let items = items
+            let rows = items
                 .iter()
                 .zip(groups)
                 .map(|(item, group)| {
@@ -37,10 +37,30 @@ impl Inbox for SqliteStore {
                         .map_err(|e| unavailable(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let rows = Rows { tokens, items };
-            self.call(|reply| Op::Append(rows, reply))
+            let bytes = items.iter().map(|i| i.byte_len()).sum();
+            let claimed = self.lock_handoff().takes(items.len(), bytes);
+            let rows = Rows {
+                tokens,
+                items: rows,
+                claimed,
+            };
+            let ids = self
+                .call(|reply| Op::Append(rows, reply))
                 .await
                 .map_err(StoreError::unavailable)?;
+            if claimed {
+                // Held first: a sweep must not release them as stale.
+                self.lock_held().extend(&ids);
+                let mut handoff = self.lock_handoff();
+                for (id, item) in ids.into_iter().zip(items) {
+                    handoff.bytes += item.byte_len();
+                    handoff.items.push_back(Claimed {
+                        id: EntryId::new(id.to_string()),
+                        item,
+                        attempts: 0,
+                    });
+                }
+            }
             self.wake_claimer();
             Ok(())
         })
@@ -56,24 +76,43 @@ impl Inbox for SqliteStore {
                 appended.as_mut().enable();
                 self.waking
                     .store(false, std::sync::atomic::Ordering::SeqCst);
-                let claimed = self
-                    .call(|reply| Op::Claim(max.max(1), reply))
-                    .await
-                    .map_err(StoreError::unavailable)?;
-                if claimed.len() >= max {
-                    // Perhaps more are waiting: another claimer's turn.
-                    self.wake_claimer();
-                }
-                if !claimed.is_empty() {
+                let max = max.max(1);
+                let poll = {
+                    let mut handoff = self.lock_handoff();
+                    handoff.claimers = true;
+                    let due = handoff.poll_due();
+                    if due {
+                        handoff.polled_at = Some(std::time::Instant::now());
+                    }
+                    due
+                };
+                let mut claimed = Vec::new();
+                if poll {
+                    claimed = self
+                        .call(|reply| Op::Claim(max, reply))
+                        .await
+                        .map_err(StoreError::unavailable)?;
+                    self.lock_handoff().backlog = claimed.len() >= max;
                     let mut held = self.lock_held();
                     for c in &claimed {
                         if let Ok(id) = c.id.as_str().parse() {
                             held.insert(id);
                         }
                     }
+                }
+                let room = max - claimed.len();
+                claimed.extend(self.lock_handoff().take(room));
+                if claimed.len() >= max {
+                    // Perhaps more are waiting: another claimer's turn.
+                    self.wake_claimer();
+                }
+                if !claimed.is_empty() {
+                    if poll {
+                        self.sweep(false).await;
+                    }
                     return Ok(claimed);
                 }
-                if !swept && self.sweep().await {
+                if !swept && self.sweep(true).await {
                     swept = true;
                     continue;
                 }
@@ -303,21 +342,13 @@ impl Dedupe for SqliteStore {
             .filter(|(_, claim)| **claim == Claim::Proceed)
             .map(|(key, _)| *key.as_bytes())
             .collect();
-        let handled = self.read(move |conn| {
-            let mut find =
-                conn.prepare_cached("SELECT expires_at_ms FROM dedupe_done WHERE key = ?1")?;
-            let now = now_ms();
-            keys.iter()
-                .map(|key| {
-                    find.query_row([&key.as_bytes()[..]], |row| row.get::<_, i64>(0))
-                        .optional()
-                        .map(|expires| expires.is_some_and(|e| e > now))
-                })
-                .collect::<rusqlite::Result<Vec<bool>>>()
-                .map(|handled| (keys, handled))
-        });
         Box::pin(async move {
-            let (keys, handled) = match handled.await {
+            // Only the keys claimed here need looking up.
+            let handled = Self::call_on(&self.dedupe_writer, |reply| {
+                Op::Handled(claimed.clone(), reply)
+            })
+            .await;
+            let handled = match handled {
                 Ok(found) => found,
                 Err(e) => {
                     let mut pending = self.lock_pending();
@@ -328,10 +359,11 @@ impl Dedupe for SqliteStore {
                 }
             };
             let mut pending = self.lock_pending();
-            for ((claim, key), handled) in claims.iter_mut().zip(&keys).zip(handled) {
-                if *claim == Claim::Proceed && handled {
+            let proceeding = claims.iter_mut().filter(|claim| **claim == Claim::Proceed);
+            for ((claim, key), handled) in proceeding.zip(&claimed).zip(handled) {
+                if handled {
                     *claim = Claim::Duplicate;
-                    release(&mut pending, key.as_bytes(), &owner);
+                    release(&mut pending, key, &owner);
                 }
             }
             Ok(claims)
@@ -347,14 +379,13 @@ impl Dedupe for SqliteStore {
         let owner = owner.to_owned();
         Box::pin(async move {
             let raw: Vec<[u8; 32]> = keys.iter().map(|k| *k.as_bytes()).collect();
-            let recorded = self
-                .call(|reply| Op::Finish {
-                    keys: raw,
-                    ttl_ms: ms(ttl),
-                    reply,
-                })
-                .await
-                .map_err(StoreError::unavailable);
+            let recorded = Self::call_on(&self.dedupe_writer, |reply| Op::Finish {
+                keys: raw,
+                ttl_ms: ms(ttl),
+                reply,
+            })
+            .await
+            .map_err(StoreError::unavailable);
             // Released only now that the rows are committed (see begin_many).
             let mut pending = self.lock_pending();
             for key in &keys {

@@ -19,6 +19,15 @@
 //! holds an exclusive lock on `consumers/<id>.lock` for as long as it lives;
 //! when the lock of a claimer can be taken, that process is dead and its
 //! claims are released — at once, not after a timeout.
+//!
+//! A process whose own workers keep up appends its items already claimed by
+//! itself, in the append's transaction, and hands them to its workers from
+//! memory: no second transaction claims them and nothing reads them back.
+//! Should it die, they are released like any other claim of a dead process.
+//! Its workers still claim from the database every [`POLL`] (items of other
+//! processes, retries, a backlog from before a restart), and while that
+//! finds a full batch, new appends wait in the database behind the older
+//! ones instead (see [`Handoff`]).
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -31,7 +40,7 @@ use rusqlite::Connection;
 use tokio::sync::{Notify, oneshot};
 
 use super::files;
-use crate::store::{StoreError, unix_ms};
+use crate::store::{Claimed, StoreError, unix_ms};
 
 mod contracts;
 mod ops;
@@ -40,10 +49,18 @@ mod writer;
 
 use contracts::PendingKeys;
 use ops::ms;
-use schema::{SCHEMA, add_delivery_columns, connect, release_claims_without_consumers};
+use schema::{
+    DEDUPE_PAGE_SIZE, DEDUPE_SCHEMA, SCHEMA, add_delivery_columns, connect, move_dedupe_keys,
+    release_claims_without_consumers,
+};
 use writer::{Op, Queue, Reply, write_loop};
 
 const DATABASE: &str = "inbox.sqlite3";
+/// The handled dedupe keys, in a database of their own: their inserts land
+/// on a random page each and would otherwise lengthen every commit of the
+/// inbox, which an append waits for. They need no fsync (a lost key only
+/// lets a copy be handled again) and no transaction with the inbox.
+const DEDUPE_DATABASE: &str = "dedupe.sqlite3";
 const CONSUMERS: &str = "consumers";
 /// How often an idle claimer looks for items appended by other processes.
 const POLL: Duration = Duration::from_millis(50);
@@ -52,6 +69,53 @@ const SWEEP: Duration = Duration::from_secs(2);
 /// A claim of this process that no worker holds any more (its settle
 /// failed, say on a full disk) is released after this long.
 const STALE_CLAIM: Duration = Duration::from_secs(30);
+/// At most this many appended items wait in memory for this process's
+/// workers (and [`HANDOFF_BYTES`]); beyond it appends wait in the database.
+const HANDOFF_ITEMS: usize = 1024;
+const HANDOFF_BYTES: usize = 16 << 20;
+
+/// Items this process appended claimed by itself, waiting for its workers.
+///
+/// Used only while the database has no ready backlog: a database claim
+/// that finds a full batch turns it off (appends then go behind the older
+/// items, oldest first, as without it), one that finds less turns it on.
+/// It is off until a worker of this process first claims (`listen
+/// --workers 0` never does: its items are for other processes).
+#[derive(Default)]
+struct Handoff {
+    items: std::collections::VecDeque<Claimed>,
+    bytes: usize,
+    /// A worker of this process claims.
+    claimers: bool,
+    /// The last database claim found a full batch: more may be waiting.
+    backlog: bool,
+    /// When a worker last claimed from the database.
+    polled_at: Option<std::time::Instant>,
+}
+
+impl Handoff {
+    /// Whether `n` more items of `bytes` may be appended claimed for this
+    /// process's workers.
+    fn takes(&self, n: usize, bytes: usize) -> bool {
+        self.claimers
+            && !self.backlog
+            && self.items.len() + n <= HANDOFF_ITEMS
+            && self.bytes + bytes <= HANDOFF_BYTES
+    }
+
+    fn take(&mut self, max: usize) -> Vec<Claimed> {
+        let n = max.min(self.items.len());
+        let taken: Vec<Claimed> = self.items.drain(..n).collect();
+        self.bytes -= taken.iter().map(|c| c.item.byte_len()).sum::<usize>();
+        taken
+    }
+
+    /// Whether a worker should claim from the database now: when nothing
+    /// waits here, and at least every [`POLL`] whatever waits.
+    fn poll_due(&self) -> bool {
+        self.items.is_empty() || self.polled_at.is_none_or(|t| t.elapsed() >= POLL)
+    }
+}
 
 /// The embedded durable store. Implements every storage contract:
 /// [`Inbox`](crate::store::Inbox), [`DeadLetters`](crate::store::DeadLetters),
@@ -70,12 +134,19 @@ pub struct SqliteStore {
     path: PathBuf,
     consumer: String,
     writer: Arc<Queue>,
+    /// The writer of the dedupe database: the handled keys' inserts, a
+    /// B-tree page each, kept out of the inbox's commits (and fsyncs), and
+    /// their lookups, on the one connection whose page cache no other
+    /// connection's write invalidates.
+    dedupe_writer: Arc<Queue>,
     reader: Arc<Mutex<Connection>>,
     appended: Arc<Notify>,
     /// A claimer was woken for appended items and has not claimed yet.
     waking: std::sync::atomic::AtomicBool,
-    /// Items a worker of this process holds right now.
+    /// Items a worker of this process holds right now, or that wait for
+    /// one in `handoff`.
     held: Mutex<HashSet<i64>>,
+    handoff: Mutex<Handoff>,
     /// Dedupe keys a worker of this process is handling, by owner.
     pending: Mutex<PendingKeys>,
     swept_at: Mutex<Option<std::time::Instant>>,
@@ -100,18 +171,24 @@ impl SqliteStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         let consumers = dir.join(CONSUMERS);
-        files::private_dir(&dir, |name| name == CONSUMERS || name.starts_with(DATABASE))
-            .map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        files::private_dir(&dir, |name| {
+            name == CONSUMERS || name.starts_with(DATABASE) || name.starts_with(DEDUPE_DATABASE)
+        })
+        .map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         files::private_dir(&consumers, |name| name.ends_with(".lock"))
             .map_err(|e| unavailable(format!("{}: {e}", consumers.display())))?;
         let path = dir.join(DATABASE);
-        // SQLite gives `-wal` and `-shm` the mode of the database file: made
-        // 0600 here, before SQLite would create it with the umask's mode.
-        files::private_file(&path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
-        for suffix in ["-wal", "-shm"] {
-            let side = dir.join(format!("{DATABASE}{suffix}"));
-            files::tighten_if_present(&side)
-                .map_err(|e| unavailable(format!("{}: {e}", side.display())))?;
+        let dedupe_path = dir.join(DEDUPE_DATABASE);
+        for (file, name) in [(&path, DATABASE), (&dedupe_path, DEDUPE_DATABASE)] {
+            // SQLite gives `-wal` and `-shm` the mode of the database file:
+            // made 0600 here, before SQLite would create it with the umask's.
+            files::private_file(file)
+                .map_err(|e| unavailable(format!("{}: {e}", file.display())))?;
+            for suffix in ["-wal", "-shm"] {
+                let side = dir.join(format!("{name}{suffix}"));
+                files::tighten_if_present(&side)
+                    .map_err(|e| unavailable(format!("{}: {e}", side.display())))?;
+            }
         }
 
         let consumer = random_id();
@@ -121,42 +198,66 @@ impl SqliteStore {
         lock.try_lock()
             .map_err(|e| unavailable(format!("{}: {e}", lock_path.display())))?;
 
-        let writer_conn = connect(&path, true)?;
+        let dedupe_conn = connect(&dedupe_path, true, Some(DEDUPE_PAGE_SIZE))?;
+        in_transaction(&dedupe_conn, || dedupe_conn.execute_batch(DEDUPE_SCHEMA))?;
+        let writer_conn = connect(&path, true, None)?;
+        // Keys from when they lived in the inbox's file move first (SQLite
+        // attaches only outside a transaction).
+        let moving = writer_conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dedupe_done'")
+            .and_then(|mut stmt| stmt.exists([]))
+            .map_err(|e| unavailable(format!("reading the schema: {e}")))?;
+        if moving {
+            let name = dedupe_path
+                .to_str()
+                .ok_or_else(|| unavailable(format!("{}: not UTF-8", dedupe_path.display())))?;
+            writer_conn
+                .execute("ATTACH DATABASE ?1 AS dedupe", [name])
+                .map_err(|e| unavailable(format!("{}: {e}", dedupe_path.display())))?;
+        }
         // In one transaction: two processes opening one directory at once
         // must not count the items twice or interleave the migration.
-        writer_conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .and_then(|()| writer_conn.execute_batch(SCHEMA))
-            .and_then(|()| add_delivery_columns(&writer_conn))
-            .and_then(|()| writer_conn.execute_batch("COMMIT"))
-            .map_err(|e| {
-                let _ = writer_conn.execute_batch("ROLLBACK");
-                unavailable(format!("creating the schema: {e}"))
-            })?;
+        in_transaction(&writer_conn, || {
+            writer_conn.execute_batch(SCHEMA)?;
+            add_delivery_columns(&writer_conn)?;
+            if moving {
+                move_dedupe_keys(&writer_conn)?;
+            }
+            Ok(())
+        })?;
+        if moving {
+            let _ = writer_conn.execute_batch("DETACH DATABASE dedupe");
+        }
         release_claims_without_consumers(&writer_conn, &consumers)
             .map_err(|e| unavailable(format!("releasing orphaned claims: {e}")))?;
 
-        let reader = connect(&path, false)?;
+        let reader = connect(&path, false, None)?;
 
         let writer = Arc::new(Queue::default());
+        let dedupe_writer = Arc::new(Queue::default());
         let appended = Arc::new(Notify::new());
-        std::thread::Builder::new()
-            .name("inbox-writer".into())
-            .spawn({
-                let consumer = consumer.clone();
-                let queue = writer.clone();
-                move || write_loop(writer_conn, &consumer, &queue)
-            })
-            .map_err(|e| unavailable(format!("starting the writer thread: {e}")))?;
+        for (name, conn, queue, sweeps) in [
+            ("inbox-writer", writer_conn, &writer, false),
+            ("dedupe-writer", dedupe_conn, &dedupe_writer, true),
+        ] {
+            let consumer = consumer.clone();
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || write_loop(conn, &consumer, &queue, sweeps))
+                .map_err(|e| unavailable(format!("starting the writer thread: {e}")))?;
+        }
 
         let store = Self {
             path,
             consumer,
             writer,
+            dedupe_writer,
             reader: Arc::new(Mutex::new(reader)),
             appended,
             waking: std::sync::atomic::AtomicBool::new(false),
             held: Mutex::default(),
+            handoff: Mutex::default(),
             pending: Mutex::default(),
             swept_at: Mutex::default(),
             _lock: lock,
@@ -182,23 +283,32 @@ impl SqliteStore {
     ///
     /// [`StoreError::Unavailable`] with SQLite's findings when the database is damaged.
     pub async fn integrity_check(&self) -> Result<(), StoreError> {
-        let findings = self
-            .read(|conn| {
-                let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-                stmt.query_map([], |row| row.get::<_, String>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
-        if findings == ["ok"] {
-            Ok(())
-        } else {
-            Err(unavailable(findings.join("; ")))
+        let check = |conn: &Connection| {
+            let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+            stmt.query_map([], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        };
+        let dedupe = self.path.with_file_name(DEDUPE_DATABASE);
+        let dedupe = tokio::task::spawn_blocking(move || {
+            connect(&dedupe, false, None).map(|conn| Arc::new(Mutex::new(conn)))
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))??;
+        for findings in [self.read(check).await?, Self::read_on(dedupe, check).await?] {
+            if findings != ["ok"] {
+                return Err(unavailable(findings.join("; ")));
+            }
         }
+        Ok(())
     }
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, String> {
+        Self::call_on(&self.writer, op).await
+    }
+
+    async fn call_on<T>(queue: &Queue, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, String> {
         let (reply, answer) = oneshot::channel();
-        self.writer
+        queue
             .push(op(reply))
             .map_err(|_| "the writer thread stopped".to_owned())?;
         answer
@@ -269,8 +379,12 @@ impl SqliteStore {
         }
     }
 
-    /// Runs the sweeps at most every [`SWEEP`]; true if any item became ready.
-    async fn sweep(&self) -> bool {
+    /// Runs the sweeps at most every [`SWEEP`]: dead consumers' claims
+    /// always (a reading of the consumers' directory), so a busy process
+    /// takes over a dead one's items without waiting to be idle; this
+    /// process's stale claims only when `idle` (a scan of the items). True
+    /// if any item became ready.
+    async fn sweep(&self, idle: bool) -> bool {
         {
             let mut swept_at = self.swept_at.lock().unwrap_or_else(|e| e.into_inner());
             if swept_at.is_some_and(|t| t.elapsed() < SWEEP) {
@@ -278,8 +392,14 @@ impl SqliteStore {
             }
             *swept_at = Some(std::time::Instant::now());
         }
-        self.release_stale_claims().await;
+        if idle {
+            self.release_stale_claims().await;
+        }
         self.sweep_dead_consumers().await > 0
+    }
+
+    fn lock_handoff(&self) -> std::sync::MutexGuard<'_, Handoff> {
+        self.handoff.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, PendingKeys> {
@@ -304,7 +424,13 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
-        let reader = self.reader.clone();
+        Self::read_on(self.reader.clone(), f)
+    }
+
+    fn read_on<T: Send + 'static>(
+        reader: Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -314,6 +440,20 @@ impl SqliteStore {
             .map_err(|e| unavailable(e.to_string()))?
         })
     }
+}
+
+/// Runs `f` in an immediate transaction, rolled back if it fails.
+fn in_transaction(
+    conn: &Connection,
+    f: impl FnOnce() -> rusqlite::Result<()>,
+) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .and_then(|()| f())
+        .and_then(|()| conn.execute_batch("COMMIT"))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            unavailable(format!("creating the schema: {e}"))
+        })
 }
 
 fn unavailable(why: impl Into<String>) -> StoreError {
@@ -330,7 +470,15 @@ fn now_ms() -> i64 {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        // What this process still holds goes back to the others now (the
+        // writer runs what is queued before it stops); should the process
+        // exit first, the sweep of a dead consumer does it.
+        let (reply, _) = oneshot::channel();
+        let _ = self
+            .writer
+            .push(Op::ReleaseClaims(self.consumer.clone(), reply));
         self.writer.close();
+        self.dedupe_writer.close();
     }
 }
 

@@ -99,13 +99,23 @@ pub(super) fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Res
                 })
                 .collect::<rusqlite::Result<Vec<i64>>>()?;
             let mut insert = conn.prepare_cached(
-                "INSERT INTO items (payload, received_at_ms, delivery_id) VALUES (?1, ?2, ?3)",
+                "INSERT INTO items (payload, received_at_ms, delivery_id, claimed_by, claimed_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            let claimer = rows.claimed.then_some(consumer);
+            let mut ids = Vec::with_capacity(rows.items.len());
             for (payload, received_at, group) in &rows.items {
                 let delivery_id = group.and_then(|g| deliveries.get(g));
-                insert.execute(params![payload, received_at, delivery_id])?;
+                insert.execute(params![
+                    payload,
+                    received_at,
+                    delivery_id,
+                    claimer,
+                    claimer.map(|_| now)
+                ])?;
+                ids.push(conn.last_insert_rowid());
             }
-            Done::Unit
+            Done::Ids(ids)
         }
         Op::Claim(max, _) => {
             // The limit is part of the text, not a parameter: SQLite plans
@@ -236,6 +246,19 @@ pub(super) fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Res
                 done.execute(params![&key[..], now + ttl_ms])?;
             }
             Done::Unit
+        }
+        Op::Handled(keys, _) => {
+            let mut find =
+                conn.prepare_cached("SELECT expires_at_ms FROM dedupe_done WHERE key = ?1")?;
+            let handled = keys
+                .iter()
+                .map(|key| {
+                    find.query_row([&key[..]], |row| row.get::<_, i64>(0))
+                        .optional()
+                        .map(|expires| expires.is_some_and(|e| e > now))
+                })
+                .collect::<rusqlite::Result<Vec<bool>>>()?;
+            Done::Flags(handled)
         }
         Op::PutRecord(id, record, _) => {
             conn.prepare_cached(

@@ -36,14 +36,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     dead_at_ms INTEGER NOT NULL
 );
--- Handled notifications' keys (random, so each insert lands on a page of
--- its own), kept for the dedupe TTL.
-CREATE TABLE IF NOT EXISTS dedupe_done (
-    key BLOB PRIMARY KEY,
-    expires_at_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedupe_done_expiry ON dedupe_done (expires_at_ms);
-
 CREATE TABLE IF NOT EXISTS subscriptions (
     id TEXT PRIMARY KEY,
     record TEXT NOT NULL
@@ -84,12 +76,56 @@ CREATE TRIGGER IF NOT EXISTS items_removed AFTER DELETE ON items
 BEGIN UPDATE counters SET n = n - 1 WHERE name = 'depth'; END;
 ";
 
-pub(super) fn connect(path: &Path, writer: bool) -> Result<Connection, StoreError> {
+/// The dedupe database, a file of its own beside the inbox's (see
+/// [`super::DEDUPE_DATABASE`]).
+pub(super) const DEDUPE_SCHEMA: &str = "
+-- Handled notifications' keys (random, so each insert lands on a page of
+-- its own), kept for the dedupe TTL.
+CREATE TABLE IF NOT EXISTS dedupe_done (
+    key BLOB PRIMARY KEY,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_done_expiry ON dedupe_done (expires_at_ms);
+";
+
+/// Moves the handled keys of a database made when they lived in the
+/// inbox's file into the dedupe database, attached as `dedupe`, in the
+/// transaction of the schema.
+pub(super) fn move_dedupe_keys(conn: &Connection) -> rusqlite::Result<()> {
+    let old: bool = conn
+        .prepare("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'dedupe_done'")?
+        .exists([])?;
+    if old {
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO dedupe.dedupe_done SELECT key, expires_at_ms FROM main.dedupe_done;
+             DROP TABLE main.dedupe_done;",
+        )?;
+    }
+    Ok(())
+}
+
+/// The dedupe database's page size: its inserts land on a random page
+/// each, and a commit writes every page it touched whole, so a small page
+/// (room for ~20 keys) writes a quarter of what SQLite's default 4 KiB does.
+pub(super) const DEDUPE_PAGE_SIZE: i64 = 1024;
+
+/// Opens and configures a connection; `page_size` applies to a database
+/// not created yet.
+pub(super) fn connect(
+    path: &Path,
+    writer: bool,
+    page_size: Option<i64>,
+) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    if let Some(size) = page_size {
+        // Before the WAL pragma, which writes the header of a new file.
+        conn.pragma_update(None, "page_size", size)
+            .map_err(|e| unavailable(format!("configuring {}: {e}", path.display())))?;
+    }
     conn.busy_timeout(Duration::from_secs(10))
         .and_then(|()| conn.pragma_update(None, "journal_mode", "WAL"))
         // FULL: every commit fsyncs the WAL, so a committed append survives a crash.

@@ -3,6 +3,7 @@ use std::time::Duration;
 use rusqlite::params;
 
 use super::ops::STATS_SQL;
+use super::schema::DEDUPE_PAGE_SIZE;
 use super::*;
 use crate::notification::ValidationTokens;
 use crate::store::{
@@ -20,6 +21,25 @@ fn n(claimed: &Claimed) -> u64 {
     v["n"].as_u64().unwrap()
 }
 
+/// Marks items as claimed by `consumer` behind the store's back, as a
+/// process that died holding them left them (a store dropped in-process
+/// releases its claims first).
+fn claimed_by(dir: &Path, consumer: &str, ids: &[i64]) {
+    let conn = Connection::open(dir.join(DATABASE)).unwrap();
+    for id in ids {
+        conn.execute(
+            "UPDATE items SET claimed_by = ?1, claimed_at_ms = 1 WHERE id = ?2",
+            params![consumer, id],
+        )
+        .unwrap();
+    }
+}
+
+/// A consumer whose process is gone: its lock file, unlocked.
+fn dead_consumer(dir: &Path, name: &str) {
+    fs::write(dir.join(CONSUMERS).join(format!("{name}.lock")), b"").unwrap();
+}
+
 #[tokio::test]
 async fn items_survive_reopening_and_dead_consumers_release_claims() {
     let dir = tempfile::tempdir().unwrap();
@@ -29,8 +49,10 @@ async fn items_survive_reopening_and_dead_consumers_release_claims() {
         let claimed = store.claim(2, Duration::ZERO).await.unwrap();
         assert_eq!(claimed.iter().map(n).collect::<Vec<_>>(), [0, 1]);
         store.complete(claimed[0].id.clone()).await.unwrap();
-        // Dropped with item 1 still claimed: like a process that died.
     }
+    // Item 1 (id 2) left claimed by a process that died.
+    dead_consumer(dir.path(), "dead");
+    claimed_by(dir.path(), "dead", &[2]);
     let store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(store.stats().await.unwrap().depth, 4);
     let mut seen = Vec::new();
@@ -56,15 +78,13 @@ async fn items_survive_reopening_and_dead_consumers_release_claims() {
 #[tokio::test]
 async fn claims_of_a_consumer_without_a_lock_file_are_released_on_open() {
     let dir = tempfile::tempdir().unwrap();
-    let gone = {
+    {
         let store = SqliteStore::open(dir.path()).unwrap();
         store.append((0..2).map(item).collect()).await.unwrap();
-        assert_eq!(store.claim(1, Duration::ZERO).await.unwrap().len(), 1);
-        store.consumer().to_owned()
-    };
-    // The dead consumer's lock file removed by hand: no sweep can tell
-    // it is dead any more.
-    fs::remove_file(dir.path().join(CONSUMERS).join(format!("{gone}.lock"))).unwrap();
+    }
+    // Claimed by a consumer whose lock file was removed by hand: no sweep
+    // can tell it is dead any more.
+    claimed_by(dir.path(), "gone", &[1]);
     let store = SqliteStore::open(dir.path()).unwrap();
     let mut seen = Vec::new();
     for claimed in store.claim(10, Duration::ZERO).await.unwrap() {
@@ -331,4 +351,164 @@ async fn concurrent_appends_share_commits() {
         task.await.unwrap();
     }
     assert_eq!(store.stats().await.unwrap().depth, 32 * 50);
+}
+
+#[tokio::test]
+async fn this_processs_workers_take_its_appends_from_memory_and_others_see_them_once_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = SqliteStore::open(dir.path()).unwrap();
+    let b = SqliteStore::open(dir.path()).unwrap();
+    // A worker of `a` claims (nothing yet): from now on `a`'s appends are
+    // born claimed by `a`, for its workers.
+    assert!(a.claim(10, Duration::ZERO).await.unwrap().is_empty());
+    a.append((0..3).map(item).collect()).await.unwrap();
+    assert_eq!(b.stats().await.unwrap().depth, 3, "stored before the 202");
+    assert!(
+        b.claim(10, Duration::ZERO).await.unwrap().is_empty(),
+        "another process can't take them while `a` lives"
+    );
+    let mine = a.claim(2, Duration::ZERO).await.unwrap();
+    assert_eq!(mine.iter().map(n).collect::<Vec<_>>(), [0, 1]);
+    a.complete_many(mine.into_iter().map(|c| c.id).collect())
+        .await
+        .unwrap();
+    // `a` goes (its lock file unlocked, claims released) with item 2 unhandled.
+    drop(a);
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = b.claim(10, Duration::from_millis(100)).await.unwrap();
+        if !left.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(left.iter().map(n).collect::<Vec<_>>(), [2]);
+}
+
+#[tokio::test]
+async fn a_backlog_in_the_database_goes_first_and_new_appends_wait_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let before = SqliteStore::open(dir.path()).unwrap();
+        before.append((0..10).map(item).collect()).await.unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let first = store.claim(4, Duration::ZERO).await.unwrap();
+    assert_eq!(first.iter().map(n).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    // A full batch from the database: more is waiting there, so appends
+    // go behind it rather than ahead of it in memory.
+    store.append((10..12).map(item).collect()).await.unwrap();
+    let mut order: Vec<u64> = first.iter().map(n).collect();
+    loop {
+        let batch = store.claim(4, Duration::ZERO).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        order.extend(batch.iter().map(n));
+        store
+            .complete_many(batch.into_iter().map(|c| c.id).collect())
+            .await
+            .unwrap();
+    }
+    assert_eq!(order, (0..12).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_busy_process_takes_over_a_dead_ones_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.append((0..2).map(item).collect()).await.unwrap();
+    dead_consumer(dir.path(), "dead");
+    claimed_by(dir.path(), "dead", &[1, 2]);
+    // Claims never come back empty here (every round appends), yet the
+    // dead consumer's items come back within a few sweeps.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut next = 100;
+    while !(seen.contains(&0) && seen.contains(&1)) {
+        assert!(std::time::Instant::now() < deadline, "saw {seen:?}");
+        store.append(vec![item(next)]).await.unwrap();
+        next += 1;
+        let batch = store.claim(10, Duration::ZERO).await.unwrap();
+        assert!(!batch.is_empty());
+        seen.extend(batch.iter().map(n));
+        store
+            .complete_many(batch.into_iter().map(|c| c.id).collect())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn handled_keys_of_a_data_dir_from_before_the_dedupe_database_stay_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DedupeKey::from_bytes([7; 32]);
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.append(vec![item(1)]).await.unwrap();
+    }
+    {
+        // Where earlier versions kept the handled keys: the inbox's file.
+        let conn = Connection::open(dir.path().join(DATABASE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE dedupe_done (key BLOB PRIMARY KEY, expires_at_ms INTEGER NOT NULL)
+                 WITHOUT ROWID;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO dedupe_done VALUES (?1, ?2)",
+            params![&key.as_bytes()[..], now_ms() + 60_000],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let lease = Duration::from_secs(60);
+    assert_eq!(
+        store.begin(key, "a", lease).await.unwrap(),
+        Claim::Duplicate
+    );
+    assert_eq!(store.stats().await.unwrap().depth, 1);
+    store.integrity_check().await.unwrap();
+    let conn = Connection::open(dir.path().join(DATABASE)).unwrap();
+    let left: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'dedupe_done'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "moved, not copied");
+    drop(store);
+    // Opened again: nothing left to move, the key still handled.
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.begin(key, "b", lease).await.unwrap(),
+        Claim::Duplicate
+    );
+}
+
+#[tokio::test]
+async fn a_key_one_process_handled_is_a_duplicate_for_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = SqliteStore::open(dir.path()).unwrap();
+    let b = SqliteStore::open(dir.path()).unwrap();
+    let lease = Duration::from_secs(60);
+    let keys: Vec<DedupeKey> = (0..100u8).map(|n| DedupeKey::from_bytes([n; 32])).collect();
+    let claims = a.begin_many(keys.clone(), "a", lease).await.unwrap();
+    assert!(claims.iter().all(|c| *c == Claim::Proceed));
+    a.finish_many(keys[..50].to_vec(), "a", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let seen = b.begin_many(keys.clone(), "b", lease).await.unwrap();
+    assert!(seen[..50].iter().all(|c| *c == Claim::Duplicate));
+    assert!(
+        seen[50..].iter().all(|c| *c == Claim::Proceed),
+        "held by `a` in its memory only: `b` may handle them (at least once)"
+    );
+    // The keys' database keeps small pages (see DEDUPE_PAGE_SIZE).
+    let conn = Connection::open(dir.path().join(DEDUPE_DATABASE)).unwrap();
+    let size: i64 = conn
+        .query_row("PRAGMA page_size", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(size, DEDUPE_PAGE_SIZE);
 }

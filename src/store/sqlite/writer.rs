@@ -20,10 +20,13 @@ pub(super) const MAX_BACKGROUND: usize = 128;
 pub(super) type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 /// An append as rows: the token sets of its deliveries (JSON, and how many
-/// items name each), and each item's payload, arrival time and token set.
+/// items name each), each item's payload, arrival time and token set, and
+/// whether the items are born claimed by this process (for its own workers,
+/// who take them from memory: see `SqliteStore::append`).
 pub(super) struct Rows {
     pub(super) tokens: Vec<(Vec<u8>, i64)>,
     pub(super) items: Vec<(Vec<u8>, i64, Option<usize>)>,
+    pub(super) claimed: bool,
 }
 
 /// A [`Cursors::mark_due`](crate::store::Cursors::mark_due), boxed: the
@@ -37,7 +40,7 @@ pub(super) struct DueMark {
 }
 
 pub(super) enum Op {
-    Append(Rows, Reply<()>),
+    Append(Rows, Reply<Vec<i64>>),
     Claim(usize, Reply<Vec<Claimed>>),
     Complete(Vec<i64>, Reply<()>),
     Retry {
@@ -58,6 +61,8 @@ pub(super) enum Op {
         ttl_ms: i64,
         reply: Reply<()>,
     },
+    /// Which of the keys are handled (and not expired).
+    Handled(Vec<[u8; 32]>, Reply<Vec<bool>>),
     ReleaseClaims(String, Reply<usize>),
     ReleaseStale {
         older_than_ms: i64,
@@ -175,8 +180,9 @@ impl Queue {
     }
 }
 
-/// The writer thread: group commit of every waiting operation.
-pub(super) fn write_loop(conn: Connection, consumer: &str, queue: &Queue) {
+/// The writer thread: group commit of every waiting operation. The one of
+/// the dedupe database also sweeps its expired keys.
+pub(super) fn write_loop(conn: Connection, consumer: &str, queue: &Queue, sweeps_dedupe: bool) {
     let mut last_sweep = std::time::Instant::now();
     let mut synchronous_full = true;
     while let Some(batch) = queue.take() {
@@ -196,7 +202,7 @@ pub(super) fn write_loop(conn: Connection, consumer: &str, queue: &Queue) {
                 Err(e) => tracing::debug!(error = %e, "setting synchronous=NORMAL failed"),
             }
         }
-        if last_sweep.elapsed() > SWEEP {
+        if sweeps_dedupe && last_sweep.elapsed() > SWEEP {
             last_sweep = std::time::Instant::now();
             let now = now_ms();
             let swept = conn.execute("DELETE FROM dedupe_done WHERE expires_at_ms < ?1", [now]);
@@ -225,8 +231,10 @@ pub(super) fn write_loop(conn: Connection, consumer: &str, queue: &Queue) {
 pub(super) enum Done {
     Unit,
     Claimed(Vec<Claimed>),
+    Ids(Vec<i64>),
     Count(usize),
     Flag(bool),
+    Flags(Vec<bool>),
 }
 
 /// Runs `batch` in one transaction and answers every operation after the
@@ -269,12 +277,17 @@ pub(super) fn answer(op: Op, done: Done) {
         ) => {
             let _ = reply.send(Ok(n));
         }
+        (Op::Append(_, reply), Done::Ids(ids)) => {
+            let _ = reply.send(Ok(ids));
+        }
+        (Op::Handled(_, reply), Done::Flags(handled)) => {
+            let _ = reply.send(Ok(handled));
+        }
         (Op::Acquire { reply, .. }, Done::Flag(held)) => {
             let _ = reply.send(Ok(held));
         }
         (
-            Op::Append(_, reply)
-            | Op::Complete(_, reply)
+            Op::Complete(_, reply)
             | Op::Retry { reply, .. }
             | Op::DeadLetter { reply, .. }
             | Op::Finish { reply, .. }
@@ -296,8 +309,10 @@ pub(super) fn answer(op: Op, done: Done) {
 pub(super) fn fail(op: Op, why: &str) {
     let why = why.to_owned();
     match op {
-        Op::Append(_, reply)
-        | Op::Complete(_, reply)
+        Op::Append(_, reply) => {
+            let _ = reply.send(Err(why));
+        }
+        Op::Complete(_, reply)
         | Op::Retry { reply, .. }
         | Op::DeadLetter { reply, .. }
         | Op::Finish { reply, .. }
@@ -311,6 +326,9 @@ pub(super) fn fail(op: Op, why: &str) {
             let _ = reply.send(Err(why));
         }
         Op::Acquire { reply, .. } => {
+            let _ = reply.send(Err(why));
+        }
+        Op::Handled(_, reply) => {
             let _ = reply.send(Err(why));
         }
         Op::Claim(_, reply) => {
