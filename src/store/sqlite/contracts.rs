@@ -68,6 +68,7 @@ impl Inbox for SqliteStore {
 
     fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
         Box::pin(async move {
+            self.release_orphans().await;
             let deadline = tokio::time::Instant::now() + wait;
             let mut swept = false;
             loop {

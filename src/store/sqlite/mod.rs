@@ -15,6 +15,21 @@
 //! fsync is shared by every concurrent request (group commit). An `append`
 //! resolves only after its transaction committed, so `202` follows the fsync.
 //!
+//! The handled dedupe keys live in a second database file beside it
+//! (`dedupe.sqlite3`), with its own writer: a key's insert lands on a random
+//! page, and kept in the inbox's file those pages made every commit an
+//! append waits for longer. The two need no transaction together: a key
+//! lost in a crash only lets a copy be handled again.
+//!
+//! Embedding it: SQLite allocates with the C library's `malloc`. Under load,
+//! glibc's returns freed memory to the kernel thousands of times a second
+//! (`madvise`, each a TLB shootdown on every core running the process);
+//! the `msgraph-webhooks` binary uses jemalloc for every allocation (Rust's
+//! and C's, `tikv-jemallocator` with `unprefixed_malloc_on_supported_platforms`),
+//! which took the durable pipeline from 13 000 to 17 700 requests/s on the
+//! benchmark machine (BENCHMARKS.md). An app that embeds the store on glibc
+//! gains the same by choosing its allocator likewise.
+//!
 //! Workers claim items by writing their consumer id on them. Each process
 //! holds an exclusive lock on `consumers/<id>.lock` for as long as it lives;
 //! when the lock of a claimer can be taken, that process is dead and its
@@ -51,7 +66,6 @@ use contracts::PendingKeys;
 use ops::ms;
 use schema::{
     DEDUPE_PAGE_SIZE, DEDUPE_SCHEMA, SCHEMA, add_delivery_columns, connect, move_dedupe_keys,
-    release_claims_without_consumers,
 };
 use writer::{Op, Queue, Reply, write_loop};
 
@@ -150,6 +164,10 @@ pub struct SqliteStore {
     /// Dedupe keys a worker of this process is handling, by owner.
     pending: Mutex<PendingKeys>,
     swept_at: Mutex<Option<std::time::Instant>>,
+    /// The claims of consumers without a lock file were released (before
+    /// this process's first claim, not at open: that is a scan of the
+    /// items, which `dlq list` and other processes that never claim skip).
+    orphans_released: std::sync::atomic::AtomicBool,
     _lock: File,
 }
 
@@ -228,8 +246,6 @@ impl SqliteStore {
         if moving {
             let _ = writer_conn.execute_batch("DETACH DATABASE dedupe");
         }
-        release_claims_without_consumers(&writer_conn, &consumers)
-            .map_err(|e| unavailable(format!("releasing orphaned claims: {e}")))?;
 
         let reader = connect(&path, false, None)?;
 
@@ -260,6 +276,7 @@ impl SqliteStore {
             handoff: Mutex::default(),
             pending: Mutex::default(),
             swept_at: Mutex::default(),
+            orphans_released: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         };
         Ok(store)
@@ -359,6 +376,23 @@ impl SqliteStore {
             }
         }
         released
+    }
+
+    /// Once per process, before its first claim: releases the claims of
+    /// consumers that have no lock file.
+    async fn release_orphans(&self) {
+        use std::sync::atomic::Ordering;
+        if self.orphans_released.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let consumers = self.path.with_file_name(CONSUMERS);
+        if let Err(e) = self
+            .call(|reply| Op::ReleaseOrphans(consumers, reply))
+            .await
+        {
+            tracing::warn!(error = %e, "releasing orphaned claims failed; trying again on the next claim");
+            self.orphans_released.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Releases this process's claims that no worker holds any more.

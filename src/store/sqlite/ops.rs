@@ -7,6 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::now_ms;
+use super::schema::release_claims_without_consumers;
 use super::writer::{Done, DueMark, Op};
 use crate::notification::ValidationTokens;
 use crate::store::{Claimed, EntryId, StoreError, StoredItem};
@@ -238,6 +239,9 @@ pub(super) fn apply(conn: &Connection, consumer: &str, op: &Op) -> rusqlite::Res
             Done::Count(released)
         }
         Op::ReleaseClaims(dead, _) => Done::Count(release_claims_of(conn, dead)?),
+        Op::ReleaseOrphans(consumers, _) => {
+            Done::Count(release_claims_without_consumers(conn, consumers)?)
+        }
         Op::Finish { keys, ttl_ms, .. } => {
             let mut done = conn.prepare_cached(
                 "INSERT OR REPLACE INTO dedupe_done (key, expires_at_ms) VALUES (?1, ?2)",

@@ -151,7 +151,8 @@ pub(super) fn connect(
 pub(super) fn release_claims_without_consumers(
     conn: &Connection,
     consumers: &Path,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<usize> {
+    let mut released = 0;
     let claimers: Vec<String> = conn
         .prepare("SELECT DISTINCT claimed_by FROM items WHERE claimed_by IS NOT NULL")?
         .query_map([], |row| row.get(0))?
@@ -160,9 +161,10 @@ pub(super) fn release_claims_without_consumers(
         if !consumers.join(format!("{claimer}.lock")).exists() {
             let n = release_claims_of(conn, &claimer)?;
             tracing::warn!(consumer = %claimer, items = n, "released the claims of a consumer without a lock file");
+            released += n;
         }
     }
-    Ok(())
+    Ok(released)
 }
 
 /// Adds `delivery_id` to the items and dead letters of a database made

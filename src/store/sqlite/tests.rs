@@ -76,7 +76,7 @@ async fn items_survive_reopening_and_dead_consumers_release_claims() {
 }
 
 #[tokio::test]
-async fn claims_of_a_consumer_without_a_lock_file_are_released_on_open() {
+async fn claims_of_a_consumer_without_a_lock_file_are_released_before_the_first_claim() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = SqliteStore::open(dir.path()).unwrap();

@@ -64,6 +64,8 @@ pub(super) enum Op {
     /// Which of the keys are handled (and not expired).
     Handled(Vec<[u8; 32]>, Reply<Vec<bool>>),
     ReleaseClaims(String, Reply<usize>),
+    /// The claims of consumers without a lock file in this directory.
+    ReleaseOrphans(std::path::PathBuf, Reply<usize>),
     ReleaseStale {
         older_than_ms: i64,
         held: Vec<i64>,
@@ -272,7 +274,10 @@ pub(super) fn answer(op: Op, done: Done) {
             let _ = reply.send(Ok(claimed));
         }
         (
-            Op::Replay(_, reply) | Op::ReleaseClaims(_, reply) | Op::ReleaseStale { reply, .. },
+            Op::Replay(_, reply)
+            | Op::ReleaseClaims(_, reply)
+            | Op::ReleaseOrphans(_, reply)
+            | Op::ReleaseStale { reply, .. },
             Done::Count(n),
         ) => {
             let _ = reply.send(Ok(n));
@@ -334,7 +339,10 @@ pub(super) fn fail(op: Op, why: &str) {
         Op::Claim(_, reply) => {
             let _ = reply.send(Err(why));
         }
-        Op::Replay(_, reply) | Op::ReleaseClaims(_, reply) | Op::ReleaseStale { reply, .. } => {
+        Op::Replay(_, reply)
+        | Op::ReleaseClaims(_, reply)
+        | Op::ReleaseOrphans(_, reply)
+        | Op::ReleaseStale { reply, .. } => {
             let _ = reply.send(Err(why));
         }
     }
