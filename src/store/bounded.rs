@@ -8,10 +8,13 @@
 //!
 //! The depth is the store's own ([`Inbox::stats`]: every item stored and not
 //! completed, whoever appended it — several processes share a durable
-//! store), read at most every 100 ms and counted up by this process's
-//! appends in between, so the bound costs one cheap query per interval, not
-//! one per request. The bound may be overshot by what the other processes
-//! append within one interval.
+//! store), read at most every 100 ms (or every twenty times as long as the
+//! last read took, on a store where counting costs: PostgreSQL counts its
+//! rows) and counted up by this process's appends in between, so the bound
+//! costs one query per interval, not one per request, and no append waits
+//! for it: one append reads while the others go by the last reading. The
+//! bound may be overshot by what the other processes append within one
+//! interval.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +23,10 @@ use futures_util::future::BoxFuture;
 
 use super::{Claimed, EntryId, Inbox, InboxStats, StoreError, StoredItem};
 
-/// How long a read of the store's depth is trusted.
+/// How long a read of the store's depth is trusted, at least.
 const REFRESH: Duration = Duration::from_millis(100);
+/// ... and at least this many times as long as the read took.
+const REFRESH_PER_READ: u32 = 20;
 
 /// An [`Inbox`] that refuses appends once `max` items wait in it; every
 /// other operation goes to the inner inbox as is.
@@ -41,7 +46,7 @@ const REFRESH: Duration = Duration::from_millis(100);
 pub struct BoundedInbox {
     inner: Arc<dyn Inbox>,
     max: u64,
-    estimate: tokio::sync::Mutex<Estimate>,
+    estimate: Arc<std::sync::Mutex<Estimate>>,
 }
 
 /// What this process believes the depth is.
@@ -49,6 +54,24 @@ pub struct BoundedInbox {
 struct Estimate {
     depth: u64,
     read_at: Option<Instant>,
+    /// How long the last reading is trusted.
+    trust: Duration,
+    /// An append is reading the depth now.
+    reading: bool,
+}
+
+/// Clears [`Estimate::reading`] however the read ends (the request that
+/// reads may be cancelled mid-read).
+struct Reading(Arc<std::sync::Mutex<Estimate>>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        lock(&self.0).reading = false;
+    }
+}
+
+fn lock(estimate: &std::sync::Mutex<Estimate>) -> std::sync::MutexGuard<'_, Estimate> {
+    estimate.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl BoundedInbox {
@@ -57,7 +80,7 @@ impl BoundedInbox {
         Self {
             inner,
             max,
-            estimate: tokio::sync::Mutex::new(Estimate::default()),
+            estimate: Arc::default(),
         }
     }
 
@@ -69,17 +92,32 @@ impl BoundedInbox {
     /// Whether `adding` more items fit; refreshes the depth when stale. A
     /// store that can't say lets the append itself answer.
     async fn fits(&self, adding: u64) -> bool {
-        let mut estimate = self.estimate.lock().await;
-        if estimate.read_at.is_none_or(|at| at.elapsed() >= REFRESH) {
-            match self.inner.stats().await {
+        let reading = {
+            let mut estimate = lock(&self.estimate);
+            let stale = estimate
+                .read_at
+                .is_none_or(|at| at.elapsed() >= estimate.trust.max(REFRESH));
+            if stale && !estimate.reading {
+                estimate.reading = true;
+                Some(Reading(self.estimate.clone()))
+            } else {
+                None
+            }
+        };
+        if let Some(reading) = reading {
+            let started = Instant::now();
+            let read = self.inner.stats().await;
+            let mut estimate = lock(&reading.0);
+            match read {
                 Ok(stats) => {
                     estimate.depth = stats.depth;
                     estimate.read_at = Some(Instant::now());
+                    estimate.trust = started.elapsed() * REFRESH_PER_READ;
                 }
                 Err(_) => return true,
             }
         }
-        estimate.depth.saturating_add(adding) <= self.max
+        lock(&self.estimate).depth.saturating_add(adding) <= self.max
     }
 
     async fn append_bounded(&self, items: Vec<StoredItem>) -> Result<(), StoreError> {
@@ -88,7 +126,7 @@ impl BoundedInbox {
             return Err(StoreError::Full);
         }
         self.inner.append(items).await?;
-        let mut estimate = self.estimate.lock().await;
+        let mut estimate = lock(&self.estimate);
         estimate.depth = estimate.depth.saturating_add(adding);
         Ok(())
     }
@@ -187,6 +225,84 @@ mod tests {
             bounded.append(items(1)).await,
             Err(StoreError::Full)
         ));
+    }
+
+    /// An inbox whose depth reads wait until let go, and are counted.
+    struct SlowCount {
+        inner: MemoryInbox,
+        go: tokio::sync::Semaphore,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Inbox for SlowCount {
+        fn append(&self, items: Vec<StoredItem>) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.append(items)
+        }
+        fn claim(
+            &self,
+            max: usize,
+            wait: Duration,
+        ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
+            self.inner.claim(max, wait)
+        }
+        fn complete(&self, id: EntryId) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.complete(id)
+        }
+        fn retry(
+            &self,
+            claimed: Claimed,
+            delay: Duration,
+        ) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.retry(claimed, delay)
+        }
+        fn dead_letter(
+            &self,
+            claimed: Claimed,
+            reason: String,
+        ) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.dead_letter(claimed, reason)
+        }
+        fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
+            Box::pin(async move {
+                self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.go.acquire().await.unwrap().forget();
+                self.inner.stats().await
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn no_append_waits_for_another_ones_depth_read_and_a_cancelled_read_is_redone() {
+        let slow = Arc::new(SlowCount {
+            inner: MemoryInbox::new(1000),
+            go: tokio::sync::Semaphore::new(0),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let bounded = Arc::new(BoundedInbox::new(slow.clone(), 100));
+        let reader = tokio::spawn({
+            let bounded = bounded.clone();
+            async move { bounded.append(items(1)).await }
+        });
+        while slow.reads.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The first append is reading (and stuck there): the others go by
+        // the last reading instead of queueing behind it.
+        for _ in 0..5 {
+            tokio::time::timeout(Duration::from_secs(30), bounded.append(items(1)))
+                .await
+                .expect("not held up by the read")
+                .unwrap();
+        }
+        // The reading append goes away mid-read (its request cancelled)...
+        reader.abort();
+        let _ = reader.await;
+        assert_eq!(slow.reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // ...and the next stale check reads again rather than never.
+        slow.go.add_permits(1);
+        bounded.append(items(1)).await.unwrap();
+        assert_eq!(slow.reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(slow.inner.stats().await.unwrap().depth, 6);
     }
 
     #[tokio::test]
