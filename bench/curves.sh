@@ -2,11 +2,12 @@
 # How the embedded durable store's cost grows (cli/benches/curves.rs):
 # ingest with a backlog of 0, 100 000 and 1 000 000 items already stored
 # (requests/s, p99 ack, /metrics and `dlq list` times, disk bytes and RSS per
-# item), and with 1, 10, 100 and 1000 items per POST (items/s, ack latency),
-# against bare hyper in the same run. Prints Markdown tables; writes the
+# item), with 1, 10, 100 and 1000 items per POST (items/s, ack latency), and
+# with 10, 10 000 and 1 000 000 subscription records in the store (ack
+# latency), against bare hyper in the same run. Prints Markdown tables; writes the
 # points as CSV to target/curves and, when matplotlib is importable by
 # python3 (or BENCH_PYTHON), charts to docs/images/curves-*.png.
-# BENCH_BACKLOGS, BENCH_PER_POST, BENCH_SECS, BENCH_WARMUP_SECS tune it.
+# BENCH_BACKLOGS, BENCH_PER_POST, BENCH_RECORDS, BENCH_SECS, BENCH_WARMUP_SECS tune it.
 # Talks to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,7 +9,10 @@
 # wait in the store for `msgraph-webhooks work`). The Redis rows need
 # MSGRAPH_WEBHOOKS_REDIS_URL (or BENCH_REDIS_URL), the PostgreSQL rows
 # MSGRAPH_WEBHOOKS_POSTGRES_URL (or BENCH_POSTGRES_URL). BENCH_SECS,
-# BENCH_WARMUP_SECS, BENCH_CONNECTIONS tune it. Talks to 127.0.0.1 only.
+# BENCH_WARMUP_SECS, BENCH_CONNECTIONS tune it; BENCH_ONLY=memory,durable,...
+# picks rows; BENCH_BASELINE_BIN=<another build's msgraph-webhooks> adds its
+# memory and durable rows to the same run (an A/B of a change). Talks to
+# 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --bench ingest --no-run 2>/dev/null

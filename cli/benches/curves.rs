@@ -1,8 +1,12 @@
 //! How cost grows: the embedded durable store's ingest with a backlog of
 //! 0, 100 000 and 1 000 000 items already in it (requests/s, ack latency,
 //! `/metrics` and `dlq list` times, disk bytes and RSS per stored item),
-//! and ingest with 1, 10, 100 and 1000 items per POST (items/s, ack
-//! latency), each against bare hyper's rate measured in the same run.
+//! ingest with 1, 10, 100 and 1000 items per POST (items/s, ack
+//! latency), and ingest with 10, 10 000 and 1 000 000 subscription records
+//! in the store (`--subscription-records`: each item authenticated by its
+//! subscription's record), each against bare hyper's rate measured in the
+//! same run. `BENCH_BACKLOGS`, `BENCH_PER_POST` and `BENCH_RECORDS` pick the
+//! points.
 //! Prints Markdown tables and, with `BENCH_CSV=DIR`, writes the points as
 //! CSV for `bench/plot_curves.py`.
 //!
@@ -22,7 +26,10 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{BIN, CLIENT_STATE, Server, Settings, dir_bytes, fill, load, rss_bytes, terminate};
+use common::{
+    BIN, CLIENT_STATE, Server, Settings, dir_bytes, fill, load, rss_bytes, subscription_id,
+    terminate,
+};
 
 const ROLE: &str = "CURVES_BENCH_ROLE";
 
@@ -170,6 +177,62 @@ async fn batch_point(settings: &Settings, per_post: usize) -> BatchPoint {
     }
 }
 
+struct RecordsPoint {
+    records: u64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rss_bytes: u64,
+}
+
+/// Ingest with `records` subscription records in the store (as `--subscribe`
+/// keeps them), the load's notifications naming them round robin: at a
+/// million every request of the run names a subscription not seen before,
+/// which the registry looks up in the store (the worst case); at 10 and
+/// 10 000 they are soon all in its memory.
+async fn records_point(settings: &Settings, records: u64) -> RecordsPoint {
+    use msgraph_webhooks::ClientState;
+    use msgraph_webhooks::store::{RecordStore, SqliteStore, SubscriptionRecord};
+    let data = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(data.path()).unwrap();
+        let ids: Vec<u64> = (0..records).collect();
+        for chunk in ids.chunks(2000) {
+            // Concurrent puts share commits (the writer groups them).
+            futures_util::future::try_join_all(chunk.iter().map(|&n| {
+                let record = SubscriptionRecord::new(
+                    subscription_id(n, records),
+                    Some(ClientState::new(CLIENT_STATE)),
+                );
+                store.put(record)
+            }))
+            .await
+            .unwrap();
+        }
+    }
+    let mut command = listen(data.path(), None);
+    // Each item authenticated by its subscription's record, not one state.
+    command
+        .arg("--subscription-records")
+        .env_remove("MSGRAPH_WEBHOOKS_CLIENT_STATE");
+    let mut server = Server::start(command).await;
+    let pid = server.child.id().unwrap();
+    let settings = Settings {
+        subscriptions: records,
+        ..*settings
+    };
+    let measured = load(server.addr, Some(pid), &settings, None).await;
+    let rss = rss_bytes(pid);
+    terminate(&mut server.child).await;
+    RecordsPoint {
+        records,
+        rps: measured.rps(),
+        p50_ms: measured.percentile_ms(0.5),
+        p99_ms: measured.percentile_ms(0.99),
+        rss_bytes: rss,
+    }
+}
+
 fn list(var: &str, default: &str) -> Vec<u64> {
     std::env::var(var)
         .unwrap_or_else(|_| default.to_owned())
@@ -197,6 +260,12 @@ async fn run() {
             point.items_per_sec
         );
         batches.push(point);
+    }
+    let mut record_points = Vec::new();
+    for records in list("BENCH_RECORDS", "10,10000,1000000") {
+        let point = records_point(&settings, records).await;
+        eprintln!("measured {records} records: {:.0} requests/s", point.rps);
+        record_points.push(point);
     }
 
     println!();
@@ -249,6 +318,22 @@ async fn run() {
             p.p99_ms
         );
     }
+    println!();
+    println!(
+        "| subscription records in the store | ingest requests/s | vs bare hyper | p50 / p99 ack (ms) | RSS after (MiB) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for p in &record_points {
+        println!(
+            "| {} | {:.0} | {:.0} % | {:.2} / {:.2} | {:.1} |",
+            p.records,
+            p.rps,
+            100.0 * p.rps / bare,
+            p.p50_ms,
+            p.p99_ms,
+            p.rss_bytes as f64 / (1 << 20) as f64
+        );
+    }
     if let Ok(dir) = std::env::var("BENCH_CSV") {
         let dir = std::path::Path::new(&dir);
         std::fs::create_dir_all(dir).unwrap();
@@ -268,6 +353,14 @@ async fn run() {
             );
         }
         std::fs::write(dir.join("per_post.csv"), batch_csv).unwrap();
+        let mut records_csv = "records,requests_per_sec,p50_ms,p99_ms\n".to_owned();
+        for p in &record_points {
+            records_csv += &format!(
+                "{},{:.1},{:.3},{:.3}\n",
+                p.records, p.rps, p.p50_ms, p.p99_ms
+            );
+        }
+        std::fs::write(dir.join("records.csv"), records_csv).unwrap();
     }
     // Let the last server's files go before the temp dirs are removed.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -44,7 +44,12 @@ struct Target {
 }
 
 fn listen(extra: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(BIN);
+    listen_of(BIN, extra)
+}
+
+/// `listen` of the binary at `bin` (this build's, or a baseline's).
+fn listen_of(bin: &str, extra: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(bin);
     command
         .args(["listen", "--addr", "127.0.0.1:0"])
         .args(extra)
@@ -118,6 +123,32 @@ fn targets(data_dir: &std::path::Path) -> Vec<Target> {
             command: listen(&["--data-dir", data_dir.to_str().unwrap()]),
             cleanup: None,
         });
+    }
+    // A/B in one run: the same rows with another build of the binary
+    // (`BENCH_BASELINE_BIN`, say the commit before a change).
+    if let Ok(before) = std::env::var("BENCH_BASELINE_BIN") {
+        let before_dir = data_dir.with_extension("before");
+        let rows: [(&str, &str, Vec<&str>); 2] = [
+            (
+                "memory",
+                "listen --memory, baseline build",
+                vec!["--memory", "--inbox-capacity", "10000000,8GiB"],
+            ),
+            (
+                "durable",
+                "listen (embedded durable, fsync), baseline build",
+                vec!["--data-dir", before_dir.to_str().unwrap()],
+            ),
+        ];
+        for (only, name, args) in rows {
+            if wanted(only) {
+                targets.push(Target {
+                    name,
+                    command: listen_of(&before, &args),
+                    cleanup: None,
+                });
+            }
+        }
     }
     let redis = std::env::var("BENCH_REDIS_URL")
         .or_else(|_| std::env::var("MSGRAPH_WEBHOOKS_REDIS_URL"))
@@ -214,6 +245,7 @@ async fn run() {
         rows.push((target.name, max, rate, half));
     }
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(data.with_extension("before"));
 
     let base_rps = rows[0].1.rps();
     println!();

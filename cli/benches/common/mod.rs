@@ -71,9 +71,24 @@ impl Server {
 /// A basic notification; each gets a notification id of its own (as
 /// Graph's are), so dedupe treats none as a duplicate.
 pub fn item(id: u64) -> serde_json::Value {
+    item_of(id, 0)
+}
+
+/// The subscription id of notification `id` when the load spreads over
+/// `subscriptions` of them (round robin), or the one fixed id for 0.
+pub fn subscription_id(id: u64, subscriptions: u64) -> String {
+    if subscriptions == 0 {
+        "7f105c7d-2dc5-4530-97cd-4e7ae6534c07".to_owned()
+    } else {
+        format!("bench-sub-{}", id % subscriptions)
+    }
+}
+
+/// [`item`] of one of `subscriptions` subscriptions (see [`subscription_id`]).
+pub fn item_of(id: u64, subscriptions: u64) -> serde_json::Value {
     serde_json::json!({
         "id": format!("bench-{id}"),
-        "subscriptionId": "7f105c7d-2dc5-4530-97cd-4e7ae6534c07",
+        "subscriptionId": subscription_id(id, subscriptions),
         "subscriptionExpirationDateTime": "2026-03-19T22:11:09.952Z",
         "clientState": CLIENT_STATE,
         "changeType": "created",
@@ -90,7 +105,14 @@ pub fn item(id: u64) -> serde_json::Value {
 
 /// A delivery of `items` notifications, ids from `first` on.
 pub fn envelope(first: u64, items: u64) -> Bytes {
-    let value: Vec<serde_json::Value> = (first..first + items).map(item).collect();
+    envelope_of(first, items, 0)
+}
+
+/// [`envelope`] with its items spread over `subscriptions` subscriptions.
+pub fn envelope_of(first: u64, items: u64, subscriptions: u64) -> Bytes {
+    let value: Vec<serde_json::Value> = (first..first + items)
+        .map(|id| item_of(id, subscriptions))
+        .collect();
     Bytes::from(serde_json::json!({ "value": value }).to_string())
 }
 
@@ -101,6 +123,8 @@ pub struct Settings {
     pub connections: usize,
     /// Notifications per POST (`BENCH_ITEMS_PER_POST`, default 1).
     pub items_per_request: usize,
+    /// Subscriptions the notifications name, round robin (0: one).
+    pub subscriptions: u64,
 }
 
 impl Settings {
@@ -118,6 +142,7 @@ impl Settings {
             items_per_request: usize::try_from(secs("BENCH_ITEMS_PER_POST", 1))
                 .unwrap()
                 .max(1),
+            subscriptions: 0,
         }
     }
 }
@@ -171,6 +196,7 @@ pub async fn load(
     let mut tasks = Vec::new();
     let connections = settings.connections;
     let per_request = settings.items_per_request as u64;
+    let subscriptions = settings.subscriptions;
     for _ in 0..connections {
         let measuring = measuring.clone();
         let stop = stop.clone();
@@ -193,9 +219,10 @@ pub async fn load(
                 let request = hyper::Request::post("/")
                     .header("host", "127.0.0.1")
                     .header("content-type", "application/json")
-                    .body(Full::new(envelope(
+                    .body(Full::new(envelope_of(
                         NEXT_ID.fetch_add(per_request, Ordering::Relaxed),
                         per_request,
+                        subscriptions,
                     )))
                     .unwrap();
                 let started = match interval {
