@@ -44,10 +44,13 @@ impl Inbox for SqliteStore {
                 items: rows,
                 claimed,
             };
-            let ids = self
-                .call(|reply| Op::Append(rows, reply))
-                .await
-                .map_err(StoreError::unavailable)?;
+            let mut abandoned = super::Abandoned {
+                at: &self.abandoned_at,
+                armed: claimed,
+            };
+            let ids = self.call(|reply| Op::Append(rows, reply)).await;
+            abandoned.armed = false;
+            let ids = ids.map_err(StoreError::unavailable)?;
             if claimed {
                 // Held first: a sweep must not release them as stale.
                 self.lock_held().extend(&ids);
@@ -110,6 +113,7 @@ impl Inbox for SqliteStore {
                 if !claimed.is_empty() {
                     if poll {
                         self.sweep(false).await;
+                        self.release_abandoned().await;
                     }
                     return Ok(claimed);
                 }

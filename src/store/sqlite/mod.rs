@@ -82,7 +82,11 @@ const POLL: Duration = Duration::from_millis(50);
 const SWEEP: Duration = Duration::from_secs(2);
 /// A claim of this process that no worker holds any more (its settle
 /// failed, say on a full disk) is released after this long.
-const STALE_CLAIM: Duration = Duration::from_secs(30);
+const STALE_CLAIM: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(30)
+};
 /// At most this many appended items wait in memory for this process's
 /// workers (and [`HANDOFF_BYTES`]); beyond it appends wait in the database.
 const HANDOFF_ITEMS: usize = 1024;
@@ -168,6 +172,11 @@ pub struct SqliteStore {
     /// this process's first claim, not at open: that is a scan of the
     /// items, which `dlq list` and other processes that never claim skip).
     orphans_released: std::sync::atomic::AtomicBool,
+    /// When an append born claimed was cancelled before its items reached
+    /// the hand-off (its request went away mid-commit): they may be stored,
+    /// claimed by this process and held by no worker, so the stale claims
+    /// are swept once they are old enough even while busy.
+    abandoned_at: Mutex<Option<std::time::Instant>>,
     _lock: File,
 }
 
@@ -277,6 +286,7 @@ impl SqliteStore {
             pending: Mutex::default(),
             swept_at: Mutex::default(),
             orphans_released: std::sync::atomic::AtomicBool::new(false),
+            abandoned_at: Mutex::default(),
             _lock: lock,
         };
         Ok(store)
@@ -395,6 +405,22 @@ impl SqliteStore {
         }
     }
 
+    /// Sweeps this process's stale claims if an append born claimed was
+    /// cancelled at least [`STALE_CLAIM`] ago (when its claims are stale).
+    async fn release_abandoned(&self) {
+        let due = {
+            let mut at = self.abandoned_at.lock().unwrap_or_else(|e| e.into_inner());
+            let due = at.is_some_and(|t| t.elapsed() > STALE_CLAIM);
+            if due {
+                *at = None;
+            }
+            due
+        };
+        if due {
+            self.release_stale_claims().await;
+        }
+    }
+
     /// Releases this process's claims that no worker holds any more.
     async fn release_stale_claims(&self) {
         let held: Vec<i64> = self.lock_held().iter().copied().collect();
@@ -488,6 +514,22 @@ fn in_transaction(
             let _ = conn.execute_batch("ROLLBACK");
             unavailable(format!("creating the schema: {e}"))
         })
+}
+
+/// Marks the store's `abandoned_at` if dropped armed: an append born
+/// claimed that was cancelled while its transaction was in the writer's
+/// hands (it may commit all the same).
+struct Abandoned<'a> {
+    at: &'a Mutex<Option<std::time::Instant>>,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        }
+    }
 }
 
 fn unavailable(why: impl Into<String>) -> StoreError {

@@ -512,3 +512,34 @@ async fn a_key_one_process_handled_is_a_duplicate_for_another() {
         .unwrap();
     assert_eq!(size, DEDUPE_PAGE_SIZE);
 }
+
+#[tokio::test]
+async fn an_append_cancelled_mid_commit_is_handed_out_even_while_busy() {
+    use futures_util::FutureExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(store.claim(10, Duration::ZERO).await.unwrap().is_empty());
+    // Polled once (its transaction goes to the writer), then dropped, as a
+    // request whose client went away: it commits, claimed by this process,
+    // but never reaches the hand-off.
+    let mut cancelled = store.append(vec![item(0)]);
+    assert!((&mut cancelled).now_or_never().is_none());
+    drop(cancelled);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut next = 100;
+    while !seen.contains(&0) {
+        assert!(std::time::Instant::now() < deadline, "saw {seen:?}");
+        // Never idle: every round appends and claims something.
+        store.append(vec![item(next)]).await.unwrap();
+        next += 1;
+        let batch = store.claim(10, Duration::ZERO).await.unwrap();
+        assert!(!batch.is_empty());
+        seen.extend(batch.iter().map(n));
+        store
+            .complete_many(batch.into_iter().map(|c| c.id).collect())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
