@@ -97,6 +97,16 @@ impl Inbox for SqliteStore {
                         .await
                         .map_err(StoreError::unavailable)?;
                     self.lock_handoff().backlog = claimed.len() >= max;
+                }
+                if poll && (!claimed.is_empty() || !self.lock_handoff().items.is_empty()) {
+                    // Busy: the sweeps that don't wait for a lull.
+                    self.sweep(false).await;
+                    self.release_abandoned().await;
+                }
+                // No await from here to the return: should the caller go
+                // away before, the claims are not held and a sweep releases
+                // them; after, what is taken is the caller's.
+                {
                     let mut held = self.lock_held();
                     for c in &claimed {
                         if let Ok(id) = c.id.as_str().parse() {
@@ -111,10 +121,6 @@ impl Inbox for SqliteStore {
                     self.wake_claimer();
                 }
                 if !claimed.is_empty() {
-                    if poll {
-                        self.sweep(false).await;
-                        self.release_abandoned().await;
-                    }
                     return Ok(claimed);
                 }
                 if !swept && self.sweep(true).await {
